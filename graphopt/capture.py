@@ -1,0 +1,108 @@
+"""Capture: turn whatever the user has into an ``onnx_ir.Model``.
+
+Accepts a path (external data supported, refused when it points outside the model's folder), an
+``onnx.ModelProto``, an ``onnx_ir.Model``, a ``torch.onnx.ONNXProgram``, or a ``torch.nn.Module``
+with example inputs (captured with ``torch.export`` and exported with
+``torch.onnx.export(..., dynamo=True)``). torch is imported only for torch inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import google.protobuf.message
+import onnx
+import onnx_ir as ir
+
+from graphopt import validity
+from graphopt.errors import ModelError, UsageError
+
+__all__ = ["load", "load_path"]
+
+logger = logging.getLogger(__name__)
+
+
+def load(
+    source: Any,
+    example_inputs: Sequence[Any] | Mapping[str, Any] | None = None,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    opset: int | None = None,
+) -> ir.Model:
+    """Load ``source`` as an ``onnx_ir.Model`` (a new object; the source is not modified)."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_path(source)
+    if isinstance(source, onnx.ModelProto):
+        validity.check_model_proto(source)
+        return ir.serde.deserialize_model(source)
+    if isinstance(source, ir.Model):
+        return source.clone()
+    kind = f"{type(source).__module__}.{type(source).__qualname__}"
+    if kind.startswith("torch."):
+        return _load_torch(source, example_inputs, input_names, output_names, opset)
+    raise UsageError(
+        f"cannot load a {kind}: pass an .onnx path, onnx.ModelProto, onnx_ir.Model, "
+        "torch.onnx.ONNXProgram or torch.nn.Module with example inputs"
+    )
+
+
+def load_path(path: str | os.PathLike) -> ir.Model:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelError(f"no such model file: {path}")
+    if os.path.isdir(path):
+        raise ModelError(f"{path} is a folder; give the path of the .onnx file")
+    if os.path.getsize(path) == 0:
+        raise ModelError(f"{path} is empty (0 bytes); re-export the model")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except (google.protobuf.message.DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not a readable ONNX model (truncated or not protobuf): {_one_line(e)}") from e
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from e
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{path} parsed to an empty model (no graph): it is probably not an ONNX file")
+    validity.check_external_data_paths(proto, os.path.dirname(os.path.abspath(path)))
+    validity.check_model_proto(proto)
+    model = ir.serde.deserialize_model(proto)
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
+    return model
+
+
+def _load_torch(source, example_inputs, input_names, output_names, opset) -> ir.Model:
+    import torch  # noqa: PLC0415 — only torch inputs pay for importing torch
+
+    if isinstance(source, torch.onnx.ONNXProgram):
+        return load(source.model)
+    if not isinstance(source, torch.nn.Module):
+        raise UsageError(f"cannot load a {type(source).__name__}: pass a torch.nn.Module or torch.onnx.ONNXProgram")
+    if example_inputs is None:
+        raise UsageError("a torch.nn.Module needs example_inputs (a tuple of tensors or a dict of keyword tensors)")
+    args, kwargs = ((), dict(example_inputs)) if isinstance(example_inputs, Mapping) else (tuple(example_inputs), None)
+    was_training = source.training
+    source.eval()
+    try:
+        program = torch.onnx.export(
+            source,
+            args,
+            kwargs=kwargs,
+            dynamo=True,
+            input_names=list(input_names) if input_names else None,
+            output_names=list(output_names) if output_names else None,
+            opset_version=opset,
+            verbose=False,
+        )
+    except Exception as e:
+        raise ModelError(f"torch.export of {type(source).__name__} failed: {_one_line(e)}") from e
+    finally:
+        source.train(was_training)
+    return program.model
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,52 @@
+"""Base classes for graphopt passes: every pass is an ``onnx_ir`` in-place pass with stats.
+
+``GraphoptPass`` holds the pass's options and what it did (rewrites per rule, declined
+candidates with reasons), which the pipeline runner copies into the report. ``RulePass`` is a
+pass made only of rewrite rules: it declares ``rules()`` and the shared driver does the rest.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+from collections.abc import Sequence
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import registry, rewrite
+
+__all__ = ["GraphoptPass", "RulePass"]
+
+
+class GraphoptPass(ir.passes.InPlacePass):
+    """A registered pass: constructed from its options dataclass, records what it did."""
+
+    pass_name = "unregistered"
+
+    def __init__(self, options=None) -> None:
+        super().__init__()
+        if options is None:
+            spec = registry.get_pass(self.pass_name)
+            options = spec.options()
+        self.options = options
+        self.rewrites: collections.Counter = collections.Counter()
+        self.declines: list[rewrite.Decline] = []
+        self.notes: list[str] = []
+
+    def record(self, outcome: rewrite.RuleOutcome) -> bool:
+        self.rewrites.update(outcome.rewrites)
+        self.declines.extend(outcome.declines)
+        return outcome.total > 0
+
+
+class RulePass(GraphoptPass):
+    """A pass that is a list of rewrite rules applied by the one driver."""
+
+    @abc.abstractmethod
+    def rules(self) -> Sequence[pattern.RewriteRule]:
+        """The rules, in the order they are tried."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = self.record(rewrite.apply_rules(model, self.rules()))
+        return ir.passes.PassResult(model, modified=modified)

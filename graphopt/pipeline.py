@@ -1,0 +1,236 @@
+"""Pipeline strings: parse, expand presets, run passes, record what each pass did.
+
+Grammar (BRIEF §3)::
+
+    pipeline := step ("," step)*
+    step     := NAME [ "(" [ key "=" value ("," key "=" value)* ] ")" ]
+    value    := a bare word (no , ( ) =) | a quoted string | list items joined with "|"
+
+``canonicalize,ivit,cats(sparsity=0.5)`` is a pipeline. Presets expand to their own pipeline.
+``str(Pipeline)`` prints the normalized string, which parses back to the same pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import onnx_ir as ir
+
+from graphopt import registry
+from graphopt.errors import GraphoptError, PassFailedError, UsageError
+
+__all__ = ["PassRecord", "Pipeline", "Step", "parse_pipeline", "run_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_PASS = "pkg.graphopt.pass"
+PROVENANCE_OPTIONS = "pkg.graphopt.options"
+_MAX_FIXED_POINT_STEPS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={_quote(v)}' for k, v in self.options)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    steps: tuple[Step, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(s) for s in self.steps)
+
+    def expand(self) -> list[tuple[registry.PassSpec, object]]:
+        """Resolve presets recursively; build each pass's options (validating every key)."""
+        resolved = []
+        for step in self.steps:
+            entry = registry.get_pass(step.name)
+            if isinstance(entry, registry.Preset):
+                if step.options:
+                    raise UsageError(f"preset '{step.name}' takes no options; give them to its passes ({entry.pipeline})")
+                resolved.extend(parse_pipeline(entry.pipeline).expand())
+            else:
+                resolved.append((entry, entry.make_options(dict(step.options))))
+        return resolved
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass did; becomes a row of the report."""
+
+    name: str
+    options: dict
+    modified: bool
+    seconds: float
+    rewrites: dict[str, int]
+    declines: list[str]
+    notes: list[str]
+    nodes_before: int
+    nodes_after: int
+
+
+def _quote(value: str) -> str:
+    return value if value and not any(c in value for c in ",()=\"' ") else json.dumps(value)
+
+
+def parse_pipeline(text: str | Pipeline) -> Pipeline:
+    """Parse a pipeline string; a syntax error is a UsageError that points at the column."""
+    if isinstance(text, Pipeline):
+        return text
+    if not isinstance(text, str):
+        text = ",".join(text)
+    parser = _Parser(text)
+    steps = parser.parse()
+    if not steps:
+        raise UsageError("empty pipeline: name at least one pass, e.g. --passes canonicalize")
+    return Pipeline(tuple(steps))
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def error(self, what: str) -> UsageError:
+        return UsageError(f"bad pipeline {self.text!r} at column {self.pos + 1}: {what}")
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        self.skip_space()
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def word(self, what: str) -> str:
+        self.skip_space()
+        start = self.pos
+        while self.pos < len(self.text) and self.text[self.pos] not in ",()=\"'" and not self.text[self.pos].isspace():
+            self.pos += 1
+        if start == self.pos:
+            raise self.error(f"expected {what}")
+        return self.text[start:self.pos]
+
+    def value(self) -> str:
+        quote = self.peek()
+        if quote in "\"'" and quote:
+            end = self.text.find(quote, self.pos + 1)
+            if end < 0:
+                raise self.error("unterminated quoted value")
+            value = self.text[self.pos + 1:end]
+            self.pos = end + 1
+            return value
+        return self.word("an option value")
+
+    def parse(self) -> list[Step]:
+        steps = []
+        while self.peek():
+            name = self.word("a pass name")
+            options: list[tuple[str, str]] = []
+            if self.peek() == "(":
+                self.pos += 1
+                while self.peek() != ")":
+                    if not self.peek():
+                        raise self.error("missing ')'")
+                    key = self.word("an option name")
+                    if self.peek() != "=":
+                        raise self.error(f"expected '=' after option '{key}'")
+                    self.pos += 1
+                    options.append((key, self.value()))
+                    if self.peek() == ",":
+                        self.pos += 1
+                self.pos += 1
+            steps.append(Step(name, tuple(options)))
+            if self.peek() == ",":
+                self.pos += 1
+            elif self.peek():
+                raise self.error(f"unexpected {self.peek()!r}")
+        return steps
+
+
+def _all_nodes(model: ir.Model) -> list[ir.Node]:
+    nodes = list(ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        nodes.extend(ir.traversal.RecursiveGraphIterator(function))
+    return nodes
+
+
+def _options_dict(options: object) -> dict:
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
+def run_pipeline(
+    model: ir.Model,
+    pipeline: str | Pipeline,
+    *,
+    after_each: Callable[[str, ir.Model], None] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> list[PassRecord]:
+    """Run ``pipeline`` on ``model`` in place; return one record per pass.
+
+    A pass that raises is reported as ``PassFailedError`` naming the pass and the passes before it.
+    ``after_each(name, model)`` runs after every pass (used for per-pass validation).
+    """
+    resolved = parse_pipeline(pipeline).expand()
+    records: list[PassRecord] = []
+    steps = progress(resolved) if progress else resolved
+    for spec, options in steps:
+        before_nodes = _all_nodes(model)
+        before = set(map(id, before_nodes))
+        the_pass = spec.cls(options)
+        start = time.perf_counter()
+        try:
+            modified = _run_one(the_pass, model, spec.fixed_point)
+        except GraphoptError:
+            raise
+        except Exception as e:
+            ran = [r.name for r in records]
+            raise PassFailedError(
+                f"pass '{spec.name}' failed after {ran}: {type(e).__name__}: {e}"
+            ) from e
+        seconds = time.perf_counter() - start
+        after_nodes = _all_nodes(model)
+        tag = json.dumps(_options_dict(options), sort_keys=True, default=str)
+        for node in after_nodes:
+            if id(node) not in before:
+                node.metadata_props.setdefault(PROVENANCE_PASS, spec.name)
+                node.metadata_props.setdefault(PROVENANCE_OPTIONS, tag)
+        del before_nodes  # kept alive until here so ids of removed nodes are not reused
+        record = PassRecord(
+            name=spec.name,
+            options=_options_dict(options),
+            modified=modified,
+            seconds=seconds,
+            rewrites=dict(the_pass.rewrites) if hasattr(the_pass, "rewrites") else {},
+            declines=[str(d) for d in getattr(the_pass, "declines", [])],
+            notes=list(getattr(the_pass, "notes", [])),
+            nodes_before=len(before),
+            nodes_after=len(after_nodes),
+        )
+        records.append(record)
+        logger.info("%s: modified=%s rewrites=%s (%.2fs)", spec.name, modified, record.rewrites, seconds)
+        if after_each is not None:
+            after_each(spec.name, model)
+    return records
+
+
+def _run_one(the_pass, model: ir.Model, fixed_point: bool) -> bool:
+    modified = False
+    for _ in range(_MAX_FIXED_POINT_STEPS if fixed_point else 1):
+        result = the_pass(model)
+        if result.model is not model:
+            raise PassFailedError(f"pass '{the_pass.pass_name}' must rewrite the model in place")
+        if not result.modified:
+            break
+        modified = True
+    return modified

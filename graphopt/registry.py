@@ -1,0 +1,175 @@
+"""The pass registry: one declaration per pass drives the CLI, `graphopt passes` and errors.
+
+A pass is an ``onnx_ir`` pass class registered under a kebab-case name with a dataclass of typed
+options. Presets are registry entries too: a name that expands to a pipeline string.
+
+    @register_pass("gelu", options=GeluOptions)
+    class FuseGelu(GraphoptPass): ...
+
+    register_preset("canonicalize", "cleanup,gelu,layer-norm,...", "Turn exporter spellings ...")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from graphopt.errors import UsageError
+
+__all__ = [
+    "NoOptions",
+    "PassSpec",
+    "Preset",
+    "get_pass",
+    "list_passes",
+    "list_presets",
+    "parse_option_value",
+    "register_pass",
+    "register_preset",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """Options of a pass that takes none."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    name: str
+    cls: type
+    options: type
+    fixed_point: bool
+    category: str
+
+    @property
+    def summary(self) -> str:
+        return _first_line(self.cls.__doc__)
+
+    def option_fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.options))
+
+    def make_options(self, values: dict[str, str | Any]) -> Any:
+        """Build the options dataclass from raw values, naming the valid keys on a bad one."""
+        fields = {f.name.replace("_", "-"): f for f in self.option_fields()}
+        hints = typing.get_type_hints(self.options)
+        kwargs = {}
+        for key, raw in values.items():
+            field = fields.get(key.replace("_", "-"))
+            if field is None:
+                valid = ", ".join(sorted(fields)) or "none"
+                raise UsageError(f"pass '{self.name}' has no option '{key}' (valid options: {valid})")
+            kwargs[field.name] = parse_option_value(self.name, field.name, hints[field.name], raw)
+        try:
+            return self.options(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"pass '{self.name}': {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    pipeline: str
+    summary: str
+
+
+_PASSES: dict[str, PassSpec] = {}
+_PRESETS: dict[str, Preset] = {}
+
+
+def register_pass(
+    name: str, *, options: type = NoOptions, fixed_point: bool = False, category: str = "rewrite"
+) -> Callable[[type], type]:
+    """Class decorator: register ``cls(options)`` as pass ``name``."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"options of pass {name!r} must be a dataclass")
+
+    def decorate(cls: type) -> type:
+        if name in _PASSES or name in _PRESETS:
+            raise ValueError(f"pass name {name!r} is registered twice")
+        if not cls.__doc__:
+            raise ValueError(f"pass {name!r} needs a docstring: its first line is its summary")
+        cls.pass_name = name
+        _PASSES[name] = PassSpec(name, cls, options, fixed_point, category)
+        return cls
+
+    return decorate
+
+
+def register_preset(name: str, pipeline: str, summary: str) -> None:
+    if name in _PASSES or name in _PRESETS:
+        raise ValueError(f"preset name {name!r} is registered twice")
+    _PRESETS[name] = Preset(name, pipeline, summary)
+
+
+def _ensure_loaded() -> None:
+    # Importing the package runs every pass module's @register_pass.
+    importlib.import_module("graphopt.passes")
+
+
+def get_pass(name: str) -> PassSpec | Preset:
+    _ensure_loaded()
+    if name in _PASSES:
+        return _PASSES[name]
+    if name in _PRESETS:
+        return _PRESETS[name]
+    valid = ", ".join(sorted([*_PASSES, *_PRESETS]))
+    raise UsageError(f"unknown pass '{name}' (valid passes and presets: {valid}); see `graphopt passes`")
+
+
+def list_passes() -> list[PassSpec]:
+    _ensure_loaded()
+    return [_PASSES[k] for k in sorted(_PASSES)]
+
+
+def list_presets() -> list[Preset]:
+    _ensure_loaded()
+    return [_PRESETS[k] for k in sorted(_PRESETS)]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_option_value(pass_name: str, key: str, hint: Any, raw: Any) -> Any:
+    """Convert a raw option value (string from the CLI, or a Python value) to the field's type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    where = f"option '{key}' of pass '{pass_name}'"
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        non_none = [a for a in args if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
+            return None
+        return parse_option_value(pass_name, key, non_none[0], raw)
+    if origin is typing.Literal:
+        if raw not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise UsageError(f"{where} must be one of {choices}, got {raw!r}")
+        return raw
+    if origin in (tuple, list):
+        items = raw.split("|") if isinstance(raw, str) else list(raw)
+        elem = args[0] if args else str
+        return tuple(parse_option_value(pass_name, key, elem, i) for i in items if i != "")
+    if not isinstance(raw, str):
+        if hint is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        if not isinstance(raw, hint):
+            raise UsageError(f"{where} must be {hint.__name__}, got {raw!r}")
+        return raw
+    if hint is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise UsageError(f"{where} must be true or false, got {raw!r}")
+    try:
+        return hint(raw)
+    except ValueError:
+        raise UsageError(f"{where} must be {hint.__name__}, got {raw!r}") from None
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""

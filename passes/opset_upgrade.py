@@ -1,0 +1,59 @@
+"""Upgrade the model's default-domain opset so canonical ops (Gelu-20, RMSNormalization-23) exist.
+
+    opset_import {"": 14}  ->  opset_import {"": 23}, nodes converted by onnx's version converter
+    (ReduceMean axes attribute -> input, Split/Pad/... adapters)
+
+Skipped (with a note, the model untouched) when the model already has this opset or newer, or
+when onnx's converter cannot convert one of the model's ops; canonical rules that need a newer
+opset then decline and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+
+from graphopt.pass_base import GraphoptPass
+from graphopt.registry import register_pass
+
+__all__ = ["OpsetUpgrade", "OpsetUpgradeOptions"]
+
+_PROTO_LIMIT = 1_800_000_000  # bytes; protobuf cannot serialize a model over 2 GB in one message
+
+
+@dataclasses.dataclass(frozen=True)
+class OpsetUpgradeOptions:
+    opset: int = 23
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+@register_pass("opset-upgrade", options=OpsetUpgradeOptions, category="cleanup")
+class OpsetUpgrade(GraphoptPass):
+    """Convert the default-domain opset up to `opset` (onnx version converter) when it is older."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        current = default_opset(model)
+        if current >= self.options.opset:
+            return ir.passes.PassResult(model, modified=False)
+        proto = ir.serde.serialize_model(model)
+        if proto.ByteSize() > _PROTO_LIMIT:
+            self.notes.append(f"kept opset {current}: model too large for the version converter")
+            return ir.passes.PassResult(model, modified=False)
+        try:
+            converted = onnx.version_converter.convert_version(proto, self.options.opset)
+            onnx.checker.check_model(converted)
+        except Exception as e:  # the converter raises bare RuntimeErrors from C++
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.notes.append(f"kept opset {current}: version converter failed ({reason})")
+            return ir.passes.PassResult(model, modified=False)
+        new = ir.serde.deserialize_model(converted)
+        model.graph = new.graph  # the converted graph carries the new opset imports
+        model.ir_version = max(model.ir_version, new.ir_version)
+        self.rewrites[f"opset-{current}-to-{self.options.opset}"] = 1
+        return ir.passes.PassResult(model, modified=True)
