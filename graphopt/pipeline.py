@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from graphopt import registry
 from graphopt.errors import GraphoptError, PassFailedError, UsageError
@@ -183,6 +184,7 @@ def run_pipeline(
     """
     resolved = parse_pipeline(pipeline).expand()
     records: list[PassRecord] = []
+    infer_shapes(model)
     steps = progress(resolved) if progress else resolved
     for spec, options in steps:
         before_nodes = _all_nodes(model)
@@ -198,6 +200,8 @@ def run_pipeline(
             raise PassFailedError(
                 f"pass '{spec.name}' failed after {ran}: {type(e).__name__}: {e}"
             ) from e
+        if modified:
+            infer_shapes(model)  # the next pass's checks read shapes and dtypes
         seconds = time.perf_counter() - start
         after_nodes = _all_nodes(model)
         tag = json.dumps(_options_dict(options), sort_keys=True, default=str)
@@ -222,6 +226,11 @@ def run_pipeline(
         if after_each is not None:
             after_each(spec.name, model)
     return records
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """ONNX shape inference, lenient: unknown (custom) ops just leave their outputs unshaped."""
+    common_passes.ShapeInferencePass(strict_mode=False)(model)
 
 
 def _run_one(the_pass, model: ir.Model, fixed_point: bool) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -169,6 +170,72 @@ def parse_option_value(pass_name: str, key: str, hint: Any, raw: Any) -> Any:
         return hint(raw)
     except ValueError:
         raise UsageError(f"{where} must be {hint.__name__}, got {raw!r}") from None
+
+
+def _catalog_key() -> str:
+    import hashlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "passes")
+    spec = importlib.util.find_spec("graphopt.passes")
+    if spec is not None and spec.submodule_search_locations:
+        folder = list(spec.submodule_search_locations)[0]
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            stat = os.stat(os.path.join(folder, name))
+            digest.update(f"{name}:{stat.st_mtime_ns}:{stat.st_size};".encode())
+    for name in ("registry.py",):
+        stat = os.stat(os.path.join(os.path.dirname(os.path.abspath(__file__)), name))
+        digest.update(f"{name}:{stat.st_mtime_ns}:{stat.st_size};".encode())
+    return digest.hexdigest()[:16]
+
+
+def catalog() -> dict:
+    """Passes and presets as plain data, cached on disk by the pass files' mtimes.
+
+    Listing passes needs every pass module imported (onnx_ir, onnxscript: about a second);
+    the cache lets `graphopt passes` answer without importing them once it has run once.
+    """
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "graphopt")
+    path = os.path.join(cache_dir, f"catalog-{_catalog_key()}.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    data = {
+        "passes": [
+            {
+                "name": p.name,
+                "category": p.category,
+                "summary": p.summary,
+                "fixed_point": p.fixed_point,
+                "options": [
+                    {"name": f.name.replace("_", "-"), "type": _type_name(f.type), "default": f.default}
+                    for f in p.option_fields()
+                ],
+            }
+            for p in list_passes()
+        ],
+        "presets": [{"name": p.name, "pipeline": p.pipeline, "summary": p.summary} for p in list_presets()],
+    }
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, default=str)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs speed
+    return json.loads(json.dumps(data, default=str))
+
+
+def _type_name(hint: Any) -> str:
+    return hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
 
 
 def _first_line(doc: str | None) -> str:

@@ -1,0 +1,40 @@
+# graphopt — `make demo` and `make test` work on a fresh clone (they create .venv if missing).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast bench conformance clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Build the embedded default model (digits ViT + its test images as calibration data),
+# rewrite it with the canonicalize pipeline and print the report.
+demo: $(STAMP)
+	$(PY) -m graphopt.models digits-vit $(OUT)/demo-input
+	$(VENV)/bin/graphopt compile $(OUT)/demo-input/digits-vit.onnx --calib $(OUT)/demo-input/digits-vit.calib.npz \
+		--passes canonicalize -o $(OUT)/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+conformance: $(STAMP)
+	$(PY) -m bench.conformance
+
+bench: $(STAMP)
+	$(PY) -m bench.overhead
+
+clean:
+	rm -rf $(OUT) graphopt-out .pytest_cache

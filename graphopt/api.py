@@ -1,0 +1,191 @@
+"""The Python API: ``graphopt.compile(model, passes=..., calib=..., targets=...)``.
+
+    result = graphopt.compile(module, example_inputs=(ids, mask), passes="canonicalize")
+    result.model                      # the rewritten onnx_ir.Model
+    result.artifacts["onnx"].run(feeds)
+    result.report.accuracy            # metrics vs the original, per output
+    result.save("out/")               # what `graphopt compile -o out/` writes
+
+The CLI is a thin layer over this function, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from graphopt import capture, data, ops, storage
+from graphopt.errors import CheckFailedError, UnsupportedError, UsageError
+from graphopt.metrics import Tolerances, compare_outputs
+from graphopt.pipeline import parse_pipeline, run_pipeline
+from graphopt.report import Report, model_summary, op_histogram, render
+
+__all__ = ["CompileResult", "compile"]
+
+logger = logging.getLogger(__name__)
+SYNTHETIC_WARNING = "no calibration data given: using synthetic random inputs, so accuracy numbers say little about real data (pass --calib)"
+
+
+@dataclasses.dataclass
+class CompileResult:
+    model: ir.Model
+    original: ir.Model
+    artifacts: dict[str, Any]
+    report: Report
+    samples: list[dict[str, np.ndarray]]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def check(self) -> CompileResult:
+        """Raise CheckFailedError when the numerics exceeded the tolerances."""
+        if not self.report.ok:
+            raise CheckFailedError("; ".join(self.report.violations))
+        return self
+
+    def print_report(self, console=None) -> None:
+        render(self.report, console)
+
+    def save(self, outdir: str | os.PathLike) -> list[str]:
+        """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``."""
+        with storage.staged_dir(outdir) as staging:
+            for target, artifact in self.artifacts.items():
+                folder = staging if target == "onnx" else os.path.join(staging, target)
+                os.makedirs(folder, exist_ok=True)
+                artifact.save(folder)
+            if "onnx" not in self.artifacts:
+                storage.save_model(self.model, os.path.join(staging, "model.onnx"))
+            storage.atomic_write_text(os.path.join(staging, "report.json"), self.report.to_json())
+            written = sorted(os.listdir(staging))
+        return [os.path.join(os.fspath(outdir), name) for name in written]
+
+
+def _apply_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
+    inputs = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names '{name}', but the model's inputs are {sorted(inputs)}")
+        value = inputs[name]
+        if value.shape is not None and len(value.shape) != len(dims):
+            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(value.shape)}")
+        value.shape = ir.Shape(list(dims))
+
+
+def _run_all(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], threads: int) -> list[dict[str, np.ndarray]]:
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    session = ort.make_session(model, optimization="disable", threads=threads)
+    return [ort.run(session, s) for s in samples]
+
+
+def compile(  # noqa: A001 — mirrors the CLI command name
+    model: Any,
+    passes: str | Sequence[str] = "canonicalize",
+    *,
+    calib: Any = None,
+    targets: Sequence[str] | str | None = None,
+    example_inputs: Any = None,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    validate: bool = True,
+    validate_each: bool = False,
+    tolerances: Tolerances | None = None,
+    synthetic_samples: int = 4,
+    seed: int = 0,
+    threads: int = 2,
+    bench_runs: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    name: str | None = None,
+) -> CompileResult:
+    """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
+
+    ``model`` is anything ``graphopt.load`` accepts. ``calib`` is calibration/validation data in
+    any form ``graphopt.data.load_samples`` accepts; without it seeded synthetic inputs are used
+    and the report warns. ``bench_runs > 0`` times the original and every target (median).
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pipeline = parse_pipeline(passes)
+    pipeline.expand()  # fail on unknown passes/options before any work
+    targets = [targets] if isinstance(targets, str) else list(targets or ["onnx"])
+    from graphopt import backends  # noqa: PLC0415
+
+    backend_modules = {t: backends.get_backend(t) for t in targets}
+    tolerances = tolerances or Tolerances()
+    original = capture.load(model, example_inputs)
+    if input_shapes:
+        shapes = data.parse_shape_overrides(input_shapes) if not isinstance(input_shapes, Mapping) else dict(input_shapes)
+        _apply_input_shapes(original, shapes)
+    timings["load"] = time.perf_counter() - start
+
+    report = Report(model=name or _describe(model), pipeline=str(pipeline))
+    if calib is not None:
+        samples = data.load_samples(calib, original)
+        report.data = {"kind": "user", "samples": len(samples)}
+    else:
+        shapes = data.parse_shape_overrides(input_shapes) if input_shapes and not isinstance(input_shapes, Mapping) else dict(input_shapes or {})
+        samples = [data.synthetic_inputs(original, seed + i, shapes) for i in range(synthetic_samples)] if validate or bench_runs else []
+        report.data = {"kind": "synthetic", "samples": len(samples), "seed": seed}
+        if validate:
+            report.warnings.append(SYNTHETIC_WARNING)
+            logger.warning(SYNTHETIC_WARNING)
+
+    work = original.clone()
+    reference = _run_all(original, samples, threads) if validate and samples else []
+
+    def check_after(pass_name: str, m: ir.Model) -> None:
+        metrics = compare_outputs(reference, _run_all(m.clone(), samples, threads))
+        report.accuracy_per_pass[pass_name] = {k: v.as_dict() for k, v in metrics.items()}
+
+    t = time.perf_counter()
+    records = run_pipeline(work, pipeline, after_each=check_after if (validate_each and reference) else None, progress=progress)
+    ops.attach_functions(work)
+    common_passes.NameFixPass()(work)
+    timings["pipeline"] = time.perf_counter() - t
+
+    report.passes = [dataclasses.asdict(r) for r in records]
+    report.before, report.after = model_summary(original), model_summary(work)
+    report.ops_before, report.ops_after = op_histogram(original), op_histogram(work)
+
+    problems = [p for t_name, mod in backend_modules.items() for p in mod.preflight(work)]
+    if problems:
+        raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(targets)}: " + "; ".join(problems[:5]))
+
+    if reference:
+        t = time.perf_counter()
+        metrics = compare_outputs(reference, _run_all(work, samples, threads))
+        report.accuracy = {k: v.as_dict() for k, v in metrics.items()}
+        report.tolerances = dataclasses.asdict(tolerances)
+        report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
+        timings["validate"] = time.perf_counter() - t
+
+    artifacts = {}
+    for target, module in backend_modules.items():
+        t = time.perf_counter()
+        artifacts[target] = module.compile(work, threads=threads)
+        report.targets[target] = {"compile_seconds": time.perf_counter() - t}
+
+    if bench_runs > 0 and samples:
+        from graphopt.backends import ort  # noqa: PLC0415
+
+        baseline = ort.make_session(original, optimization="all", threads=threads)
+        report.latency["original"] = ort.time_session(baseline, samples[0], runs=bench_runs, threads=threads).as_dict()
+        for target, artifact in artifacts.items():
+            report.latency[target] = artifact.time(samples[0], runs=bench_runs).as_dict()
+    timings["total"] = time.perf_counter() - start
+    report.seconds = timings
+    return CompileResult(work, original, artifacts, report, samples)
+
+
+def _describe(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return type(model).__name__

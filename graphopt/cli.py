@@ -1,0 +1,196 @@
+"""The `graphopt` command line: compile, passes, inspect, explain.
+
+Exit codes (BRIEF §4): 0 ok; 1 a numeric check failed; 2 usage error; 3 unreadable or invalid
+model; 4 unsupported op or target; 5 internal error. Errors print one line; ``--debug`` adds the
+traceback. Only the standard library loads at start-up, so `graphopt --help` and
+`graphopt passes` answer fast; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from graphopt.errors import EXIT_OK, GraphoptError, UsageError
+
+__all__ = ["main"]
+
+EXIT_CODES_HELP = "exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 bad model, 4 unsupported op/target, 5 internal error"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + error otherwise)
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _progress(args):
+    if args.quiet or not (sys.stderr.isatty() or args.progress):
+        return None
+    from tqdm import tqdm  # noqa: PLC0415
+
+    return lambda items: tqdm(items, desc="passes", unit="pass", file=sys.stderr, leave=False)
+
+
+def _console(args):
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console(stderr=False, quiet=args.quiet, width=None if sys.stdout.isatty() else 140)
+
+
+def cmd_compile(args) -> int:
+    from graphopt import api, storage  # noqa: PLC0415
+    from graphopt.metrics import Tolerances  # noqa: PLC0415
+
+    storage.ensure_writable_dir(args.output)  # fail before any work when -o is unusable
+    tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine, min_sqnr=args.min_sqnr, min_top1=args.min_top1)
+    calib = None
+    if args.calib:
+        calib = args.calib[0] if len(args.calib) == 1 and ":" not in args.calib[0] else args.calib
+    result = api.compile(
+        args.model,
+        args.passes,
+        calib=calib,
+        targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+        input_shapes=args.input_shape,
+        validate=not args.no_validate,
+        validate_each=args.validate_each,
+        tolerances=tolerances,
+        seed=args.seed,
+        threads=args.threads,
+        bench_runs=args.bench_runs,
+        progress=_progress(args),
+    )
+    written = result.save(args.output)
+    if args.report:
+        storage.atomic_write_text(args.report, result.report.to_json())
+    if args.json:
+        sys.stdout.write(result.report.to_json())
+    else:
+        console = _console(args)
+        result.print_report(console)
+        console.print(f"wrote {', '.join(written)}")
+    if not result.ok:
+        print(f"graphopt: numeric check failed: {result.report.violations[0]}", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
+def cmd_passes(args) -> int:
+    from graphopt import registry  # noqa: PLC0415
+
+    catalog = registry.catalog()
+    if args.json:
+        import json  # noqa: PLC0415
+
+        print(json.dumps(catalog, indent=2))
+        return EXIT_OK
+    for p in catalog["passes"]:
+        print(f"{p['name']:<16} {p['summary']}")
+        if p["options"]:
+            options = ", ".join(f"{o['name']}: {o['type']} = {o['default']!r}" for o in p["options"])
+            print(f"{'':<16}   options: {options}")
+    print("\npresets:")
+    for p in catalog["presets"]:
+        print(f"{p['name']:<16} {p['summary']}\n{'':<16}   = {p['pipeline']}")
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from graphopt import inspection  # noqa: PLC0415
+
+    info = inspection.inspect(args.model, input_shapes=args.input_shape)
+    if args.json:
+        import json  # noqa: PLC0415
+
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        inspection.render(info, _console(args))
+    return EXIT_OK
+
+
+def cmd_explain(args) -> int:
+    from graphopt import inspection  # noqa: PLC0415
+
+    lines = inspection.explain(args.model, args.passes, input_shapes=args.input_shape)
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    common.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+
+    parser = _Parser(prog="graphopt", description="Rewrite ONNX transformer graphs with named passes, check the numerics, compile.",
+                     epilog=EXIT_CODES_HELP, parents=[common])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("compile", parents=[common], help="rewrite a model, validate it, build targets", epilog=EXIT_CODES_HELP)
+    c.add_argument("model", help="an .onnx file")
+    c.add_argument("-o", "--output", default="graphopt-out", help="output folder (default: graphopt-out)")
+    c.add_argument("--passes", default="canonicalize", help="pipeline, e.g. 'canonicalize,gelu' (see `graphopt passes`)")
+    c.add_argument("--targets", default="onnx", help="comma-separated targets (default: onnx)")
+    c.add_argument("--calib", action="append", metavar="DATA", help=".npz, .npy, a folder, or name:file.npy (repeatable)")
+    c.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
+    c.add_argument("--report", metavar="PATH", help="also write report.json here")
+    c.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    c.add_argument("--atol", type=float, help="max abs error allowed (with --rtol)")
+    c.add_argument("--rtol", type=float, help="relative error allowed, times the output's max magnitude")
+    c.add_argument("--min-cosine", type=float, default=0.999, help="minimum cosine vs the original (default 0.999)")
+    c.add_argument("--min-sqnr", type=float, help="minimum SQNR in dB")
+    c.add_argument("--min-top1", type=float, help="minimum top-1 agreement for logits outputs")
+    c.add_argument("--no-validate", action="store_true", help="skip the comparison with the original")
+    c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
+    c.add_argument("--bench-runs", type=int, default=10, help="timed runs per model for latency, 0 to skip (default 10)")
+    c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs")
+    c.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
+    c.set_defaults(run=cmd_compile)
+
+    p = sub.add_parser("passes", parents=[common], help="list passes, their options and presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_passes)
+
+    i = sub.add_parser("inspect", parents=[common], help="inputs, outputs, op histogram, parameters, detected patterns")
+    i.add_argument("model")
+    i.add_argument("--input-shape", action="append", metavar="NAME:D0,D1")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(run=cmd_inspect)
+
+    e = sub.add_parser("explain", parents=[common], help="what each pass would rewrite, and the near misses with reasons")
+    e.add_argument("model")
+    e.add_argument("--passes", default="canonicalize")
+    e.add_argument("--input-shape", action="append", metavar="NAME:D0,D1")
+    e.set_defaults(run=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "run", None):
+            build_parser().print_help()
+            return 2
+        return args.run(args)
+    except GraphoptError as e:
+        if debug:
+            raise
+        print(f"graphopt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("graphopt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line unless --debug
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"graphopt: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 5
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Inputs for calibration and validation: load user data, check it fits the model, or synthesize.
+
+Accepted forms (BRIEF §2.4): an ``.npz`` file (arrays keyed by input name; a leading axis over
+samples is allowed), a ``.npy`` file for a single-input model, a folder of ``<input>.npy`` files,
+a folder in the ONNX test-data layout (``test_data_set_*/input_*.pb``), ``name:file.npy`` pairs
+(the CLI's form), or a Python iterable of dicts. Without data, ``synthetic_inputs`` makes seeded
+random inputs and the caller must say loudly that accuracy numbers then mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnx_ir as ir
+
+from graphopt.errors import DataError, UsageError
+
+__all__ = ["InputSpec", "input_specs", "load_samples", "parse_shape_overrides", "synthetic_inputs", "check_feeds"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None  # None: rank unknown; str/None dims are dynamic
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        shape = None
+        if value.shape is not None:
+            shape = tuple(d if isinstance(d, int) else (str(d) if d is not None and str(d) else None) for d in value.shape)
+        specs.append(InputSpec(value.name, np.dtype(dtype), shape))
+    return specs
+
+
+def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["input_ids:1,128"]`` -> ``{"input_ids": (1, 128)}``."""
+    shapes = {}
+    for item in items or ():
+        name, sep, dims = item.rpartition(":")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
+        except ValueError:
+            raise UsageError(f"bad --input-shape {item!r}: write name:d0,d1,... e.g. input_ids:1,128") from None
+    return shapes
+
+
+def _concrete_shape(spec: InputSpec, overrides: Mapping[str, tuple[int, ...]], default_dim: int) -> tuple[int, ...]:
+    if spec.name in overrides:
+        return overrides[spec.name]
+    if spec.shape is None:
+        raise DataError(f"input '{spec.name}' has unknown rank; give --input-shape {spec.name}:d0,d1,...")
+    return tuple(d if isinstance(d, int) and d > 0 else (1 if i == 0 else default_dim) for i, d in enumerate(spec.shape))
+
+
+def synthetic_inputs(
+    model: ir.Model, seed: int = 0, shapes: Mapping[str, tuple[int, ...]] | None = None, default_dim: int = 16
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs: floats ~ N(0,1); ``*mask*`` integer inputs all ones; other integers in [0, 100)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(model):
+        shape = _concrete_shape(spec, shapes or {}, default_dim)
+        if spec.dtype == np.bool_:
+            feeds[spec.name] = np.ones(shape, dtype=bool)
+        elif np.issubdtype(spec.dtype, np.integer):
+            if "mask" in spec.name.lower():
+                feeds[spec.name] = np.ones(shape, dtype=spec.dtype)
+            else:
+                feeds[spec.name] = rng.integers(0, 100, size=shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+def check_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray], where: str = "data") -> dict[str, np.ndarray]:
+    """Check names, dtypes and static dims against the model's inputs; return the feeds cast to them."""
+    specs = {s.name: s for s in input_specs(model)}
+    unknown = sorted(set(feeds) - set(specs))
+    missing = sorted(set(specs) - set(feeds))
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown input(s) {unknown}")
+        if missing:
+            parts.append(f"missing input(s) {missing}")
+        raise DataError(f"{where} does not match the model: {'; '.join(parts)} (the model's inputs are {sorted(specs)})")
+    fixed = {}
+    for name, array in feeds.items():
+        spec = specs[name]
+        array = np.asarray(array)
+        if spec.shape is not None:
+            if array.ndim != len(spec.shape):
+                raise DataError(f"{where}: input '{name}' has shape {array.shape}, the model expects rank {len(spec.shape)} {_show(spec.shape)}")
+            for got, want in zip(array.shape, spec.shape):
+                if isinstance(want, int) and want > 0 and got != want:
+                    raise DataError(f"{where}: input '{name}' has shape {array.shape}, the model expects {_show(spec.shape)}")
+        if array.dtype != spec.dtype:
+            if array.dtype.kind != spec.dtype.kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
+                raise DataError(f"{where}: input '{name}' is {array.dtype}, the model expects {spec.dtype}")
+            array = array.astype(spec.dtype)
+        fixed[name] = array
+    return fixed
+
+
+def _show(shape) -> str:
+    return "[" + ",".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
+
+
+def load_samples(source: Any, model: ir.Model) -> list[dict[str, np.ndarray]]:
+    """Load samples (one feed dict each) from any accepted form and check them against the model."""
+    where = f"calibration data {source!r}" if isinstance(source, (str, os.PathLike)) else "calibration data"
+    raw = _read(source, model)
+    if not raw:
+        raise DataError(f"{where} holds no samples")
+    return [check_feeds(model, sample, where) for sample in raw]
+
+
+def _read(source: Any, model: ir.Model) -> list[dict[str, np.ndarray]]:
+    specs = input_specs(model)
+    if isinstance(source, Mapping):
+        return _split_stacked(dict(source), specs)
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) and ":" in s for s in source):
+        return _read_pairs(source, specs)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if ":" in path and not os.path.exists(path):
+            return _read_pairs([path], specs)
+        if not os.path.exists(path):
+            raise DataError(f"calibration data {path} does not exist")
+        if os.path.isdir(path):
+            return _read_folder(path, specs)
+        if path.endswith(".npz"):
+            with np.load(path) as archive:
+                return _split_stacked({k: archive[k] for k in archive.files}, specs)
+        if path.endswith(".npy"):
+            if len(specs) != 1:
+                raise DataError(f"{path} is one array but the model has inputs {[s.name for s in specs]}; use an .npz or name:file.npy")
+            return _split_stacked({specs[0].name: np.load(path)}, specs)
+        if path.endswith(".pb"):
+            return [{specs[0].name: _read_pb(path)}]
+        raise DataError(f"calibration data {path}: use .npz, .npy, .pb or a folder")
+    if isinstance(source, Iterable):
+        samples = []
+        for item in source:
+            if not isinstance(item, Mapping):
+                raise DataError(f"calibration iterable must yield dicts of input name -> array, got {type(item).__name__}")
+            samples.append(dict(item))
+        return samples
+    raise DataError(f"unsupported calibration data of type {type(source).__name__}")
+
+
+def _read_pairs(pairs: Sequence[str], specs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
+    arrays = {}
+    for pair in pairs:
+        name, _, path = pair.partition(":")
+        if not os.path.exists(path):
+            raise DataError(f"data file {path} for input '{name}' does not exist")
+        try:
+            arrays[name] = np.load(path)
+        except ValueError as e:
+            raise DataError(f"cannot read {path} as .npy: {e}") from e
+    return _split_stacked(arrays, specs)
+
+
+def _read_folder(path: str, specs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
+    sets = sorted(glob.glob(os.path.join(path, "test_data_set_*")))
+    if sets:
+        samples = []
+        for folder in sets:
+            files = sorted(glob.glob(os.path.join(folder, "input_*.pb")), key=lambda f: int(f.rsplit("_", 1)[1][:-3]))
+            samples.append({spec.name: _read_pb(f) for spec, f in zip(specs, files)})
+        return samples
+    npys = {os.path.splitext(os.path.basename(f))[0]: f for f in glob.glob(os.path.join(path, "*.npy"))}
+    if not npys:
+        raise DataError(f"folder {path} has neither test_data_set_*/input_*.pb nor <input>.npy files")
+    return _split_stacked({name: np.load(f) for name, f in npys.items()}, specs)
+
+
+def _read_pb(path: str) -> np.ndarray:
+    tensor = onnx.TensorProto()
+    with open(path, "rb") as f:
+        tensor.ParseFromString(f.read())
+    return onnx.numpy_helper.to_array(tensor)
+
+
+def _split_stacked(arrays: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
+    """One sample, or many if every array has one more axis than the model's input (a stack)."""
+    ranks = {s.name: len(s.shape) for s in specs if s.shape is not None}
+    stacked = arrays and all(name in ranks and np.ndim(a) == ranks[name] + 1 for name, a in arrays.items())
+    if not stacked:
+        return [arrays]
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1:
+        raise DataError(f"stacked inputs have different sample counts: { {k: len(v) for k, v in arrays.items()} }")
+    return [{k: v[i] for k, v in arrays.items()} for i in range(counts.pop())]

@@ -1,0 +1,110 @@
+"""`graphopt inspect` and `graphopt explain`: what a model is made of, and what passes would do.
+
+Pattern detection runs the `canonicalize` preset on a copy and reads the canonical nodes it
+produced (attention blocks, GELU / SwiGLU MLPs, LayerNorm / RMSNorm), so inspect and compile
+always agree on what they see.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from graphopt import capture, data, pipeline, rewrite
+from graphopt.pass_base import RulePass
+from graphopt.report import model_summary, op_histogram
+
+__all__ = ["explain", "inspect", "render"]
+
+_PATTERNS = {
+    "LayerNormalization": "LayerNorm",
+    "RMSNormalization": "RMSNorm",
+    "Gelu": "GELU",
+}
+
+
+def _load(model_path: str, input_shapes: Sequence[str] | None) -> ir.Model:
+    from graphopt.api import _apply_input_shapes  # noqa: PLC0415
+
+    model = capture.load(model_path)
+    if input_shapes:
+        _apply_input_shapes(model, data.parse_shape_overrides(input_shapes))
+    return model
+
+
+def _detect(model: ir.Model) -> dict[str, int]:
+    canonical = model.clone()
+    pipeline.run_pipeline(canonical, "canonicalize")
+    found: collections.Counter = collections.Counter()
+    for node in ir.traversal.RecursiveGraphIterator(canonical.graph):
+        if node.op_type in _PATTERNS:
+            found[_PATTERNS[node.op_type]] += 1
+        elif node.domain == "pkg.graphopt" and "Attention" in node.op_type:
+            found["attention blocks"] += 1
+        elif node.domain == "pkg.graphopt" and "Silu" in node.op_type or node.op_type == "Swish":
+            gated = any(u.node.op_type == "Mul" for o in node.outputs for u in o.uses())
+            found["SwiGLU (gated SiLU)" if gated else "SiLU"] += 1
+    return dict(sorted(found.items()))
+
+
+def inspect(model_path: str, input_shapes: Sequence[str] | None = None) -> dict[str, Any]:
+    model = _load(model_path, input_shapes)
+    return {
+        "model": model_path,
+        "inputs": [{"name": s.name, "dtype": str(s.dtype), "shape": list(s.shape) if s.shape is not None else None} for s in data.input_specs(model)],
+        "outputs": [{"name": v.name, "dtype": str(v.dtype.numpy()) if v.dtype else None, "shape": [d if isinstance(d, int) else str(d) for d in v.shape] if v.shape is not None else None} for v in model.graph.outputs],
+        "summary": model_summary(model),
+        "ops": op_histogram(model),
+        "patterns": _detect(model),
+    }
+
+
+def render(info: dict[str, Any], console) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    summary = info["summary"]
+    console.print(f"[bold]{info['model']}[/bold]: {summary['nodes']} nodes, {summary['parameters']:,} parameters "
+                  f"({summary['weight_bytes'] / 1e6:.2f} MB), opsets {summary['opsets']}")
+    io = Table(title="inputs / outputs", title_justify="left")
+    for column in ("", "name", "dtype", "shape"):
+        io.add_column(column)
+    for kind in ("inputs", "outputs"):
+        for v in info[kind]:
+            io.add_row(kind[:-1], v["name"], str(v["dtype"]), str(v["shape"]))
+    console.print(io)
+    ops = Table(title="ops", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in sorted(info["ops"].items(), key=lambda kv: -kv[1]):
+        ops.add_row(op, str(count))
+    console.print(ops)
+    patterns = ", ".join(f"{k}: {v}" for k, v in info["patterns"].items()) or "none"
+    console.print(f"detected patterns: {patterns}")
+
+
+def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = None) -> list[str]:
+    """Run ``passes`` on a copy; per pass: what it rewrote, what its checks declined, near misses."""
+    model = _load(model_path, input_shapes)
+    lines = []
+    pipeline.infer_shapes(model)
+    for spec, options in pipeline.parse_pipeline(passes).expand():
+        the_pass = spec.cls(options)
+        if isinstance(the_pass, RulePass):
+            near = rewrite.explain_rules(model, the_pass.rules(), near_misses=True)
+        else:
+            near = []
+        records = pipeline.run_pipeline(model, pipeline.Pipeline((pipeline.Step(spec.name, tuple((k, str(v)) for k, v in options.__dict__.items())),)))
+        record = records[0]
+        done = ", ".join(f"{k} x{v}" for k, v in record.rewrites.items()) or "nothing"
+        lines.append(f"{spec.name}: rewrote {done}")
+        for decline in record.declines:
+            lines.append(f"  declined: {decline}")
+        for miss in near:
+            if not record.rewrites.get(miss.rule):
+                lines.append(f"  {miss}")
+        for note in record.notes:
+            lines.append(f"  note: {note}")
+    return lines

@@ -1,0 +1,145 @@
+"""The report: what changed, how much accuracy moved, how fast it runs — as data and as a table.
+
+``Report`` is plain data (``as_dict`` is what ``report.json`` holds); ``render`` prints the human
+table with rich. Everything needed to replay the run is in it, starting with the pipeline string.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+from typing import Any
+
+import onnx_ir as ir
+
+__all__ = ["Report", "model_summary", "op_histogram", "render"]
+
+
+def op_histogram(model: ir.Model) -> dict[str, int]:
+    counts = collections.Counter(
+        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
+        for n in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
+    return dict(sorted(counts.items()))
+
+
+def model_summary(model: ir.Model) -> dict[str, Any]:
+    params = 0
+    weight_bytes = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            params += value.const_value.size
+            weight_bytes += value.const_value.nbytes
+    return {
+        "nodes": sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph)),
+        "parameters": int(params),
+        "weight_bytes": int(weight_bytes),
+        "opsets": dict(sorted(model.opset_imports.items())),
+        "functions": sorted(f"{f.domain}::{f.name}" for f in model.functions.values()),
+    }
+
+
+@dataclasses.dataclass
+class Report:
+    model: str
+    pipeline: str
+    passes: list[dict] = dataclasses.field(default_factory=list)
+    before: dict = dataclasses.field(default_factory=dict)
+    after: dict = dataclasses.field(default_factory=dict)
+    ops_before: dict = dataclasses.field(default_factory=dict)
+    ops_after: dict = dataclasses.field(default_factory=dict)
+    data: dict = dataclasses.field(default_factory=dict)
+    accuracy: dict = dataclasses.field(default_factory=dict)
+    accuracy_per_pass: dict = dataclasses.field(default_factory=dict)
+    tolerances: dict = dataclasses.field(default_factory=dict)
+    violations: list[str] = dataclasses.field(default_factory=list)
+    latency: dict = dataclasses.field(default_factory=dict)
+    targets: dict = dataclasses.field(default_factory=dict)
+    seconds: dict = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["ok"] = self.ok
+        return _jsonable(out)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def render(report: Report, console=None) -> None:
+    """Print the report as tables (rich)."""
+    from rich.console import Console  # noqa: PLC0415 — rich only when printing
+    from rich.table import Table  # noqa: PLC0415
+
+    console = console or Console()
+    console.print(f"[bold]graphopt[/bold] {report.model}  pipeline: [cyan]{report.pipeline}[/cyan]")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+
+    passes = Table(title="passes", title_justify="left")
+    for column in ("pass", "rewrites", "nodes", "time", "declined / notes"):
+        passes.add_column(column)
+    for p in report.passes:
+        rewrites = ", ".join(f"{k} x{v}" for k, v in p["rewrites"].items()) or "-"
+        notes = [*p["declines"][:3], *p["notes"]]
+        if len(p["declines"]) > 3:
+            notes.append(f"... {len(p['declines']) - 3} more declines in report.json")
+        passes.add_row(p["name"], rewrites, f"{p['nodes_before']} -> {p['nodes_after']}", f"{p['seconds']:.2f}s", "\n".join(notes))
+    console.print(passes)
+
+    ops = Table(title="ops before -> after (changed only)", title_justify="left")
+    for column in ("op", "before", "after"):
+        ops.add_column(column)
+    for op in sorted(set(report.ops_before) | set(report.ops_after)):
+        b, a = report.ops_before.get(op, 0), report.ops_after.get(op, 0)
+        if a != b:
+            ops.add_row(op, str(b), str(a))
+    console.print(ops)
+    size = f"{report.before.get('weight_bytes', 0) / 1e6:.2f} MB -> {report.after.get('weight_bytes', 0) / 1e6:.2f} MB"
+    console.print(f"nodes {report.before.get('nodes')} -> {report.after.get('nodes')}; weights {size}")
+
+    if report.accuracy:
+        acc = Table(title=f"accuracy vs original ({report.data.get('kind')} data, {report.data.get('samples')} samples)", title_justify="left")
+        for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1"):
+            acc.add_column(column)
+        for name, m in report.accuracy.items():
+            top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
+            acc.add_row(name, _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1)
+        console.print(acc)
+    if report.latency:
+        lat = Table(title="latency (median of runs)", title_justify="left")
+        for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):
+            lat.add_column(column)
+        base = report.latency.get("original", {}).get("median_ms")
+        for name, t in report.latency.items():
+            ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
+            lat.add_row(name, f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
+        console.print(lat)
+    if report.violations:
+        for v in report.violations:
+            console.print(f"[red]FAILED[/red] {v}")
+    elif report.accuracy:
+        console.print("[green]numerics within tolerances[/green]")
+
+
+def _num(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:.3g}"

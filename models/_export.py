@@ -1,0 +1,163 @@
+"""Export helper and on-disk cache shared by the reference-model builders.
+
+``export()`` turns an eval-mode ``nn.Module`` plus named example inputs into serialized ONNX bytes,
+with the dynamo exporter (``torch.onnx.export(..., dynamo=True)``, the default) or the legacy
+TorchScript exporter (``exporter="legacy"``). ``cached()`` memoizes such bytes on disk under
+``$GRAPHOPT_CACHE/models`` (default ``~/.cache/graphopt/models``), keyed by the builder's name,
+its config, the torch / transformers / onnxscript versions and a hash of the builder's source
+files (and of any weight file it reads), so editing a builder invalidates its entries.
+``GRAPHOPT_CACHE=off`` disables the cache. Exports take seconds; tests call them often.
+
+Builders always return ``onnx.load_from_string(bytes)``, so a cached and a fresh build are the
+same proto byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+__all__ = ["EXPORTERS", "cache_dir", "cached", "export", "to_torch"]
+
+logger = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "legacy")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cache_dir() -> Path | None:
+    """The folder holding cached exports, or None when ``GRAPHOPT_CACHE=off``."""
+    root = os.environ.get("GRAPHOPT_CACHE")
+    if root and root.lower() in ("off", "0", "none", "false"):
+        return None
+    base = Path(root) if root else Path.home() / ".cache" / "graphopt"
+    return base / "models"
+
+
+def _digest(paths: Iterable[str | os.PathLike]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(os.fspath(p) for p in paths):
+        h.update(Path(p).read_bytes() if os.path.exists(p) else b"<missing>")
+    return h.hexdigest()
+
+
+def cached(name: str, config: Mapping[str, Any], produce: Callable[[], bytes], *, files: Iterable[str | os.PathLike] = ()) -> onnx.ModelProto:
+    """Return the model ``produce()`` makes for ``name``/``config``, from the cache when present.
+
+    ``files`` are source or weight files whose content the result depends on; this module is
+    always included.
+    """
+    key = json.dumps(
+        {
+            "name": name,
+            "config": dict(sorted(config.items())),
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+            "onnxscript": _version("onnxscript"),
+            "onnx": _version("onnx"),
+            "files": _digest([__file__, *files]),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    folder = cache_dir()
+    if folder is None:
+        return onnx.load_from_string(produce())
+    path = folder / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.onnx"
+    if path.exists():
+        logger.debug("cache hit %s", path)
+        return onnx.load_from_string(path.read_bytes())
+    data = produce()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".onnx", delete=False) as f:
+            f.write(data)
+        os.replace(f.name, path)
+        logger.info("cached %s", path)
+    except OSError as e:  # a read-only home must not break builds
+        logger.warning("could not write the model cache at %s: %s", folder, e)
+    return onnx.load_from_string(data)
+
+
+def to_torch(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """numpy inputs -> torch tensors, same keys and order."""
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+
+
+def export(
+    module: Any,
+    inputs: Mapping[str, np.ndarray],
+    output_names: list[str],
+    *,
+    exporter: str = "dynamo",
+    opset: int = 18,
+    dynamic: Mapping[str, Mapping[int, str]] | None = None,
+) -> bytes:
+    """Export ``module`` (called as ``module(**inputs)``) to serialized ONNX.
+
+    ``inputs`` must be ordered like the module's ``forward`` parameters (the legacy exporter passes
+    them positionally). ``dynamic`` maps an input name to ``{axis: dim_name}``; the same dim name on
+    two inputs means the same size.
+    """
+    import torch
+
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    module.eval()  # the wrapper too: Dropout in a train-mode wrapper would stay live
+    tensors = to_torch(inputs)
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            buf = io.BytesIO()
+            torch.onnx.export(
+                module,
+                tuple(tensors.values()),
+                buf,
+                input_names=list(tensors),
+                output_names=output_names,
+                opset_version=opset,
+                dynamic_axes={k: dict(v) for k, v in (dynamic or {}).items()} or None,
+                dynamo=False,
+            )
+            model = onnx.load_from_string(buf.getvalue())
+        else:
+            dims: dict[str, Any] = {}
+            shapes = None
+            if dynamic:
+                shapes = {
+                    k: {ax: dims.setdefault(d, torch.export.Dim(d)) for ax, d in dynamic.get(k, {}).items()} or None
+                    for k in tensors
+                }
+            program = torch.onnx.export(
+                module,
+                (),
+                kwargs=tensors,
+                output_names=output_names,
+                opset_version=opset,
+                dynamic_shapes=shapes,
+                dynamo=True,
+                external_data=False,
+            )
+            model = program.model_proto
+    return model.SerializeToString()
