@@ -31,6 +31,7 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
 _INLINE_LIMIT = 1 << 30  # bytes of weights above which the session is built from a file
 
 
@@ -130,7 +131,7 @@ def preflight(model: ir.Model) -> list[str]:
     known = {(f.domain, f.name) for f in model.functions.values()}
     problems = []
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain not in ("", "ai.onnx", "com.microsoft") and (node.domain, node.op_type) not in known:
+        if node.domain not in ORT_DOMAINS and (node.domain, node.op_type) not in known:
             problems.append(f"{node.domain}::{node.op_type} (node {node.name or '?'}) has no ONNX Runtime kernel or function body")
     return sorted(set(problems))
 

@@ -35,6 +35,8 @@ class OpDef:
     doc: str
     reference: Callable
     body: str  # ONNX textual function: the op's portable definition
+    # (inputs, attributes) cases that exercise the op; tests check reference == body on each
+    examples: Callable[[], list[tuple[tuple, dict]]] | None = None
 
     @property
     def function_proto(self) -> onnx.FunctionProto:

@@ -1,0 +1,119 @@
+"""Pipeline strings, the registry's errors, provenance, error wrapping, fixed point."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import onnx_ir as ir
+import pytest
+
+from graphopt import capture, pipeline, registry
+from graphopt.errors import PassFailedError, UsageError
+from graphopt.pass_base import GraphoptPass
+
+
+def test_parse_and_print_round_trip():
+    text = "cleanup(fold-limit=10, iterations=1),opset-upgrade(opset=21),canonicalize"
+    parsed = pipeline.parse_pipeline(text)
+    assert [s.name for s in parsed.steps] == ["cleanup", "opset-upgrade", "canonicalize"]
+    assert str(parsed) == "cleanup(fold-limit=10,iterations=1),opset-upgrade(opset=21),canonicalize"
+    assert pipeline.parse_pipeline(str(parsed)) == parsed
+
+
+def test_quoted_values_round_trip():
+    parsed = pipeline.parse_pipeline('x(name="a,b (c)")')
+    assert parsed.steps[0].options == (("name", "a,b (c)"),)
+    assert pipeline.parse_pipeline(str(parsed)) == parsed
+
+
+def test_options_are_typed():
+    (spec, options), = pipeline.parse_pipeline("cleanup(fold-limit=10)").expand()
+    assert spec.name == "cleanup" and options.fold_limit == 10 and isinstance(options.fold_limit, int)
+
+
+def test_preset_expands():
+    names = [spec.name for spec, _ in pipeline.parse_pipeline("canonicalize").expand()]
+    assert names[0] == "cleanup" and "opset-upgrade" in names
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nosuchpass", "unknown pass 'nosuchpass' (valid passes and presets: "),
+        ("cleanup(bogus=1)", "pass 'cleanup' has no option 'bogus' (valid options: fold-limit, iterations)"),
+        ("cleanup(fold-limit=many)", "option 'fold_limit' of pass 'cleanup' must be int, got 'many'"),
+        ("canonicalize(x=1)", "preset 'canonicalize' takes no options"),
+        ("cleanup(fold-limit=1", "missing ')'"),
+        ("cleanup(fold-limit)", "expected '=' after option 'fold-limit'"),
+        ("", "empty pipeline"),
+        ("cleanup opset-upgrade", "unexpected"),
+    ],
+)
+def test_bad_pipelines_say_what_is_wrong(text, message):
+    with pytest.raises(UsageError) as info:
+        pipeline.parse_pipeline(text).expand()
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bool_literal_and_tuple_options():
+    hint_bool = registry.parse_option_value("p", "k", bool, "false")
+    assert hint_bool is False
+    assert registry.parse_option_value("p", "k", tuple[int, ...], "1|2|3") == (1, 2, 3)
+    with pytest.raises(UsageError, match="must be true or false"):
+        registry.parse_option_value("p", "k", bool, "maybe")
+
+
+def test_cleanup_runs_and_tags_provenance(mlp_proto):
+    model = capture.load(mlp_proto)
+    records = pipeline.run_pipeline(model, "cleanup,opset-upgrade")
+    assert [r.name for r in records] == ["cleanup", "opset-upgrade"]
+    assert records[0].modified and records[1].modified
+    assert [n.op_type for n in model.graph] == ["MatMul", "Add"]
+    assert model.opset_imports[""] == 23
+    # nodes made by opset-upgrade carry its name and options
+    assert all(n.metadata_props.get(pipeline.PROVENANCE_PASS) == "opset-upgrade" for n in model.graph)
+    assert json.loads(model.graph.node(0).metadata_props[pipeline.PROVENANCE_OPTIONS]) == {"opset": 23}
+
+
+def test_second_run_does_not_modify(mlp_proto):
+    model = capture.load(mlp_proto)
+    pipeline.run_pipeline(model, "cleanup")
+    again = pipeline.run_pipeline(model, "cleanup")
+    assert again[0].modified is False
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoomOptions:
+    pass
+
+
+class _Boom(GraphoptPass):
+    """A pass that always fails (tests the error wrapping)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        raise ValueError("kaboom")
+
+
+@pytest.fixture
+def boom_pass():
+    registry.register_pass("test-boom", options=_BoomOptions, category="test")(_Boom)
+    yield
+    registry._PASSES.pop("test-boom")
+
+
+def test_failing_pass_is_named_with_the_passes_before(mlp_proto, boom_pass):
+    model = capture.load(mlp_proto)
+    with pytest.raises(PassFailedError) as info:
+        pipeline.run_pipeline(model, "cleanup,opset-upgrade,test-boom")
+    assert str(info.value) == "pass 'test-boom' failed after ['cleanup', 'opset-upgrade']: ValueError: kaboom"
+
+
+def test_catalog_lists_every_registered_pass():
+    catalog = registry.catalog()
+    names = {p["name"] for p in catalog["passes"]}
+    assert {"cleanup", "opset-upgrade"} <= names
+    assert {"canonicalize"} <= {p["name"] for p in catalog["presets"]}
+    cleanup = next(p for p in catalog["passes"] if p["name"] == "cleanup")
+    assert {"name": "fold-limit", "type": "int", "default": 65536} in cleanup["options"]
