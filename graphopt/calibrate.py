@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
+
+from graphopt.shapes import infer_shapes
 
 __all__ = ["Calibrator", "TensorStats", "tensor_stats"]
 
@@ -91,7 +92,7 @@ class Calibrator:
 
     def _with_outputs(self, names: Sequence[str]) -> ir.Model:
         probe = self.model.clone()
-        common_passes.ShapeInferencePass()(probe)  # ORT needs a type on every graph output
+        infer_shapes(probe)  # ORT needs a type on every graph output
         values = {v.name: v for node in probe.graph for v in node.outputs}
         values.update({v.name: v for v in probe.graph.inputs})
         existing = {v.name for v in probe.graph.outputs}

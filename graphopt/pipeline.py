@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterable
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 from graphopt import registry
+from graphopt.shapes import infer_shapes
 from graphopt.errors import GraphoptError, PassFailedError, UsageError
 
 __all__ = ["PassRecord", "Pipeline", "Step", "parse_pipeline", "run_pipeline"]
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 PROVENANCE_PASS = "pkg.graphopt.pass"
 PROVENANCE_OPTIONS = "pkg.graphopt.options"
 _MAX_FIXED_POINT_STEPS = 8
+_SEEN = "graphopt.existed_before_pass"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +189,8 @@ def run_pipeline(
     steps = progress(resolved) if progress else resolved
     for spec, options in steps:
         before_nodes = _all_nodes(model)
-        before = set(map(id, before_nodes))
+        for node in before_nodes:  # meta survives node clones, so copied nodes don't count as new
+            node.meta[_SEEN] = True
         the_pass = spec.cls(options)
         start = time.perf_counter()
         try:
@@ -206,10 +208,9 @@ def run_pipeline(
         after_nodes = _all_nodes(model)
         tag = json.dumps(_options_dict(options), sort_keys=True, default=str)
         for node in after_nodes:
-            if id(node) not in before:
+            if not node.meta.get(_SEEN):
                 node.metadata_props.setdefault(PROVENANCE_PASS, spec.name)
                 node.metadata_props.setdefault(PROVENANCE_OPTIONS, tag)
-        del before_nodes  # kept alive until here so ids of removed nodes are not reused
         record = PassRecord(
             name=spec.name,
             options=_options_dict(options),
@@ -218,7 +219,7 @@ def run_pipeline(
             rewrites=dict(the_pass.rewrites) if hasattr(the_pass, "rewrites") else {},
             declines=[str(d) for d in getattr(the_pass, "declines", [])],
             notes=list(getattr(the_pass, "notes", [])),
-            nodes_before=len(before),
+            nodes_before=len(before_nodes),
             nodes_after=len(after_nodes),
         )
         records.append(record)
@@ -226,11 +227,6 @@ def run_pipeline(
         if after_each is not None:
             after_each(spec.name, model)
     return records
-
-
-def infer_shapes(model: ir.Model) -> None:
-    """ONNX shape inference, lenient: unknown (custom) ops just leave their outputs unshaped."""
-    common_passes.ShapeInferencePass(strict_mode=False)(model)
 
 
 def _run_one(the_pass, model: ir.Model, fixed_point: bool) -> bool:

@@ -38,16 +38,28 @@ class Cleanup(GraphoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = _fingerprint(model)
-        onnxscript.optimizer.optimize(
-            model,
-            num_iterations=self.options.iterations,
-            input_size_limit=self.options.fold_limit,
-            output_size_limit=self.options.fold_limit,
-            inline=True,
-        )
-        common_passes.IdentityEliminationPass()(model)
-        common_passes.RemoveUnusedNodesPass()(model)
-        common_passes.RemoveUnusedFunctionsPass()(model)
+        # Optimize a copy (tensors are shared, so it is cheap): if onnxscript's optimizer fails
+        # halfway on an unusual graph, the model stays as it was instead of half-rewritten.
+        work = model.clone()
+        try:
+            onnxscript.optimizer.optimize(
+                work,
+                num_iterations=self.options.iterations,
+                input_size_limit=self.options.fold_limit,
+                output_size_limit=self.options.fold_limit,
+                inline=True,
+            )
+            common_passes.IdentityEliminationPass()(work)
+        except Exception as e:  # the optimizer raises whatever its evaluators raise
+            self.notes.append(f"constant folding skipped: {str(e).strip().splitlines()[0][:200]}")
+            work = model.clone()
+        common_passes.RemoveUnusedNodesPass()(work)
+        common_passes.RemoveUnusedFunctionsPass()(work)
+        # Identity elimination can leave one value as two (sub)graph outputs: give each its own.
+        common_passes.OutputFixPass()(work)
+        model.graph = work.graph
+        model.functions.clear()
+        model.functions.update(work.functions)
         after = _fingerprint(model)
         removed = len(before) - len(after)
         if removed:

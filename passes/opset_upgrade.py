@@ -29,6 +29,11 @@ class OpsetUpgradeOptions:
     opset: int = 23
 
 
+def _signature(model: ir.Model) -> list:
+    values = [*model.graph.inputs, *model.graph.outputs]
+    return [(v.name, v.dtype, None if v.shape is None else tuple(str(d) for d in v.shape)) for v in values]
+
+
 def default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
@@ -53,6 +58,10 @@ class OpsetUpgrade(GraphoptPass):
             self.notes.append(f"kept opset {current}: version converter failed ({reason})")
             return ir.passes.PassResult(model, modified=False)
         new = ir.serde.deserialize_model(converted)
+        if _signature(new) != _signature(model):
+            # onnx's Scan-8 adapter, for one, rewrites the graph's input shapes: refuse such results.
+            self.notes.append(f"kept opset {current}: the version converter changed the model's inputs/outputs")
+            return ir.passes.PassResult(model, modified=False)
         model.graph = new.graph  # the converted graph carries the new opset imports
         model.ir_version = max(model.ir_version, new.ir_version)
         self.rewrites[f"opset-{current}-to-{self.options.opset}"] = 1
