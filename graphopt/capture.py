@@ -67,7 +67,7 @@ def load_path(path: str | os.PathLike) -> ir.Model:
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path} parsed to an empty model (no graph): it is probably not an ONNX file")
     validity.check_external_data_paths(proto, os.path.dirname(os.path.abspath(path)))
-    validity.check_model_proto(proto)
+    validity.check_model_proto(proto, path)
     model = ir.serde.deserialize_model(proto)
     ir.external_data.set_base_dir(model.graph, os.path.dirname(os.path.abspath(path)))
     return model

@@ -12,6 +12,7 @@ import collections
 from collections.abc import Sequence
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
 from graphopt import registry, rewrite
@@ -49,4 +50,6 @@ class RulePass(GraphoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = self.record(rewrite.apply_rules(model, self.rules()))
+        if modified:  # what the replaced subgraphs read (constants, shape chains) is now dead
+            common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)

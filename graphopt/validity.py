@@ -75,10 +75,18 @@ def check_graph_structure(graph: onnx.GraphProto, outer_scope: frozenset[str] = 
     raise ModelError(f"the graph has a cycle ({path}); ONNX graphs must be acyclic")
 
 
-def check_model_proto(proto: onnx.ModelProto) -> None:
+def _has_external_data(proto: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(proto.graph))
+
+
+def check_model_proto(proto: onnx.ModelProto, path: str | None = None) -> None:
+    """Structure first (clear messages), then onnx.checker (by path when weights live outside)."""
     check_graph_structure(proto.graph)
     try:
-        onnx.checker.check_model(proto)
+        if path is not None and _has_external_data(proto):
+            onnx.checker.check_model(path)  # resolves external data next to the model, not the cwd
+        else:
+            onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"invalid ONNX model: {first}") from e

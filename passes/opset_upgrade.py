@@ -15,14 +15,12 @@ import dataclasses
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils  # pinned onnx-ir: swaps weights out of the proto
 
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
 __all__ = ["OpsetUpgrade", "OpsetUpgradeOptions"]
-
-_PROTO_LIMIT = 1_800_000_000  # bytes; protobuf cannot serialize a model over 2 GB in one message
-
 
 @dataclasses.dataclass(frozen=True)
 class OpsetUpgradeOptions:
@@ -46,18 +44,22 @@ class OpsetUpgrade(GraphoptPass):
         current = default_opset(model)
         if current >= self.options.opset:
             return ir.passes.PassResult(model, modified=False)
-        proto = ir.serde.serialize_model(model)
-        if proto.ByteSize() > _PROTO_LIMIT:
-            self.notes.append(f"kept opset {current}: model too large for the version converter")
-            return ir.passes.PassResult(model, modified=False)
-        try:
+
+        def convert(proto: onnx.ModelProto) -> onnx.ModelProto:
             converted = onnx.version_converter.convert_version(proto, self.options.opset)
             onnx.checker.check_model(converted)
+            return converted
+
+        try:
+            # Weights are swapped for inputs while converting: the converter copies the whole
+            # proto, and a 1.3 GB model would need several GB (and fail past protobuf's 2 GB).
+            converted = _c_api_utils.call_onnx_api(convert, model)
         except Exception as e:  # the converter raises bare RuntimeErrors from C++
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self.notes.append(f"kept opset {current}: version converter failed ({reason})")
+            self.notes.append(f"kept opset {current}: version converter failed ({reason[:200]})")
             return ir.passes.PassResult(model, modified=False)
         new = ir.serde.deserialize_model(converted)
+        _restore_weights(new, model)
         if _signature(new) != _signature(model):
             # onnx's Scan-8 adapter, for one, rewrites the graph's input shapes: refuse such results.
             self.notes.append(f"kept opset {current}: the version converter changed the model's inputs/outputs")
@@ -66,3 +68,17 @@ class OpsetUpgrade(GraphoptPass):
         model.ir_version = max(model.ir_version, new.ir_version)
         self.rewrites[f"opset-{current}-to-{self.options.opset}"] = 1
         return ir.passes.PassResult(model, modified=True)
+
+
+def _restore_weights(new: ir.Model, original: ir.Model) -> None:
+    """Turn the inputs that stood in for weights back into initializers holding the same tensors."""
+    weights = {name: v.const_value for name, v in original.graph.initializers.items()}
+    original_inputs = {v.name for v in original.graph.inputs}
+    for value in list(new.graph.inputs):
+        if value.name not in weights:
+            continue
+        if value.name not in original_inputs:
+            new.graph.inputs.remove(value)
+        if value.name not in new.graph.initializers:
+            value.const_value = weights[value.name]
+            new.graph.register_initializer(value)
