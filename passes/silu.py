@@ -1,0 +1,93 @@
+"""Fuse ``x * Sigmoid(x)`` into one graphopt ``SigmoidLinearUnit`` node.
+
+    Mul(x, Sigmoid(x))  or  Mul(Sigmoid(x), x)   ->  pkg.graphopt.SigmoidLinearUnit(x)
+
+ONNX has ``Swish`` only from opset 24 and graphopt targets opset 23, so the canonical SiLU is a
+graphopt op: its ONNX function body is ``Mul(X, Sigmoid(X))``, so any ONNX runtime runs it once
+``graphopt.ops.attach_functions`` has added the body. The name is not an ONNX, ONNX Runtime
+contrib (``com.microsoft``) or TVM-importer op type: TVM dispatches on op type alone.
+
+Not applied (declined, with the reason) when the Mul's other operand is not the Sigmoid's input
+(``x * Sigmoid(y)`` is a gate, e.g. GLU; ``x * Sigmoid(b * x)`` is Swish-b), or when x is not a
+float tensor.
+
+Why: SwiGLU MLPs (LLaMA) and EfficientNet-style blocks match one node; CATS/TEAL thresholding
+finds the gate activation by op type, and backends run it as one kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnxscript.rewriter import pattern
+
+from graphopt import ops
+from graphopt.pass_base import RulePass
+from graphopt.passes._canonical_utils import check_float, constant
+from graphopt.registry import register_pass
+
+__all__ = ["FuseSilu", "SILU"]
+
+
+def _silu_reference(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x) = x / (1 + exp(-x)), in x's dtype."""
+    with np.errstate(over="ignore"):
+        return (x / (1 + np.exp(-x))).astype(x.dtype)
+
+
+def _silu_examples():
+    rng = np.random.default_rng(20250621)
+    edge = np.array([0.0, -0.0, 1.0, -1.0, 30.0, -30.0, 88.0, -104.0], dtype=np.float32)
+    return [
+        ((rng.standard_normal((2, 3, 8)).astype(np.float32),), {}),
+        ((edge,), {}),
+        ((rng.standard_normal((4, 5)).astype(np.float16),), {}),
+    ]
+
+
+SILU = ops.declare_op(
+    ops.OpDef(
+        name="SigmoidLinearUnit",
+        doc="SiLU (Swish-1): Y = X * Sigmoid(X), elementwise, for float tensors.",
+        reference=_silu_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+SigmoidLinearUnit (X) => (Y) {
+   S = Sigmoid(X)
+   Y = Mul(X, S)
+}""",
+        examples=_silu_examples,
+    )
+)
+
+
+class _SiluFusion(pattern.RewriteRuleClassBase):
+    """Mul(x, Sigmoid(s)) (``swap``: Mul(Sigmoid(s), x)) with s == x -> SigmoidLinearUnit(x)."""
+
+    def __init__(self, name: str, swap: bool) -> None:
+        super().__init__(name)
+        self.swap = swap
+
+    def pattern(self, op, x, s):
+        return op.Mul(op.Sigmoid(s), x) if self.swap else op.Mul(x, op.Sigmoid(s))
+
+    def check(self, context, x, s, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if s is not x:
+            producer = s.producer()
+            scaled = producer is not None and producer.op_type == "Mul" and x in producer.inputs
+            other = [v for v in producer.inputs if v is not x] if scaled else []
+            if scaled and other and constant(other[0]) is not None:
+                return result.fail("x * Sigmoid(b * x) is Swish with a beta, not SiLU", s)
+            return result.fail("x * Sigmoid(y) with y != x is a gate, not SiLU", s)
+        check_float(result, x, "SigmoidLinearUnit")
+        return result
+
+    def rewrite(self, op, x, **_):
+        return op.SigmoidLinearUnit(x, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+
+
+@register_pass("silu", category="canonicalize")
+class FuseSilu(RulePass):
+    """Fuse x * Sigmoid(x) into the graphopt op SigmoidLinearUnit (ONNX Swish needs opset 24)."""
+
+    def rules(self):
+        return [_SiluFusion.rule("silu", swap=False), _SiluFusion.rule("silu", swap=True)]
