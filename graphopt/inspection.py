@@ -19,6 +19,9 @@ from graphopt.report import model_summary, op_histogram
 
 __all__ = ["explain", "inspect", "render"]
 
+_MIN_NEAR_MISS_NODES = 2  # a one-node "match" is just an op type in common, not a near miss
+_MAX_NEAR_MISSES = 5
+
 _PATTERNS = {
     "LayerNormalization": "LayerNorm",
     "RMSNormalization": "RMSNorm",
@@ -102,9 +105,11 @@ def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = N
         lines.append(f"{spec.name}: rewrote {done}")
         for decline in record.declines:
             lines.append(f"  declined: {decline}")
-        for miss in near:
-            if not record.rewrites.get(miss.rule):
-                lines.append(f"  {miss}")
+        shown = [m for m in near if m.matched >= _MIN_NEAR_MISS_NODES and not record.rewrites.get(m.rule)]
+        for miss in shown[:_MAX_NEAR_MISSES]:
+            lines.append(f"  {miss}")
+        if len(shown) > _MAX_NEAR_MISSES:
+            lines.append(f"  ... {len(shown) - _MAX_NEAR_MISSES} more near misses")
         for note in record.notes:
             lines.append(f"  note: {note}")
     return lines

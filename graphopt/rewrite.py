@@ -27,6 +27,7 @@ class Decline:
     rule: str
     node: str
     reason: str
+    matched: int = 0  # pattern nodes matched before the failure (near misses)
 
     def __str__(self) -> str:
         return f"{self.rule} at {self.node}: {self.reason}"
@@ -79,5 +80,5 @@ def explain_rules(
             key = (rule.name, node, reason)
             if key not in seen:
                 seen.add(key)
-                declines.append(Decline(rule.name or type(rule).__name__, node, reason))
+                declines.append(Decline(rule.name or type(rule).__name__, node, reason, len(info.match_result.nodes)))
     return declines
