@@ -4,7 +4,7 @@ onnx_ir's ShapeInferencePass merges inferred types everywhere, subgraphs include
 overwrites optional/sequence types with plain tensor types (If/Loop/SequenceMap models then fail
 to load). Passes here only need tensor shapes in the main graph, so this merges exactly that:
 an unknown type is filled in, an unknown or less specific shape of the same rank is replaced.
-Weights are kept out of the proto handed to onnx (onnx_ir's helper), so big models are cheap.
+Weights are kept out of the proto handed to onnx, so big models are cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 import onnx
 import onnx.shape_inference
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils  # pinned onnx-ir; the one helper that strips weights
+
+from graphopt.validity import call_without_weights
 
 __all__ = ["infer_shapes"]
 
@@ -32,7 +33,7 @@ def infer_shapes(model: ir.Model) -> bool:
         return onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
 
     try:
-        inferred = _c_api_utils.call_onnx_api(infer, model)
+        inferred = call_without_weights(infer, model)
     except Exception as e:  # inference is best effort: a pass that needs a shape declines
         logger.debug("shape inference failed: %s", e)
         return False

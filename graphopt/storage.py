@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from graphopt import ops
 from graphopt.errors import UsageError
 
 __all__ = ["EXTERNAL_DATA_THRESHOLD", "atomic_write_text", "ensure_writable_dir", "save_model", "staged_dir"]
@@ -43,6 +44,10 @@ def _weights_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
+def _has_external_tensors(model: ir.Model) -> bool:
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[str]:
     """Save ``model`` to ``path`` atomically; return the files written.
 
@@ -50,8 +55,13 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    ops.attach_functions(model)  # a saved model always carries its graphopt ops' bodies
     if external_data is None:
-        external_data = _weights_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        # A model read with external data keeps it: saved as-is, its tensors would still point
+        # at a .data file next to the input, which is not next to ``path``.
+        external_data = _weights_bytes(model) > EXTERNAL_DATA_THRESHOLD or _has_external_tensors(model)
+    elif not external_data and _has_external_tensors(model):
+        ir.external_data.load_to_model(model)  # inline what was external
     data_name = os.path.basename(path) + ".data"
     with tempfile.TemporaryDirectory(dir=folder, prefix=".graphopt-tmp-") as staging:
         staged = os.path.join(staging, os.path.basename(path))

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import os
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import networkx as nx
 import onnx
+import onnx_ir as ir
 
 from graphopt.errors import ModelError
 
-__all__ = ["check_external_data_paths", "check_graph_structure", "check_model_proto"]
+__all__ = ["call_without_weights", "check_external_data_paths", "check_graph_structure", "check_model", "check_model_proto"]
+
+_R = TypeVar("_R")
+_SMALL_TENSOR_BYTES = 1024
 
 
 def check_external_data_paths(proto: onnx.ModelProto, model_dir: str) -> None:
@@ -90,3 +97,45 @@ def check_model_proto(proto: onnx.ModelProto, path: str | None = None) -> None:
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"invalid ONNX model: {first}") from e
+
+
+def call_without_weights(func: Callable[[onnx.ModelProto], _R], model: ir.Model) -> _R:
+    """Call an onnx C++ API (checker, version converter) on ``model`` serialized without its weights.
+
+    Initializers that are external, or larger than 1 KiB, become graph inputs (name, type and
+    shape kept) for the call and are put back afterwards: the proto stays small whatever the
+    model's size, no weight is copied, and onnx never resolves external data (which it does
+    against the working directory for an in-memory proto). onnx_ir's private
+    ``_c_api_utils.call_onnx_api`` does the same but keeps external tensors under 1000 bytes in
+    the proto, which the checker then looks for in the cwd. The model is unchanged afterwards,
+    whether ``func`` returns or raises.
+    """
+    graph = model.graph
+    n_inputs = len(graph.inputs)
+    moved: list[tuple[ir.Value, ir.TensorProtocol | None]] = []
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is not None and not isinstance(tensor, ir.ExternalTensor) and tensor.nbytes <= _SMALL_TENSOR_BYTES:
+            continue
+        if tensor is not None:
+            value.shape = value.shape if value.shape is not None else tensor.shape
+            value.dtype = value.dtype if value.dtype is not None else tensor.dtype
+        moved.append((value, tensor))
+        graph.initializers.pop(value.name)
+        value.const_value = None
+        if not value.is_graph_input():
+            graph.inputs.append(value)
+    try:
+        return func(ir.serde.serialize_model(model))
+    finally:
+        user_inputs = graph.inputs[:n_inputs]
+        graph.inputs.clear()
+        graph.inputs.extend(user_inputs)
+        for value, tensor in moved:
+            value.const_value = tensor
+            graph.initializers.add(value)
+
+
+def check_model(model: ir.Model) -> None:
+    """``check_model_proto`` on the model without its weights: cheap at any size, cwd-independent."""
+    call_without_weights(check_model_proto, model)

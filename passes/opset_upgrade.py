@@ -15,8 +15,8 @@ import dataclasses
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-from onnx_ir.passes.common import _c_api_utils  # pinned onnx-ir: swaps weights out of the proto
 
+from graphopt import validity
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
@@ -53,7 +53,7 @@ class OpsetUpgrade(GraphoptPass):
         try:
             # Weights are swapped for inputs while converting: the converter copies the whole
             # proto, and a 1.3 GB model would need several GB (and fail past protobuf's 2 GB).
-            converted = _c_api_utils.call_onnx_api(convert, model)
+            converted = validity.call_without_weights(convert, model)
         except Exception as e:  # the converter raises bare RuntimeErrors from C++
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.notes.append(f"kept opset {current}: version converter failed ({reason[:200]})")
