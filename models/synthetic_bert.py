@@ -11,8 +11,9 @@ Inputs and output (static shapes, batch 1)::
     attention_mask  int64 [1, seq_len]   1 = attend, 0 = padding (HuggingFace convention)
     last_hidden_state float32 [1, seq_len, hidden]
 
-The spelling follows ``torch.onnx.export(BertModel, dynamo=False, opset_version=14)`` with
-dynamic axes, i.e. what the legacy exporter leaves when shapes are not constant-folded:
+The nodes are spelled as ``torch.onnx.export(BertModel, dynamo=False, opset_version=14)`` spells
+them with dynamic axes (Reshape targets computed from ``Shape``), while the inputs have static
+shapes, so ``cleanup`` can fold those chains. Weights are uniform random with std 0.02:
 
 - embeddings: ``Gather`` of word, position (``position_ids`` initializer) and token-type
   (all-zero ``token_type_ids`` initializer) tables, two ``Add``, then a LayerNorm;
@@ -43,7 +44,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 __all__ = ["build", "example_inputs", "parameter_count"]
 
-_ALIGN = 4096  # offset alignment of tensors in the .data file (lets readers mmap them)
+_ALIGN = 4096  # offset alignment of big tensors in the .data file (lets readers mmap them)
+_ALIGN_THRESHOLD = 1 << 20
 _MAX_POSITIONS = 512
 _TYPE_VOCAB = 2
 
@@ -90,7 +92,7 @@ class _Builder:
             self.initializers.append(numpy_helper.from_array(array, name))
             return name
         offset = self.data_file.seek(0, os.SEEK_END)
-        pad = -offset % _ALIGN
+        pad = -offset % _ALIGN if array.nbytes >= _ALIGN_THRESHOLD else 0
         if pad:
             self.data_file.write(b"\0" * pad)
             offset += pad
@@ -272,6 +274,7 @@ def build(
     *,
     gelu: Literal["torch", "half-first"] = "torch",
     shape_chains: bool = True,
+    external_data: bool = True,
 ) -> onnx.ModelProto:
     """Build the encoder; defaults are BERT-large (24 layers, hidden 1024, ~335M parameters).
 
@@ -279,7 +282,9 @@ def build(
     (fine for small configurations; protobuf cannot serialize more than 2 GB). With ``path``
     the model is written to ``path`` and its weights, streamed one tensor at a time, to
     ``<file name>.data`` next to it; the returned proto then references that file (external
-    data, not loaded). Deterministic: the same arguments give byte-identical files.
+    data, not loaded). ``external_data=False`` writes one self-contained file instead, the way
+    the legacy exporter saves models under 2 GB (the whole model is then in memory once).
+    Deterministic: the same arguments give byte-identical files.
     """
     if seq_len > _MAX_POSITIONS:
         raise ValueError(f"seq_len ({seq_len}) exceeds the {_MAX_POSITIONS} position embeddings")
@@ -288,10 +293,16 @@ def build(
         layers=layers, hidden=hidden, heads=heads, intermediate=intermediate, vocab=vocab,
         seq_len=seq_len, gelu=gelu, shape_chains=shape_chains,
     )
-    if path is None:
+    if path is None or not external_data:
         b = _Builder(opset, None, None)
         _emit(b, rng, **options)
-        return _model(b, seq_len, hidden, opset)
+        model = _model(b, seq_len, hidden, opset)
+        if path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp_model = os.fspath(path) + ".tmp"
+            onnx.save_model(model, tmp_model)
+            os.replace(tmp_model, path)
+        return model
 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
