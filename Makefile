@@ -35,6 +35,7 @@ conformance: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.overhead
+	$(PY) -m bench.minilm_canonical
 
 clean:
 	rm -rf $(OUT) graphopt-out .pytest_cache
