@@ -9,7 +9,8 @@ files (and of any weight file it reads), so editing a builder invalidates its en
 ``GRAPHOPT_CACHE=off`` disables the cache. Exports take seconds; tests call them often.
 
 Builders always return ``onnx.load_from_string(bytes)``, so a cached and a fresh build are the
-same proto byte for byte.
+same proto byte for byte. The dynamo exporter's per-node stack traces are dropped: they hold
+absolute paths, so the same export would differ between checkouts (the other node metadata stays).
 """
 
 from __future__ import annotations
@@ -30,18 +31,26 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["EXPORTERS", "cache_dir", "cached", "export", "to_torch"]
+__all__ = ["EXPORTERS", "cache_dir", "cached", "check_keys", "export", "package_version", "to_torch"]
 
 logger = logging.getLogger(__name__)
 
 EXPORTERS = ("dynamo", "legacy")
 
 
-def _version(dist: str) -> str:
+def package_version(dist: str) -> str:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "absent"
+
+
+def check_keys(config: Mapping[str, Any], known: Iterable[str], who: str) -> None:
+    """``module()``/``example_inputs()`` take a builder's whole config and ignore what they don't
+    use; a key no part of the builder knows is a typo and raises TypeError."""
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise TypeError(f"{who}: unknown config key(s) {unknown}; known: {sorted(known)}")
 
 
 def cache_dir() -> Path | None:
@@ -60,7 +69,9 @@ def _digest(paths: Iterable[str | os.PathLike]) -> str:
     return h.hexdigest()
 
 
-def cached(name: str, config: Mapping[str, Any], produce: Callable[[], bytes], *, files: Iterable[str | os.PathLike] = ()) -> onnx.ModelProto:
+def cached(
+    name: str, config: Mapping[str, Any], produce: Callable[[], bytes], *, files: Iterable[str | os.PathLike] = ()
+) -> onnx.ModelProto:
     """Return the model ``produce()`` makes for ``name``/``config``, from the cache when present.
 
     ``files`` are source or weight files whose content the result depends on; this module is
@@ -70,10 +81,10 @@ def cached(name: str, config: Mapping[str, Any], produce: Callable[[], bytes], *
         {
             "name": name,
             "config": dict(sorted(config.items())),
-            "torch": _version("torch"),
-            "transformers": _version("transformers"),
-            "onnxscript": _version("onnxscript"),
-            "onnx": _version("onnx"),
+            "torch": package_version("torch"),
+            "transformers": package_version("transformers"),
+            "onnxscript": package_version("onnxscript"),
+            "onnx": package_version("onnx"),
             "files": _digest([__file__, *files]),
         },
         sort_keys=True,
@@ -87,14 +98,18 @@ def cached(name: str, config: Mapping[str, Any], produce: Callable[[], bytes], *
         logger.debug("cache hit %s", path)
         return onnx.load_from_string(path.read_bytes())
     data = produce()
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".onnx", delete=False) as f:
+            tmp = f.name
             f.write(data)
-        os.replace(f.name, path)
+        os.replace(tmp, path)  # atomic: concurrent builders never see a partial file
         logger.info("cached %s", path)
-    except OSError as e:  # a read-only home must not break builds
+    except OSError as e:  # a read-only or full disk must not break builds
         logger.warning("could not write the model cache at %s: %s", folder, e)
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
     return onnx.load_from_string(data)
 
 
@@ -117,8 +132,9 @@ def export(
     """Export ``module`` (called as ``module(**inputs)``) to serialized ONNX.
 
     ``inputs`` must be ordered like the module's ``forward`` parameters (the legacy exporter passes
-    them positionally). ``dynamic`` maps an input name to ``{axis: dim_name}``; the same dim name on
-    two inputs means the same size.
+    them positionally). ``dynamic`` maps an input or output name to ``{axis: dim_name}``; the same
+    dim name on two inputs means the same size. The dynamo exporter derives output dims itself and
+    uses only the input entries.
     """
     import torch
 
@@ -126,8 +142,7 @@ def export(
         raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     module.eval()  # the wrapper too: Dropout in a train-mode wrapper would stay live
     tensors = to_torch(inputs)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), _quiet():
         if exporter == "legacy":
             buf = io.BytesIO()
             torch.onnx.export(
@@ -142,9 +157,9 @@ def export(
             )
             model = onnx.load_from_string(buf.getvalue())
         else:
-            dims: dict[str, Any] = {}
             shapes = None
             if dynamic:
+                dims: dict[str, Any] = {}
                 shapes = {
                     k: {ax: dims.setdefault(d, torch.export.Dim(d)) for ax, d in dynamic.get(k, {}).items()} or None
                     for k in tensors
@@ -160,4 +175,37 @@ def export(
                 external_data=False,
             )
             model = program.model_proto
+            _drop_stack_traces(model)
     return model.SerializeToString()
+
+
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
+    """Remove ``pkg.torch.onnx.stack_trace`` node metadata (file paths), in place."""
+
+    def nodes(graph: onnx.GraphProto):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    yield from nodes(sub)
+
+    for node in [*nodes(model.graph), *(n for f in model.functions for n in f.node)]:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress prints, warnings and log lines (e.g. "torchvision is not
+    installed. Skipping ..."); errors still raise."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)

@@ -6,13 +6,16 @@ the batch dimension is dynamic in the export. Architecture: 2x2 patch embedding 
 softmax attention written out as MatMul/Softmax/MatMul, erf-GELU MLP), a final LayerNorm and a
 Linear head on the CLS token.
 
-The trained weights ship in ``data/digits_vit.npz`` (about 0.4 MB). ``train()`` reproduces them
-(deterministic, about 20 s on 2 cores); ``module()`` retrains and saves them when the file is
-missing. Split: ``train_test_split(test_size=0.25, random_state=0, stratify=y)``.
+The trained weights (seed 0, test top-1 0.982) ship in ``data/digits_vit.npz`` (0.26 MB).
+``train()`` reproduces them: deterministic, one thread, about 20 s of CPU; ``module()`` retrains and
+saves them when the file is missing. Split: ``train_test_split(test_size=0.25, random_state=0,
+stratify=y)``; ``accuracy()`` measures top-1 of any runner on it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,13 +27,22 @@ from graphopt.models import _export
 
 __all__ = ["ARCH", "WEIGHTS", "accuracy", "build", "dataset", "example_inputs", "module", "train"]
 
+logger = logging.getLogger(__name__)
+
 WEIGHTS = Path(__file__).with_name("data") / "digits_vit.npz"
-ARCH = {"dim": 64, "depth": 3, "heads": 4, "mlp": 128, "patch": 2}
+ARCH = {"dim": 64, "depth": 2, "heads": 4, "mlp": 128, "patch": 2}
 INPUT, OUTPUT = "pixels", "logits"
+DYNAMIC = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
+CONFIG = ("exporter", "opset")  # build()'s keys, accepted and ignored by module()/example_inputs()
 
 
 def dataset() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test); x float32 (n, 1, 8, 8) in [0, 1], y int64."""
+    """(x_train, y_train, x_test, y_test); x float32 (n, 1, 8, 8) in [0, 1], y int64 (fresh copies)."""
+    return tuple(a.copy() for a in _split())
+
+
+@functools.lru_cache(maxsize=1)
+def _split():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -79,46 +91,56 @@ def _net():
     return DigitsViT(**ARCH)
 
 
-def train(seed: int = 0, epochs: int = 120, save: bool = True):
+def train(seed: int = 0, epochs: int = 40, batch: int = 128, lr: float = 5e-3, save: bool = True):
     """Train from scratch (deterministic for a given seed); save to ``WEIGHTS`` when ``save``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: one thread is faster, and makes the result machine-independent
+    try:
+        return _train(seed, epochs, batch, lr, save)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(seed: int, epochs: int, batch: int, lr: float, save: bool):
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    x_tr, y_tr, _, _ = dataset()
+    x_tr, y_tr, _, _ = _split()
     net = _net()
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.05)
-    steps_per_epoch, batch = math.ceil(len(x_tr) / 64), 64
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.1)
-    padded = np.pad(x_tr, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
+    steps = epochs * math.ceil(len(x_tr) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     net.train()
     for _ in range(epochs):
         order = rng.permutation(len(x_tr))
-        shifts = rng.integers(0, 3, size=(len(x_tr), 2))  # random +-1 pixel translation
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
-            xb = np.stack([padded[j, :, dy : dy + 8, dx : dx + 8] for j, (dy, dx) in zip(idx, shifts[idx])])
-            loss = F.cross_entropy(net(torch.from_numpy(xb)), torch.from_numpy(y_tr[idx]), label_smoothing=0.1)
+            loss = F.cross_entropy(net(torch.from_numpy(x_tr[idx])), torch.from_numpy(y_tr[idx]), label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
     net.eval()
     if save:
-        WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(WEIGHTS, **{k: v.numpy() for k, v in net.state_dict().items()})
+        try:
+            WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(WEIGHTS, **{k: v.numpy() for k, v in net.state_dict().items()})
+        except OSError as e:  # an installed, read-only package: keep the weights in memory
+            logger.warning("could not save %s: %s", WEIGHTS, e)
     return net
 
 
 def module(seed: int = 0, **config):
-    """The trained torch module in eval mode (``seed`` only matters when it has to retrain)."""
+    """The trained torch module in eval mode: the shipped weights for seed 0, else trained now."""
     import torch
 
-    if config:
-        raise TypeError(f"digits-vit takes no config, got {sorted(config)}")
-    if not WEIGHTS.exists():
-        return train(seed)
+    _export.check_keys(config, CONFIG, "digits_vit.module")
+    if seed != 0 or not WEIGHTS.exists():
+        return train(seed, save=seed == 0)
     net = _net()
     with np.load(WEIGHTS) as w:
         net.load_state_dict({k: torch.from_numpy(w[k]) for k in w.files})
@@ -127,19 +149,19 @@ def module(seed: int = 0, **config):
 
 def example_inputs(seed: int = 0, batch: int = 4, **config) -> dict[str, np.ndarray]:
     """``batch`` test-set images chosen with ``seed``."""
-    _, _, x_te, _ = dataset()
+    _export.check_keys(config, CONFIG, "digits_vit.example_inputs")
+    _, _, x_te, _ = _split()
     idx = np.random.default_rng(seed).choice(len(x_te), size=batch, replace=False)
     return {INPUT: x_te[np.sort(idx)]}
 
 
-def build(exporter: str = "dynamo", opset: int = 18, **config) -> onnx.ModelProto:
+def build(exporter: str = "dynamo", opset: int = 18) -> onnx.ModelProto:
     """Export the trained ViT; batch is dynamic."""
-    cfg = {"exporter": exporter, "opset": opset, **config}
     return _export.cached(
         "digits-vit",
-        cfg,
+        {"exporter": exporter, "opset": opset},
         lambda: _export.export(
-            module(**config), example_inputs(batch=2), [OUTPUT], exporter=exporter, opset=opset, dynamic={INPUT: {0: "batch"}}
+            module(), example_inputs(batch=2), [OUTPUT], exporter=exporter, opset=opset, dynamic=DYNAMIC
         ),
         files=[__file__, WEIGHTS],
     )
@@ -147,7 +169,9 @@ def build(exporter: str = "dynamo", opset: int = 18, **config) -> onnx.ModelProt
 
 def accuracy(run_fn: Callable[[Mapping[str, np.ndarray]], np.ndarray], split: str = "test", batch: int = 256) -> float:
     """Top-1 accuracy of ``run_fn`` ({"pixels": x} -> logits) on the train or test split."""
-    x_tr, y_tr, x_te, y_te = dataset()
-    x, y = {"train": (x_tr, y_tr), "test": (x_te, y_te)}[split]
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train or test")
+    x_tr, y_tr, x_te, y_te = _split()
+    x, y = (x_tr, y_tr) if split == "train" else (x_te, y_te)
     pred = np.concatenate([np.asarray(run_fn({INPUT: x[i : i + batch]})).argmax(-1) for i in range(0, len(x), batch)])
     return float((pred == y).mean())
