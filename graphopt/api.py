@@ -102,6 +102,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     seed: int = 0,
     threads: int = 2,
     bench_runs: int = 0,
+    ort_optimization: str = "all",
     progress: Callable[[Iterable], Iterable] | None = None,
     name: str | None = None,
 ) -> CompileResult:
@@ -109,7 +110,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
 
     ``model`` is anything ``graphopt.load`` accepts. ``calib`` is calibration/validation data in
     any form ``graphopt.data.load_samples`` accepts; without it seeded synthetic inputs are used
-    and the report warns. ``bench_runs > 0`` times the original and every target (median).
+    and the report warns. ``bench_runs > 0`` times the original and every target (median), both
+    with ONNX Runtime graph optimization level ``ort_optimization`` (disable/basic/extended/all).
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -119,6 +121,10 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     from graphopt import backends  # noqa: PLC0415
 
     backend_modules = {t: backends.get_backend(t) for t in targets}
+    from graphopt.backends.ort import OPTIMIZATION_LEVELS  # noqa: PLC0415
+
+    if ort_optimization not in OPTIMIZATION_LEVELS:
+        raise UsageError(f"unknown ORT optimization level '{ort_optimization}' (valid: {', '.join(OPTIMIZATION_LEVELS)})")
     tolerances = tolerances or Tolerances()
     original = capture.load(model, example_inputs)
     if input_shapes:
@@ -170,13 +176,13 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     artifacts = {}
     for target, module in backend_modules.items():
         t = time.perf_counter()
-        artifacts[target] = module.compile(work, threads=threads)
+        artifacts[target] = module.compile(work, threads=threads, optimization=ort_optimization)
         report.targets[target] = {"compile_seconds": time.perf_counter() - t}
 
     if bench_runs > 0 and samples:
         from graphopt.backends import ort  # noqa: PLC0415
 
-        baseline = ort.make_session(original, optimization="all", threads=threads)
+        baseline = ort.make_session(original, optimization=ort_optimization, threads=threads)
         report.latency["original"] = ort.time_session(baseline, samples[0], runs=bench_runs, threads=threads).as_dict()
         for target, artifact in artifacts.items():
             report.latency[target] = artifact.time(samples[0], runs=bench_runs).as_dict()

@@ -59,6 +59,7 @@ def cmd_compile(args) -> int:
         seed=args.seed,
         threads=args.threads,
         bench_runs=args.bench_runs,
+        ort_optimization=args.ort_optimization,
         progress=_progress(args),
     )
     written = result.save(args.output)
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
     c.add_argument("--bench-runs", type=int, default=10, help="timed runs per model for latency, 0 to skip (default 10)")
     c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    c.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="ONNX Runtime graph optimization level for the onnx target and timing (default all)")
     c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs")
     c.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     c.set_defaults(run=cmd_compile)

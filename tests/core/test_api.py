@@ -84,3 +84,17 @@ def test_input_shape_override_fixes_dynamic_dims(mlp_proto):
     assert result.samples[0]["x"].shape == (3, 4)
     with pytest.raises(UsageError, match="the model's inputs are"):
         graphopt.compile(mlp_proto, passes="cleanup", input_shapes=["pixels:3,4"])
+
+
+def test_accepts_onnx_program():
+    torch = pytest.importorskip("torch")
+    program = torch.onnx.export(torch.nn.Linear(4, 3), (torch.randn(2, 4),), dynamo=True)
+    result = graphopt.compile(program, passes="cleanup")
+    assert result.ok and result.report.model == "ONNXProgram"
+
+
+def test_ort_optimization_level_is_an_option(mlp_proto):
+    result = graphopt.compile(mlp_proto, passes="cleanup", ort_optimization="disable", bench_runs=2)
+    assert result.artifacts["onnx"].optimization == "disable"
+    with pytest.raises(UsageError, match="unknown ORT optimization level 'max'"):
+        graphopt.compile(mlp_proto, passes="cleanup", ort_optimization="max")

@@ -117,3 +117,29 @@ def test_catalog_lists_every_registered_pass():
     assert {"canonicalize"} <= {p["name"] for p in catalog["presets"]}
     cleanup = next(p for p in catalog["passes"] if p["name"] == "cleanup")
     assert {"name": "fold-limit", "type": "int", "default": 65536} in cleanup["options"]
+
+
+class _CountDown(GraphoptPass):
+    """Removes one Identity per run: needs a fixed point to remove them all."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for node in model.graph:
+            if node.op_type == "Identity":
+                node.outputs[0].replace_all_uses_with(node.inputs[0])
+                model.graph.remove(node, safe=True)
+                self.rewrites["identity"] += 1
+                return ir.passes.PassResult(model, modified=True)
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_fixed_point_passes_run_until_nothing_changes():
+    registry.register_pass("test-countdown", options=_BoomOptions, fixed_point=True, category="test")(_CountDown)
+    try:
+        model = ir.from_onnx_text(
+            """<ir_version: 8, opset_import: ["" : 17]>
+            g (float[2] x) => (float[2] y) { a = Identity(x) b = Identity(a) c = Identity(b) y = Relu(c) }"""
+        )
+        (record,) = pipeline.run_pipeline(model, "test-countdown")
+        assert [n.op_type for n in model.graph] == ["Relu"] and record.rewrites == {"identity": 3}
+    finally:
+        registry._PASSES.pop("test-countdown")
