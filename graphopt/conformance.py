@@ -151,7 +151,8 @@ def run_suite(passes: str = "canonicalize", pattern: str | None = None, workers:
     names = [c.name for c in cases]
     if workers <= 1:
         return [run_case(c, passes) for c in cases]
-    context = multiprocessing.get_context("fork")
+    # spawn: forking a process that already runs torch/ORT thread pools breaks ORT in the children
+    context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_init, initargs=(pattern,), maxtasksperchild=200) as pool:
         iterator = pool.imap(_worker, [(n, passes, pattern) for n in names], chunksize=8)
         if progress:
