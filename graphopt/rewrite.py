@@ -65,7 +65,9 @@ def explain_rules(
     which is what `graphopt explain` shows when a rule fires nowhere.
     """
     tracer = _basics.MatchingTracer()
-    pattern.RewriteRuleSet(list(rules)).apply_to_model(model, tracer=tracer)
+    ruleset = pattern.RewriteRuleSet(list(rules))
+    ruleset.remove_unused_nodes = False  # explaining must not change the model
+    ruleset.apply_to_model(model, tracer=tracer)
     declines = []
     seen = set()
     for rule, matches in tracer.best_matches_map.items():

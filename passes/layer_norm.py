@@ -1,12 +1,16 @@
 """Fuse decomposed LayerNorm into one ONNX ``LayerNormalization`` node (opset 17).
 
     m = ReduceMean(x, axes);  d = x - m;  v = ReduceMean(d*d or Pow(d, 2), axes)
+                                      or  v = ReduceMean(x*x or Pow(x, 2), axes) - (m*m or Pow(m, 2))
     n = d / Sqrt(v + eps)  or  d * Reciprocal(Sqrt(v + eps))      (no "+ eps": epsilon=0)
     n * scale + bias           ->  LayerNormalization(x, scale, bias, axis, epsilon)
     (scale * d) / Sqrt(v+eps)  ->  LayerNormalization(x, scale, axis, epsilon)   (scale applied first)
     n                          ->  LayerNormalization(x, ones, axis, epsilon)    (no scale)
     LayerNormalization(x, s) + b               ->  LayerNormalization(x, s, b)
     com.microsoft SkipLayerNormalization(x, skip, g, b[, bias])  ->  LayerNormalization(x + skip [+ bias], g, b)
+    ONNX's function expansion of LayerNormalization(x, w, b, axis=a) (Flatten(x, a), E[x²] - E[x]² in
+    2-D, Reshape back)  ->  LayerNormalization(x, w, b, axis=a - rank); its Mean and InvStdDev
+    computations  ->  the node's optional outputs (``_layer_norm_rules``)
 
 ``axes`` is the attribute (opset < 18) or the constant input (opset >= 18); the last k axes give
 ``axis = -k``. A scale or bias with leading ones ([1, 1, D]) is reshaped to the normalized shape.
@@ -14,7 +18,9 @@
 Not applied (declined, with the reason) when the model's opset is below 17, when the reduced axes
 are not the trailing ones or differ between the two ReduceMeans, when epsilon is not a constant
 scalar or the exponent is not 2, when the dtype is not float, or when scale/bias do not cover
-exactly the normalized axes. The no-scale form also needs a static normalized shape.
+exactly the normalized axes. The no-scale form also needs a static normalized shape. The expansion
+is also declined when its result is not reshaped back to x's shape or a value on the normalizing
+path is used elsewhere; a Mean / InvStdDev used before the fused node stays computed.
 
 Why: I-LayerNorm and the backends match one ``LayerNormalization`` node (eight to ten nodes
 otherwise), and ONNX Runtime / TVM run it as one kernel with a float32 stash.
@@ -31,7 +37,6 @@ from graphopt.passes._canonical_utils import (
     check_affine,
     check_float,
     check_opset,
-    check_scalar,
     either,
     get_scalar,
     normalized_dims,
@@ -39,17 +44,14 @@ from graphopt.passes._canonical_utils import (
     reshaped,
     trailing_axis,
 )
+from graphopt.passes._layer_norm_rules import Expansion, Statistic, check_exponents, stash_type, variance
 from graphopt.registry import register_pass
 
 __all__ = ["FuseLayerNorm"]
 
 
-def _stash(dtype: ir.DataType | None) -> int:
-    return int(ir.DataType.DOUBLE if dtype == ir.DataType.DOUBLE else ir.DataType.FLOAT)
-
-
 class _LayerNormDecomposed(pattern.RewriteRuleClassBase):
-    """ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div arithmetic -> LayerNormalization.
+    """ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div arithmetic (either variance) -> LayerNormalization.
 
     ``scale``: "after" (n * scale), "before" ((scale * d) / std) or "none"; ``swap`` flips the
     root Mul's operands; ``recip`` picks d * Reciprocal(std) over d / std for the no-scale root.
@@ -59,11 +61,10 @@ class _LayerNormDecomposed(pattern.RewriteRuleClassBase):
         super().__init__(name)
         self.scale, self.swap, self.recip = scale, swap, recip
 
-    def pattern(self, op, x, two, eps, scale):
+    def pattern(self, op, x, two, two_mean, eps, scale):
         mean = op.ReduceMean(x, _allow_other_inputs=True, _outputs=["mean"])
         dev = op.Sub(x, mean)
-        square = pattern.OrValue([op.Pow(dev, two), op.Mul(dev, dev)])
-        var = op.ReduceMean(square, _allow_other_inputs=True, _outputs=["var"])
+        var = variance(op, x, mean, dev, two, two_mean)
         std = op.Sqrt(pattern.OrValue([op.Add(var, eps), op.Add(eps, var), var]))  # eps may be absent
         if self.scale == "before":
             return op.Div(either(op.Mul, scale, dev), std)
@@ -75,20 +76,21 @@ class _LayerNormDecomposed(pattern.RewriteRuleClassBase):
         normalized = pattern.OrValue([op.Div(dev, std), op.Mul(dev, inv), op.Mul(inv, dev)])
         return op.Mul(scale, normalized) if self.swap else op.Mul(normalized, scale)
 
-    def check(self, context, x, two, eps, scale, mean, var, **_) -> pattern.MatchResult:
+    def check(self, context, x, two, two_mean, eps, scale, mean, second, form, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         rank = len(x.shape) if x.shape is not None else None
         axes = []
-        for reduce in (mean, var):
+        for reduce in (mean, second):
             reduce_axes, reason = reduced_axes(reduce.producer())
             axis, reason = trailing_axis(reduce_axes, rank) if reason is None else (None, reason)
             if reason:
                 return result.fail(reason, reduce.producer())
             axes.append(axis)
         if axes[0] != axes[1]:
-            return result.fail(f"the mean and the variance reduce different axes ({axes[0]} vs {axes[1]})")
+            second_name = "variance" if form == "centered" else "mean of x²"
+            return result.fail(f"the mean and the {second_name} reduce different axes ({axes[0]} vs {axes[1]})")
         axis = axes[0]
-        if two is not None and not check_scalar(result, two, 2.0, "the exponent in Pow(x - mean, 2)", 0.0, rank):
+        if not check_exponents(result, two, two_mean, form, rank):
             return result
         epsilon = 0.0 if eps is None else get_scalar(result, eps, "epsilon", rank)
         if epsilon is None:
@@ -106,7 +108,7 @@ class _LayerNormDecomposed(pattern.RewriteRuleClassBase):
             if not ok:
                 return result
         if check_float(result, x, "LayerNormalization") and check_opset(context, result, "LayerNormalization", 17):
-            self._plan = dict(axis=axis, epsilon=epsilon, scale=scale, reshape=reshape, stash=_stash(x.dtype))
+            self._plan = dict(axis=axis, epsilon=epsilon, scale=scale, reshape=reshape, stash=stash_type(x.dtype))
         return result
 
     def rewrite(self, op, x, **_):
@@ -171,11 +173,18 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
 
 @register_pass("layer-norm", category="canonicalize")
 class FuseLayerNorm(RulePass):
-    """Fuse decomposed LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div, scale, bias) into LayerNormalization."""
+    """Fuse decomposed LayerNorm (either variance, ONNX's own expansion; scale, bias) into LayerNormalization."""
 
     def rules(self):
-        # Scaled forms first: the no-scale rule would otherwise fuse just the normalizing part.
+        # The expansion first (its Mean / InvStdDev next, the inverse first: it reads Mean2D).
+        # Scaled forms before the no-scale rule, which would otherwise fuse just the normalizing part.
         return [
+            Expansion.rule("layer-norm-expansion", "reshape"),
+            Expansion.rule("layer-norm-expansion", "add"),
+            Statistic.rule("layer-norm-inv-std-output", "inv_std", reshaped=True),
+            Statistic.rule("layer-norm-inv-std-output", "inv_std", reshaped=False),
+            Statistic.rule("layer-norm-mean-output", "mean", reshaped=True),
+            Statistic.rule("layer-norm-mean-output", "mean", reshaped=False),
             _LayerNormDecomposed.rule("layer-norm", "after", swap=False),
             _LayerNormDecomposed.rule("layer-norm", "after", swap=True),
             _LayerNormDecomposed.rule("layer-norm", "before"),
