@@ -152,7 +152,9 @@ def compile(  # noqa: A001 — mirrors the CLI command name
         report.accuracy_per_pass[pass_name] = {k: v.as_dict() for k, v in metrics.items()}
 
     t = time.perf_counter()
-    records = run_pipeline(work, pipeline, after_each=check_after if (validate_each and reference) else None, progress=progress)
+    records = run_pipeline(
+        work, pipeline, after_each=check_after if (validate_each and reference) else None, progress=progress, samples=samples
+    )
     ops.attach_functions(work)
     common_passes.NameFixPass()(work)
     timings["pipeline"] = time.perf_counter() - t

@@ -21,9 +21,15 @@ __all__ = ["GraphoptPass", "RulePass"]
 
 
 class GraphoptPass(ir.passes.InPlacePass):
-    """A registered pass: constructed from its options dataclass, records what it did."""
+    """A registered pass: constructed from its options dataclass, records what it did.
+
+    A pass that needs statistics sets ``needs_calibration = True`` and calls ``self.stats(model,
+    value_names)``: the pipeline hands it the run's samples (the user's calibration data, or
+    seeded synthetic inputs with a loud note when there are none).
+    """
 
     pass_name = "unregistered"
+    needs_calibration = False
 
     def __init__(self, options=None) -> None:
         super().__init__()
@@ -34,6 +40,15 @@ class GraphoptPass(ir.passes.InPlacePass):
         self.rewrites: collections.Counter = collections.Counter()
         self.declines: list[rewrite.Decline] = []
         self.notes: list[str] = []
+        self.samples: list[dict] | None = None
+
+    def stats(self, model: ir.Model, names, **kwargs) -> dict:
+        """Statistics of intermediate values of ``model`` (as it is now) over the run's samples."""
+        from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only for passes that calibrate
+
+        if not self.samples:
+            raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
+        return Calibrator(model, self.samples).stats(list(names), **kwargs)
 
     def record(self, outcome: rewrite.RuleOutcome) -> bool:
         self.rewrites.update(outcome.rewrites)

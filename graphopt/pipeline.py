@@ -177,11 +177,14 @@ def run_pipeline(
     *,
     after_each: Callable[[str, ir.Model], None] | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    samples: list[dict] | None = None,
 ) -> list[PassRecord]:
     """Run ``pipeline`` on ``model`` in place; return one record per pass.
 
     A pass that raises is reported as ``PassFailedError`` naming the pass and the passes before it.
     ``after_each(name, model)`` runs after every pass (used for per-pass validation).
+    ``samples`` (feed dicts) are what calibrating passes compute their statistics on; without
+    them such a pass calibrates on seeded synthetic inputs and says so in its notes.
     """
     resolved = parse_pipeline(pipeline).expand()
     records: list[PassRecord] = []
@@ -192,6 +195,8 @@ def run_pipeline(
         for node in before_nodes:  # meta survives node clones, so copied nodes don't count as new
             node.meta[_SEEN] = True
         the_pass = spec.cls(options)
+        if getattr(the_pass, "needs_calibration", False):
+            the_pass.samples = samples or _synthetic_samples(model, the_pass)
         start = time.perf_counter()
         try:
             modified = _run_one(the_pass, model, spec.fixed_point)
@@ -227,6 +232,14 @@ def run_pipeline(
         if after_each is not None:
             after_each(spec.name, model)
     return records
+
+
+def _synthetic_samples(model: ir.Model, the_pass) -> list[dict]:
+    from graphopt import data  # noqa: PLC0415
+
+    the_pass.notes.append("calibrated on synthetic random inputs (no calibration data given): accuracy will suffer")
+    logger.warning("pass %s calibrates on synthetic inputs; pass calibration data", the_pass.pass_name)
+    return [data.synthetic_inputs(model, seed) for seed in range(4)]
 
 
 def _run_one(the_pass, model: ir.Model, fixed_point: bool) -> bool:

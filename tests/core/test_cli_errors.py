@@ -163,7 +163,7 @@ def test_calibration_data_with_wrong_shape(tmp_path, mlp_path, out):
     assert_no_output(out)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; the read-only case is covered by the file-as-folder case")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; test_output_folder_root_cannot_write covers root")
 def test_output_folder_not_writable(tmp_path, mlp_path):
     folder = tmp_path / "locked"
     folder.mkdir()

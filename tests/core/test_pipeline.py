@@ -143,3 +143,31 @@ def test_fixed_point_passes_run_until_nothing_changes():
         assert [n.op_type for n in model.graph] == ["Relu"] and record.rewrites == {"identity": 3}
     finally:
         registry._PASSES.pop("test-countdown")
+
+
+class _MeasureRelu(GraphoptPass):
+    """Records the calibrated max of the Relu input (tests the calibration hook)."""
+
+    needs_calibration = True
+    seen_max: float = 0.0
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        relu = next(n for n in model.graph if n.op_type == "Relu")
+        _MeasureRelu.seen_max = self.stats(model, [relu.inputs[0].name])[relu.inputs[0].name].max
+        return ir.passes.PassResult(model, modified=False)
+
+
+def test_calibrating_passes_get_the_run_samples_or_say_they_are_synthetic():
+    import numpy as np
+
+    registry.register_pass("test-measure", options=_BoomOptions, category="test")(_MeasureRelu)
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { two = Constant <value = float {2.0}> () h = Mul(x, two) y = Relu(h) }"""
+    try:
+        samples = [{"x": np.array([1.0, 3.0], np.float32)}, {"x": np.array([-1.0, 5.0], np.float32)}]
+        (record,) = pipeline.run_pipeline(ir.from_onnx_text(text), "test-measure", samples=samples)
+        assert _MeasureRelu.seen_max == 10.0 and record.notes == []
+        (record,) = pipeline.run_pipeline(ir.from_onnx_text(text), "test-measure")
+        assert "synthetic" in record.notes[0]
+    finally:
+        registry._PASSES.pop("test-measure")
