@@ -1,0 +1,182 @@
+"""Replace float ``Softmax`` over the last axis by an integer-only I-ViT Shiftmax island.
+
+    Softmax(x, axis=last)
+    ==>  DequantizeLinear(Shiftmax<x0, n, out_bits>(Cast<int32>(QuantizeLinear(x, s_in, int8 0))),
+                          2^-(out_bits-1))
+
+``s_in`` is a per-tensor symmetric scale from calibration (``needs_calibration``): by default
+max(|min|, |max|) / (2^(input_bits-1) - 1) of x over the run's samples (``calibration="minmax"``),
+or the ``percentile``-th percentile of |x| (``calibration="percentile"``). Values at or below -1e30
+(additive attention masks: ``finfo.min``, ``-inf``) are left out of the statistics: they saturate
+to -128, which Shiftmax turns into probability ~0 as the float softmax does *provided* -128·s lies
+more than ~n/log2(e) real units (~10 for n=15) below the row max; with a narrow score range a
+saturated mask keeps a small weight (open problem: a mask-aware island, or -128 meaning -inf in
+the op). The pass
+derives the op's integer attribute ``x0 = floor(-1/s_in)``; see ``passes/_shiftmax_op.py`` for the
+op, its defaults (n=15, out_bits=16) and why.
+
+All Softmax inputs are calibrated in one run of the model; then one rewrite rule replaces each
+Softmax whose check finds its scale.
+
+Declined, with the reason: Softmax over a non-last axis (or an opset < 13 Softmax whose default
+axis=1 coerces several axes); the input is not float32/float16/bfloat16 (double has no
+QuantizeLinear); float16/bfloat16 on an opset < 19 model; no calibration statistics for the input
+(e.g. it was not captured, or every value was a mask fill); |x0|·2^n·L >= 2^31 for a static row
+length L (the row's exponential sum would clamp). A softmax input that is already int32-quantized
+(chained integer graphs, the ``ivit`` preset) is out of scope here.
+
+Why: I-ViT's integer-only inference; the island is where a backend runs Shiftmax natively, and the
+numerics (sentence-embedding cosine on MiniLM) say what the integer softmax costs on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import ops, rewrite
+from graphopt.pass_base import GraphoptPass
+from graphopt.passes._canonical_utils import default_opset
+from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, SHIFTMAX_OP
+from graphopt.registry import register_pass
+
+__all__ = ["ShiftmaxOptions", "ShiftmaxPass", "input_scale"]
+
+MASK_FILL = -1e30  # a softmax input at or below this is a mask fill (minus infinity to softmax)
+_FLOATS = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.DataType.BFLOAT16: None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftmaxOptions:
+    n: int = DEFAULT_N  # halvings kept by ShiftExp (I-ViT PyTorch: 15, TVM: 16)
+    out_bits: int = DEFAULT_OUT_BITS  # output scale 2^-(out_bits-1); I-ViT PyTorch 16, TVM 8
+    calibration: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = 99.99  # of |x|, with calibration="percentile"
+    input_bits: int = 8  # the island quantizes x to int8 (only 8 is supported)
+
+
+def input_scale(arrays: list[np.ndarray], options: ShiftmaxOptions) -> float | None:
+    """The symmetric input scale from calibration arrays (mask fills left out); None without data."""
+    flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
+    flat = np.abs(flat[np.isfinite(flat) & (flat > MASK_FILL)])
+    if flat.size == 0:
+        return None
+    bound = float(flat.max()) if options.calibration == "minmax" else float(np.percentile(flat, options.percentile))
+    if not bound > 0:
+        bound = 1.0  # a constant-zero input: any scale is exact
+    return bound / (2 ** (options.input_bits - 1) - 1)
+
+
+def _softmax_axis(node: ir.Node, opset: int) -> tuple[int | None, str | None]:
+    """(the axis, None) when ``node`` is a last-axis softmax, else (None, why not)."""
+    x = node.inputs[0]
+    rank = None if x.shape is None else len(x.shape)
+    axis = node.attributes.get_int("axis", -1 if opset >= 13 else 1)
+    if axis == -1 and opset >= 13:
+        return axis, None
+    if rank is None:
+        return None, f"Softmax axis is {axis} and the input's rank is unknown"
+    if axis % rank != rank - 1:
+        return None, f"Softmax is over axis {axis}, not the last axis"
+    return axis, None
+
+
+class _Island(pattern.RewriteRuleClassBase):
+    """Softmax(x) -> DequantizeLinear(Shiftmax(Cast(QuantizeLinear(x)))) with the node's calibrated scale."""
+
+    def __init__(self, name: str, scales: dict[str, float | None], options: ShiftmaxOptions) -> None:
+        super().__init__(name)
+        self.scales, self.options = scales, options
+
+    def pattern(self, op, x):
+        return op.Softmax(x, _allow_other_attributes=True, _outputs=["probs"])
+
+    def check(self, context, x, probs, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        opset = default_opset(context.model)
+        softmax = probs.producer()
+        _, why = _softmax_axis(softmax, opset)
+        if why:
+            return result.fail(why, softmax)
+        if x.dtype not in _FLOATS:
+            dtype = x.dtype.name if x.dtype is not None else "unknown"
+            return result.fail(f"Softmax input is {dtype}; the int8 island needs float32/float16/bfloat16", x)
+        if x.dtype != ir.DataType.FLOAT and opset < 19:
+            return result.fail(f"QuantizeLinear of {x.dtype.name} needs opset >= 19, model has {opset}", x)
+        scale = self.scales.get(x.name)
+        if scale is None:
+            return result.fail(f"no calibration statistics for {x.name}", x)
+        x0 = math.floor(-1.0 / scale)
+        length = x.shape[-1] if x.shape is not None and len(x.shape) else None
+        if isinstance(length, int) and -x0 * 2**self.options.n * length >= INT31:
+            return result.fail(
+                f"exp sum may reach 2^31 (|x0|={-x0}, n={self.options.n}, row length {length}); lower n", x)
+        if isinstance(context.graph_or_function, ir.Function):
+            return result.fail("the island needs scale initializers but the Softmax is inside a function; inline first")
+        self._plan = (scale, x0, context.graph_or_function)
+        return result
+
+    def rewrite(self, op, x, **_):
+        scale, x0, graph = self._plan
+        bits = self.options.out_bits
+        s_in = _initializer(op, graph, f"{x.name}_shiftmax_scale", np.array(scale, np.float32), x.dtype)
+        zp_in = _initializer(op, graph, "graphopt_shiftmax_zero_int8", np.array(0, np.int8), ir.DataType.INT8)
+        s_out = _initializer(op, graph, f"graphopt_shiftmax_out_scale_{bits}", np.array(2.0 ** -(bits - 1), np.float32), x.dtype)
+        zp_out = _initializer(op, graph, "graphopt_shiftmax_zero_int32", np.array(0, np.int32), ir.DataType.INT32)
+        q = op.QuantizeLinear(x, s_in, zp_in)
+        q32 = op.Cast(q, to=ir.DataType.INT32)
+        y = op.Shiftmax(q32, x0=x0, n=self.options.n, out_bits=bits, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+        return op.DequantizeLinear(y, s_out, zp_out)
+
+
+def _initializer(op, graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
+    """A scalar initializer of ``dtype`` (the shared one when it already exists)."""
+    if name in graph.initializers:
+        return graph.initializers[name]
+    if dtype == ir.DataType.BFLOAT16:
+        tensor = ir.tensor(array.astype(np.float32), dtype=dtype, name=name)
+    else:
+        tensor = ir.tensor(array.astype(dtype.numpy()), name=name)
+    return op.initializer(tensor, name=name)
+
+
+@register_pass("shiftmax", options=ShiftmaxOptions, category="rewrite")
+class ShiftmaxPass(GraphoptPass):
+    """Replace last-axis float Softmax by an int8 -> Shiftmax -> dequantize island (I-ViT)."""
+
+    needs_calibration = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        o = self.options
+        if o.input_bits != 8:
+            raise ValueError(f"shiftmax: input_bits={o.input_bits}; only 8 (int8 QuantizeLinear) is supported")
+        if not 0 <= o.n <= 30 or not 2 <= o.out_bits <= 31:
+            raise ValueError(f"shiftmax: need 0 <= n <= 30 and 2 <= out_bits <= 31, got n={o.n}, out_bits={o.out_bits}")
+        if o.calibration not in ("minmax", "percentile") or not 0 < o.percentile <= 100:
+            raise ValueError(f"shiftmax: calibration must be minmax|percentile with 0 < percentile <= 100")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = default_opset(model)
+        names = sorted({
+            node.inputs[0].name for node in model.graph
+            if node.domain == "" and node.op_type == "Softmax" and node.inputs[0] is not None
+            and node.inputs[0].dtype in _FLOATS and _softmax_axis(node, opset)[1] is None
+        })
+        scales: dict[str, float | None] = {}
+        if names:
+            from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only when there is work
+
+            if not self.samples:
+                raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
+            # One run for all inputs. Raw values, not self.stats(): mask fills (finfo.min) must be
+            # left out, and they can be most of an attention row, so even percentiles hit them.
+            captured = Calibrator(model, self.samples).capture(names)
+            scales = {name: input_scale(arrays, self.options) for name, arrays in captured.items()}
+        rules = [_Island.rule("shiftmax", scales, self.options)]
+        return ir.passes.PassResult(model, modified=self.record(rewrite.apply_rules(model, rules)))
