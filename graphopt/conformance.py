@@ -44,7 +44,7 @@ class CaseResult:
 def _cases(pattern: str | None):
     import onnx.backend.test.case.node as node_cases  # noqa: PLC0415
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = node_cases.collect_testcases(None)
     regex = re.compile(pattern) if pattern else None
@@ -146,14 +146,20 @@ def _init(pattern):
     _CASES = _cases(pattern)
 
 
+def _names(pattern):
+    return [c.name for c in _CASES]
+
+
 def run_suite(passes: str = "canonicalize", pattern: str | None = None, workers: int = 2, progress: bool = False) -> list[CaseResult]:
-    cases = _cases(pattern)
-    names = [c.name for c in cases]
-    if workers <= 1:
-        return [run_case(c, passes) for c in cases]
-    # spawn: forking a process that already runs torch/ORT thread pools breaks ORT in the children
+    """Run every case (matching ``pattern``) in fresh worker processes.
+
+    Fresh processes matter twice: onnx's ``collect_testcases`` keeps a module-global list (a
+    process that once asked for one op type gets only those cases ever after), and forking a
+    process that already runs torch/ORT thread pools breaks ORT in the children.
+    """
     context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init, initargs=(pattern,), maxtasksperchild=200) as pool:
+    with context.Pool(max(workers, 1), initializer=_init, initargs=(pattern,), maxtasksperchild=200) as pool:
+        names = pool.apply(_names, (pattern,))
         iterator = pool.imap(_worker, [(n, passes, pattern) for n in names], chunksize=8)
         if progress:
             from tqdm import tqdm  # noqa: PLC0415
