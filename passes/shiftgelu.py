@@ -1,0 +1,183 @@
+"""Replace float ``Gelu`` with an integer-only I-ViT ShiftGELU island (calibrated).
+
+    Gelu(x)   (approximate "none" or "tanh", the canonical form from the ``gelu`` pass)
+      ->  QuantizeLinear(x, s_in, int8 0) -> Cast(int32)
+          -> pkg.graphopt.ShiftGelu(x0, n, out_bits) -> DequantizeLinear(y, s_in·2^-(out_bits-1))
+
+``s_in`` is per Gelu node, symmetric, from calibration: ``max(|min|, |max|) / (2^(b-1) - 1)``
+("minmax") or the same on the ``percentile``/``100-percentile`` percentiles ("percentile"), all
+nodes' statistics in one calibration run. The pass folds I-ViT's 1.702 into the scale and hands
+the op ``x0 = floor(-1/(1.702·s_in))``; ``n`` is the option, lowered where needed so that
+``2·(-x0)·2^n < 2^31`` (the op's exp sum then never saturates; a note says so).
+
+Not applied (declined, with the reason) when x is not float32 (the island's scales are float32),
+when there are no usable statistics for x (not captured, or a zero / non-finite range), and for a
+Gelu that is not the canonical ONNX one (``com.microsoft`` Gelu: run the ``gelu`` pass first).
+
+Why: I-ViT's integer-only inference (part "shiftgelu"): GELU as shifts, one integer division
+per row and integer multiplies, no float exp/erf; chained with the other integer passes the
+islands between integer ops disappear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import ops
+from graphopt.pass_base import RulePass
+from graphopt.passes._shiftgelu_op import SHIFT_GELU
+from graphopt.registry import register_pass
+
+__all__ = ["SHIFT_GELU", "ShiftGeluOptions", "ShiftGeluPass", "shiftgelu_constants"]
+
+_SIGMOID_FACTOR = 1.702  # GELU(x) ≈ x·σ(1.702x); folded into the exponent's scale
+_MS = "com.microsoft"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftGeluOptions:
+    n: int = 23  # ShiftExp shift (I-ViT: 23); lowered per node where -x0·2^n would overflow the int32 sum
+    calibration: str = "minmax"  # "minmax" | "percentile"
+    percentile: float = 99.99  # with calibration="percentile": clip at this percentile of |x| on both sides
+    input_bits: int = 8  # 2..8: the Gelu input is quantized to this many bits (int8 container)
+    out_bits: int = 8  # bits of the σ factor (I-ViT: 8, scale 2^-7)
+    row_max: bool = True  # m = row max (I-ViT); False: m = max(x, 0) per element (exact for large row maxes)
+
+
+def shiftgelu_constants(s_in: float, n: int) -> tuple[int, int]:
+    """(x0, n_eff) for input scale ``s_in``: x0 = floor(-1/(1.702·s)), n_eff ≤ n keeps 2·(-x0)·2^n < 2^31."""
+    x0 = math.floor(-1.0 / (_SIGMOID_FACTOR * s_in))
+    n_eff = n
+    while n_eff > 0 and 2 * (-x0) * 2**n_eff > 2**31 - 1:
+        n_eff -= 1
+    return x0, n_eff
+
+
+@dataclasses.dataclass(frozen=True)
+class _Site:
+    scale: float  # float32-representable s_in
+    x0: int
+    n: int
+
+
+class _ShiftGeluRule(pattern.RewriteRuleClassBase):
+    """Gelu(x) -> Q/Cast/ShiftGelu/DQ island with the node's calibrated constants."""
+
+    def __init__(self, name: str, sites: dict[str, _Site], reasons: dict[str, str], options: ShiftGeluOptions) -> None:
+        super().__init__(name)
+        self.sites, self.reasons, self.options = sites, reasons, options
+
+    def pattern(self, op, x):
+        return op.Gelu(x)
+
+    def check(self, context, x, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if x.dtype != ir.DataType.FLOAT:
+            dtype = x.dtype.name if x.dtype is not None else "of unknown type"
+            return result.fail(f"ShiftGelu islands take float32 input; x is {dtype}", x)
+        approximate = context.root.attributes.get_string("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            return result.fail(f"Gelu approximate={approximate!r} is not 'none' or 'tanh'", x)
+        if x.name not in self.sites:
+            return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
+        return result
+
+    def rewrite(self, op, x, **_):
+        site = self.sites[x.name]
+        qmax = 2 ** (self.options.input_bits - 1) - 1
+        scale = op.Constant(value=ir.tensor(np.array(site.scale, dtype=np.float32), name=None))
+        zero = op.Constant(value=ir.tensor(np.array(0, dtype=np.int8)))
+        q = op.Cast(op.QuantizeLinear(x, scale, zero), to=ir.DataType.INT32)
+        if qmax < 127:
+            low = op.Constant(value=ir.tensor(np.array(-qmax, dtype=np.int32)))
+            high = op.Constant(value=ir.tensor(np.array(qmax, dtype=np.int32)))
+            q = op.Clip(q, low, high)
+        y = op.ShiftGelu(
+            q, x0=site.x0, n=site.n, out_bits=self.options.out_bits,
+            row_max=int(self.options.row_max), _domain=ops.DOMAIN, _version=ops.OPSET_VERSION
+        )
+        out_scale = np.array(site.scale * 2.0 ** -(self.options.out_bits - 1), dtype=np.float32)
+        return op.DequantizeLinear(y, op.Constant(value=ir.tensor(out_scale)))
+
+
+class _NotCanonical(pattern.RewriteRuleClassBase):
+    """com.microsoft Gelu: never rewritten here, declined so the report says to canonicalize first."""
+
+    def pattern(self, op, x):
+        return op.Gelu(x, _domain=_MS)
+
+    def check(self, context, x, **_) -> pattern.MatchResult:
+        return pattern.MatchResult().fail("Gelu is not in canonical form (com.microsoft Gelu); run the gelu pass first", x)
+
+    def rewrite(self, op, x, **_):  # pragma: no cover - check always fails
+        raise AssertionError("unreachable")
+
+
+@register_pass("shiftgelu", options=ShiftGeluOptions, category="rewrite")
+class ShiftGeluPass(RulePass):
+    """Replace float Gelu by an integer-only I-ViT ShiftGELU island (QuantizeLinear → ShiftGelu → DequantizeLinear)."""
+
+    needs_calibration = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        o = self.options
+        if o.calibration not in ("minmax", "percentile"):
+            raise ValueError(f"shiftgelu: calibration must be 'minmax' or 'percentile', got {o.calibration!r}")
+        if not 2 <= o.input_bits <= 8:
+            raise ValueError(f"shiftgelu: input_bits must be in 2..8 (int8 container), got {o.input_bits}")
+        if not 50.0 < o.percentile <= 100.0:
+            raise ValueError(f"shiftgelu: percentile must be in (50, 100], got {o.percentile}")
+        if not 1 <= o.n <= 30 or not 2 <= o.out_bits <= 16:
+            raise ValueError(f"shiftgelu: n must be in 1..30 and out_bits in 2..16, got n={o.n}, out_bits={o.out_bits}")
+        self._sites: dict[str, _Site] = {}
+        self._reasons: dict[str, str] = {}
+
+    def rules(self):
+        return [
+            _ShiftGeluRule.rule("shiftgelu", self._sites, self._reasons, self.options),
+            _NotCanonical.rule("shiftgelu-not-canonical"),
+        ]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._sites.clear()
+        self._reasons.clear()
+        names = sorted(
+            {
+                node.inputs[0].name
+                for node in model.graph
+                if node.op_type == "Gelu" and node.domain in ("", "ai.onnx") and node.inputs and node.inputs[0] is not None
+                and node.inputs[0].dtype == ir.DataType.FLOAT
+            }
+        )
+        if names:
+            self._calibrate(model, names)
+        return super().call(model)
+
+    def _calibrate(self, model: ir.Model, names: list[str]) -> None:
+        o = self.options
+        percentiles = (100.0 - o.percentile, o.percentile) if o.calibration == "percentile" else (0.0, 100.0)
+        stats = self.stats(model, names, percentiles=percentiles)
+        qmax = 2 ** (o.input_bits - 1) - 1
+        for name in names:
+            st = stats.get(name)
+            if st is None:
+                self._reasons[name] = f"no calibration statistics for {name}"
+                continue
+            if o.calibration == "percentile":
+                bound = max(abs(st.percentiles[percentiles[0]]), abs(st.percentiles[percentiles[1]]))
+            else:
+                bound = max(abs(st.min), abs(st.max))
+            if not math.isfinite(bound) or bound <= 0.0:
+                self._reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
+                continue
+            scale = float(np.float32(bound / qmax))
+            x0, n_eff = shiftgelu_constants(scale, o.n)
+            if n_eff < o.n:
+                self.notes.append(f"{name}: n lowered from {o.n} to {n_eff} (x0={x0}) so the exp sum fits int32")
+            self._sites[name] = _Site(scale, x0, n_eff)
