@@ -22,15 +22,16 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from graphopt import capture, data, ops, storage
+from graphopt import capture, data, integer_region, ops, registry, storage
 from graphopt.errors import CheckFailedError, UnsupportedError, UsageError
 from graphopt.metrics import Tolerances, compare_outputs
-from graphopt.pipeline import parse_pipeline, run_pipeline
+from graphopt.pipeline import Pipeline, parse_pipeline, run_pipeline
 from graphopt.report import Report, model_summary, op_histogram, render
 
 __all__ = ["CompileResult", "compile"]
 
 logger = logging.getLogger(__name__)
+INTEGER_ONLY_PRESET = "ivit"  # a pipeline naming it is verified integer-only unless told otherwise
 SYNTHETIC_WARNING = "no calibration data given: using synthetic random inputs, so accuracy numbers say little about real data (pass --calib)"
 
 
@@ -97,6 +98,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     validate: bool = True,
     validate_each: bool = False,
+    integer_only: bool | None = None,
     tolerances: Tolerances | None = None,
     synthetic_samples: int = 4,
     seed: int = 0,
@@ -112,11 +114,17 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     any form ``graphopt.data.load_samples`` accepts; without it seeded synthetic inputs are used
     and the report warns. ``bench_runs > 0`` times the original and every target (median), both
     with ONNX Runtime graph optimization level ``ort_optimization`` (disable/basic/extended/all).
+    ``integer_only`` runs the integer-only verifier (``graphopt.integer_region``) on the result:
+    a float op between QuantizeLinear and DequantizeLinear, or no such region at all, is a
+    violation like a numeric one (``result.ok`` False, ``check()`` raises ``CheckFailedError``).
+    None means on when the pipeline names the ``ivit`` preset.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pipeline = parse_pipeline(passes)
     pipeline.expand()  # fail on unknown passes/options before any work
+    if integer_only is None:
+        integer_only = _names_preset(pipeline, INTEGER_ONLY_PRESET)
     targets = [targets] if isinstance(targets, str) else list(targets or ["onnx"])
     from graphopt import backends  # noqa: PLC0415
 
@@ -175,6 +183,14 @@ def compile(  # noqa: A001 — mirrors the CLI command name
         report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
         timings["validate"] = time.perf_counter() - t
 
+    if integer_only:
+        t = time.perf_counter()
+        verdict = integer_region.verify(work)
+        report.integer_only = verdict.as_dict()
+        if not verdict.ok:
+            report.violations.append(verdict.summary())
+        timings["integer_only"] = time.perf_counter() - t
+
     artifacts = {}
     for target, module in backend_modules.items():
         t = time.perf_counter()
@@ -191,6 +207,17 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     timings["total"] = time.perf_counter() - start
     report.seconds = timings
     return CompileResult(work, original, artifacts, report, samples)
+
+
+def _names_preset(pipeline: Pipeline, name: str) -> bool:
+    """Whether ``pipeline`` names the preset ``name``, directly or inside another preset."""
+    for step in pipeline.steps:
+        if step.name == name:
+            return True
+        entry = registry.get_pass(step.name)
+        if isinstance(entry, registry.Preset) and _names_preset(parse_pipeline(entry.pipeline), name):
+            return True
+    return False
 
 
 def _describe(model: Any) -> str:

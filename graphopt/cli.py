@@ -1,9 +1,10 @@
 """The `graphopt` command line: compile, passes, inspect, explain.
 
-Exit codes (BRIEF §4): 0 ok; 1 a numeric check failed; 2 usage error; 3 unreadable or invalid
-model; 4 unsupported op or target; 5 internal error. Errors print one line; ``--debug`` adds the
-traceback. Only the standard library loads at start-up, so `graphopt --help` and
-`graphopt passes` answer fast; each command imports what it needs.
+Exit codes (BRIEF §4): 0 ok; 1 a numeric check failed, or the integer-only check did (a float op
+between QuantizeLinear and DequantizeLinear, or no integer region at all); 2 usage error;
+3 unreadable or invalid model; 4 unsupported op or target; 5 internal error. Errors print one
+line; ``--debug`` adds the traceback. Only the standard library loads at start-up, so
+`graphopt --help` and `graphopt passes` answer fast; each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from graphopt.errors import EXIT_OK, GraphoptError, UsageError
 
 __all__ = ["main"]
 
-EXIT_CODES_HELP = "exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 bad model, 4 unsupported op/target, 5 internal error"
+INTEGER_ONLY_PREFIX = "integer-only: "  # the report's violation from the integer-only verifier
+EXIT_CODES_HELP = "exit codes: 0 ok, 1 numeric or integer-only check failed, 2 usage error, 3 bad model, 4 unsupported op/target, 5 internal error"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,6 +57,7 @@ def cmd_compile(args) -> int:
         input_shapes=args.input_shape,
         validate=not args.no_validate,
         validate_each=args.validate_each,
+        integer_only=args.integer_only,
         tolerances=tolerances,
         seed=args.seed,
         threads=args.threads,
@@ -72,7 +75,9 @@ def cmd_compile(args) -> int:
         result.print_report(console)
         console.print(f"wrote {', '.join(written)}")
     if not result.ok:
-        print(f"graphopt: numeric check failed: {result.report.violations[0]}", file=sys.stderr)
+        first = result.report.violations[0]
+        what = "integer-only check failed" if first.startswith(INTEGER_ONLY_PREFIX) else "numeric check failed"
+        print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}", file=sys.stderr)
         return 1
     return EXIT_OK
 
@@ -100,6 +105,18 @@ def cmd_passes(args) -> int:
 def cmd_inspect(args) -> int:
     from graphopt import inspection  # noqa: PLC0415
 
+    if args.integer_only:
+        verdict = inspection.integer_only(args.model, input_shapes=args.input_shape)
+        if args.json:
+            import json  # noqa: PLC0415
+
+            print(json.dumps(verdict.as_dict(), indent=2))
+        elif not args.quiet:
+            print("\n".join(verdict.lines()))
+        if not verdict.ok:
+            print(f"graphopt: integer-only check failed: {verdict.summary().removeprefix('integer-only: ')}", file=sys.stderr)
+            return 1
+        return EXIT_OK
     info = inspection.inspect(args.model, input_shapes=args.input_shape)
     if args.json:
         import json  # noqa: PLC0415
@@ -142,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-sqnr", type=float, help="minimum SQNR in dB")
     c.add_argument("--min-top1", type=float, help="minimum top-1 agreement for logits outputs")
     c.add_argument("--no-validate", action="store_true", help="skip the comparison with the original")
+    c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="verify the result is integer between its QuantizeLinear and DequantizeLinear nodes "
+                        "(default: on when the pipeline names the ivit preset); a float op there, or no integer "
+                        "region at all, is exit 1 (files still written)")
     c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
     c.add_argument("--bench-runs", type=int, default=10, help="timed runs per model for latency, 0 to skip (default 10)")
     c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
@@ -155,10 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_passes)
 
-    i = sub.add_parser("inspect", parents=[common], help="inputs, outputs, op histogram, parameters, detected patterns")
+    i = sub.add_parser("inspect", parents=[common], help="inputs, outputs, op histogram, parameters, detected patterns",
+                       epilog=EXIT_CODES_HELP)
     i.add_argument("model")
     i.add_argument("--input-shape", action="append", metavar="NAME:D0,D1")
     i.add_argument("--json", action="store_true")
+    i.add_argument("--integer-only", action="store_true",
+                   help="only verify that every node between a QuantizeLinear and a DequantizeLinear is integer "
+                        "(graphopt ops inlined): one line per float op found there; exit 1 when there is one, "
+                        "or when the model has no integer region at all")
     i.set_defaults(run=cmd_inspect)
 
     e = sub.add_parser("explain", parents=[common], help="what each pass would rewrite, and the near misses with reasons")

@@ -17,7 +17,7 @@ from graphopt import capture, data, pipeline, rewrite
 from graphopt.pass_base import RulePass
 from graphopt.report import model_summary, op_histogram
 
-__all__ = ["explain", "inspect", "render"]
+__all__ = ["explain", "inspect", "integer_only", "render"]
 
 _MIN_NEAR_MISS_NODES = 2  # a one-node "match" is just an op type in common, not a near miss
 _MAX_NEAR_MISSES = 5
@@ -63,6 +63,13 @@ def inspect(model_path: str, input_shapes: Sequence[str] | None = None) -> dict[
         "ops": op_histogram(model),
         "patterns": _detect(model),
     }
+
+
+def integer_only(model_path: str, input_shapes: Sequence[str] | None = None):
+    """`inspect --integer-only`: the integer-region verdict (``graphopt.integer_region.verify``)."""
+    from graphopt import integer_region  # noqa: PLC0415
+
+    return integer_region.verify(_load(model_path, input_shapes))
 
 
 def render(info: dict[str, Any], console) -> None:

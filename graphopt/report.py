@@ -55,6 +55,7 @@ class Report:
     accuracy_per_pass: dict = dataclasses.field(default_factory=dict)
     tolerances: dict = dataclasses.field(default_factory=dict)
     violations: list[str] = dataclasses.field(default_factory=list)
+    integer_only: dict = dataclasses.field(default_factory=dict)  # integer_region verdict, when checked
     latency: dict = dataclasses.field(default_factory=dict)
     targets: dict = dataclasses.field(default_factory=dict)
     seconds: dict = dataclasses.field(default_factory=dict)
@@ -88,6 +89,7 @@ def _jsonable(value: Any) -> Any:
 def render(report: Report, console=None) -> None:
     """Print the report as tables (rich)."""
     from rich.console import Console  # noqa: PLC0415 — rich only when printing
+    from rich.markup import escape  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     console = console or Console()
@@ -134,6 +136,16 @@ def render(report: Report, console=None) -> None:
             ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
             lat.add_row(name, f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
         console.print(lat)
+    if report.integer_only:
+        verdict = report.integer_only
+        for op in verdict["float_ops"][:10]:
+            values = ", ".join(f"{v['name']} {v['dtype']}" for v in op["values"])
+            where = f", in {op['function']}" if op["function"] else ""
+            console.print(f"[red]float op[/red] {escape(op['node'])} ({op['op_type']}{escape(where)}): {escape(values)}")
+        if len(verdict["float_ops"]) > 10:
+            console.print(f"... {len(verdict['float_ops']) - 10} more float ops in report.json")
+        if verdict["ok"]:
+            console.print(f"[green]{escape(verdict['verdict'])}[/green]")
     if report.violations:
         for v in report.violations:
             console.print(f"[red]FAILED[/red] {v}")
