@@ -1,0 +1,343 @@
+"""Join integer islands: rewrite each QuantizeLinear's float input as integer ops (the ``ivit`` glue).
+
+After ``int8-linear``, ``shiftmax``, ``shiftgelu`` and ``ilayernorm`` a transformer is a chain of
+islands with float between them::
+
+    IntLayerNorm -> DequantizeLinear(s_ln) --\\
+    MatMulInteger -> DequantizeLinear(s_x·s_w[c]) -> Add --> QuantizeLinear(s_q, int16) -> IntLayerNorm
+
+This pass takes every ``QuantizeLinear(x, s_q)`` (per-tensor scale, zero point 0, int8/int16) and
+*lowers* x: it builds an int32 value equal to ``x / s_q`` from integer ops only, walking up x's
+producers with the lowering rules below, then replaces the QuantizeLinear with a saturating Clip
+(and a Cast to int8/int16 where the consumer reads that type)::
+
+    QuantizeLinear(Add(DequantizeLinear(a, s_a), DequantizeLinear(b, s_b)), s_q)
+      ->  Clip(Add(DyadicRequant(a, m_a, k_a), DyadicRequant(b, m_b, k_b)), -2^(b-1), 2^(b-1)-1)
+
+with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). Lowering rules
+(``x / s`` for a target scale ``s``; each is one entry of ``LOWERINGS``):
+
+- ``DequantizeLinear(a, s_a)``      -> ``DyadicRequant(a, s_a / s)`` (just ``a`` when s_a == s)
+- ``Add/Sub(x, y)``                  -> ``Add/Sub(x/s, y/s)``
+- ``Mul(x, c)`` / ``Div(x, c)``      -> ``x / (s/c)`` / ``x / (s·c)``  (c a scalar constant)
+- ``Neg(x)``                         -> ``Neg(x/s)``
+- layout ops (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Expand, Slice, Gather,
+  GatherElements, Tile, Identity) and ``Concat``, ``Where`` -> the same op on the lowered data
+- a float constant c                 -> the int32 constant ``round(c / s)`` (clipped to ±2^24:
+  a value beyond that saturates every int8/int16 target; e.g. an additive mask's finfo.min)
+- ``Cast<float>(i)`` of an integer   -> ``DyadicRequant(Cast<int32>(i), 1/s)``
+- float preprocessing (a value with no DequantizeLinear upstream, e.g. an attention mask built
+  in float from the 0/1 input) that these rules cannot lower (a 0/1 mask times finfo.min needs a
+  scale below float32's range): the region's entry, ``Cast<int32>(QuantizeLinear(v, s, int16))``
+  at the outermost such value
+
+A QuantizeLinear whose input reaches a float graph input or an op without a rule (a float MatMul
+that ``int8-linear`` did not take, say) is left as it is, and the pass says why (a decline). The
+lowered values are memoized per (value, scale); the float nodes nobody reads any more are
+removed. The result is integer between the entry quantizes and the output DequantizeLinear:
+``graphopt inspect --integer-only`` checks it.
+
+Numerics: the lowering rounds where the float graph would round once, at the QuantizeLinear
+(plus once per DyadicRequant, half up): per-element differences of a unit or two of the target
+int8/int16 scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from graphopt import ops, rewrite
+from graphopt.pass_base import GraphoptPass
+from graphopt.passes._canonical_utils import constant, default_opset
+from graphopt.passes._dyadic_op import DYADIC_REQUANT, dyadic_multiplier
+from graphopt.registry import register_pass
+
+__all__ = ["IntegerChainOptions", "IntegerChainPass", "LOWERINGS"]
+
+CONSTANT_LIMIT = 2**24
+_FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+_TARGETS = {ir.DataType.INT8: (-(2**7), 2**7 - 1), ir.DataType.INT16: (-(2**15), 2**15 - 1), ir.DataType.UINT8: (0, 255)}
+_INTEGER_SOURCES = {ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64, ir.DataType.UINT8,
+                    ir.DataType.UINT16, ir.DataType.BOOL}
+_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Slice", "Gather",
+           "GatherElements", "Tile", "Identity")
+_MAX_SCALE_ELEMENTS = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerChainOptions:
+    entry_bits: int = 16  # bits of the QuantizeLinear that brings float preprocessing (masks) in
+
+
+class Unlowerable(Exception):
+    """Why a value has no integer form (becomes the decline reason)."""
+
+
+class _Lowerer:
+    """Builds ``value / scale`` as int32 values, inserting the new nodes before ``anchor``."""
+
+    def __init__(self, graph: ir.Graph, options: IntegerChainOptions, opset: int) -> None:
+        self.graph, self.options, self.opset = graph, options, opset
+        self.memo: dict[tuple[int, float], ir.Value] = {}
+        self.dequantized = _dequantized_values(graph)
+        self.anchor: ir.Node | None = None
+        self.created = 0
+
+    # -- building blocks ---------------------------------------------------------------------
+    def add(self, op_type: str, inputs, *, like: ir.Value | None = None, dtype=ir.DataType.INT32,
+            attributes=None, domain: str = "", num_outputs: int = 1) -> ir.Node:
+        node = ir.node(op_type, list(inputs), attributes=attributes or {}, domain=domain,
+                       version=ops.OPSET_VERSION if domain == ops.DOMAIN else None, num_outputs=num_outputs)
+        for out in node.outputs:
+            out.dtype = dtype
+            if like is not None and like.shape is not None:
+                out.shape = ir.Shape(like.shape)
+        self.graph.insert_before(self.anchor, node)
+        return node
+
+    def const(self, array: np.ndarray, hint: str) -> ir.Value:
+        self.created += 1
+        name = f"{hint}_int{self.created}"
+        value = ir.Value(name=name, const_value=ir.tensor(np.array(array, order="C"), name=name))
+        value.dtype = ir.DataType.from_numpy(array.dtype)
+        value.shape = ir.Shape(array.shape)
+        self.graph.register_initializer(value)
+        return value
+
+    def requant(self, x: ir.Value, ratio: np.ndarray, like: ir.Value, hint: str) -> ir.Value:
+        """int32 ``x · ratio`` via DyadicRequant (ratio a scalar or broadcastable array)."""
+        if np.all(ratio == 1.0):
+            return x
+        if np.any(np.abs(ratio) >= 2.0**30):
+            raise Unlowerable(f"rescaling {hint} by {float(np.abs(ratio).max()):.3g} would overflow int32")
+        m, k = dyadic_multiplier(ratio)
+        node = self.add(DYADIC_REQUANT.name, [x, self.const(m, f"{hint}_m"), self.const(k, f"{hint}_k")],
+                        like=like, domain=ops.DOMAIN, attributes={"out_bits": 32})
+        return node.outputs[0]
+
+    def cast32(self, x: ir.Value) -> ir.Value:
+        return x if x.dtype == ir.DataType.INT32 else self.add("Cast", [x], like=x, attributes={"to": ir.DataType.INT32}).outputs[0]
+
+    # -- the walk ----------------------------------------------------------------------------
+    def lower(self, value: ir.Value, scale: float) -> ir.Value:
+        key = (id(value), scale)
+        if key not in self.memo:
+            self.memo[key] = self._lower(value, scale)
+        return self.memo[key]
+
+    def _lower(self, value: ir.Value, scale: float) -> ir.Value:
+        array = constant(value, max_size=1 << 28)
+        if array is not None:
+            if array.dtype.kind != "f":
+                raise Unlowerable(f"{value.name} is an integer constant where a float is read")
+            scaled = np.clip(np.rint(array.astype(np.float64) / scale), -CONSTANT_LIMIT, CONSTANT_LIMIT)
+            return self.const(scaled.astype(np.int32), value.name or "c")
+        node = value.producer()
+        if node is None:
+            raise Unlowerable(f"reads the float graph input {value.name!r} (quantized here: the region's entry)")
+        if value.dtype is not None and value.dtype not in _FLOATS:
+            raise Unlowerable(f"{value.name} is {value.dtype}, not float")
+        rule = LOWERINGS.get(node.op_type) if node.domain == "" else None
+        pure = id(value) not in self.dequantized  # float preprocessing: no DequantizeLinear upstream
+        if rule is not None:
+            try:
+                return rule(self, node, value, scale)
+            except Unlowerable:
+                if not pure:
+                    raise  # (a failed try leaves dead nodes; the pass removes them)
+        if pure:
+            return self.entry(value, scale)
+        raise Unlowerable(f"{value.name} comes from {node.domain + '::' if node.domain else ''}{node.op_type}, "
+                          "which has no integer lowering")
+
+    def entry(self, value: ir.Value, scale: float) -> ir.Value:
+        """Float preprocessing (no DequantizeLinear upstream): quantize it here, the region's entry."""
+        if not 1e-30 < abs(scale) < 1e30:
+            raise Unlowerable(f"quantizing {value.name} would need the scale {scale:.3g}, outside float32's normal range")
+        bits = self.options.entry_bits if self.opset >= 21 else 8
+        dtype = ir.DataType.INT16 if bits == 16 else ir.DataType.INT8
+        s = self.const(np.array(abs(scale), np.float32), f"{value.name}_entry_scale")
+        zero = self.const(np.array(0, dtype.numpy()), f"{value.name}_entry_zero")
+        source = value if scale > 0 else self.add("Neg", [value], like=value, dtype=value.dtype).outputs[0]
+        q = self.add("QuantizeLinear", [source, s, zero], like=value, dtype=dtype).outputs[0]
+        return self.cast32(q)
+
+
+def _dequantized_values(graph: ir.Graph) -> set[int]:
+    """ids of the values downstream of some DequantizeLinear (the rest is float preprocessing)."""
+    found: set[int] = set()
+    for node in graph:  # topological order: a node's inputs are classified before it
+        if (node.op_type == "DequantizeLinear" and node.domain == "") or any(id(i) in found for i in node.inputs if i is not None):
+            found.update(id(o) for o in node.outputs)
+    return found
+
+
+# -- lowering rules: (lowerer, node, the output being lowered, target scale) -> int32 value ------
+
+def _dequantize(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    a, s_a = node.inputs[0], constant(node.inputs[1], _MAX_SCALE_ELEMENTS)
+    if s_a is None:
+        raise Unlowerable(f"{node.name}: the DequantizeLinear scale is not a constant")
+    zero = constant(node.inputs[2], _MAX_SCALE_ELEMENTS) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if zero is not None and np.any(zero != 0):
+        raise Unlowerable(f"{node.name}: nonzero zero point")
+    if node.attributes.get_int("block_size", 0):
+        raise Unlowerable(f"{node.name}: blocked dequantization")
+    producer = a.producer()
+    if a.dtype is None and producer is not None and producer.domain == ops.DOMAIN:
+        a.dtype = ir.DataType.INT32  # graphopt's integer ops return int32 (docs/integer-ops.md)
+    if a.dtype not in (ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32):
+        raise Unlowerable(f"{node.name}: dequantizes {a.dtype}; int8/int16/int32 expected")
+    ratio = s_a.astype(np.float64) / scale
+    if s_a.size > 1:
+        rank = None if a.shape is None else len(a.shape)
+        axis = node.attributes.get_int("axis", 1)
+        if rank is None:
+            raise Unlowerable(f"{node.name}: per-axis scale on an input of unknown rank")
+        ratio = ratio.reshape((-1,) + (1,) * (rank - 1 - axis % rank))
+    return lw.requant(lw.cast32(a), ratio, a, node.name or "dq")
+
+
+def _elementwise(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    x, y = (lw.lower(i, scale) for i in node.inputs[:2])
+    return lw.add(node.op_type, [x, y], like=value).outputs[0]
+
+
+def _scaled_by_constant(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    for data_index in (0, 1) if node.op_type == "Mul" else (0,):
+        c = constant(node.inputs[1 - data_index], 1)
+        if c is not None and c.size == 1 and float(c.ravel()[0]) != 0.0 and math.isfinite(float(c.ravel()[0])):
+            factor = float(c.ravel()[0])
+            data = node.inputs[data_index]
+            return lw.lower(data, scale / factor if node.op_type == "Mul" else scale * factor)
+    raise Unlowerable(f"{node.name}: {node.op_type} by a non-constant or non-scalar factor")
+
+
+def _neg(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    return lw.add("Neg", [lw.lower(node.inputs[0], scale)], like=value).outputs[0]
+
+
+def _data_first(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    inputs = [lw.lower(node.inputs[0], scale), *node.inputs[1:]]
+    attributes = {name: attr for name, attr in node.attributes.items()}
+    return lw.add(node.op_type, inputs, like=value, attributes=attributes).outputs[0]
+
+
+def _concat(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    inputs = [lw.lower(i, scale) for i in node.inputs]
+    return lw.add("Concat", inputs, like=value, attributes={"axis": node.attributes.get_int("axis")}).outputs[0]
+
+
+def _where(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    inputs = [node.inputs[0], lw.lower(node.inputs[1], scale), lw.lower(node.inputs[2], scale)]
+    return lw.add("Where", inputs, like=value).outputs[0]
+
+
+def _cast(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    source = node.inputs[0]
+    if source.dtype in _FLOATS:  # float -> float (e.g. an upcast): lower what it casts
+        return lw.lower(source, scale)
+    if source.dtype not in _INTEGER_SOURCES:
+        raise Unlowerable(f"{node.name}: Cast from {source.dtype}")
+    ratio = np.array(1.0 / scale)
+    return lw.requant(lw.cast32(source), ratio, source, node.name or "cast")
+
+
+LOWERINGS: dict[str, Callable[[_Lowerer, ir.Node, ir.Value, float], ir.Value]] = {
+    "DequantizeLinear": _dequantize,
+    "Add": _elementwise,
+    "Sub": _elementwise,
+    "Mul": _scaled_by_constant,
+    "Div": _scaled_by_constant,
+    "Neg": _neg,
+    "Concat": _concat,
+    "Where": _where,
+    "Cast": _cast,
+    **{op: _data_first for op in _LAYOUT},
+}
+
+
+def _quantize_target(node: ir.Node) -> tuple[np.ndarray | None, str | None]:
+    """(the scale, None) of a QuantizeLinear this pass can lower, else (None, why not).
+
+    The scale is per tensor, or per channel on the last axis (``int8-linear``'s smoothed inputs).
+    """
+    out, x = node.outputs[0], node.inputs[0]
+    if out.dtype not in _TARGETS:
+        return None, f"quantizes to {out.dtype}; int8/int16/uint8 only"
+    scale = constant(node.inputs[1], _MAX_SCALE_ELEMENTS)
+    if scale is None or not np.all(scale > 0):
+        return None, "the scale is not a positive constant"
+    if scale.size > 1:
+        rank = None if x.shape is None else len(x.shape)
+        axis = node.attributes.get_int("axis", 1)
+        if scale.ndim != 1 or rank is None or axis % rank != rank - 1 or node.attributes.get_int("block_size", 0):
+            return None, "a per-axis scale is supported on the last axis only"
+    zero = constant(node.inputs[2], _MAX_SCALE_ELEMENTS) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if zero is not None and np.any(zero != 0):
+        return None, "nonzero zero point"
+    return scale.astype(np.float64).ravel() if scale.size > 1 else scale.astype(np.float64).reshape(()), None
+
+
+@register_pass("integer-chain", options=IntegerChainOptions, category="rewrite")
+class IntegerChainPass(GraphoptPass):
+    """Replace each QuantizeLinear's float input by integer ops, joining the integer islands."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        lowerer = _Lowerer(graph, self.options, default_opset(model))
+        targets = [n for n in graph if n.domain == "" and n.op_type == "QuantizeLinear"]
+        lowered = 0
+        for q in targets:
+            scale, why = _quantize_target(q)
+            if why is None:
+                lowerer.anchor = q
+                try:
+                    integer = self._lower_to(lowerer, q, scale)
+                except Unlowerable as reason:
+                    why = str(reason)
+            if why is not None:
+                self.declines.append(rewrite.Decline("integer-chain", q.name or q.outputs[0].name, why))
+                continue
+            self._replace(lowerer, q, integer, q.inputs[0].name)
+            lowered += 1
+        if lowered:
+            self.rewrites["integer-chain"] += lowered
+            common_passes.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified=lowered > 0)
+
+    @staticmethod
+    def _lower_to(lowerer: _Lowerer, q: ir.Node, scale: np.ndarray) -> ir.Value:
+        """``x / scale`` as int32; a per-channel scale lowers at the finest channel's, then rescales."""
+        x = q.inputs[0]
+        if scale.ndim == 0:
+            return lowerer.lower(x, float(scale))
+        finest = float(scale.min())
+        return lowerer.requant(lowerer.lower(x, finest), finest / scale, x, q.name or "q")
+
+    @staticmethod
+    def _replace(lowerer: _Lowerer, q: ir.Node, integer: ir.Value, source: str) -> None:
+        out = q.outputs[0]
+        lo, hi = _TARGETS[out.dtype]
+        low = lowerer.const(np.array(lo, np.int32), f"{out.dtype.name.lower()}_min")
+        high = lowerer.const(np.array(hi, np.int32), f"{out.dtype.name.lower()}_max")
+        clip = lowerer.add("Clip", [integer, low, high], like=out)
+        # which float value this integer tensor stands for, and at what scale (per-layer error)
+        clip.metadata_props["pkg.graphopt.quantizes"] = source
+        scale = constant(q.inputs[1], _MAX_SCALE_ELEMENTS).astype(float)  # a number, or one per channel
+        clip.metadata_props["pkg.graphopt.scale"] = json.dumps(scale.item() if scale.size == 1 else scale.tolist())
+        clipped = clip.outputs[0]
+        for use in list(out.uses()):
+            user = use.node
+            if user.op_type == "Cast" and user.domain == "" and user.attributes.get_int("to") == ir.DataType.INT32:
+                user.outputs[0].replace_all_uses_with(clipped, replace_graph_outputs=True)
+        if out.uses() or out.is_graph_output():
+            narrow = lowerer.add("Cast", [clipped], like=out, dtype=out.dtype, attributes={"to": out.dtype})
+            out.replace_all_uses_with(narrow.outputs[0], replace_graph_outputs=True)

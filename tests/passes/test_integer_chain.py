@@ -1,0 +1,132 @@
+"""integer-chain: each QuantizeLinear's float input becomes integer ops (DyadicRequant, Add, Clip, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from graphopt import integer_region, testing
+from graphopt.passes._dyadic_op import dyadic_multiplier, dyadic_reference
+
+HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+
+# Two int32 tensors dequantized at their own scales, added in float, requantized to int16.
+RESIDUAL = HEADER + """
+g (int32[2, 8] a, int32[2, 8] b) => (float[2, 8] y) <float sa = {0.013}, float sb = {0.0041}, float s = {0.02}, int16 z = {0}> {
+    fa = DequantizeLinear (a, sa)
+    fb = DequantizeLinear (b, sb)
+    sum = Add (fa, fb)
+    q = QuantizeLinear (sum, s, z)
+    q32 = Cast <to = 6> (q)
+    y = DequantizeLinear (q32, s)
+}"""
+
+# A per-channel accumulator, reshaped, transposed and scaled by a constant, plus an additive mask
+# built from an integer input in float (the attention score path), into an int8 quantize.
+CHAIN_OK = HEADER + """
+g (int32[2, 6] acc, int64[2, 6] keep) => (float[2, 6] y) <float[6] sc = {0.01, 0.02, 0.03, 0.04, 0.05, 0.06}, float half = {0.5}, float one = {1.0}, float fill = {-3.0e38}, float s = {0.05}, int8 z = {0}, int64[3] shape = {2, 3, 2}, int64[2] back = {2, 6}> {
+    f = DequantizeLinear <axis = -1> (acc, sc)
+    r = Reshape (f, shape)
+    t = Transpose <perm = [0, 2, 1]> (r)
+    scaled = Mul (t, half)
+    u = Transpose <perm = [0, 2, 1]> (scaled)
+    flat = Reshape (u, back)
+    kf = Cast <to = 1> (keep)
+    inv = Sub (one, kf)
+    mask = Mul (inv, fill)
+    logits = Add (flat, mask)
+    q = QuantizeLinear (logits, s, z)
+    y = DequantizeLinear (q, s)
+}"""
+
+
+def _run(text: str):
+    original = onnx.parser.parse_model(text)
+    model = ir.serde.deserialize_model(original)
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    records = run_pipeline(model, "integer-chain")
+    return original, model, records[-1]
+
+
+def test_residual_add_becomes_integer_and_matches_the_spec_bit_exactly():
+    original, model, record = _run(RESIDUAL)
+    assert record.rewrites == {"integer-chain": 1}
+    assert testing.op_types(model) == ["DyadicRequant", "DyadicRequant", "Add", "Clip", "DequantizeLinear"]
+    testing.assert_valid(model)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {"a": rng.integers(-3000, 3000, (2, 8)).astype(np.int32), "b": rng.integers(-9000, 9000, (2, 8)).astype(np.int32)}
+    got = testing.run_ort(model, feeds)[0]
+    # the spec: DyadicRequant of each operand to the target scale, integer add, saturate to int16
+    ma, ka = dyadic_multiplier(np.float64(np.float32(0.013)) / np.float64(np.float32(0.02)))
+    mb, kb = dyadic_multiplier(np.float64(np.float32(0.0041)) / np.float64(np.float32(0.02)))
+    expected = np.clip(dyadic_reference(feeds["a"], ma, ka) + dyadic_reference(feeds["b"], mb, kb), -32768, 32767)
+    np.testing.assert_array_equal(got, expected.astype(np.float32) * np.float32(0.02))
+    # and within a unit or so of the float graph's single rounding
+    np.testing.assert_allclose(got, testing.run_ort(original, feeds)[0], atol=1.01 * 0.02)
+    assert integer_region.verify(model).ok
+
+
+def test_layout_ops_constant_scales_and_a_float_mask_lower():
+    original, model, record = _run(CHAIN_OK)
+    assert record.rewrites == {"integer-chain": 1}, record.declines
+    ops = testing.op_types(model)
+    # the mask's float Cast/Sub/Mul stay as preprocessing before its entry quantize; the score's
+    # Mul by 0.5 folds into the per-channel accumulator's one DyadicRequant
+    assert ops[:3] == ["Cast", "Sub", "Mul"] and ops.count("QuantizeLinear") == 1, ops
+    assert ops.count("Mul") == 1 and ops.count("DyadicRequant") == 1
+    testing.assert_valid(model)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {"acc": rng.integers(-200, 200, (2, 6)).astype(np.int32), "keep": rng.integers(0, 2, (2, 6)).astype(np.int64)}
+    np.testing.assert_allclose(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0], atol=1.01 * 0.05)
+    verdict = integer_region.verify(model)
+    assert verdict.ok, verdict.lines()
+    assert {op.op_type for op in verdict.outside_float_ops} == {"Cast", "Sub", "Mul"}  # the mask, before its entry
+
+
+def test_constant_mask_lowers_to_an_integer_where():
+    text = HEADER + """
+g (int32[2, 4] acc, bool[2, 4] keep) => (float[2, 4] y) <float sa = {0.1}, float zero = {0.0}, float fill = {-3.0e38}, float s = {0.05}, int8 z = {0}> {
+    f = DequantizeLinear (acc, sa)
+    mask = Where (keep, zero, fill)
+    logits = Add (f, mask)
+    q = QuantizeLinear (logits, s, z)
+    y = DequantizeLinear (q, s)
+}"""
+    original, model, record = _run(text)
+    assert testing.op_types(model) == ["DyadicRequant", "Where", "Add", "Clip", "Cast", "DequantizeLinear"]
+    feeds = {"acc": np.arange(-4, 4, dtype=np.int32).reshape(2, 4) * 3, "keep": np.array([[1, 0, 1, 1], [0, 0, 1, 1]], bool)}
+    np.testing.assert_array_equal(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0])
+    assert integer_region.verify(model).ok
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("    r = Relu (fa)\n    q = QuantizeLinear (r, s, z)", "comes from Relu, which has no integer lowering"),
+    ("    q = QuantizeLinear (x, s, z)", "reads the float graph input 'x'"),
+    ("    q = QuantizeLinear (fa, s, nz)", "nonzero zero point"),
+    ("    p = Mul (fa, x)\n    q = QuantizeLinear (p, s, z)", "Mul by a non-constant or non-scalar factor"),
+])
+def test_declines_with_the_reason(check, body, reason):
+    text = HEADER + f"""
+g (int32[4] a, float[4] x) => (float[4] y) <float sa = {{0.1}}, float s = {{0.05}}, int8 z = {{0}}, int8 nz = {{3}}> {{
+    fa = DequantizeLinear (a, sa)
+{body}
+    y = DequantizeLinear (q, s)
+}}"""
+    check.declines(text, "integer-chain", reason)
+
+
+def test_per_channel_target_rescales_after_lowering():
+    text = HEADER + """
+g (int32[3, 4] a) => (float[3, 4] y) <float sa = {0.1}, float[4] s = {0.01, 0.02, 0.04, 0.08}, int8[4] z = {0, 0, 0, 0}> {
+    fa = DequantizeLinear (a, sa)
+    q = QuantizeLinear <axis = -1> (fa, s, z)
+    y = DequantizeLinear <axis = -1> (q, s)
+}"""
+    original, model, record = _run(text)
+    assert record.rewrites == {"integer-chain": 1}
+    feeds = {"a": np.random.default_rng(testing.SEED).integers(-30, 30, (3, 4)).astype(np.int32)}
+    np.testing.assert_allclose(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0], atol=0.0801)
+    testing.assert_valid(model)
