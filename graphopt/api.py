@@ -183,6 +183,13 @@ def compile(  # noqa: A001 — mirrors the CLI command name
         report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
         timings["validate"] = time.perf_counter() - t
 
+    if reference:
+        t = time.perf_counter()
+        from graphopt.layer_error import layer_errors  # noqa: PLC0415
+
+        report.layers = [e.as_dict() for e in layer_errors(original, work, samples, threads=threads)]
+        timings["layer_error"] = time.perf_counter() - t
+
     if integer_only:
         t = time.perf_counter()
         verdict = integer_region.verify(work)

@@ -56,6 +56,7 @@ class Report:
     tolerances: dict = dataclasses.field(default_factory=dict)
     violations: list[str] = dataclasses.field(default_factory=list)
     integer_only: dict = dataclasses.field(default_factory=dict)  # integer_region verdict, when checked
+    layers: list[dict] = dataclasses.field(default_factory=list)  # per-layer error of quantized values (layer_error)
     latency: dict = dataclasses.field(default_factory=dict)
     targets: dict = dataclasses.field(default_factory=dict)
     seconds: dict = dataclasses.field(default_factory=dict)
@@ -127,6 +128,13 @@ def render(report: Report, console=None) -> None:
             top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
             acc.add_row(name, _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1)
         console.print(acc)
+    if report.layers:
+        layers = Table(title="per-layer error (quantized value vs the original's float value)", title_justify="left")
+        for column in ("value", "where", "pass", "cosine", "SQNR dB", "max abs"):
+            layers.add_column(column)
+        for e in report.layers:
+            layers.add_row(escape(e["value"]), e["where"], e["made_by"], f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
+        console.print(layers)
     if report.latency:
         lat = Table(title="latency (median of runs)", title_justify="left")
         for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):
