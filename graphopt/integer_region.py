@@ -11,7 +11,8 @@ Definitions (what ``graphopt inspect --integer-only`` and ``compile(integer_only
   (``onnx.shape_inference``), so a float value inside a graphopt op's body is seen like any other.
 - **Data edges.** A node's data inputs are its inputs (plus the outer values its subgraphs read);
   for ``QuantizeLinear`` / ``DequantizeLinear`` / ``DynamicQuantizeLinear`` only input 0 and
-  output 0: scales and zero points are not region values.
+  output 0: scales and zero points are not region values. ``Shape`` and ``Size`` have no data
+  input: they read a tensor's shape, not its values (a batch size taken from a float image).
 - **Entries** are the QuantizeLinear nodes with no DequantizeLinear upstream: where float input
   (or float preprocessing of an input, such as an attention mask) is quantized.
 - **The integer region** is everything some DequantizeLinear reads, directly or through other
@@ -56,6 +57,7 @@ UNKNOWN = "unknown type"
 _STANDARD = ("", "ai.onnx", "com.microsoft")
 _QUANTIZE = {"QuantizeLinear", "DynamicQuantizeLinear"}
 _DEQUANTIZE = {"DequantizeLinear"}
+_METADATA_ONLY = {"Shape", "Size"}  # integer results from a tensor's shape: no float is read
 _FLOAT_TYPES = {
     value for name, value in onnx.TensorProto.DataType.items() if name.startswith(("FLOAT", "BFLOAT", "DOUBLE", "COMPLEX"))
 }
@@ -331,6 +333,8 @@ def _subgraph_values(graph: onnx.GraphProto):
 
 def _data_io(node: onnx.NodeProto) -> tuple[list[str], list[str]]:
     """The node's data inputs (with names its subgraphs capture) and data outputs."""
+    if node.domain in _STANDARD and node.op_type in _METADATA_ONLY:
+        return [], [n for n in node.output if n]  # reads the input's shape, not its values
     if _is_q(node) or _is_dq(node):
         return [n for n in node.input[:1] if n], [n for n in node.output[:1] if n]
     inputs = [n for n in node.input if n]
