@@ -15,7 +15,10 @@ Four rules (run in this order by the one driver, ``rewrite.apply_rules``; X may 
     int8-matmul-activations   MatMul(X, Y), both activations (attention's Q·Kᵀ and P·V)
       ->  DequantizeLinear(MatMulInteger(QuantizeLinear(X, s_x, int8 0),
                                          QuantizeLinear(Y, s_y, int8 0)), s_x·s_y, int32 0)
-          (N-D batched; ``activation_matmuls=False`` leaves them float)
+          (N-D batched; ``activation_matmuls=False`` leaves them float). An operand whose
+          calibration values are never negative and that only activation MatMuls read (softmax
+          probabilities) is uint8 0..255 with scale max/255 (``unsigned_activations=True``):
+          twice the resolution, zero point still 0; MatMulInteger takes uint8 × int8.
 
     int8-conv         Conv(X, W[, B]) 2-D, group 1, W a float32 constant [M, C, kH, kW]
       ->  xq  = QuantizeLinear(X, s_x, int8 0)
@@ -122,6 +125,7 @@ class Int8LinearOptions:
     calibration: Literal["minmax", "percentile"] = "minmax"  # activation range: max|x| or a percentile of |x|
     percentile: float = 99.99  # with calibration="percentile"
     smoothing: float = 0.0  # SmoothQuant migration strength α for weight MatMul/Gemm inputs; 0 = off (I-ViT)
+    unsigned_activations: bool = True  # uint8 (0..255) for never-negative operands of activation MatMuls (softmax P)
 
     def __post_init__(self) -> None:
         if self.calibration not in ("minmax", "percentile"):
@@ -132,8 +136,8 @@ class Int8LinearOptions:
             raise ValueError(f"smoothing must be in [0, 1], got {self.smoothing}")
 
 
-def activation_scale(arrays: list[np.ndarray], options: Int8LinearOptions) -> tuple[float | None, str]:
-    """(s_x, "") with s_x = range / 127 from calibration arrays, or (None, why there is none)."""
+def activation_scale(arrays: list[np.ndarray], options: Int8LinearOptions, qmax: int = QMAX) -> tuple[float | None, str]:
+    """(s_x, "") with s_x = range / qmax (127; 255 for uint8) from calibration arrays, or (None, why there is none)."""
     if not arrays:
         return None, "no calibration statistics"
     flat = np.abs(np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays]))
@@ -146,7 +150,7 @@ def activation_scale(arrays: list[np.ndarray], options: Int8LinearOptions) -> tu
         bound = float(np.percentile(flat.astype(np.float64), options.percentile))
     if not (math.isfinite(bound) and bound > 0.0):
         return None, f"calibrated range is {bound:g}"
-    scale = float(np.float32(bound / QMAX))
+    scale = float(np.float32(bound / qmax))
     if not scale > 0.0:  # a range below float32's smallest scale
         return None, f"calibrated range {bound:g} underflows a float32 scale"
     return scale, ""
@@ -351,6 +355,9 @@ class _Int8Rule(pattern.RewriteRuleClassBase):
 
     def _quantize(self, op, plan: _Plan, x: ir.Value, scale, suffix: str) -> ir.Value:
         scale = np.asarray(scale, np.float32)
+        if x.name in self.owner.unsigned:  # a never-negative operand of an activation MatMul
+            zero = self._shared(op, plan, "graphopt_int8_linear_zero_uint8", np.array(0, np.uint8))
+            return op.QuantizeLinear(x, self._init(op, plan, suffix, scale), zero)
         if scale.ndim == 0:
             zero = self._shared(op, plan, "graphopt_int8_linear_zero_int8", np.array(0, np.int8))
             return op.QuantizeLinear(x, self._init(op, plan, suffix, scale), zero)
@@ -535,7 +542,8 @@ class _MatMulActivations(_Int8Rule):
         if not self._common(context, result, per_axis=False):
             return result
         k = _static_dim(x, -1)
-        if not self._accumulation(result, k, 128 * 128, 0):
+        widest = max((255 if v.name in self.owner.unsigned else 128) for v in (x, y))
+        if not self._accumulation(result, k, widest * 128, 0):
             return result
         s_out = np.array(np.float64(np.float32(s_x)) * np.float64(np.float32(s_y)), np.float32)
         self._plan = _Plan(node.graph, f"int8_linear_{node.name or x.name}", s_x, s_y=s_y, s_out=s_out)
@@ -559,6 +567,7 @@ class Int8LinearPass(RulePass):
         super().__init__(options)
         self.scales: dict[str, float] = {}
         self.reasons: dict[str, str] = {}
+        self.unsigned: set[str] = set()  # activations quantized to uint8
         self._captured: dict[str, list[np.ndarray]] = {}
 
     def smoothed(self, name: str, w_kn: np.ndarray) -> tuple[float | None, np.ndarray | None, str]:
@@ -589,6 +598,19 @@ class Int8LinearPass(RulePass):
         ]
         return rules
 
+    @staticmethod
+    def _read_only_by_activation_matmuls(model: ir.Model, names: list[str]) -> set[str]:
+        """The activations whose every reader is a MatMul of two activations (uint8 candidates)."""
+        values = {v.name: v for node in model.graph for v in node.outputs}
+        values.update({v.name: v for v in model.graph.inputs})
+        found = set()
+        for name in names:
+            uses = [u.node for u in values[name].uses()] if name in values else []
+            if uses and all(n.op_type == "MatMul" and n.domain in ("", "ai.onnx")
+                            and not any(_is_constant(i) for i in n.inputs) for n in uses):
+                found.add(name)
+        return found
+
     def _activations(self, model: ir.Model) -> list[str]:
         """Names of the float32 activations the rules may quantize (top-level graph)."""
         names = set()
@@ -609,7 +631,9 @@ class Int8LinearPass(RulePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.scales.clear()
         self.reasons.clear()
+        self.unsigned.clear()
         names = self._activations(model)
+        only_activation_matmuls = self._read_only_by_activation_matmuls(model, names)
         if names:
             from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only when there is work
 
@@ -617,7 +641,11 @@ class Int8LinearPass(RulePass):
                 raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
             captured = Calibrator(model, self.samples).capture(names)  # one run for every activation
             for name, arrays in captured.items():
-                scale, why = activation_scale(arrays, self.options)
+                unsigned = (self.options.unsigned_activations and name in only_activation_matmuls
+                            and all(np.nanmin(a) >= 0 for a in arrays if np.size(a)))
+                scale, why = activation_scale(arrays, self.options, 255 if unsigned else QMAX)
+                if unsigned and scale is not None:
+                    self.unsigned.add(name)
                 if scale is None:
                     self.reasons[name] = why
                 else:

@@ -33,8 +33,8 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
 
 A QuantizeLinear whose input reaches a float graph input or an op without a rule (a float MatMul
 that ``int8-linear`` did not take, say) is left as it is, and the pass says why (a decline). The
-lowered values are memoized per (value, scale); the float nodes nobody reads any more are
-removed. The result is integer between the entry quantizes and the output DequantizeLinear:
+lowered values are memoized per (value, scale); ``Shape`` of a dequantized value reads the
+integer tensor instead; the float nodes nobody reads any more are removed. The result is integer between the entry quantizes and the output DequantizeLinear:
 ``graphopt inspect --integer-only`` checks it.
 
 Numerics: the lowering rounds where the float graph would round once, at the QuantizeLinear
@@ -310,8 +310,19 @@ class IntegerChainPass(GraphoptPass):
             lowered += 1
         if lowered:
             self.rewrites["integer-chain"] += lowered
+            self._shapes_from_integers(graph)
             common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=lowered > 0)
+
+    @staticmethod
+    def _shapes_from_integers(graph: ir.Graph) -> None:
+        """Shape/Size of a DequantizeLinear output read the integer input instead (same shape), so
+        a dequantize kept alive only for a shape computation (legacy exports' Reshape targets) goes."""
+        for node in graph:
+            source = node.inputs[0] if node.op_type in ("Shape", "Size") and node.domain == "" and node.inputs else None
+            producer = source.producer() if source is not None else None
+            if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain == "":
+                node.replace_input_with(0, producer.inputs[0])
 
     @staticmethod
     def _lower_to(lowerer: _Lowerer, q: ir.Node, scale: np.ndarray) -> ir.Value:

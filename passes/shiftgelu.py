@@ -44,7 +44,7 @@ class ShiftGeluOptions:
     n: int = 23  # ShiftExp shift (I-ViT: 23); lowered per node where -x0·2^n would overflow the int32 sum
     calibration: str = "minmax"  # "minmax" | "percentile"
     percentile: float = 99.99  # with calibration="percentile": clip at this percentile of |x| on both sides
-    input_bits: int = 8  # 2..8: the Gelu input is quantized to this many bits (int8 container)
+    input_bits: int = 8  # 2..16: the Gelu input is quantized to this many bits (int8 container; int16 above 8)
     out_bits: int = 8  # bits of the σ factor (I-ViT: 8, scale 2^-7)
     row_max: bool = True  # m = row max (I-ViT); False: m = max(x, 0) per element (exact for large row maxes)
 
@@ -85,15 +85,19 @@ class _ShiftGeluRule(pattern.RewriteRuleClassBase):
             return result.fail(f"Gelu approximate={approximate!r} is not 'none' or 'tanh'", x)
         if x.name not in self.sites:
             return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
+        opset = context.model.opset_imports.get("", 0)
+        if self.options.input_bits > 8 and opset < 21:
+            return result.fail(f"input_bits={self.options.input_bits} needs an int16 QuantizeLinear (opset >= 21), model has {opset}", x)
         return result
 
     def rewrite(self, op, x, **_):
         site = self.sites[x.name]
         qmax = 2 ** (self.options.input_bits - 1) - 1
+        container = np.int8 if self.options.input_bits <= 8 else np.int16
         scale = op.Constant(value=ir.tensor(np.array(site.scale, dtype=np.float32), name=None))
-        zero = op.Constant(value=ir.tensor(np.array(0, dtype=np.int8)))
+        zero = op.Constant(value=ir.tensor(np.array(0, dtype=container)))
         q = op.Cast(op.QuantizeLinear(x, scale, zero), to=ir.DataType.INT32)
-        if qmax < 127:
+        if qmax < np.iinfo(container).max:
             low = op.Constant(value=ir.tensor(np.array(-qmax, dtype=np.int32)))
             high = op.Constant(value=ir.tensor(np.array(qmax, dtype=np.int32)))
             q = op.Clip(q, low, high)
@@ -129,8 +133,8 @@ class ShiftGeluPass(RulePass):
         o = self.options
         if o.calibration not in ("minmax", "percentile"):
             raise ValueError(f"shiftgelu: calibration must be 'minmax' or 'percentile', got {o.calibration!r}")
-        if not 2 <= o.input_bits <= 8:
-            raise ValueError(f"shiftgelu: input_bits must be in 2..8 (int8 container), got {o.input_bits}")
+        if not 2 <= o.input_bits <= 16:
+            raise ValueError(f"shiftgelu: input_bits must be in 2..16 (int8 container up to 8, int16 above), got {o.input_bits}")
         if not 50.0 < o.percentile <= 100.0:
             raise ValueError(f"shiftgelu: percentile must be in (50, 100], got {o.percentile}")
         if not 1 <= o.n <= 30 or not 2 <= o.out_bits <= 16:

@@ -262,6 +262,23 @@ def test_activation_matmul_is_per_tensor_int8_on_both_sides():
     np.testing.assert_array_equal(y, acc.astype(np.float32) * s_out)
 
 
+def test_never_negative_activation_operand_is_uint8():
+    """Softmax probabilities (P in P·V) take uint8 0..255: twice int8's resolution, still zero point 0."""
+    calib = [{"q": np.abs(s["q"]), "k": s["k"]} for s in samples(ATTENTION_SHAPES)]
+    original, work, record = rewrite(ATTENTION, calib)
+    qa, qb, mm, dq = list(work.graph)
+    assert qa.outputs[0].dtype == ir.DataType.UINT8 and qb.outputs[0].dtype == ir.DataType.INT8
+    s_a = np.abs(np.concatenate([s["q"].ravel() for s in calib])).max() / 255
+    assert const(qa.inputs[1]) == pytest.approx(s_a, rel=1e-6)
+    testing.assert_valid(work)
+    feeds = {"q": np.abs(calib[0]["q"]), "k": calib[0]["k"]}
+    assert_close_to_float(original, work, feeds)
+    y, aq, bq, acc = run_with(work, feeds, qa.outputs[0], qb.outputs[0], mm.outputs[0])
+    np.testing.assert_array_equal(acc, aq.astype(np.int64) @ bq.astype(np.int64))
+    _, work, _ = rewrite(ATTENTION, calib, "int8-linear(unsigned_activations=false)")
+    assert work.graph.node(0).outputs[0].dtype == ir.DataType.INT8
+
+
 def test_activation_matmuls_can_be_left_float():
     original, work, record = rewrite(ATTENTION, samples(ATTENTION_SHAPES), "int8-linear(activation_matmuls=false)")
     assert not record.modified and testing.op_types(work) == ["MatMul"]

@@ -155,7 +155,18 @@ def test_bad_options_are_rejected(check):
     with pytest.raises(Exception, match="calibration must be"):
         check.run(model("y = Gelu (x)"), "shiftgelu(calibration=mse)")
     with pytest.raises(Exception, match="input_bits"):
-        check.run(model("y = Gelu (x)"), "shiftgelu(input_bits=16)")
+        check.run(model("y = Gelu (x)"), "shiftgelu(input_bits=17)")
+
+
+def test_sixteen_bit_input_uses_an_int16_island(check):
+    """The ivit preset's setting: int16 keeps the few large FFN activations and the small ones."""
+    result = check.fires(model("y = Gelu (x)").replace('"" : 20', '"" : 21'), "shiftgelu(input_bits=16,row_max=false,n=8)", None, rtol=0, atol=0.05)
+    quantize = next(n for n in result.model.graph if n.op_type == "QuantizeLinear")
+    assert quantize.outputs[0].dtype == ir.DataType.INT16 and "Clip" not in result.ops
+
+
+def test_sixteen_bit_input_needs_opset_21(check):
+    check.declines(model("y = Gelu (x)"), "shiftgelu(input_bits=16)", "needs an int16 QuantizeLinear (opset >= 21)")
 
 
 def test_the_op_body_is_integer_only(check):
