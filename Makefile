@@ -36,6 +36,7 @@ conformance: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.overhead
 	$(PY) -m bench.minilm_canonical
+	$(PY) -m bench.ivit
 
 clean:
 	rm -rf $(OUT) graphopt-out .pytest_cache
