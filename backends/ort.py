@@ -125,7 +125,7 @@ def compile(model: ir.Model, *, threads: int = 2, optimization: str = "all", **_
     return OnnxArtifact(model, threads=threads, optimization=optimization)
 
 
-def preflight(model: ir.Model) -> list[str]:
+def preflight(model: ir.Model, target: str = TARGET) -> list[str]:
     """Ops ORT cannot run: everything standard or carrying a function body is fine."""
     ops.attach_functions(model)
     known = {(f.domain, f.name) for f in model.functions.values()}

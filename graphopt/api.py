@@ -33,6 +33,7 @@ __all__ = ["CompileResult", "compile"]
 logger = logging.getLogger(__name__)
 INTEGER_ONLY_PRESET = "ivit"  # a pipeline naming it is verified integer-only unless told otherwise
 SYNTHETIC_WARNING = "no calibration data given: using synthetic random inputs, so accuracy numbers say little about real data (pass --calib)"
+PARITY_SAMPLES = 2  # samples each compiled target runs for the parity check (qemu runs are slow)
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class CompileResult:
         """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``."""
         with storage.staged_dir(outdir) as staging:
             for target, artifact in self.artifacts.items():
-                folder = staging if target == "onnx" else os.path.join(staging, target)
+                folder = staging if target == "onnx" else os.path.join(staging, artifact.target)  # JSON targets: tvm-<hash>
                 os.makedirs(folder, exist_ok=True)
                 artifact.save(folder)
             if "onnx" not in self.artifacts:
@@ -171,13 +172,15 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     report.before, report.after = model_summary(original), model_summary(work)
     report.ops_before, report.ops_after = op_histogram(original), op_histogram(work)
 
-    problems = [p for t_name, mod in backend_modules.items() for p in mod.preflight(work)]
+    problems = [p for t_name, mod in backend_modules.items() for p in mod.preflight(work, t_name)]
     if problems:
         raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(targets)}: " + "; ".join(problems[:5]))
 
+    rewritten = []
     if reference:
         t = time.perf_counter()
-        metrics = compare_outputs(reference, _run_all(work, samples, threads))
+        rewritten = _run_all(work, samples, threads)
+        metrics = compare_outputs(reference, rewritten)
         report.accuracy = {k: v.as_dict() for k, v in metrics.items()}
         report.tolerances = dataclasses.asdict(tolerances)
         report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
@@ -201,8 +204,18 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     artifacts = {}
     for target, module in backend_modules.items():
         t = time.perf_counter()
-        artifacts[target] = module.compile(work, threads=threads, optimization=ort_optimization)
-        report.targets[target] = {"compile_seconds": time.perf_counter() - t}
+        artifacts[target] = module.compile(
+            work, target=target, threads=threads, optimization=ort_optimization, example_inputs=samples[0] if samples else None
+        )
+        report.targets[target] = {"compile_seconds": time.perf_counter() - t, "folder": artifacts[target].target}
+        report.targets[target].update(getattr(artifacts[target], "details", {}))
+
+    if reference:
+        t = time.perf_counter()
+        for target, artifact in artifacts.items():
+            if target != "onnx":
+                report.parity[target] = _parity(artifact, samples[:PARITY_SAMPLES], reference, rewritten, tolerances, report)
+        timings["parity"] = time.perf_counter() - t
 
     if bench_runs > 0 and samples:
         from graphopt.backends import ort  # noqa: PLC0415
@@ -214,6 +227,28 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     timings["total"] = time.perf_counter() - start
     report.seconds = timings
     return CompileResult(work, original, artifacts, report, samples)
+
+
+def _parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report) -> dict:
+    """``artifact``'s outputs on ``samples`` vs the original model and vs ONNX Runtime running the
+    rewritten model (an integer graph must match the latter bit for bit). Targets that cannot run
+    here (a GPU target on a machine without one) are noted, not failed."""
+    try:
+        outputs = [artifact.run(s) for s in samples]
+    except UnsupportedError as e:
+        return {"ran": False, "note": str(e)}
+    onnx_outputs = rewritten[: len(samples)]
+    vs_onnx = compare_outputs(onnx_outputs, outputs)
+    bit_exact = all(np.array_equal(o[k], a[k]) for o, a in zip(onnx_outputs, outputs) for k in o)
+    for name, m in vs_onnx.items():
+        report.violations.extend(f"{artifact.target} vs onnx: {v}" for v in tolerances.violations(name, m))
+    return {
+        "ran": True,
+        "samples": len(samples),
+        "bit_exact_vs_onnx": bit_exact,
+        "vs_onnx": {k: v.as_dict() for k, v in vs_onnx.items()},
+        "vs_original": {k: v.as_dict() for k, v in compare_outputs(reference[: len(samples)], outputs).items()},
+    }
 
 
 def _names_preset(pipeline: Pipeline, name: str) -> bool:

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 
+from graphopt.backends import split_targets
 from graphopt.errors import EXIT_OK, GraphoptError, UsageError
 
 __all__ = ["main"]
@@ -53,7 +54,7 @@ def cmd_compile(args) -> int:
         args.model,
         args.passes,
         calib=calib,
-        targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+        targets=split_targets(args.targets),
         input_shapes=args.input_shape,
         validate=not args.no_validate,
         validate_each=args.validate_each,
@@ -148,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an .onnx file")
     c.add_argument("-o", "--output", default="graphopt-out", help="output folder (default: graphopt-out)")
     c.add_argument("--passes", default="canonicalize", help="pipeline, e.g. 'canonicalize,gelu' (see `graphopt passes`)")
-    c.add_argument("--targets", default="onnx", help="comma-separated targets (default: onnx)")
+    c.add_argument("--targets", default="onnx",
+                   help="comma-separated targets: onnx, tvm-llvm, tvm-aarch64, tvm-cuda, or a TVM target as a JSON dict "
+                        "(default: onnx)")
     c.add_argument("--calib", action="append", metavar="DATA", help=".npz, .npy, a folder, or name:file.npy (repeatable)")
     c.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
     c.add_argument("--report", metavar="PATH", help="also write report.json here")

@@ -58,6 +58,7 @@ class Report:
     integer_only: dict = dataclasses.field(default_factory=dict)  # integer_region verdict, when checked
     layers: list[dict] = dataclasses.field(default_factory=list)  # per-layer error of quantized values (layer_error)
     latency: dict = dataclasses.field(default_factory=dict)
+    parity: dict = dataclasses.field(default_factory=dict)  # compiled target vs onnx (rewritten) and vs original
     targets: dict = dataclasses.field(default_factory=dict)
     seconds: dict = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
@@ -135,6 +136,18 @@ def render(report: Report, console=None) -> None:
         for e in report.layers:
             layers.add_row(escape(e["value"]), e["where"], e["made_by"], f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
         console.print(layers)
+    if report.parity:
+        par = Table(title="backend parity (compiled target vs ONNX Runtime on the rewritten model, and vs the original)", title_justify="left")
+        for column in ("target", "output", "bit-exact vs onnx", "max abs vs onnx", "cosine vs original"):
+            par.add_column(column)
+        for target, p in report.parity.items():
+            if not p.get("ran"):
+                par.add_row(target, "-", "not run", "-", escape(p.get("note", "")))
+                continue
+            for name, m in p["vs_onnx"].items():
+                original = p["vs_original"].get(name, {})
+                par.add_row(target, name, "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), f"{original.get('cosine', float('nan')):.6f}")
+        console.print(par)
     if report.latency:
         lat = Table(title="latency (median of runs)", title_justify="left")
         for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):

@@ -99,6 +99,14 @@ def staged_dir(outdir: str | os.PathLike) -> Iterator[str]:
     try:
         yield staging
         for name in sorted(os.listdir(staging)):
-            os.replace(os.path.join(staging, name), os.path.join(outdir, name))
+            destination = os.path.join(outdir, name)
+            if os.path.isdir(os.path.join(staging, name)) and os.path.isdir(destination):
+                # a folder (a target's artifact) replaces the old one: park the old, move, then delete
+                parked = tempfile.mkdtemp(dir=outdir, prefix=".graphopt-old-")
+                os.replace(destination, os.path.join(parked, name))
+                os.replace(os.path.join(staging, name), destination)
+                shutil.rmtree(parked, ignore_errors=True)
+                continue
+            os.replace(os.path.join(staging, name), destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

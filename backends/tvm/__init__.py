@@ -1,0 +1,66 @@
+"""The TVM backend (targets ``tvm-llvm``, ``tvm-aarch64``, ``tvm-cuda`` and JSON target dicts).
+
+    model (onnx_ir, rewritten) --prepare--> static shapes, folded shape arithmetic
+        --importer--> Relax (graphopt ops as native TE kernels, int8 matmuls per target)
+        --build--> graphopt's pipeline for the target (own CPU schedule rules / dlight on CUDA)
+        --> TvmArtifact (run, time, save .so + metadata, load)
+
+``preflight`` lists every op the importer cannot convert before anything is compiled (exit code 4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt.backends.tvm import importer, targets
+from graphopt.backends.tvm.artifact import TensorInfo, TvmArtifact
+from graphopt.errors import UnsupportedError
+
+__all__ = ["TvmArtifact", "compile", "load", "preflight"]
+
+
+def preflight(model: ir.Model, target: str = "tvm-llvm") -> list[str]:
+    """Problems that stop ``target`` before compiling: an unusable target or ops without a converter."""
+    try:
+        targets.resolve(target)
+    except UnsupportedError as e:
+        return [str(e)]
+    return [f"{target}: {p}" for p in importer.preflight(model)]
+
+
+def compile(  # noqa: A001 — the backend interface every backend module shares
+    model: ir.Model,
+    *,
+    target: str = "tvm-llvm",
+    threads: int = 2,
+    example_inputs: Mapping[str, np.ndarray] | None = None,
+    **_: object,
+) -> TvmArtifact:
+    """Import, schedule and compile ``model`` for ``target``; shapes come from ``example_inputs``
+    (or the model's static input shapes)."""
+    spec = targets.resolve(target)
+    start = time.perf_counter()
+    shapes = importer.static_shapes(model, example_inputs)
+    prepared = importer.prepare(model, shapes)
+    mod = importer.to_relax(prepared, shapes, spec.tvm_target())
+    imported = time.perf_counter()
+    from graphopt.backends.tvm.build import build  # noqa: PLC0415
+
+    executable = build(mod, spec)
+    done = time.perf_counter()
+    inputs = [TensorInfo(v.name, v.dtype.numpy().name, tuple(shapes[v.name])) for v in prepared.graph.inputs]
+    outputs = [
+        TensorInfo(v.name, v.dtype.numpy().name, tuple(v.shape) if v.shape is not None and all(isinstance(d, int) for d in v.shape) else ())
+        for v in prepared.graph.outputs
+    ]
+    details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - imported, 3)}
+    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details)
+
+
+def load(folder: str, threads: int = 2) -> TvmArtifact:
+    """A saved TVM artifact (``model.so`` + ``metadata.json``), ready to run."""
+    return TvmArtifact.load(folder, threads=threads)
