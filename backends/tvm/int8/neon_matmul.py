@@ -1,0 +1,308 @@
+"""Pre-scheduled int8 matmul kernels for aarch64 with the dot-product extension (``sdot``), exact.
+
+One loop nest serves every product: ``acc[b, i, j] = sum_k A'[b?, i, k] · Bp[b?, j/4, k/4, j%4, k%4]``
+(int32), tensorized with ``neon_intrin.DOT_4x4_S8``. ``sdot`` is signed × signed, so both operands
+are made int8 first, exactly:
+
+    X - zx = X' + dx       X' = X - 128 for uint8 (X unchanged for int8), dx = offset - zx
+
+    sum_k (A - za)(B - zb) = sum_k A'·B'  +  da · colsum(B - zb)[j]  +  db[j] · rowsum(A')[i]
+
+The two correction terms are added by the ``out`` stage and exist only when needed: ivit's
+linear layers (int8 A, int8 weights, no zero points) and Q·Kᵀ (int8 × int8) have none; P·V
+(uint8 softmax probabilities × int8 V) has ``128 · colsum(V)``. Every sum is taken in int32, as
+numpy's int32 matmul does, so results are bit-exact.
+
+Constant weights are packed once in numpy (``pack_weights``: int8 ``[Np/4, Kp/4, 4, 4]``, each
+sdot reads 16 contiguous bytes; the column corrections precomputed); run-time B (attention) is
+packed by a ``b_pack`` stage inside the function. M is padded to the row tile and N to the column
+tile (``a_pack`` / ``b_pack`` write zeros there, ``out`` drops them).
+
+Schedule: an ``mr × (nv·4)`` tile of int32 accumulators (4×16 = 16 q-registers, plus 4 B and
+4 broadcast A registers of the 32), loops ``(batch, column panel) parallel -> row tile -> k step
+-> rows, vectors unrolled -> sdot``; the column panel of B stays in L1 while A's rows stream past.
+The result carries ``tirx.is_scheduled`` so graphopt's generic CPU rules leave it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from .neon_intrin import DOT_4x4_S8, KW, LANES
+from .prepack import pad_to
+
+__all__ = ["MR", "NV", "PackedWeights", "activation_matmul_func", "pack_weights", "tile", "weight_matmul_func"]
+
+MR = 4  # accumulator rows per tile
+NV = 4  # accumulator q-registers (4 int32 each) per row
+SCHEDULED_ATTR = "tirx.is_scheduled"
+UINT8_OFFSET = 128  # uint8 - 128 is int8
+
+
+def tile(m: int, n: int) -> tuple[int, int]:
+    """(rows, q-registers per row) of the accumulator tile: as large as the matrix allows, at most MR × NV."""
+    return max(1, min(MR, m)), max(1, min(NV, pad_to(n, LANES) // LANES))
+
+
+def _offset(dtype: str) -> int:
+    if dtype not in ("int8", "uint8"):
+        raise ValueError(f"the sdot kernels take int8 or uint8 operands, got {dtype}")
+    return UINT8_OFFSET if dtype == "uint8" else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedWeights:
+    """Constant B [K, N] ready for the kernel: int8 ``packed`` [Np/4, Kp/4, 4, 4] holds B - offset;
+    ``col_bias`` [N] = da · colsum(B - zb) and ``row_scale`` [N] = db (int32) are None when zero."""
+
+    k: int
+    n: int
+    packed: np.ndarray
+    col_bias: np.ndarray | None
+    row_scale: np.ndarray | None
+
+
+def pack_weights(b: np.ndarray, b_zero: np.ndarray | int, a_dtype: str, a_zero: int) -> PackedWeights:
+    """Pack int8/uint8 weights ``b`` [K, N] with zero point ``b_zero`` (scalar or [N]) for A of ``a_dtype``/``a_zero``."""
+    k, n = b.shape
+    b_offset = _offset(str(b.dtype))
+    _, nv = tile(1, n)
+    kp, np_ = pad_to(k, KW), pad_to(n, LANES * nv)
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = (b.astype(np.int16) - b_offset).astype(np.int8)
+    # [Kp, Np] -> [Kp/4, 4, Np/4, 4] -> [Np/4, Kp/4, 4 (columns), 4 (k)]
+    packed = np.ascontiguousarray(padded.reshape(kp // KW, KW, np_ // LANES, LANES).transpose(2, 0, 3, 1))
+    zero = np.broadcast_to(np.asarray(b_zero, np.int64).reshape(-1), (n,))
+    a_delta = _offset(a_dtype) - int(a_zero)
+    b_delta = b_offset - zero
+    # int64 sums wrapped to int32: the same bits numpy's int32 matmul produces.
+    col_bias = (a_delta * (b.astype(np.int64) - zero).sum(axis=0)).astype(np.int32) if a_delta else None
+    row_scale = b_delta.astype(np.int32) if b_delta.any() else None
+    return PackedWeights(k, n, packed, col_bias, row_scale)
+
+
+def _i32(value: int) -> tirx.Expr:
+    return tirx.const(int(value), "int32")
+
+
+def _a_operand(a: te.Tensor, mp: int, kp: int) -> te.Tensor:
+    """A' [*batch, Mp, Kp] int8 (uint8 minus 128, zeros in the padding); ``a`` itself when nothing changes."""
+    *outer_shape, m, k = (int(d) for d in a.shape)
+    offset = _offset(str(a.dtype))
+    if not offset and (mp, kp) == (m, k):
+        return a
+
+    def load(*index):
+        *outer, i, kk = index
+        value = a(*outer, tirx.min(i, m - 1), tirx.min(kk, k - 1))  # clamped: padding never reads out of bounds
+        value = (value.astype("int16") - tirx.const(offset, "int16")).astype("int8") if offset else value
+        if (mp, kp) == (m, k):
+            return value
+        return tirx.if_then_else(tirx.all(i < m, kk < k), value, tirx.const(0, "int8"))
+
+    return te.compute((*outer_shape, mp, kp), load, name="a_pack")
+
+
+def _b_pack(b: te.Tensor, np_: int, kp: int) -> te.Tensor:
+    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/4, Kp/4, 4, 4] (B - offset, zeros in the padding)."""
+    *outer_shape, k, n = (int(d) for d in b.shape)
+    offset = _offset(str(b.dtype))
+
+    def load(*index):
+        *outer, jo, ko, ji, ki = index
+        kk, jj = ko * KW + ki, jo * LANES + ji
+        value = b(*outer, tirx.min(kk, k - 1), tirx.min(jj, n - 1))
+        value = (value.astype("int16") - tirx.const(offset, "int16")).astype("int8") if offset else value
+        if (kp, np_) == (k, n):
+            return value
+        return tirx.if_then_else(tirx.all(kk < k, jj < n), value, tirx.const(0, "int8"))
+
+    return te.compute((*outer_shape, np_ // LANES, kp // KW, LANES, KW), load, name="b_pack")
+
+
+def _accumulate(a_op: te.Tensor, bp: te.Tensor, batch: Sequence[int]) -> te.Tensor:
+    """acc[*batch, Mp, Np] = A' · B' (int32); A' and Bp may each have the batch dims or none."""
+    a_batched, b_batched = len(a_op.shape) > 2, len(bp.shape) > 4
+    mp, np_ = int(a_op.shape[-2]), int(bp.shape[-4]) * LANES
+    k = te.reduce_axis((0, int(a_op.shape[-1])), name="k")
+
+    def body(*index):
+        *outer, i, j = index
+        a_val = a_op(*(outer if a_batched else []), i, k)
+        b_val = bp(*(outer if b_batched else []), j // LANES, k // KW, j % LANES, k % KW)
+        return te.sum(a_val.astype("int32") * b_val.astype("int32"), axis=k)
+
+    return te.compute((*batch, mp, np_), body, name="acc")
+
+
+def _row_sums(a_op: te.Tensor) -> te.Tensor:
+    """rowsum[*batch, Mp] = sum_k A' (int32), for B's correction term db · rowsum(A')."""
+    k = te.reduce_axis((0, int(a_op.shape[-1])), name="k")
+    return te.compute(tuple(int(d) for d in a_op.shape[:-1]), lambda *index: te.sum(a_op(*index, k).astype("int32"), axis=k), name="rowsum")
+
+
+def _col_sums(b: te.Tensor, b_zero: int) -> te.Tensor:
+    """colsum[*batch, N] = sum_k (B - zb) (int32), for A's correction term da · colsum."""
+    *outer_shape, k_extent, n = (int(d) for d in b.shape)
+    k = te.reduce_axis((0, k_extent), name="k")
+
+    def body(*index):
+        *outer, j = index
+        return te.sum(b(*outer, k, j).astype("int32") - _i32(b_zero), axis=k)
+
+    return te.compute((*outer_shape, n), body, name="colsum")
+
+
+def _output(acc: te.Tensor, shape: Sequence[int], col_term, row_term) -> te.Tensor:
+    """out[*batch, M, N] = acc + col_term(outer, j) + row_term(outer, i, j), the padding dropped; ``acc`` when nothing to do."""
+    if col_term is None and row_term is None and [int(d) for d in acc.shape] == list(shape):
+        return acc
+
+    def body(*index):
+        *outer, i, j = index
+        value = acc(*index)
+        if col_term is not None:
+            value = value + col_term(outer, j)
+        if row_term is not None:
+            value = value + row_term(outer, i, j)
+        return value
+
+    return te.compute(tuple(shape), body, name="out")
+
+
+def _batched(tensor: te.Tensor, rank: int):
+    """A reader of ``tensor`` that drops the batch index when the tensor has no batch dims."""
+    return lambda outer, *rest: tensor(*(outer if len(tensor.shape) > rank else []), *rest)
+
+
+def weight_matmul_func(m: int, k: int, n: int, a_dtype: str, *, col_bias: bool, row_scale: bool) -> tirx.PrimFunc:
+    """Scheduled ``A[M, K] · B -> int32[M, N]`` for constant B packed by ``pack_weights``.
+
+    Parameters: ``A``, ``Bp`` (``PackedWeights.packed``), then ``col_bias`` and ``row_scale`` [N] int32
+    when asked for (the ones ``pack_weights`` did not leave None; A's zero point lives in ``col_bias``),
+    then the output.
+    """
+    mr, nv = tile(m, n)
+    mp, kp, np_ = pad_to(m, mr), pad_to(k, KW), pad_to(n, LANES * nv)
+    a = te.placeholder((m, k), a_dtype, name="A")
+    bp = te.placeholder((np_ // LANES, kp // KW, LANES, KW), "int8", name="Bp")
+    extra = []
+    a_op = _a_operand(a, mp, kp)
+    acc = _accumulate(a_op, bp, [])
+    col_term = row_term = None
+    if col_bias:
+        bias = te.placeholder((n,), "int32", name="col_bias")
+        extra.append(bias)
+        col_term = lambda outer, j: bias(j)  # noqa: E731
+    if row_scale:
+        scale = te.placeholder((n,), "int32", name="row_scale")
+        extra.append(scale)
+        rowsum = _row_sums(a_op)
+        row_term = lambda outer, i, j: scale(j) * rowsum(i)  # noqa: E731
+    out = _output(acc, (m, n), col_term, row_term)
+    return schedule_dot_matmul(te.create_prim_func([a, bp, *extra, out]), mr, nv)
+
+
+def activation_matmul_func(
+    a_shape: Sequence[int], a_dtype: str, b_shape: Sequence[int], b_dtype: str, *, a_zero: int = 0, b_zero: int = 0
+) -> tirx.PrimFunc:
+    """Scheduled ``(A - a_zero)[*batch, M, K] · (B - b_zero)[*batch, K, N] -> int32[*batch, M, N]``, both at run time.
+
+    Either side may lack the batch dims; when both have them they must be equal. Zero points are scalars.
+    """
+    *a_batch, m, k = (int(d) for d in a_shape)
+    *b_batch, kb, n = (int(d) for d in b_shape)
+    if kb != k or (a_batch and b_batch and a_batch != b_batch):
+        raise ValueError(f"activation_matmul_func: shapes {list(a_shape)} x {list(b_shape)} need equal K and batch dims")
+    batch = a_batch or b_batch
+    mr, nv = tile(m, n)
+    mp, kp, np_ = pad_to(m, mr), pad_to(k, KW), pad_to(n, LANES * nv)
+    a = te.placeholder(tuple(a_shape), a_dtype, name="A")
+    b = te.placeholder(tuple(b_shape), b_dtype, name="B")
+    a_op = _a_operand(a, mp, kp)
+    acc = _accumulate(a_op, _b_pack(b, np_, kp), batch)
+    a_delta = _offset(a_dtype) - a_zero
+    b_delta = _offset(b_dtype) - b_zero
+    col_term = row_term = None
+    if a_delta:
+        colsum = _batched(_col_sums(b, b_zero), 1)
+        col_term = lambda outer, j: _i32(a_delta) * colsum(outer, j)  # noqa: E731
+    if b_delta:
+        rowsum = _batched(_row_sums(a_op), 1)
+        row_term = lambda outer, i, j: _i32(b_delta) * rowsum(outer, i)  # noqa: E731
+    out = _output(acc, (*batch, m, n), col_term, row_term)
+    return schedule_dot_matmul(te.create_prim_func([a, b, out]), mr, nv)
+
+
+# ---- schedule ---------------------------------------------------------------------------------
+
+
+def _has_block(sch: tvm.s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except tvm.s_tir.ScheduleError:
+        return False
+    return True
+
+
+def _parallel(sch: tvm.s_tir.Schedule, loops: list) -> None:
+    if loops:
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
+def _schedule_rows(sch: tvm.s_tir.Schedule, block) -> None:
+    """An elementwise stage: rows in parallel, the contiguous last axis vectorized when it splits evenly."""
+    *outer, inner = sch.get_loops(block)
+    _parallel(sch, outer)
+    for lanes in (16, 8, 4):
+        if int(sch.get(inner).extent) % lanes == 0:
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
+            return
+
+
+def _schedule_b_pack(sch: tvm.s_tir.Schedule, block) -> None:
+    """Packing of a run-time B: panels in parallel; per k step the 4 columns are read contiguously."""
+    *batch, jo, ko, ji, ki = sch.get_loops(block)
+    _parallel(sch, [*batch, jo])
+    sch.reorder(ko, ki, ji)
+    sch.unroll(ki)
+    sch.vectorize(ji)
+
+
+def _schedule_sums(sch: tvm.s_tir.Schedule, block) -> None:
+    """rowsum / colsum: O(M·K) or O(K·N) next to the O(M·N·K) product; outer spatial loops in parallel."""
+    *spatial, _ = sch.get_loops(block)
+    _parallel(sch, spatial)
+
+
+def schedule_dot_matmul(func: tirx.PrimFunc, mr: int, nv: int) -> tirx.PrimFunc:
+    """Schedule a PrimFunc of ``acc`` plus the optional ``a_pack``/``b_pack``/``rowsum``/``colsum``/``out`` stages."""
+    sch = tvm.s_tir.Schedule(func)
+    stages = (("a_pack", _schedule_rows), ("b_pack", _schedule_b_pack), ("rowsum", _schedule_sums),
+              ("colsum", _schedule_sums), ("out", _schedule_rows))
+    for stage, scheduler in stages:
+        if _has_block(sch, stage):
+            scheduler(sch, sch.get_sblock(stage))
+
+    acc = sch.get_sblock("acc")
+    *batch_loops, i, j, k = sch.get_loops(acc)
+    io, ii = sch.split(i, [None, mr])
+    jo, jv, ji = sch.split(j, [None, nv, LANES])
+    ko, ki = sch.split(k, [None, KW])
+    sch.reorder(*batch_loops, jo, io, ko, ii, jv, ji, ki)
+    _parallel(sch, [*batch_loops, jo])
+    write_back = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(write_back, io)
+    init = sch.decompose_reduction(acc, ko)
+    sch.tensorize(ji, DOT_4x4_S8)
+    sch.unroll(ii)
+    sch.unroll(jv)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _, lanes = sch.split(sch.get_loops(write_back)[-1], [None, LANES])
+    sch.vectorize(lanes)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
