@@ -3,30 +3,42 @@
 CPU targets (host x86-64 and aarch64) use graphopt's CPU pipeline (``backends/tvm/cpu``): TVM's own
 legalization and fusion plus graphopt's schedule rules for every kernel, because TVM's CPU pipeline
 schedules nothing. CUDA uses ``backends/tvm/cuda`` (dlight GPU rules + graphopt's rules for its own
-kernels). A MetaSchedule database (``tune.py``), when given, takes precedence for the kernels it holds.
+kernels). A MetaSchedule database (``tune.py``), when given, schedules the kernels it holds records
+for, before graphopt's rules see the rest.
 """
 
 from __future__ import annotations
-
-import importlib
 
 from graphopt.backends.tvm.targets import TargetSpec
 
 __all__ = ["build", "relax_pipeline"]
 
 
-def relax_pipeline(spec: TargetSpec, database=None):
-    """The Relax pipeline for ``spec`` (a tvm.transform.Pass)."""
+def relax_pipeline(spec: TargetSpec, database: str | None = None):
+    """The Relax pipeline for ``spec`` (a tvm.transform.Pass); ``database`` is a tuning work dir."""
     target = spec.tvm_target()
     if spec.is_cuda:
-        return importlib.import_module("graphopt.backends.tvm.cuda").gpu_pipeline(target, database=database)
-    try:  # TODO(lead): drop the fallback once the CPU rules land
-        return importlib.import_module("graphopt.backends.tvm.cpu").cpu_pipeline(target)
-    except (ModuleNotFoundError, AttributeError):
-        return "default"
+        from graphopt.backends.tvm.cuda import gpu_pipeline  # noqa: PLC0415
+
+        return gpu_pipeline(target, database=database)
+    from graphopt.backends.tvm import cpu  # noqa: PLC0415
+
+    if database is None:
+        return cpu.cpu_pipeline(target)
+    import tvm  # noqa: PLC0415
+
+    from graphopt.backends.tvm.tune import apply_database_pass  # noqa: PLC0415
+
+    @tvm.transform.module_pass(opt_level=0, name="GraphoptTunedCpuPipeline")
+    def _pipeline(mod, _ctx):
+        passes = [*cpu.legalize_passes(target), apply_database_pass(database), *cpu.schedule_passes(target), *cpu.lower_passes()]
+        with target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
 
 
-def build(mod, spec: TargetSpec, database=None):
+def build(mod, spec: TargetSpec, database: str | None = None):
     """Compile ``mod`` for ``spec``; returns a ``tvm.relax.VMExecutable``."""
     import tvm  # noqa: PLC0415
 
