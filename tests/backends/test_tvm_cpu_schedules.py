@@ -66,6 +66,16 @@ def test_matmul_dense_with_epilogue():
     assert "T.parallel" in tir and "T.vectorized" in tir and 'scope="local"' in tir
 
 
+def test_matmul_activation_batch_with_shared_weight():
+    # [b, s, k] x [k, n]: b is read by A only, so it sorts with M; every b must get its own rows
+    a, w = te.placeholder((4, 17, 32), name="a"), te.placeholder((32, 48), name="w")
+    r = te.reduce_axis((0, 32), "r")
+    c = te.compute((4, 17, 48), lambda z, i, j: te.sum(a[z, i, r] * w[r, j], axis=r))
+    av, wv = _random((4, 17, 32), "float32"), _random((32, 48), "float32")
+    (out,), _ = _run_scheduled(Matmul(), te.create_prim_func([a, w, c]), [av, wv])
+    np.testing.assert_allclose(out, av @ wv, atol=1e-4, rtol=1e-4)
+
+
 def test_matmul_batched_qk():
     q, kt = te.placeholder((1, 2, 16, 8), name="q"), te.placeholder((1, 2, 8, 32), name="kt")
     r = te.reduce_axis((0, 8), "r")

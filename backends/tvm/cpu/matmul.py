@@ -200,7 +200,10 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
     lanes = vector_lanes(target, acc_dtype)
     loops = sch.get_loops(block)
     extents = [static_extent(sch, loop) for loop in loops]
-    m_extent = _product(extents[i] for i in mm.m)
+    # Leading M axes (A's own batch, e.g. [b, s, k] x [k, n]) are scheduled like batch axes: fusing
+    # them into M and tiling across the boundary gave wrong results (every b read row 0).
+    batch_axes, m_axes = mm.batch + mm.m[:-1], mm.m[-1:]
+    m_extent = _product(extents[i] for i in m_axes)
     n_extent = _product(extents[i] for i in mm.n)
     mr, nr = tile_shape(target, acc_dtype, m_extent, n_extent)
 
@@ -209,8 +212,8 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
             return None
         return sch.fuse(*[loops[i] for i in positions]) if len(positions) > 1 else loops[positions[0]]
 
-    sch.reorder(*[loops[i] for i in mm.batch + mm.m + mm.n + [mm.k]])
-    batch, m, n, k = fused(mm.batch), fused(mm.m), fused(mm.n), loops[mm.k]
+    sch.reorder(*[loops[i] for i in batch_axes + m_axes + mm.n + [mm.k]])
+    batch, m, n, k = fused(batch_axes), fused(m_axes), fused(mm.n), loops[mm.k]
     if m is None:  # GEMV-like: give M a unit loop so the nest has one shape
         m = sch.add_unit_loop(n)
     mo, mi = sch.split(m, factors=[None, mr])
