@@ -1,0 +1,312 @@
+"""graphopt's native TVM kernels agree with the ops' numpy references and ONNX Runtime.
+
+Every graphopt op's converter (``graphopt.backends.tvm.kernels.CONVERTERS``) is built into a one-op
+Relax function, compiled for ``llvm`` with TVM's default pipeline and run on the op's
+``examples()`` and on seeded random cases: integer ops must be bit-exact with the reference and
+with ONNX Runtime running the op's ONNX body, float ops within 1e-5. Integer kernels must contain
+no float at all. Standard ONNX integer ops of the ivit graphs go through the graphopt importer and
+must match ONNX Runtime exactly; the slow test does that for the whole integer-only MiniLM.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, te  # noqa: E402
+
+from graphopt import ops, testing  # noqa: E402
+from graphopt.backends.tvm import importer  # noqa: E402
+from graphopt.backends.tvm.kernels import CONVERTERS, TE_KERNELS  # noqa: E402
+from graphopt.passes._dyadic_op import dyadic_multiplier  # noqa: E402
+
+LLVM = {"kind": "llvm"}
+INTEGER_OPS = ["DyadicRequant", "Shiftmax", "ShiftGelu", "IntLayerNorm"]
+FLOAT_OPS = ["DotProductAttention", "SigmoidLinearUnit"]
+
+
+# --- running one graphopt op through its converter -------------------------------------------------
+
+
+def _run_converter(op_name: str, inputs: tuple, attrs: dict, constant_inputs: tuple[int, ...] = ()) -> np.ndarray:
+    """Build ``main(inputs) = CONVERTERS[op](...)``, compile for llvm, run. Inputs listed in
+    ``constant_inputs`` enter as Relax constants (as initializers do in the importer)."""
+    bb = relax.BlockBuilder()
+    params, args = [], []
+    for i, value in enumerate(inputs):
+        array = np.asarray(value)
+        if i in constant_inputs:
+            args.append(relax.const(array))
+        else:
+            var = relax.Var(f"in{i}", relax.TensorType(array.shape, str(array.dtype)))
+            params.append((var, array))
+            args.append(var)
+    with bb.function("main", [p for p, _ in params]):
+        with bb.dataflow():
+            # the importer hands TVM's bookkeeping entry too; converters must ignore it
+            out = bb.emit_output(CONVERTERS[op_name](bb, args, {**attrs, "tvm_custom": {"name": "n0", "num_outputs": 1}}))
+        bb.emit_func_output(out)
+    executable = tvm.compile(bb.get(), target=tvm.target.Target(LLVM))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for _, a in params]).numpy()
+
+
+def _one_node_model(op: ops.OpDef, inputs: tuple, attrs: dict) -> ir.Model:
+    values = [ir.val(f"in{i}", ir.DataType.from_numpy(np.asarray(a).dtype), ir.Shape(np.shape(a))) for i, a in enumerate(inputs)]
+    plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
+    node = ir.node(op.name, values, attributes=plain, domain=ops.DOMAIN)
+    node.outputs[0].name = "out0"
+    graph = ir.Graph(values, node.outputs, nodes=[node], opset_imports={"": 23}, name="one_op")
+    model = ir.Model(graph, ir_version=10)
+    ops.attach_functions(model)
+    return model
+
+
+def _assert_matches(op_name: str, inputs: tuple, attrs: dict, constant_inputs: tuple[int, ...] = (), ort: bool = True):
+    op = ops.get_op(op_name)
+    got = _run_converter(op_name, inputs, attrs, constant_inputs)
+    expected = np.asarray(op.reference(*inputs, **attrs))
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    from_ort = testing.run_ort(_one_node_model(op, inputs, attrs), {f"in{i}": np.asarray(a) for i, a in enumerate(inputs)})[0] if ort else None
+    if expected.dtype.kind in "iu":
+        np.testing.assert_array_equal(got, expected)  # bit-exact with the spec ...
+        if ort:
+            np.testing.assert_array_equal(got, from_ort)  # ... and with the ONNX body
+    else:
+        tol = 2e-3 if expected.dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+        if ort:
+            np.testing.assert_allclose(got, from_ort, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("op_name", INTEGER_OPS + FLOAT_OPS)
+def test_every_graphopt_op_has_a_converter_and_te_kernel(op_name):
+    assert {op.name for op in ops.list_ops()} <= set(CONVERTERS)
+    assert op_name in CONVERTERS and op_name in TE_KERNELS
+
+
+@pytest.mark.parametrize("op_name", INTEGER_OPS + FLOAT_OPS)
+def test_examples_match_reference_and_onnx_runtime(op_name):
+    for inputs, attrs in ops.get_op(op_name).examples():
+        _assert_matches(op_name, inputs, attrs)
+
+
+# --- seeded random cases, inside each op's documented contract ---------------------------------------
+
+
+def test_dyadic_requant_random_and_constant_operands():
+    rng = np.random.default_rng(testing.SEED)
+    for trial in range(3):
+        x = rng.integers(-(2**31), 2**31, (3, 5, 7)).astype(np.int32)
+        m, k = dyadic_multiplier(rng.uniform(-1e-3, 1e-3, 7) * 10.0 ** rng.integers(-4, 4))
+        out_bits = int(rng.choice([8, 16, 32]))
+        _assert_matches("DyadicRequant", (x, m, k), {"out_bits": out_bits}, ort=trial == 0)
+        # per-channel constants (stay tensors) and per-tensor constants (become immediates)
+        _assert_matches("DyadicRequant", (x, m, k), {"out_bits": out_bits}, constant_inputs=(1, 2), ort=False)
+        m1, k1 = dyadic_multiplier(np.array(rng.uniform(1e-6, 10.0)))
+        _assert_matches("DyadicRequant", (x, m1, k1), {"out_bits": out_bits}, constant_inputs=(1, 2), ort=False)
+    m0, k0 = np.array([[5]], np.int32), np.array([0], np.int32)  # K = 0 as a constant: no rounding term
+    _assert_matches("DyadicRequant", (x, m0, k0), {}, constant_inputs=(1, 2), ort=False)
+
+
+def test_shiftmax_random():
+    rng = np.random.default_rng(testing.SEED + 1)
+    for trial in range(4):
+        x0, n = int(rng.integers(-64, 0)), int(rng.integers(8, 17))
+        width = int(rng.integers(1, 48))
+        x = rng.integers(-(2**15), 2**15, (2, 3, width)).astype(np.int32)
+        attrs = {"x0": x0, "n": n, "out_bits": int(rng.integers(2, 17))}
+        _assert_matches("Shiftmax", (x,), attrs, ort=trial == 0)
+
+
+def test_shiftgelu_random():
+    rng = np.random.default_rng(testing.SEED + 2)
+    for trial in range(4):
+        x0, n = int(rng.integers(-600, 0)), int(rng.integers(8, 20))
+        x = rng.integers(-(2**12), 2**12, (3, int(rng.integers(1, 40)))).astype(np.int32)
+        attrs = {"x0": x0, "n": n, "out_bits": int(rng.choice([8, 16])), "row_max": trial % 2}
+        _assert_matches("ShiftGelu", (x,), attrs, ort=trial < 2)
+
+
+def test_int_layer_norm_random_and_constant_affine():
+    rng = np.random.default_rng(testing.SEED + 3)
+    for trial in range(3):
+        d = int(rng.integers(2, 97))
+        x = rng.integers(-32768, 32768, (2, 3, d)).astype(np.int32)
+        mult = rng.integers(-(2**15), 2**15 + 1, d).astype(np.int32)
+        bias = rng.integers(-(2**20), 2**20 + 1, d).astype(np.int32)
+        attrs = {"shift": int(rng.integers(0, 31))}
+        _assert_matches("IntLayerNorm", (x, mult, bias), attrs, ort=trial == 0)
+    _assert_matches("IntLayerNorm", (x, mult, bias), {}, constant_inputs=(1, 2), ort=False)  # default shift
+
+
+def test_attention_random_shapes_and_flags():
+    rng = np.random.default_rng(testing.SEED + 4)
+
+    def randn(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    mask = np.where(rng.random((1, 1, 5, 7)) < 0.3, -np.inf, 0).astype(np.float32)
+    _assert_matches("DotProductAttention", (randn(2, 3, 5, 8), randn(2, 3, 7, 8), randn(2, 3, 7, 4), mask),
+                    {"scale": 0.3, "zero_masked_rows": 1, "nan_to_zero": 1})
+    _assert_matches("DotProductAttention", (randn(4, 6, 8), randn(4, 6, 8), randn(4, 6, 8), randn(6, 6)),
+                    {"scale": 0.7, "causal": 1, "softcap": 3.0}, ort=False)
+
+
+def test_attention_without_mask_input():
+    rng = np.random.default_rng(testing.SEED + 5)
+    q, k, v = (rng.standard_normal((2, 4, 8)).astype(np.float32) for _ in range(3))
+    bb = relax.BlockBuilder()
+    params = [relax.Var(n, relax.TensorType(a.shape, "float32")) for n, a in zip("qkv", (q, k, v))]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(CONVERTERS["DotProductAttention"](bb, [*params, None], {"scale": 0.5}))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(LLVM)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(a) for a in (q, k, v)]).numpy()
+    expected = ops.get_op("DotProductAttention").reference(q, k, v, np.float32(0), scale=0.5)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_silu_random():
+    x = np.random.default_rng(testing.SEED + 6).standard_normal((3, 17)).astype(np.float32) * 20
+    _assert_matches("SigmoidLinearUnit", (x,), {})
+
+
+def test_attributes_are_checked():
+    x = np.zeros((2, 4), np.int32)
+    with pytest.raises(ValueError, match="required attribute"):
+        _run_converter("Shiftmax", (x,), {"n": 15})
+    with pytest.raises(ValueError, match="unknown attribute 'axis'"):
+        _run_converter("Shiftmax", (x,), {"x0": -3, "axis": 0})
+
+
+# --- no float in integer kernels -------------------------------------------------------------------
+
+_FLOAT_TYPES = re.compile(r"\b(half|bfloat|float|double|fp128|x86_fp80)\b|float\d+|bfloat\d+")
+
+
+def _integer_kernel_cases():
+    x = te.placeholder((3, 16), "int32", name="x")
+    channel = te.placeholder((16,), "int32", name="channel")
+    bias = te.placeholder((16,), "int32", name="bias")
+    return [
+        ("DyadicRequant", [x, channel, bias], {"out_bits": 8}),
+        ("Shiftmax", [x], {"x0": -13}),
+        ("ShiftGelu", [x], {"x0": -8}),
+        ("ShiftGelu", [x], {"x0": -8, "row_max": 0}),
+        ("IntLayerNorm", [x, channel, bias], {"shift": 16}),
+    ]
+
+
+@pytest.mark.parametrize("case", _integer_kernel_cases(), ids=lambda c: f"{c[0]}-{c[2]}")
+def test_integer_kernels_contain_no_float(case):
+    op_name, args, attrs = case
+    func = te.create_prim_func([*args, TE_KERNELS[op_name](*args, **attrs)]).with_attr("global_symbol", "main")
+    assert not _FLOAT_TYPES.search(func.script()), "float in the TIR"
+    executable = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(LLVM))
+    llvm_ir = executable.mod.inspect_source("ll") if hasattr(executable, "mod") else executable.inspect_source("ll")
+    # TVM links fp16<->fp32 conversion helpers into every module; only our functions matter
+    functions = [f for f in llvm_ir.split("\ndefine ")[1:] if "tvm.fp16.conv" not in f.split("\n", 1)[0]]
+    assert functions
+    for body in functions:
+        code = [line for line in body.splitlines() if not line.lstrip().startswith(("@", "!", ";"))]
+        assert not any(_FLOAT_TYPES.search(line) for line in code), f"float in the LLVM IR of {body.split('(', 1)[0]}"
+
+
+# --- standard ONNX ops of the ivit graphs, through the importer -------------------------------------
+
+
+def _standard_case(op, inputs, attrs=None, constants=()):
+    return op, inputs, attrs or {}, constants
+
+
+def _standard_cases():
+    rng = np.random.default_rng(testing.SEED + 7)
+    ties = np.array([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 127.5, 128.5, -128.5, -129.5, 1e6, -1e6, 32767.5, -32768.5]], np.float32)
+    x = np.concatenate([ties, (rng.standard_normal((3, ties.shape[1])) * 100).astype(np.float32)])
+    a32 = rng.integers(-(2**31), 2**31, (4, 6), dtype=np.int64).astype(np.int32)
+    b32 = rng.integers(-(2**31), 2**31, (4, 6), dtype=np.int64).astype(np.int32)
+    wide = np.array([[0, 1, -1, 127, 128, -129, 255, 256, 2**31, -(2**31) - 1, 2**40 + 5, -(2**40) - 5]], np.int64)
+    scales = np.array([0.5, 1.0, 2.0, 0.1], np.float32)
+    table = rng.integers(-128, 128, (10, 5)).astype(np.int8)
+    return {
+        "QuantizeLinear-int8": _standard_case("QuantizeLinear", [x, np.float32(1.0), np.int8(3)], constants=(1, 2)),
+        "QuantizeLinear-uint8-scaled": _standard_case("QuantizeLinear", [x, np.float32(0.37), np.uint8(100)], constants=(1, 2)),
+        "QuantizeLinear-int16": _standard_case("QuantizeLinear", [x, np.float32(0.37), np.int16(-7)], constants=(1, 2)),
+        "QuantizeLinear-per-axis": _standard_case("QuantizeLinear", [x, scales, np.array([0, 1, -1, 5], np.int8)], {"axis": 0}, (1, 2)),
+        "DequantizeLinear-int32": _standard_case("DequantizeLinear", [a32, np.float32(3.3e-5)], constants=(1,)),
+        "DequantizeLinear-int8-per-axis": _standard_case("DequantizeLinear", [a32.astype(np.int8), np.linspace(0.1, 2, 6).astype(np.float32), np.arange(-3, 3).astype(np.int8)], {"axis": -1}, (1, 2)),
+        "Cast-int64-int8": _standard_case("Cast", [wide], {"to": TensorProto.INT8}),
+        "Cast-int64-int32": _standard_case("Cast", [wide], {"to": TensorProto.INT32}),
+        "Cast-int32-uint8": _standard_case("Cast", [wide.astype(np.int32)], {"to": TensorProto.UINT8}),
+        "Cast-int32-int64": _standard_case("Cast", [a32], {"to": TensorProto.INT64}),
+        "Cast-int32-float": _standard_case("Cast", [a32], {"to": TensorProto.FLOAT}),
+        "Clip-int32": _standard_case("Clip", [a32, np.int32(-100), np.int32(100)], constants=(1, 2)),
+        "Clip-int64-min-only": _standard_case("Clip", [a32.astype(np.int64), np.int64(-5)], constants=(1,)),
+        "Clip-int8-max-only": _standard_case("Clip", [a32.astype(np.int8), None, np.int8(9)], constants=(2,)),
+        "Where-int32": _standard_case("Where", [rng.random((4, 1)) < 0.5, a32, b32]),
+        "Gather-int8-negative-indices": _standard_case("Gather", [table, np.array([[0, 9, -1, -10]], np.int64)], constants=(0,)),
+        "Gather-int32-axis1": _standard_case("Gather", [table.astype(np.int32), np.array([0, -1, 2], np.int64)], {"axis": 1}),
+        "Add-int32-wraps": _standard_case("Add", [a32, b32]),
+        "Sub-int32-wraps": _standard_case("Sub", [a32, b32]),
+        "Mul-int32-wraps": _standard_case("Mul", [a32, b32]),
+        "Mul-int64-wraps": _standard_case("Mul", [a32.astype(np.int64) << 32, b32.astype(np.int64)]),
+        "Add-int64-broadcast-const": _standard_case("Add", [a32.astype(np.int64), np.arange(6, dtype=np.int64) << 40], constants=(1,)),
+    }
+
+
+STANDARD_CASES = _standard_cases()
+
+
+@pytest.mark.parametrize("name", list(STANDARD_CASES))
+def test_standard_integer_ops_match_onnx_runtime(name):
+    op, inputs, attrs, constants = STANDARD_CASES[name]
+    names, graph_inputs, initializers = [], [], []
+    for i, value in enumerate(inputs):
+        if value is None:
+            names.append("")
+            continue
+        array = np.asarray(value)
+        names.append(f"in{i}")
+        if i in constants:
+            initializers.append(onnx.numpy_helper.from_array(array, f"in{i}"))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(f"in{i}", helper.np_dtype_to_tensor_dtype(array.dtype), array.shape))
+    graph = helper.make_graph([helper.make_node(op, names, ["out"], **attrs)], "one", graph_inputs,
+                              [helper.make_tensor_value_info("out", TensorProto.UNDEFINED, None)], initializer=initializers)
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]))
+    feeds = {f"in{i}": np.asarray(v) for i, v in enumerate(inputs) if v is not None and i not in constants}
+    expected = testing.run_ort(proto, feeds)[0]
+    model = ir.serde.deserialize_model(proto)
+    mod = importer.to_relax(model, {k: list(v.shape) for k, v in feeds.items()})
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target(LLVM)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(feeds[v.name]) for v in model.graph.inputs]).numpy()
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+# --- the whole integer-only MiniLM ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ivit_minilm_is_bit_exact_with_onnx_runtime():
+    import graphopt  # noqa: PLC0415
+    from graphopt.models import minilm  # noqa: PLC0415
+
+    batch = minilm.tokenize(minilm.sentences()[:3], seq_len=128)
+    samples = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(3)]
+    model = graphopt.compile(minilm.build(), "ivit", calib=samples[:2], validate=False, bench_runs=0).model
+    held_out = samples[2]
+    shapes = {k: list(v.shape) for k, v in held_out.items()}
+    prepared = importer.prepare(model, shapes)
+    vm = relax.VirtualMachine(tvm.compile(importer.to_relax(prepared, shapes), target=tvm.target.Target(LLVM)), tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(held_out[v.name]) for v in prepared.graph.inputs])
+    got = (got if hasattr(got, "numpy") else got[0]).numpy()
+    np.testing.assert_array_equal(got, testing.run_ort(model, held_out)[0])
