@@ -8,11 +8,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast bench conformance clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml backends/tvm/edge/install_toolchain.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	bash backends/tvm/edge/install_toolchain.sh $(PY)  # aarch64 cross g++, qemu-user, aarch64 TVM runtime
 	touch $(STAMP)
 
 install: $(STAMP)

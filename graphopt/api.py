@@ -108,6 +108,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ort_optimization: str = "all",
     progress: Callable[[Iterable], Iterable] | None = None,
     name: str | None = None,
+    tune_budget: int = 0,
+    tune_database: str | None = None,
 ) -> CompileResult:
     """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
 
@@ -118,7 +120,9 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ``integer_only`` runs the integer-only verifier (``graphopt.integer_region``) on the result:
     a float op between QuantizeLinear and DequantizeLinear, or no such region at all, is a
     violation like a numeric one (``result.ok`` False, ``check()`` raises ``CheckFailedError``).
-    None means on when the pipeline names the ``ivit`` preset.
+    None means on when the pipeline names the ``ivit`` preset. ``tune_budget`` (MetaSchedule trials)
+    and ``tune_database`` (records of an earlier run) apply to TVM host targets; see
+    ``graphopt.backends.tvm.tune``.
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -134,6 +138,12 @@ def compile(  # noqa: A001 — mirrors the CLI command name
 
     if ort_optimization not in OPTIMIZATION_LEVELS:
         raise UsageError(f"unknown ORT optimization level '{ort_optimization}' (valid: {', '.join(OPTIMIZATION_LEVELS)})")
+    if tune_budget < 0:
+        raise UsageError(f"--tune-budget must be 0 or more trials, got {tune_budget}")
+    if tune_database and not tune_budget and not os.path.isdir(tune_database):
+        raise UsageError(f"--tune-database {tune_database} is not a folder (it is an earlier run's <target>/tuning)")
+    if (tune_budget or tune_database) and not any(t != "onnx" for t in targets):
+        raise UsageError("--tune-budget / --tune-database tune TVM code: add a TVM target, e.g. --targets tvm-llvm")
     tolerances = tolerances or Tolerances()
     original = capture.load(model, example_inputs)
     if input_shapes:
@@ -205,7 +215,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     for target, module in backend_modules.items():
         t = time.perf_counter()
         artifacts[target] = module.compile(
-            work, target=target, threads=threads, optimization=ort_optimization, example_inputs=samples[0] if samples else None
+            work, target=target, threads=threads, optimization=ort_optimization, example_inputs=samples[0] if samples else None,
+            tune_budget=tune_budget, tune_database=tune_database, progress=progress is not None,
         )
         report.targets[target] = {"compile_seconds": time.perf_counter() - t, "folder": artifacts[target].target}
         report.targets[target].update(getattr(artifacts[target], "details", {}))
@@ -223,6 +234,9 @@ def compile(  # noqa: A001 — mirrors the CLI command name
         baseline = ort.make_session(original, optimization=ort_optimization, threads=threads)
         report.latency["original"] = ort.time_session(baseline, samples[0], runs=bench_runs, threads=threads).as_dict()
         for target, artifact in artifacts.items():
+            if not getattr(artifact, "can_time", True):  # cross builds (qemu) and GPU code without a GPU
+                report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
+                continue
             report.latency[target] = artifact.time(samples[0], runs=bench_runs).as_dict()
     timings["total"] = time.perf_counter() - start
     report.seconds = timings

@@ -27,6 +27,7 @@ __all__ = ["TensorInfo", "TvmArtifact"]
 LIBRARY = "model.so"
 METADATA = "metadata.json"
 CUDA_SOURCE = "kernels.cu"
+TUNING = "tuning"  # MetaSchedule database folder, reusable with tune_database=
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class TvmArtifact:
     library_path: str | None = None  # where the exported library lives, once saved or loaded
     threads: int = 2
     details: dict = dataclasses.field(default_factory=dict)  # compile time, tuning, ...
+    tuning_dir: str | None = None  # MetaSchedule records this build applied (saved as <folder>/tuning)
     _vm: object = dataclasses.field(default=None, repr=False)
 
     @property
@@ -84,7 +86,7 @@ class TvmArtifact:
         device = self._device()
         arguments = []
         for info in self.inputs:
-            array = np.ascontiguousarray(feeds[info.name], dtype=info.dtype)
+            array = np.asarray(feeds[info.name], dtype=info.dtype, order="C")  # keeps 0-d inputs 0-d
             if tuple(array.shape) != tuple(info.shape):
                 raise ModelError(f"input '{info.name}' has shape {array.shape}; the model was compiled for {info.shape}")
             arguments.append(tvm.runtime.tensor(array, device))
@@ -100,6 +102,17 @@ class TvmArtifact:
 
             return run_with_qemu(self, feeds)
         return self._collect(self.vm["main"](*self._arguments(feeds)))
+
+    @property
+    def can_time(self) -> bool:
+        """Whether latency measured here means anything: host code, or CUDA with a GPU present (not qemu)."""
+        if self.spec.runs_on_host:
+            return True
+        if self.spec.is_cuda:
+            import tvm  # noqa: PLC0415
+
+            return bool(tvm.cuda(0).exist)
+        return False
 
     def time(self, feeds: Mapping[str, np.ndarray], runs: int = 20, warmup: int = 3):
         """Median latency of ``main`` on this machine (host or GPU targets)."""
@@ -126,6 +139,10 @@ class TvmArtifact:
         os.makedirs(folder, exist_ok=True)
         written = export_library(self, folder)
         self.library_path = os.path.join(folder, LIBRARY)
+        if self.tuning_dir is not None and os.path.abspath(self.tuning_dir) != os.path.abspath(os.path.join(folder, TUNING)):
+            from graphopt.backends.tvm.tune import copy_database  # noqa: PLC0415
+
+            written += copy_database(self.tuning_dir, os.path.join(folder, TUNING))
         path = os.path.join(folder, METADATA)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.metadata(), f, indent=2, sort_keys=True)
@@ -155,8 +172,9 @@ class TvmArtifact:
         def infos(key):
             return [TensorInfo(i["name"], i["dtype"], tuple(i["shape"])) for i in meta[key]]
 
+        tuning = os.path.join(folder, TUNING)
         return cls(spec, infos("inputs"), infos("outputs"), library_path=os.path.join(folder, meta["library"]),
-                   threads=threads, details=meta.get("details", {}))
+                   threads=threads, details=meta.get("details", {}), tuning_dir=tuning if os.path.isdir(tuning) else None)
 
 
 def _set_threads(threads: int) -> None:
