@@ -5,7 +5,8 @@ x86 with AVX2 gets pre-scheduled kernels built on graphopt's AVX2 tensor intrins
 (``avx2_intrin``: a sign trick that makes ``vpmaddubsw`` exact for int8 weights in [-127, 127],
 and an int16 ``vpmaddwd`` path for everything else); other targets get plain int32-accumulating
 TE kernels (``generic``). aarch64 with ``+dotprod`` gets sdot kernels (``neon_intrin``,
-``neon_matmul``: uint8 operands offset to int8 with an exact correction term) for MatMulInteger.
+``neon_matmul``: uint8 operands offset to int8 with an exact correction term) for MatMulInteger
+and ConvInteger.
 Every path computes numpy's int32 result bit for bit.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from .converters import CONVERTERS, convert_conv_integer, convert_matmul_integer, has_avx2, has_dotprod
 from .neon_matmul import PackedWeights, activation_matmul_func, pack_weights, weight_matmul_func
+from .neon_matmul import conv_func as neon_conv_func
 from .x86_matmul import conv_func, matmul_func
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "has_avx2",
     "has_dotprod",
     "matmul_func",
+    "neon_conv_func",
     "pack_weights",
     "weight_matmul_func",
 ]

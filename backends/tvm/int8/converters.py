@@ -7,8 +7,8 @@ in numpy (int8 for the sign-trick kernel when A is int8 without zero points and 
 packed inside the kernel. Everything else (CUDA, aarch64, other CPUs, dynamic shapes, zero points
 that are not constants) gets the plain int32-accumulating TE kernels of ``generic``, which dlight
 (CUDA) or graphopt's CPU rules schedule. aarch64 targets with the dot-product extension
-(``+dotprod``) get the sdot kernels of ``neon_matmul`` for MatMulInteger (weights packed here in
-numpy, batch dims of A folded into M by a free reshape); ConvInteger stays generic there.
+(``+dotprod``) get the sdot kernels of ``neon_matmul`` (weights packed here in numpy; the batch
+dims of a linear layer's A folded into M by a free reshape; ConvInteger as im2col rows × weights).
 ONNX's ConvInteger has no TVM converter; ours adds it.
 """
 
@@ -211,6 +211,19 @@ def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], strides: list
     return begin + end
 
 
+def _neon_conv(
+    bb: relax.BlockBuilder, x, weights: np.ndarray, x_zero: int, w_zero: np.ndarray, kernel, strides, dilations, pads
+) -> relax.Expr:
+    """ConvInteger with the sdot kernel: im2col rows × the weights as [C·kh·kw, M] columns."""
+    m = weights.shape[0]
+    packed = neon_matmul.pack_weights(weights.reshape(m, -1).T, w_zero, _dtype(x), x_zero)
+    func = neon_matmul.conv_func(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
+                                 col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None)
+    args = [x, relax.const(packed.packed)] + [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
+    out_shape = neon_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
+    return _emit_scheduled(bb, func, args, out_shape, "graphopt_int8_conv_sdot")
+
+
 def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     """ONNX ConvInteger(x, w[, x_zero_point, w_zero_point]) -> int32, 2-D."""
     x, w, x_zero, w_zero = (_input(inputs, i) for i in range(4))
@@ -243,6 +256,17 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
         oh = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
         ow = (width + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
         return _emit_scheduled(bb, func, [x, relax.const(a16)], [n, m, oh, ow], "graphopt_int8_conv_i16_avx2")
+    if (
+        has_dotprod(tvm.target.Target.current(allow_none=True))
+        and group == 1
+        and weights is not None
+        and x_zero_value is not None
+        and w_zero_value is not None
+        and w_zero_value.size in (1, w_shape[0])
+        and _dtype(x) in INT8_TYPES
+        and _dtype(w) in INT8_TYPES
+    ):
+        return _neon_conv(bb, x, weights, x_zero_value, w_zero_value, kernel, strides, dilations, pads)
     args = [x, w] + [z for z in (x_zero, w_zero) if z is not None]
     x_has, w_has = x_zero is not None, w_zero is not None
 

@@ -13,8 +13,9 @@ linear layers (int8 A, int8 weights, no zero points) and Q·Kᵀ (int8 × int8) 
 (uint8 softmax probabilities × int8 V) has ``128 · colsum(V)``. Every sum is taken in int32, as
 numpy's int32 matmul does, so results are bit-exact.
 
-Constant weights are packed once in numpy (``pack_weights``: int8 ``[Np/4, Kp/4, 4, 4]``, each
-sdot reads 16 contiguous bytes; the column corrections precomputed); run-time B (attention) is
+Constant weights are packed once in numpy (``pack_weights``: int8 ``[Np/P, Kp/4, P, 4]`` with the
+panel width P = 4·nv the tile's columns, so one k step of a tile reads P·4 contiguous bytes, 16 per
+sdot; the column corrections precomputed); run-time B (attention) is
 packed by a ``b_pack`` stage inside the function. M is padded to the row tile and N to the column
 tile (``a_pack`` / ``b_pack`` write zeros there, ``out`` drops them).
 
@@ -22,6 +23,9 @@ Schedule: an ``mr × (nv·4)`` tile of int32 accumulators (4×16 = 16 q-register
 4 broadcast A registers of the 32), loops ``(batch, column panel) parallel -> row tile -> k step
 -> rows, vectors unrolled -> sdot``; the column panel of B stays in L1 while A's rows stream past.
 The result carries ``tirx.is_scheduled`` so graphopt's generic CPU rules leave it alone.
+
+``conv_func`` reuses the weight kernel for 2-D ConvInteger: the ``a_pack`` stage is im2col (one
+row per output pixel) and the ``out`` stage writes [N, M, OH, OW].
 """
 
 from __future__ import annotations
@@ -36,7 +40,17 @@ from tvm import te, tirx
 from .neon_intrin import DOT_4x4_S8, KW, LANES
 from .prepack import pad_to
 
-__all__ = ["MR", "NV", "PackedWeights", "activation_matmul_func", "pack_weights", "tile", "weight_matmul_func"]
+__all__ = [
+    "MR",
+    "NV",
+    "PackedWeights",
+    "activation_matmul_func",
+    "conv_func",
+    "conv_output_shape",
+    "pack_weights",
+    "tile",
+    "weight_matmul_func",
+]
 
 MR = 4  # accumulator rows per tile
 NV = 4  # accumulator q-registers (4 int32 each) per row
@@ -57,7 +71,7 @@ def _offset(dtype: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PackedWeights:
-    """Constant B [K, N] ready for the kernel: int8 ``packed`` [Np/4, Kp/4, 4, 4] holds B - offset;
+    """Constant B [K, N] ready for the kernel: int8 ``packed`` [Np/P, Kp/4, P, 4] holds B - offset;
     ``col_bias`` [N] = da · colsum(B - zb) and ``row_scale`` [N] = db (int32) are None when zero."""
 
     k: int
@@ -71,12 +85,12 @@ def pack_weights(b: np.ndarray, b_zero: np.ndarray | int, a_dtype: str, a_zero: 
     """Pack int8/uint8 weights ``b`` [K, N] with zero point ``b_zero`` (scalar or [N]) for A of ``a_dtype``/``a_zero``."""
     k, n = b.shape
     b_offset = _offset(str(b.dtype))
-    _, nv = tile(1, n)
-    kp, np_ = pad_to(k, KW), pad_to(n, LANES * nv)
+    panel = LANES * tile(1, n)[1]  # the column tile depends on N only
+    kp, np_ = pad_to(k, KW), pad_to(n, panel)
     padded = np.zeros((kp, np_), np.int8)
     padded[:k, :n] = (b.astype(np.int16) - b_offset).astype(np.int8)
-    # [Kp, Np] -> [Kp/4, 4, Np/4, 4] -> [Np/4, Kp/4, 4 (columns), 4 (k)]
-    packed = np.ascontiguousarray(padded.reshape(kp // KW, KW, np_ // LANES, LANES).transpose(2, 0, 3, 1))
+    # [Kp, Np] -> [Kp/4, 4, Np/P, P] -> [Np/P, Kp/4, P (columns), 4 (k)]
+    packed = np.ascontiguousarray(padded.reshape(kp // KW, KW, np_ // panel, panel).transpose(2, 0, 3, 1))
     zero = np.broadcast_to(np.asarray(b_zero, np.int64).reshape(-1), (n,))
     a_delta = _offset(a_dtype) - int(a_zero)
     b_delta = b_offset - zero
@@ -108,33 +122,34 @@ def _a_operand(a: te.Tensor, mp: int, kp: int) -> te.Tensor:
     return te.compute((*outer_shape, mp, kp), load, name="a_pack")
 
 
-def _b_pack(b: te.Tensor, np_: int, kp: int) -> te.Tensor:
-    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/4, Kp/4, 4, 4] (B - offset, zeros in the padding)."""
+def _b_pack(b: te.Tensor, np_: int, kp: int, panel: int) -> te.Tensor:
+    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/P, Kp/4, P, 4] (B - offset, zeros in the padding)."""
     *outer_shape, k, n = (int(d) for d in b.shape)
     offset = _offset(str(b.dtype))
 
     def load(*index):
         *outer, jo, ko, ji, ki = index
-        kk, jj = ko * KW + ki, jo * LANES + ji
+        kk, jj = ko * KW + ki, jo * panel + ji
         value = b(*outer, tirx.min(kk, k - 1), tirx.min(jj, n - 1))
         value = (value.astype("int16") - tirx.const(offset, "int16")).astype("int8") if offset else value
         if (kp, np_) == (k, n):
             return value
         return tirx.if_then_else(tirx.all(kk < k, jj < n), value, tirx.const(0, "int8"))
 
-    return te.compute((*outer_shape, np_ // LANES, kp // KW, LANES, KW), load, name="b_pack")
+    return te.compute((*outer_shape, np_ // panel, kp // KW, panel, KW), load, name="b_pack")
 
 
 def _accumulate(a_op: te.Tensor, bp: te.Tensor, batch: Sequence[int]) -> te.Tensor:
     """acc[*batch, Mp, Np] = A' · B' (int32); A' and Bp may each have the batch dims or none."""
     a_batched, b_batched = len(a_op.shape) > 2, len(bp.shape) > 4
-    mp, np_ = int(a_op.shape[-2]), int(bp.shape[-4]) * LANES
+    panel = int(bp.shape[-2])
+    mp, np_ = int(a_op.shape[-2]), int(bp.shape[-4]) * panel
     k = te.reduce_axis((0, int(a_op.shape[-1])), name="k")
 
     def body(*index):
         *outer, i, j = index
         a_val = a_op(*(outer if a_batched else []), i, k)
-        b_val = bp(*(outer if b_batched else []), j // LANES, k // KW, j % LANES, k % KW)
+        b_val = bp(*(outer if b_batched else []), j // panel, k // KW, j % panel, k % KW)
         return te.sum(a_val.astype("int32") * b_val.astype("int32"), axis=k)
 
     return te.compute((*batch, mp, np_), body, name="acc")
@@ -143,7 +158,8 @@ def _accumulate(a_op: te.Tensor, bp: te.Tensor, batch: Sequence[int]) -> te.Tens
 def _row_sums(a_op: te.Tensor) -> te.Tensor:
     """rowsum[*batch, Mp] = sum_k A' (int32), for B's correction term db · rowsum(A')."""
     k = te.reduce_axis((0, int(a_op.shape[-1])), name="k")
-    return te.compute(tuple(int(d) for d in a_op.shape[:-1]), lambda *index: te.sum(a_op(*index, k).astype("int32"), axis=k), name="rowsum")
+    shape = tuple(int(d) for d in a_op.shape[:-1])
+    return te.compute(shape, lambda *index: te.sum(a_op(*index, k).astype("int32"), axis=k), name="rowsum")
 
 
 def _col_sums(b: te.Tensor, b_zero: int) -> te.Tensor:
@@ -158,14 +174,20 @@ def _col_sums(b: te.Tensor, b_zero: int) -> te.Tensor:
     return te.compute((*outer_shape, n), body, name="colsum")
 
 
-def _output(acc: te.Tensor, shape: Sequence[int], col_term, row_term) -> te.Tensor:
-    """out[*batch, M, N] = acc + col_term(outer, j) + row_term(outer, i, j), the padding dropped; ``acc`` when nothing to do."""
-    if col_term is None and row_term is None and [int(d) for d in acc.shape] == list(shape):
-        return acc
+def _output(acc: te.Tensor, shape: Sequence[int], col_term, row_term, acc_index=None) -> te.Tensor:
+    """out = acc + col_term(outer, j) + row_term(outer, i, j), the padding dropped; ``acc`` when nothing to do.
+
+    ``acc_index(*out_index) -> (outer, i, j)`` says where an output element lives in ``acc``
+    (default: the same index; a convolution maps [N, M, OH, OW] to acc's [pixel, channel]).
+    """
+    if acc_index is None:
+        if col_term is None and row_term is None and [int(d) for d in acc.shape] == list(shape):
+            return acc
+        acc_index = lambda *index: (list(index[:-2]), index[-2], index[-1])  # noqa: E731
 
     def body(*index):
-        *outer, i, j = index
-        value = acc(*index)
+        outer, i, j = acc_index(*index)
+        value = acc(*outer, i, j)
         if col_term is not None:
             value = value + col_term(outer, j)
         if row_term is not None:
@@ -180,21 +202,11 @@ def _batched(tensor: te.Tensor, rank: int):
     return lambda outer, *rest: tensor(*(outer if len(tensor.shape) > rank else []), *rest)
 
 
-def weight_matmul_func(m: int, k: int, n: int, a_dtype: str, *, col_bias: bool, row_scale: bool) -> tirx.PrimFunc:
-    """Scheduled ``A[M, K] · B -> int32[M, N]`` for constant B packed by ``pack_weights``.
-
-    Parameters: ``A``, ``Bp`` (``PackedWeights.packed``), then ``col_bias`` and ``row_scale`` [N] int32
-    when asked for (the ones ``pack_weights`` did not leave None; A's zero point lives in ``col_bias``),
-    then the output.
-    """
-    mr, nv = tile(m, n)
-    mp, kp, np_ = pad_to(m, mr), pad_to(k, KW), pad_to(n, LANES * nv)
-    a = te.placeholder((m, k), a_dtype, name="A")
-    bp = te.placeholder((np_ // LANES, kp // KW, LANES, KW), "int8", name="Bp")
-    extra = []
-    a_op = _a_operand(a, mp, kp)
-    acc = _accumulate(a_op, bp, [])
-    col_term = row_term = None
+def _weight_product(a_op: te.Tensor, n: int, nv: int, col_bias: bool, row_scale: bool):
+    """The packed-weight placeholders and ``acc = A' · B'`` for a 2-D A', with the correction terms asked for."""
+    kp = int(a_op.shape[-1])
+    bp = te.placeholder((pad_to(n, LANES * nv) // (LANES * nv), kp // KW, LANES * nv, KW), "int8", name="Bp")
+    extra, col_term, row_term = [], None, None
     if col_bias:
         bias = te.placeholder((n,), "int32", name="col_bias")
         extra.append(bias)
@@ -204,8 +216,79 @@ def weight_matmul_func(m: int, k: int, n: int, a_dtype: str, *, col_bias: bool, 
         extra.append(scale)
         rowsum = _row_sums(a_op)
         row_term = lambda outer, i, j: scale(j) * rowsum(i)  # noqa: E731
+    return [bp, *extra], _accumulate(a_op, bp, []), col_term, row_term
+
+
+def weight_matmul_func(m: int, k: int, n: int, a_dtype: str, *, col_bias: bool, row_scale: bool) -> tirx.PrimFunc:
+    """Scheduled ``A[M, K] · B -> int32[M, N]`` for constant B packed by ``pack_weights``.
+
+    Parameters: ``A``, ``Bp`` (``PackedWeights.packed``), then ``col_bias`` and ``row_scale`` [N] int32
+    when asked for (the ones ``pack_weights`` did not leave None; A's zero point lives in ``col_bias``),
+    then the output.
+    """
+    mr, nv = tile(m, n)
+    a = te.placeholder((m, k), a_dtype, name="A")
+    a_op = _a_operand(a, pad_to(m, mr), pad_to(k, KW))
+    weights, acc, col_term, row_term = _weight_product(a_op, n, nv, col_bias, row_scale)
     out = _output(acc, (m, n), col_term, row_term)
-    return schedule_dot_matmul(te.create_prim_func([a, bp, *extra, out]), mr, nv)
+    return schedule_dot_matmul(te.create_prim_func([a, *weights, out]), mr, nv)
+
+
+def conv_output_shape(x_shape, out_channels: int, kernel, strides, dilations, pads) -> list[int]:
+    """[N, M, OH, OW] of a 2-D convolution; ``pads`` = [top, left, bottom, right]."""
+    n, _, h, w = (int(d) for d in x_shape)
+    top, left, bottom, right = (int(d) for d in pads)
+    oh = (h + top + bottom - int(dilations[0]) * (int(kernel[0]) - 1) - 1) // int(strides[0]) + 1
+    ow = (w + left + right - int(dilations[1]) * (int(kernel[1]) - 1) - 1) // int(strides[1]) + 1
+    return [n, int(out_channels), oh, ow]
+
+
+def conv_func(
+    x_shape: Sequence[int],
+    x_dtype: str,
+    x_zero: int,
+    out_channels: int,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int],
+    *,
+    col_bias: bool,
+    row_scale: bool,
+) -> tirx.PrimFunc:
+    """Scheduled 2-D ConvInteger (group 1) as ``im2col(x)[N·OH·OW, C·kh·kw] · Wᵀ``, written as [N, M, OH, OW].
+
+    The weights are ``pack_weights(W.reshape(M, -1).T, w_zero, x_dtype, x_zero)`` (output channels
+    are its columns); im2col is packed straight from x into int8 (``a_pack``), where a padding pixel
+    reads as the zero point (adds 0 once centered, as ONNX Runtime does) and K's padding as 0.
+    """
+    n, c, h, w = (int(d) for d in x_shape)
+    kh, kw_ = (int(d) for d in kernel)
+    sh, sw = (int(d) for d in strides)
+    dh, dw = (int(d) for d in dilations)
+    top, left = int(pads[0]), int(pads[1])
+    _, _, oh, ow = conv_output_shape(x_shape, out_channels, kernel, strides, dilations, pads)
+    k, rows = c * kh * kw_, n * oh * ow
+    mr, nv = tile(rows, out_channels)
+    mp, kp = pad_to(rows, mr), pad_to(k, KW)
+    offset = _offset(x_dtype)
+    x = te.placeholder((n, c, h, w), x_dtype, name="X")
+
+    def im2col(r, kk):
+        b, pixel = r // _i32(oh * ow), r % _i32(oh * ow)
+        ci, rest = kk // _i32(kh * kw_), kk % _i32(kh * kw_)
+        y = (pixel // _i32(ow)) * _i32(sh) + (rest // _i32(kw_)) * _i32(dh) - _i32(top)
+        z = (pixel % _i32(ow)) * _i32(sw) + (rest % _i32(kw_)) * _i32(dw) - _i32(left)
+        inside = tirx.all(y >= 0, y < h, z >= 0, z < w)
+        raw = x(tirx.min(b, n - 1), tirx.min(ci, c - 1), tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(z, w - 1), 0))
+        value = tirx.if_then_else(inside, raw.astype("int16"), tirx.const(x_zero, "int16")) - tirx.const(offset, "int16")
+        return tirx.if_then_else(tirx.all(r < rows, kk < k), value.astype("int8"), tirx.const(0, "int8"))
+
+    a_op = te.compute((mp, kp), im2col, name="a_pack")
+    weights, acc, col_term, row_term = _weight_product(a_op, out_channels, nv, col_bias, row_scale)
+    out = _output(acc, (n, out_channels, oh, ow), col_term, row_term,
+                  acc_index=lambda b, mm, y, z: ([], b * (oh * ow) + y * ow + z, mm))
+    return schedule_dot_matmul(te.create_prim_func([x, *weights, out]), mr, nv)
 
 
 def activation_matmul_func(
@@ -225,7 +308,7 @@ def activation_matmul_func(
     a = te.placeholder(tuple(a_shape), a_dtype, name="A")
     b = te.placeholder(tuple(b_shape), b_dtype, name="B")
     a_op = _a_operand(a, mp, kp)
-    acc = _accumulate(a_op, _b_pack(b, np_, kp), batch)
+    acc = _accumulate(a_op, _b_pack(b, np_, kp, LANES * nv), batch)
     a_delta = _offset(a_dtype) - a_zero
     b_delta = _offset(b_dtype) - b_zero
     col_term = row_term = None
@@ -266,7 +349,7 @@ def _schedule_rows(sch: tvm.s_tir.Schedule, block) -> None:
 
 
 def _schedule_b_pack(sch: tvm.s_tir.Schedule, block) -> None:
-    """Packing of a run-time B: panels in parallel; per k step the 4 columns are read contiguously."""
+    """Packing of a run-time B: panels in parallel; per k step the panel's columns are read contiguously."""
     *batch, jo, ko, ji, ki = sch.get_loops(block)
     _parallel(sch, [*batch, jo])
     sch.reorder(ko, ki, ji)
