@@ -179,6 +179,123 @@ def test_silu_random():
     _assert_matches("SigmoidLinearUnit", (x,), {})
 
 
+# --- the int32 / table / high-word fast paths at their edges ------------------------------------------
+# (each compiled twice: plain LLVM and vectorized by graphopt's CPU rules for the host, where LLVM's
+# int32 ``nsw`` assumptions and AVX2 lowering would show)
+
+_I32 = np.iinfo(np.int32)
+_HOST = tvm.target.Target({"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": 2})
+
+
+def _run_te(kernel, inputs: tuple, attrs: dict, target) -> np.ndarray:
+    """``kernel(placeholders..., **attrs)`` as one PrimFunc, scheduled by graphopt's rules for ``target``
+    when it has a CPU (``num-cores``), else unscheduled; run on ``inputs``."""
+    from graphopt.backends.tvm.cpu import ApplyCpuSchedules  # noqa: PLC0415
+
+    args = [te.placeholder(np.shape(a), str(np.asarray(a).dtype), name=f"in{i}") for i, a in enumerate(inputs)]
+    out = kernel(*args, **attrs)
+    mod = tvm.IRModule({"main": te.create_prim_func([*args, out]).with_attr("global_symbol", "main")})
+    if target.attrs.get("num-cores"):
+        mod = ApplyCpuSchedules(target)(mod)
+    lib = tvm.compile(mod, target=target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)))
+    lib["main"](*[tvm.runtime.tensor(np.asarray(a)) for a in inputs], result)
+    return result.numpy()
+
+
+def _assert_kernel_exact(op_name: str, kernel, inputs: tuple, attrs: dict, kernel_attrs: dict | None = None):
+    expected = ops.get_op(op_name).reference(*inputs, **attrs)
+    for target in (tvm.target.Target(LLVM), _HOST):
+        got = _run_te(kernel, inputs, {**attrs, **(kernel_attrs or {})}, target)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{op_name} {attrs} on {target}")
+
+
+def _edge_rows(width: int) -> np.ndarray:
+    """int32 rows at the extremes: the full range, all-minimum / all-maximum rows, ±2^29 (the int32
+    ShiftExp clamp), small values around 0."""
+    edges = [_I32.min, _I32.min + 1, _I32.max, _I32.max - 1, 0, 1, -1, 2**29, -(2**29), 2**29 + 1, -(2**29) - 1, 127, -128]
+    rows = [np.resize(np.array(edges, np.int64), width), np.full(width, _I32.min), np.full(width, _I32.max),
+            np.resize(np.array([_I32.min, _I32.min + 5, _I32.min + 2**29]), width),
+            np.arange(width) - width // 2]
+    return np.stack(rows).astype(np.int32)
+
+
+@pytest.mark.parametrize("x0,n", [(-768, 8), (-1, 29), (-3, 28), (-5000, 15), (-(2**28), 1), (-1, 30), (-7, 27)])
+def test_shiftgelu_int32_path_is_exact_at_the_extremes(x0, n):
+    # (-1, 30), (-7, 27): 2·|x0|·2^n >= 2^31, the int64 fallback; the others take the int32 path
+    from graphopt.backends.tvm.kernels import shiftgelu  # noqa: PLC0415
+
+    x = _edge_rows(24)
+    for row_max in (0, 1):
+        for out_bits in (8, 16):
+            _assert_kernel_exact("ShiftGelu", shiftgelu.shift_gelu, (x,), {"x0": x0, "n": n, "out_bits": out_bits, "row_max": row_max})
+
+
+def test_shiftgelu_table_matches_the_reference_around_its_limit():
+    from graphopt.backends.tvm.kernels import shiftgelu_table  # noqa: PLC0415
+
+    for x0, n, out_bits in [(-768, 8, 8), (-8, 23, 8), (-587, 20, 16), (-1, 0, 8), (-30, 15, 16)]:
+        limit, table = shiftgelu_table.sigma_table(x0, n, out_bits)
+        around = np.arange(-limit - 3, limit + 4)
+        x = np.concatenate([around, _edge_rows(13).reshape(-1)]).astype(np.int32).reshape(1, -1)
+        attrs = {"x0": x0, "n": n, "out_bits": out_bits, "row_max": 0}
+        _assert_matches("ShiftGelu", (x,), attrs, ort=False)  # the converter picks the table here
+        expected = ops.get_op("ShiftGelu").reference(x, **attrs)
+        for target in (tvm.target.Target(LLVM), _HOST):
+            got = _run_te(shiftgelu_table.shift_gelu_lookup, (x, table), {"limit": limit}, target)
+            np.testing.assert_array_equal(got, expected)
+    assert shiftgelu_table.table_limit(-(2**20), 20) is None  # too big a table: the arithmetic kernel instead
+    _assert_matches("ShiftGelu", (_edge_rows(8),), {"x0": -(2**20), "n": 9, "row_max": 0}, ort=False)
+
+
+@pytest.mark.parametrize("x0,n", [(-3, 15), (-6, 15), (-1, 29), (-3, 28), (-1, 30), (-(2**29), 2)])
+def test_shiftmax_int32_path_is_exact_at_the_extremes(x0, n):
+    # width 128 with (-3, 15) sums in int32; (-1, 29), (-3, 28) sum in int64; (-1, 30), (-2^29, 2) are int64 throughout
+    from graphopt.backends.tvm.kernels import shiftmax  # noqa: PLC0415
+
+    rng = np.random.default_rng(testing.SEED + 8)
+    for width in (7, 128):
+        x = np.concatenate([_edge_rows(width), rng.integers(-(2**15), 2**15, (3, width))]).astype(np.int32)
+        for out_bits in (8, 16, 31):
+            _assert_kernel_exact("Shiftmax", shiftmax.shiftmax, (x,), {"x0": x0, "n": n, "out_bits": out_bits})
+
+
+def test_dyadic_requant_high_word_path_is_exact_at_the_extremes():
+    from graphopt.backends.tvm.kernels import dyadic_requant  # noqa: PLC0415
+
+    rng = np.random.default_rng(testing.SEED + 9)
+    edges = np.array([_I32.min, _I32.min + 1, _I32.max, -1, 0, 1, 2**15, -(2**15)], np.int32)
+    x = np.concatenate([edges, rng.integers(_I32.min, _I32.max, 56, endpoint=True)]).astype(np.int32).reshape(8, 8)
+    multipliers = [2**30, -(2**30), _I32.max, _I32.min, 0, 1, -1, 742467698]
+    for out_bits in (8, 32):
+        attrs = {"out_bits": out_bits}
+        for k in (32, 47, 62, 31):  # 31: the int64 path, for contrast
+            for m in (2**30, _I32.min, _I32.max, -1, 742467698):  # per-tensor (immediates); all of them per channel below
+                m_arr, k_arr = np.array(m, np.int32), np.array(k, np.int32)
+                expected = ops.get_op("DyadicRequant").reference(x, m_arr, k_arr, **attrs)
+                for target in (tvm.target.Target(LLVM), _HOST):
+                    got = _run_te(dyadic_requant.dyadic_requant, (x,), {"multiplier": m, "shift": k, **attrs}, target)
+                    np.testing.assert_array_equal(got, expected, err_msg=f"m={m} k={k} out_bits={out_bits}")
+        # per-channel constants: all shifts >= 32 (high word, variable int32 shift) and a mix (int64)
+        m_c = np.array(multipliers, np.int32)
+        for k_c in (np.array([32, 33, 40, 47, 50, 55, 61, 62], np.int32), np.array([30, 31, 32, 33, 29, 40, 62, 0], np.int32)):
+            _assert_kernel_exact("DyadicRequant", dyadic_requant.dyadic_requant, (x, m_c, k_c), attrs,
+                                 {"min_shift": int(k_c.min())})
+            _assert_matches("DyadicRequant", (x, m_c, k_c), attrs, constant_inputs=(1, 2), ort=False)
+
+
+def test_int32_kernels_have_no_64_bit_division():
+    """ShiftGelu / Shiftmax with ivit's attributes: no scalar 64-bit division left (AVX2 cannot vectorize it)."""
+    from graphopt.backends.tvm.kernels import shiftgelu, shiftmax  # noqa: PLC0415
+
+    x = te.placeholder((4, 64), "int32", name="x")
+    for out in (shiftgelu.shift_gelu(x, x0=-768, n=8, row_max=1), shiftmax.shiftmax(x, x0=-3, n=15)):
+        lib = tvm.compile(tvm.IRModule({"main": te.create_prim_func([x, out]).with_attr("global_symbol", "main")}),
+                          target=tvm.target.Target(LLVM))
+        llvm_ir = lib.mod.inspect_source("ll") if hasattr(lib, "mod") else lib.inspect_source("ll")
+        assert not re.search(r"\b[su]div i64\b|\b[su]rem i64\b", llvm_ir)
+
+
 def test_attributes_are_checked():
     x = np.zeros((2, 4), np.int32)
     with pytest.raises(ValueError, match="required attribute"):

@@ -3,6 +3,12 @@
 Integer kernels must not contain a single float (not in index math, not in casts): every constant
 here is built with an explicit integer dtype so that TVM never infers one, and ``>>`` is
 ``shift_right``, which is an arithmetic (floor) shift on signed integers, like numpy's.
+
+The specs compute in int64, but AVX2 has no 64-bit vector multiply, shift-right or division, so
+int64 code is scalarized or emulated by LLVM. ``shift_exp_i32`` is the ShiftExp in int32, exact
+whenever ``shift_exp_fits_int32`` holds for the op's attributes (the proof is in its docstring).
+TVM emits signed int32 arithmetic as ``nsw`` (overflow is undefined behaviour, not a wrap), so an
+int32 step is only used where it provably cannot overflow.
 """
 
 from __future__ import annotations
@@ -17,11 +23,18 @@ from tvm import te, tirx
 from graphopt import ops
 
 INT64 = "int64"
+INT32 = "int32"
 INT31 = 2**31 - 1
+# the int32 ShiftExp's input floor: exponents below it are clamped by the op anyway (shift_exp_i32)
+SHIFT_EXP_T_MIN = -(1 << 29)
 
 
 def i64(value: int) -> tirx.Expr:
     return tirx.const(int(value), INT64)
+
+
+def i32(value: int) -> tirx.Expr:
+    return tirx.const(int(value), INT32)
 
 
 def dtype_of(expr) -> str:
@@ -45,6 +58,36 @@ def shift_exp(t: tirx.Expr, x0: int, n: int) -> tirx.Expr:
     q = tirx.floordiv(t, i64(x0))  # x0 < 0: floor division by a negative constant, as numpy
     r = t - q * i64(x0)
     return tirx.shift_left(floor_shift(r, 1) - i64(x0), i64(n) - q)
+
+
+def shift_exp_fits_int32(x0: int, n: int, terms: int = 1) -> bool:
+    """Whether ``terms`` ShiftExp values summed, and every step of ``shift_exp_i32``, fit int32.
+
+    One value is at most ``|x0|·2^n``, so ``terms·|x0|·2^n < 2^31`` bounds the sum; ``n·|x0| <= 2^29``
+    makes the exponent clamp ``n·x0`` lie above ``SHIFT_EXP_T_MIN``'s image (see ``shift_exp_i32``).
+    ivit's MiniLM attributes (ShiftGelu x0=-768, n=8; Shiftmax x0=-3, n=15) are far inside.
+    """
+    return x0 <= -1 and n >= 0 and terms * (-x0) << n < 2**31 and n * -x0 <= 1 << 29
+
+
+def shift_exp_i32(t: tirx.Expr, x0: int, n: int) -> tirx.Expr:
+    """``shift_exp`` in int32, bit-exact with the int64 one for ``t`` in [SHIFT_EXP_T_MIN, 0] when
+    ``shift_exp_fits_int32(x0, n)``; callers clamp t to that floor first, which changes nothing:
+
+    - ``g(t) = t + (t>>1) - (t>>4)`` is non-decreasing (g(t+1) - g(t) is 0, 1 or 2) and
+      ``g(-2^29) = -2^29 - 2^28 + 2^25 < -2^29 <= n·x0``, so every t <= -2^29 is clamped to ``n·x0``
+      by the op's own ``max(g(t), n·x0)``: clamping t at -2^29 first gives the same value.
+      On [-2^29, 0], |g(t)| <= 1.5·2^29 < 2^31: no overflow.
+    - after the clamp t in [n·x0, 0] and x0 < 0, so t/x0 >= 0 and floor division equals truncating
+      division (``truncdiv`` by a constant, which LLVM vectorizes; int64 division it cannot);
+      q in [0, n], r = t - q·x0 in (x0, 0].
+    - ``(r>>1) - x0`` is in [1, |x0|] and the shift ``n - q`` in [0, n]: e <= |x0|·2^n < 2^31.
+    """
+    t = t + tirx.shift_right(t, i32(1)) - tirx.shift_right(t, i32(4))
+    t = tirx.max(t, i32(n * x0))
+    q = tirx.truncdiv(t, i32(x0))
+    r = t - q * i32(x0)
+    return tirx.shift_left(tirx.shift_right(r, i32(1)) - i32(x0), i32(n) - q)
 
 
 def broadcast_shape(*shapes: Sequence[tirx.Expr]) -> list[tirx.Expr]:
