@@ -61,6 +61,9 @@ class TvmArtifact:
             device = tvm.cuda(0)
             if not device.exist:
                 raise UnsupportedError("target tvm-cuda needs an NVIDIA GPU to run; this machine has none (compiling works)")
+            from graphopt.backends.tvm.cuda.nvcc import prepare_jit  # noqa: PLC0415
+
+            prepare_jit()
             return device
         return tvm.cpu(0)
 
@@ -72,9 +75,10 @@ class TvmArtifact:
             if not (self.spec.runs_on_host or self.spec.is_cuda):
                 raise UnsupportedError(f"{self.target} code cannot run in this process; use run() (qemu) or copy it to the device")
             _set_threads(self.threads)
+            device = self._device()  # first: loading a CUDA library needs the CUDA runtime
             with without_scope_log():
                 executable = self.executable if self.executable is not None else tvm.runtime.load_module(self.library_path)
-                self._vm = tvm.relax.VirtualMachine(executable, self._device())
+                self._vm = tvm.relax.VirtualMachine(executable, device)
         return self._vm
 
     def _arguments(self, feeds: Mapping[str, np.ndarray]) -> list:

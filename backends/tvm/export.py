@@ -32,14 +32,14 @@ def cuda_source(executable) -> str:
     """The CUDA C source of every kernel in ``executable`` (empty when it has none)."""
     sources = []
     for module in _all_modules(executable.mod):
-        if module.type_key == "cuda":
+        if module.kind == "cuda":  # TVM 0.27: runtime modules name their kind (no type_key)
             sources.append(module.inspect_source())
     return "\n".join(sources)
 
 
 def _all_modules(module):
     yield module
-    for child in getattr(module, "imports", None) or getattr(module, "imported_modules", []):
+    for child in module.imports:
         yield from _all_modules(child)
 
 
