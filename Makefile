@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m bench.overhead
 	$(PY) -m bench.minilm_canonical
 	$(PY) -m bench.ivit
+	$(PY) -m bench.tvm --cross
 
 clean:
 	rm -rf $(OUT) graphopt-out .pytest_cache

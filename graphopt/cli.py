@@ -65,6 +65,8 @@ def cmd_compile(args) -> int:
         bench_runs=args.bench_runs,
         ort_optimization=args.ort_optimization,
         progress=_progress(args),
+        tune_budget=args.tune_budget,
+        tune_database=args.tune_database,
     )
     written = result.save(args.output)
     if args.report:
@@ -171,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     c.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimization level for the onnx target and timing (default all)")
+    c.add_argument("--tune-budget", type=int, default=0, metavar="TRIALS",
+                   help="MetaSchedule trials for tvm-llvm on top of graphopt's schedule rules (default 0: no tuning; "
+                        "about 3 s per trial on 2 cores); the records are saved in <target>/tuning")
+    c.add_argument("--tune-database", metavar="DIR",
+                   help="apply (and, with --tune-budget, extend) tuning records from an earlier run's <target>/tuning")
     c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs")
     c.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     c.set_defaults(run=cmd_compile)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping
 
@@ -38,10 +39,18 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
     target: str = "tvm-llvm",
     threads: int = 2,
     example_inputs: Mapping[str, np.ndarray] | None = None,
+    tune_budget: int = 0,
+    tune_database: str | None = None,
+    progress: bool = False,
     **_: object,
 ) -> TvmArtifact:
     """Import, schedule and compile ``model`` for ``target``; shapes come from ``example_inputs``
-    (or the model's static input shapes)."""
+    (or the model's static input shapes).
+
+    ``tune_budget`` > 0 runs that many MetaSchedule trials first (host targets only, minutes);
+    ``tune_database`` is a folder of tuning records (from an earlier run's ``tuning/``) to apply and
+    extend. Without either, graphopt's schedule rules alone schedule every kernel.
+    """
     spec = targets.resolve(target)
     start = time.perf_counter()
     shapes = importer.static_shapes(model, example_inputs)
@@ -50,15 +59,25 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
     imported = time.perf_counter()
     from graphopt.backends.tvm.build import build  # noqa: PLC0415
 
-    executable = build(mod, spec)
+    database = None
+    if tune_budget > 0 or tune_database:
+        from graphopt.backends.tvm import tune  # noqa: PLC0415
+
+        database = tune_database or tempfile.mkdtemp(prefix="graphopt-tuning-")
+        if tune_budget > 0:
+            tune.tune(tune.fused_module(mod, spec), spec, database, tune_budget, progress=progress)
+    tuned = time.perf_counter()
+    executable = build(mod, spec, database=database)
     done = time.perf_counter()
     inputs = [TensorInfo(v.name, v.dtype.numpy().name, tuple(shapes[v.name])) for v in prepared.graph.inputs]
     outputs = [
         TensorInfo(v.name, v.dtype.numpy().name, tuple(v.shape) if v.shape is not None and all(isinstance(d, int) for d in v.shape) else ())
         for v in prepared.graph.outputs
     ]
-    details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - imported, 3)}
-    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details)
+    details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - tuned, 3)}
+    if database is not None:
+        details.update(tune_seconds=round(tuned - imported, 3), tune_trials=tune_budget)
+    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details, tuning_dir=database)
 
 
 def load(folder: str, threads: int = 2) -> TvmArtifact:

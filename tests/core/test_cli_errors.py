@@ -149,6 +149,17 @@ def test_bad_option_value(mlp_path, out):
     assert_no_output(out)
 
 
+def test_tuning_without_a_tvm_target(mlp_path, out):
+    assert_one_line_error(graphopt("compile", mlp_path, "--tune-budget", "4", "-o", out), 2, "add a TVM target")
+    assert_no_output(out)
+
+
+def test_tuning_database_that_is_not_a_folder(mlp_path, out):
+    result = graphopt("compile", mlp_path, "--targets", "tvm-llvm", "--tune-database", mlp_path, "-o", out)
+    assert_one_line_error(result, 2, "is not a folder")
+    assert_no_output(out)
+
+
 def test_calibration_data_with_wrong_names(tmp_path, mlp_path, out):
     calib = tmp_path / "calib.npz"
     np.savez(calib, pixels=np.zeros((1, 4), np.float32))
