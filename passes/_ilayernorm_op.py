@@ -1,10 +1,12 @@
 """The integer-only LayerNorm op: ``pkg.graphopt::IntLayerNorm``, declared once (I-ViT I-LayerNorm).
 
-    IntLayerNorm <shift: int> (X: int32 [.., d], Mult: int32 [d], Bias: int32 [d]) => (Y: int32 [.., d])
+    IntLayerNorm <shift: int, center: int = 1> (X: int32 [.., d], Mult: int32 [d], Bias: int32 [d]) => (Y: int32 [.., d])
 
 Over the last axis of X (quantized values, e.g. int8 or int16 range, zero point 0), all in int64:
 
 1. ``mean = floor((2·Σx + d) / (2d))``: the integer mean, rounded half up; ``y = x - mean``.
+   ``center=0`` skips the mean (``y = x``): the integer **RMSNorm** (``irmsnorm``), where
+   ``var = Σx²`` and n is ``x / rms(x)`` in the same units. Every other step is shared.
 2. ``var = Σ y²``: a *sum*, not a mean (I-ViT). int64: an int16 input with d = 384 reaches
    384·65534² ≈ 2^40.6, past I-ViT's uint32.
 3. Integer Newton square root, I-ViT's exactly: ``k = 2^16``, then exactly 10 iterations of
@@ -53,22 +55,24 @@ def int_sqrt(var: np.ndarray) -> np.ndarray:
     return k
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-    """Steps 1-4: ``(x - mean) / std`` over the last axis in units of √d/2^30, int64."""
+def normalize(x: np.ndarray, center: int = 1) -> np.ndarray:
+    """Steps 1-4: ``(x - mean) / std`` (``center=0``: ``x / rms``) over the last axis in units of √d/2^30, int64."""
     x = np.asarray(x).astype(np.int64)
     d = x.shape[-1]
-    total = x.sum(axis=-1, keepdims=True)
-    mean = (2 * total + d) // (2 * d)
-    y = x - mean
+    if int(center):
+        total = x.sum(axis=-1, keepdims=True)
+        y = x - (2 * total + d) // (2 * d)
+    else:
+        y = x
     var = (y * y).sum(axis=-1, keepdims=True)
     k = int_sqrt(var)
     f = F_NUMERATOR // k
     return (y * f) // 2
 
 
-def int_layer_norm(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: int = 16) -> np.ndarray:
-    """The spec: I-ViT IntLayerNorm of int32 ``x`` over the last axis, integer affine, int32 out."""
-    n = normalize(x)
+def int_layer_norm(x: np.ndarray, mult: np.ndarray, bias: np.ndarray, shift: int = 16, center: int = 1) -> np.ndarray:
+    """The spec: I-ViT IntLayerNorm of int32 ``x`` over the last axis (``center=0``: RMSNorm), integer affine, int32 out."""
+    n = normalize(x, center)
     out = (n * np.asarray(mult).astype(np.int64)) // (np.int64(1) << np.int64(shift)) + np.asarray(bias).astype(np.int64)
     return out.astype(np.int32)
 
@@ -79,7 +83,7 @@ def _body() -> str:
         newton.append(f"   Q{i} = Div(Var, K{i})\n   T{i} = Add(K{i}, Q{i})\n   K{i + 1} = Div(T{i}, Two)")
     steps = "\n".join(newton)
     return f"""<domain: "pkg.graphopt", opset_import: ["" : 18]>
-IntLayerNorm <shift: int = 16> (X, Mult, Bias) => (Y) {{
+IntLayerNorm <shift: int = 16, center: int = 1> (X, Mult, Bias) => (Y) {{
    X64 = Cast <to = 7> (X)
    Axes = Constant <value = int64[1] {{-1}}> ()
    Two = Constant <value = int64 {{2}}> ()
@@ -90,7 +94,12 @@ IntLayerNorm <shift: int = 16> (X, Mult, Bias) => (Y) {{
    MeanDen = Mul(D, Two)
    MeanRem = Mod(MeanNum, MeanDen)
    MeanExact = Sub(MeanNum, MeanRem)
-   Mean = Div(MeanExact, MeanDen)
+   MeanFull = Div(MeanExact, MeanDen)
+   One = Constant <value = int64 {{1}}> ()
+   CenterAttr = Constant <value_int: int = @center> ()
+   CenterAbs = Abs(CenterAttr)
+   CenterFlag = Min(CenterAbs, One)
+   Mean = Mul(MeanFull, CenterFlag)
    Yc = Sub(X64, Mean)
    Sq = Mul(Yc, Yc)
    Var = ReduceSum <keepdims = 1> (Sq, Axes)
@@ -142,6 +151,15 @@ def _examples():
     neg = np.array([-(1 << 15), 1 << 15, -1, 0, 7, -7, 1 << 14], dtype=i32), np.array([-5, 5, 0, -(1 << 29), 1 << 29, 3, -3], dtype=i32)
     cases.append(((small, *neg), {"shift": 0}))
     cases.append(((small, *neg), {"shift": 30}))
+    # center=0: RMSNorm (no mean). Offset rows (mean far from 0), all-zero rows, extremes, int16 width.
+    offset = (rng.integers(-127, 128, (2, 5, 16)) + 60).astype(i32)
+    cases.append(((offset, *affine(16)), {"shift": 16, "center": 0}))
+    cases.append(((x, *affine(384)), {"shift": 17, "center": 0}))
+    cases.append(((equal, *affine(8)), {"shift": 16, "center": 0}))  # includes an all-zero row: y = 0
+    cases.append(((extremes, *affine(8)), {"shift": 15, "center": 0}))
+    cases.append(((int16_ext, *affine(384)), {"shift": 20, "center": 0}))
+    cases.append(((one, *affine(1)), {"shift": 16, "center": 0}))  # d = 1: n = sign(x)·2^30-ish
+    cases.append(((small, *neg), {"shift": 0, "center": 0}))
     return cases
 
 
@@ -151,7 +169,7 @@ INT_LAYER_NORM = ops.declare_op(
         doc=(
             "I-ViT integer LayerNorm over the last axis of int32 X: integer mean, var = Σ(x-mean)², "
             "10-step Newton isqrt from 2^16, n = floor((x-mean)·floor((2^31-1)/k)/2) (scale √d/2^30), "
-            "then Y = floor(n·Mult / 2^shift) + Bias (int64 inside, int32 out)."
+            "then Y = floor(n·Mult / 2^shift) + Bias (int64 inside, int32 out). center=0 skips the mean: integer RMSNorm."
         ),
         reference=int_layer_norm,
         body=_body(),

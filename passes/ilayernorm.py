@@ -105,6 +105,8 @@ def _unique_name(graph: ir.Graph, base: str) -> str:
 class _ILayerNorm(pattern.RewriteRuleClassBase):
     """LayerNormalization(x, γ[, β]) -> Quantize/Cast/IntLayerNorm/Dequantize island."""
 
+    CENTER = 1  # IntLayerNorm subtracts the row mean (0: RMSNorm, see irmsnorm.py)
+
     def __init__(self, name: str, owner: ILayerNorm, with_bias: bool) -> None:
         super().__init__(name)
         self.owner, self.with_bias = owner, with_bias
@@ -146,6 +148,12 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
             return result.fail(f"scale has {g.size} elements, x's last dimension is {last}", gamma)
         if not (np.isfinite(g).all() and np.isfinite(b).all()):
             return result.fail("scale or bias is not finite", gamma)
+        return self._plan_island(result, node, x, g, b)
+
+    def _plan_island(self, result: pattern.MatchResult, node: ir.Node, x: ir.Value, g: np.ndarray,
+                     b: np.ndarray) -> pattern.MatchResult:
+        """The calibrated input scale and the integer affine for γ, β (or the reason there is none)."""
+        options = self.owner.options
         stats = self.owner.scales.get(x.name)
         if stats is None:
             return result.fail(f"no calibration statistics for {x.name}", x)
@@ -154,7 +162,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
             return result.fail(f"calibrated range of {x.name} is {s_in * (2 ** (options.input_bits - 1) - 1)}, no scale", x)
         mult, bias, shift, s_out = affine_plan(g, b)
         self._plan = {"s_in": s_in, "mult": mult, "bias": bias, "shift": shift, "s_out": s_out,
-                      "base": f"ilayernorm_{node.name or x.name}", "graph": node.graph}
+                      "base": f"{self.owner.pass_name}_{node.name or x.name}", "graph": node.graph}
         return result
 
     def rewrite(self, op, x, **_):
@@ -169,7 +177,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         q = op.QuantizeLinear(x, init("s_in", np.array(plan["s_in"], np.float32)), init("zero", zero))
         xi = op.Cast(q, to=ir.DataType.INT32)
         yi = op.IntLayerNorm(
-            xi, init("mult", plan["mult"]), init("bias", plan["bias"]), shift=plan["shift"],
+            xi, init("mult", plan["mult"]), init("bias", plan["bias"]), shift=plan["shift"], center=self.CENTER,
             _domain=ops.DOMAIN, _version=ops.OPSET_VERSION,
         )
         return op.DequantizeLinear(yi, init("s_out", np.array(plan["s_out"], np.float32)))
@@ -189,10 +197,12 @@ class ILayerNorm(RulePass):
         return [_ILayerNorm.rule("ilayernorm", owner=self, with_bias=True),
                 _ILayerNorm.rule("ilayernorm", owner=self, with_bias=False)]
 
+    NORM_OP = "LayerNormalization"  # the float op whose input gets calibrated
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = sorted({
             n.inputs[0].name for n in model.graph
-            if n.op_type == "LayerNormalization" and n.domain == "" and n.inputs and n.inputs[0] is not None and n.inputs[0].name
+            if n.op_type == self.NORM_OP and n.domain == "" and n.inputs and n.inputs[0] is not None and n.inputs[0].name
         })
         if names:
             p = self.options.percentile

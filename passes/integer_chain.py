@@ -30,8 +30,11 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
   in float from the 0/1 input) that these rules cannot lower (a 0/1 mask times finfo.min needs a
   scale below float32's range): the region's entry, ``Cast<int32>(QuantizeLinear(v, s, int16))``
   at the outermost such value
+- a float graph input read through other ops (a decoder's ``past_key`` concatenated with the new
+  keys): the same entry on the input itself; a QuantizeLinear that reads a graph input directly is
+  already an entry and stays
 
-A QuantizeLinear whose input reaches a float graph input or an op without a rule (a float MatMul
+A QuantizeLinear whose input is a float graph input or reaches an op without a rule (a float MatMul
 that ``int8-linear`` did not take, say) is left as it is, and the pass says why (a decline). The
 lowered values are memoized per (value, scale); ``Shape`` of a dequantized value reads the
 integer tensor instead; the float nodes nobody reads any more are removed. The result is integer between the entry quantizes and the output DequantizeLinear:
@@ -141,7 +144,9 @@ class _Lowerer:
             return self.const(scaled.astype(np.int32), value.name or "c")
         node = value.producer()
         if node is None:
-            raise Unlowerable(f"reads the float graph input {value.name!r} (quantized here: the region's entry)")
+            if self.anchor is not None and value is self.anchor.inputs[0]:
+                raise Unlowerable(f"reads the float graph input {value.name!r} (quantized here: the region's entry)")
+            return self.entry(value, scale)  # e.g. a decoder's float KV cache, concatenated with new keys
         if value.dtype is not None and value.dtype not in _FLOATS:
             raise Unlowerable(f"{value.name} is {value.dtype}, not float")
         rule = LOWERINGS.get(node.op_type) if node.domain == "" else None

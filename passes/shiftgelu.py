@@ -49,9 +49,11 @@ class ShiftGeluOptions:
     row_max: bool = True  # m = row max (I-ViT); False: m = max(x, 0) per element (exact for large row maxes)
 
 
-def shiftgelu_constants(s_in: float, n: int) -> tuple[int, int]:
-    """(x0, n_eff) for input scale ``s_in``: x0 = floor(-1/(1.702·s)), n_eff ≤ n keeps 2·(-x0)·2^n < 2^31."""
-    x0 = math.floor(-1.0 / (_SIGMOID_FACTOR * s_in))
+def shiftgelu_constants(s_in: float, n: int, factor: float = _SIGMOID_FACTOR) -> tuple[int, int]:
+    """(x0, n_eff) for input scale ``s_in``: x0 = floor(-1/(factor·s)), n_eff ≤ n keeps 2·(-x0)·2^n < 2^31.
+
+    ``factor`` is the sigmoid's slope folded into the scale: 1.702 for GELU, 1.0 for SiLU (``shiftsilu``)."""
+    x0 = math.floor(-1.0 / (factor * s_in))
     n_eff = n
     while n_eff > 0 and 2 * (-x0) * 2**n_eff > 2**31 - 1:
         n_eff -= 1
@@ -127,18 +129,20 @@ class ShiftGeluPass(RulePass):
     """Replace float Gelu by an integer-only I-ViT ShiftGELU island (QuantizeLinear → ShiftGelu → DequantizeLinear)."""
 
     needs_calibration = True
+    factor = _SIGMOID_FACTOR  # x·σ(factor·x); folded into x0
+    label = "shiftgelu"  # the pass name in option errors
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
         o = self.options
         if o.calibration not in ("minmax", "percentile"):
-            raise ValueError(f"shiftgelu: calibration must be 'minmax' or 'percentile', got {o.calibration!r}")
+            raise ValueError(f"{self.label}: calibration must be 'minmax' or 'percentile', got {o.calibration!r}")
         if not 2 <= o.input_bits <= 16:
-            raise ValueError(f"shiftgelu: input_bits must be in 2..16 (int8 container up to 8, int16 above), got {o.input_bits}")
+            raise ValueError(f"{self.label}: input_bits must be in 2..16 (int8 container up to 8, int16 above), got {o.input_bits}")
         if not 50.0 < o.percentile <= 100.0:
-            raise ValueError(f"shiftgelu: percentile must be in (50, 100], got {o.percentile}")
+            raise ValueError(f"{self.label}: percentile must be in (50, 100], got {o.percentile}")
         if not 1 <= o.n <= 30 or not 2 <= o.out_bits <= 16:
-            raise ValueError(f"shiftgelu: n must be in 1..30 and out_bits in 2..16, got n={o.n}, out_bits={o.out_bits}")
+            raise ValueError(f"{self.label}: n must be in 1..30 and out_bits in 2..16, got n={o.n}, out_bits={o.out_bits}")
         self._sites: dict[str, _Site] = {}
         self._reasons: dict[str, str] = {}
 
@@ -148,6 +152,11 @@ class ShiftGeluPass(RulePass):
             _NotCanonical.rule("shiftgelu-not-canonical"),
         ]
 
+    @staticmethod
+    def matches(node: ir.Node) -> bool:
+        """The nodes whose input this pass calibrates (the canonical op it rewrites)."""
+        return node.op_type == "Gelu" and node.domain in ("", "ai.onnx")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._sites.clear()
         self._reasons.clear()
@@ -155,7 +164,7 @@ class ShiftGeluPass(RulePass):
             {
                 node.inputs[0].name
                 for node in model.graph
-                if node.op_type == "Gelu" and node.domain in ("", "ai.onnx") and node.inputs and node.inputs[0] is not None
+                if self.matches(node) and node.inputs and node.inputs[0] is not None
                 and node.inputs[0].dtype == ir.DataType.FLOAT
             }
         )
@@ -181,7 +190,7 @@ class ShiftGeluPass(RulePass):
                 self._reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
                 continue
             scale = float(np.float32(bound / qmax))
-            x0, n_eff = shiftgelu_constants(scale, o.n)
+            x0, n_eff = shiftgelu_constants(scale, o.n, self.factor)
             if n_eff < o.n:
                 self.notes.append(f"{name}: n lowered from {o.n} to {n_eff} (x0={x0}) so the exp sum fits int32")
             self._sites[name] = _Site(scale, x0, n_eff)

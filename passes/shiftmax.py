@@ -10,9 +10,19 @@ or the ``percentile``-th percentile of |x| (``calibration="percentile"``). Value
 (additive attention masks: ``finfo.min``, ``-inf``) are left out of the statistics: they saturate
 to -128, which Shiftmax turns into probability ~0 as the float softmax does *provided* -128·s lies
 more than ~n/log2(e) real units (~10 for n=15) below the row max; with a narrow score range a
-saturated mask keeps a small weight (open problem: a mask-aware island, or -128 meaning -inf in
-the op). The pass
-derives the op's integer attribute ``x0 = floor(-1/s_in)``; see ``passes/_shiftmax_op.py`` for the
+saturated mask keeps a small weight. ``mask=true`` (the ``ivit`` preset) makes -128 mean -inf:
+the op's ``mask_below=-127`` gives those inputs probability 0. A symmetric minmax scale puts the
+calibrated range in [-127, 127], so only saturation (a mask fill, or a score below the calibrated
+minimum) reaches -128. Measured on the random-init tiny-llama (causal mask, scores within ±0.1): the
+shiftmax islands alone give logits cosine 0.84 vs FP32 without it. The pass
+derives the op's integer attribute ``x0 = floor(-1/s_in)``. ``fit_n=true`` (``ivit``) lowers n per
+node to ``q_max + 1``, ``q_max = floor(-367 / x0)`` the most halvings an int8 row can span (a row
+max 127 and an element -128; -367 is that difference after the ×1.4375 shifts): the clamp at n
+never bites, and the exponentials stay ``|x0|·2^n`` small, so the normalizer
+``floor((2^31-1)/sum)`` keeps its bits. Small scales need it: a tiny-llama score range of ±0.1
+(x0 = -1278) with n = 15 sums 16 exponentials to ~2^29.3, f = 3, and rows summed to 0.75
+(logits cosine 0.998 with ``mask``; 0.99998 with ``fit_n`` too). With |x0| <= 26 (score ranges
+above ~5 real units) n stays 15. See ``passes/_shiftmax_op.py`` for the
 op, its defaults (n=15, out_bits=16) and why.
 
 All Softmax inputs are calibrated in one run of the model; then one rewrite rule replaces each
@@ -42,7 +52,7 @@ from onnxscript.rewriter import pattern
 from graphopt import ops, rewrite
 from graphopt.pass_base import GraphoptPass
 from graphopt.passes._canonical_utils import default_opset
-from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, SHIFTMAX_OP
+from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
 from graphopt.registry import register_pass
 
 __all__ = ["ShiftmaxOptions", "ShiftmaxPass", "input_scale"]
@@ -58,6 +68,8 @@ class ShiftmaxOptions:
     calibration: Literal["minmax", "percentile"] = "minmax"
     percentile: float = 99.99  # of |x|, with calibration="percentile"
     input_bits: int = 8  # the island quantizes x to int8 (only 8 is supported)
+    mask: bool = False  # True: -128 (only reached by saturation, i.e. a mask fill) gets probability 0 (mask_below=-127)
+    fit_n: bool = False  # True: n lowered per node to the halvings an int8 row can span (keeps the normalizer's bits)
 
 
 def input_scale(arrays: list[np.ndarray], options: ShiftmaxOptions) -> float | None:
@@ -112,17 +124,18 @@ class _Island(pattern.RewriteRuleClassBase):
         if scale is None:
             return result.fail(f"no calibration statistics for {x.name}", x)
         x0 = math.floor(-1.0 / scale)
+        n = min(self.options.n, -367 // x0 + 1) if self.options.fit_n else self.options.n
         length = x.shape[-1] if x.shape is not None and len(x.shape) else None
-        if isinstance(length, int) and -x0 * 2**self.options.n * length >= INT31:
+        if isinstance(length, int) and -x0 * 2**n * length >= INT31:
             return result.fail(
-                f"exp sum may reach 2^31 (|x0|={-x0}, n={self.options.n}, row length {length}); lower n", x)
+                f"exp sum may reach 2^31 (|x0|={-x0}, n={n}, row length {length}); lower n", x)
         if isinstance(context.graph_or_function, ir.Function):
             return result.fail("the island needs scale initializers but the Softmax is inside a function; inline first")
-        self._plan = (scale, x0, context.graph_or_function)
+        self._plan = (scale, x0, n, context.graph_or_function)
         return result
 
     def rewrite(self, op, x, **_):
-        scale, x0, graph = self._plan
+        scale, x0, n, graph = self._plan
         bits = self.options.out_bits
         s_in = _initializer(op, graph, f"{x.name}_shiftmax_scale", np.array(scale, np.float32), x.dtype)
         zp_in = _initializer(op, graph, "graphopt_shiftmax_zero_int8", np.array(0, np.int8), ir.DataType.INT8)
@@ -130,7 +143,9 @@ class _Island(pattern.RewriteRuleClassBase):
         zp_out = _initializer(op, graph, "graphopt_shiftmax_zero_int32", np.array(0, np.int32), ir.DataType.INT32)
         q = op.QuantizeLinear(x, s_in, zp_in)
         q32 = op.Cast(q, to=ir.DataType.INT32)
-        y = op.Shiftmax(q32, x0=x0, n=self.options.n, out_bits=bits, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+        # every attribute spelled out: onnx's inliner (the integer-only verifier) ignores function defaults
+        mask_below = -127 if self.options.mask else NO_MASK
+        y = op.Shiftmax(q32, x0=x0, n=n, out_bits=bits, mask_below=mask_below, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
         return op.DequantizeLinear(y, s_out, zp_out)
 
 

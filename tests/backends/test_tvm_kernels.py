@@ -125,6 +125,23 @@ def test_shiftmax_random():
         _assert_matches("Shiftmax", (x,), attrs, ort=trial == 0)
 
 
+def test_shiftmax_mask_below():
+    """mask_below (the ivit preset's -127: saturated mask fills get weight 0), both kernel paths, bit-exact."""
+    from graphopt.backends.tvm.kernels import shiftmax  # noqa: PLC0415
+
+    rng = np.random.default_rng(testing.SEED + 14)
+    scores = rng.integers(-127, 128, (2, 3, 16))
+    causal = np.tril(np.ones((16, 16), bool))[:3]
+    x = np.where(causal, scores, -128).astype(np.int32)
+    x[1, 2] = -128  # a fully masked row: all zeros
+    for x0, n in ((-300, 15), (-13, 15), (-1, 30)):  # -1, 30: the int64 path
+        attrs = {"x0": x0, "n": n, "out_bits": 16, "mask_below": -127}
+        _assert_matches("Shiftmax", (x,), attrs, ort=x0 == -300)
+        _assert_kernel_exact("Shiftmax", shiftmax.shiftmax, (x,), attrs)
+    got = ops.get_op("Shiftmax").reference(x, x0=-300, n=15, mask_below=-127)
+    assert (got[~np.broadcast_to(causal, x.shape)] == 0).all() and (got[1, 2] == 0).all()
+
+
 def test_shiftgelu_random():
     rng = np.random.default_rng(testing.SEED + 2)
     for trial in range(4):
@@ -144,6 +161,22 @@ def test_int_layer_norm_random_and_constant_affine():
         attrs = {"shift": int(rng.integers(0, 31))}
         _assert_matches("IntLayerNorm", (x, mult, bias), attrs, ort=trial == 0)
     _assert_matches("IntLayerNorm", (x, mult, bias), {}, constant_inputs=(1, 2), ort=False)  # default shift
+
+
+def test_int_layer_norm_rms_mode():
+    """center=0 (integer RMSNorm): random int16 rows, offset rows, all-zero rows and extremes, bit-exact."""
+    rng = np.random.default_rng(testing.SEED + 13)
+    for trial in range(3):
+        d = int(rng.integers(2, 97))
+        x = rng.integers(-32768, 32768, (2, 3, d)).astype(np.int32)
+        x[0, 0] = 0  # all-zero row: var = 0, y = 0
+        x[1, 0] = 32767  # extremes
+        x[1, 1, ::2] = -32768
+        x[0, 1] += 20000 * (trial % 2)  # mean far from 0: RMSNorm keeps it
+        mult = rng.integers(-(2**15), 2**15 + 1, d).astype(np.int32)
+        bias = np.zeros(d, np.int32) if trial else rng.integers(-(2**20), 2**20 + 1, d).astype(np.int32)
+        attrs = {"shift": int(rng.integers(0, 31)), "center": 0}
+        _assert_matches("IntLayerNorm", (np.clip(x, -32768, 32767), mult, bias), attrs, ort=trial < 2)
 
 
 def test_attention_random_shapes_and_flags():
@@ -316,9 +349,11 @@ def _integer_kernel_cases():
     return [
         ("DyadicRequant", [x, channel, bias], {"out_bits": 8}),
         ("Shiftmax", [x], {"x0": -13}),
+        ("Shiftmax", [x], {"x0": -13, "mask_below": -127}),
         ("ShiftGelu", [x], {"x0": -8}),
         ("ShiftGelu", [x], {"x0": -8, "row_max": 0}),
         ("IntLayerNorm", [x, channel, bias], {"shift": 16}),
+        ("IntLayerNorm", [x, channel, bias], {"shift": 16, "center": 0}),
     ]
 
 
@@ -427,3 +462,25 @@ def test_ivit_minilm_is_bit_exact_with_onnx_runtime():
     got = vm["main"](*[tvm.runtime.tensor(held_out[v.name]) for v in prepared.graph.inputs])
     got = (got if hasattr(got, "numpy") else got[0]).numpy()
     np.testing.assert_array_equal(got, testing.run_ort(model, held_out)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graph", ["prefill", "decode"])
+def test_ivit_tiny_llama_logits_are_bit_exact_with_onnx_runtime(graph):
+    """IntLayerNorm(center=0), ShiftGelu at slope 1, masked Shiftmax, the int32 products and the KV-cache
+    entry: the integer-only decoder's logits match ONNX Runtime bit for bit on tvm-llvm. (decode's
+    ``present_*`` outputs are float: Concat(past, dequantized new keys) after the region's exits.)"""
+    import graphopt  # noqa: PLC0415
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+    from graphopt.models import tiny_llama  # noqa: PLC0415
+
+    calib = [tiny_llama.example_inputs(seed=s, graph=graph) for s in range(4)]
+    model = graphopt.compile(tiny_llama.build(graph=graph), "ivit", calib=calib, validate=False, bench_runs=0).model
+    feeds = tiny_llama.example_inputs(seed=100, graph=graph)
+    artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
+    got = artifact.run(feeds)
+    got = list(got.values()) if isinstance(got, dict) else list(got)
+    expected = testing.run_ort(model, feeds)
+    np.testing.assert_array_equal(got[0], expected[0])
+    for present, reference in zip(got[1:], expected[1:]):
+        np.testing.assert_allclose(present, reference, rtol=1e-6, atol=1e-7)

@@ -118,6 +118,30 @@ g (int32[4] a, float[4] x) => (float[4] y) <float sa = {{0.1}}, float s = {{0.05
     check.declines(text, "integer-chain", reason)
 
 
+def test_float_graph_input_read_through_a_concat_becomes_an_entry():
+    """A decoder's KV cache: float past keys concatenated with the new (dequantized) keys."""
+    text = HEADER + """
+g (int32[2, 3] a, float[2, 5] past) => (float[2, 8] y, float[2, 8] present) <float sa = {0.1}, float s = {0.05}, int8 z = {0}> {
+    fa = DequantizeLinear (a, sa)
+    present = Concat <axis = 1> (past, fa)
+    q = QuantizeLinear (present, s, z)
+    y = DequantizeLinear (q, s)
+}"""
+    original, model, record = _run(text)
+    assert record.rewrites == {"integer-chain": 1}, record.declines
+    ops = testing.op_types(model)
+    assert ops.count("QuantizeLinear") == 1 and "DyadicRequant" in ops  # the entry: past, at the target scale
+    entry = next(n for n in model.graph if n.op_type == "QuantizeLinear")
+    assert entry.inputs[0].name == "past" and entry.outputs[0].dtype == ir.DataType.INT16
+    testing.assert_valid(model)
+    verdict = integer_region.verify(model)
+    assert verdict.ok, verdict.lines()
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {"a": rng.integers(-60, 60, (2, 3)).astype(np.int32), "past": rng.standard_normal((2, 5)).astype(np.float32)}
+    for got, expected in zip(testing.run_ort(model, feeds), testing.run_ort(original, feeds)):
+        np.testing.assert_allclose(got, expected, atol=0.0501)
+
+
 def test_per_channel_target_rescales_after_lowering():
     text = HEADER + """
 g (int32[3, 4] a) => (float[3, 4] y) <float sa = {0.1}, float[4] s = {0.01, 0.02, 0.04, 0.08}, int8[4] z = {0, 0, 0, 0}> {

@@ -96,7 +96,8 @@ def test_reference_rejects_bad_attributes():
 def test_op_body_is_integer_only():
     """Shape-infer a one-node model with the function inlined: every value is an integer tensor."""
     x0 = -13
-    node = onnx.helper.make_node("Shiftmax", ["x"], ["y"], domain=ops.DOMAIN, x0=x0, n=15, out_bits=16)
+    node = onnx.helper.make_node("Shiftmax", ["x"], ["y"], domain=ops.DOMAIN, x0=x0, n=15, out_bits=16,
+                                 mask_below=-127)
     graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.INT32, [2, 5])],
                                    [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT32, [2, 5])])
     function = SHIFTMAX_OP.function_proto
@@ -173,6 +174,44 @@ def test_mask_fills_are_left_out_of_calibration():
     # masked logits saturate to -128: with this range they fall n halvings below the row max -> 0.
     # (With a narrow range, -128 is not far enough below the max: see the pass docstring.)
     assert np.all(got[:, 8:] == 0) and cosine(got, expected) > 0.995
+
+
+def _causal_small_scores():
+    rng = np.random.default_rng(testing.SEED)
+    scores = (0.03 * rng.standard_normal((4, 16, 16))).astype(np.float32)  # a random-init LLaMA's scores
+    return np.where(np.tril(np.ones((16, 16), bool)), scores, np.finfo(np.float32).min).astype(np.float32)
+
+
+def test_mask_option_gives_mask_fills_probability_zero_with_small_scores():
+    x = _causal_small_scores()
+    text = model("y = Softmax(x)", x="float[4, 16, 16]")
+    original, plain, _ = rewrite(text, calib=[{"x": x}])
+    _, masked, record = rewrite(text, "shiftmax(mask=true)", calib=[{"x": x}])
+    assert record.modified and masked.graph.node(2).attributes.get_int("mask_below") == -127
+    assert plain.graph.node(2).attributes.get_int("mask_below") == -(2**31)  # default: I-ViT's op, nothing masked
+    testing.assert_valid(masked)
+    expected = testing.run_ort(original, {"x": x})[0]
+    got_plain, got = testing.run_ort(plain, {"x": x})[0], testing.run_ort(masked, {"x": x})[0]
+    upper = ~np.broadcast_to(np.tril(np.ones((16, 16), bool)), x.shape)
+    assert got_plain[upper].max() > 0.01  # -128·s is only ~0.1 below the row max: the mask leaks
+    assert np.all(got[upper] == 0) and cosine(got, expected) > cosine(got_plain, expected)
+
+
+def test_fit_n_lowers_n_to_the_span_of_an_int8_row():
+    x = _causal_small_scores()
+    text = model("y = Softmax(x)", x="float[4, 16, 16]")
+    original, work, record = rewrite(text, "shiftmax(mask=true,fit_n=true)", calib=[{"x": x}])
+    node = work.graph.node(2)
+    x0, n = node.attributes.get_int("x0"), node.attributes.get_int("n")
+    assert n == min(15, -367 // x0 + 1) < 15
+    expected = testing.run_ort(original, {"x": x})[0]
+    got = testing.run_ort(work, {"x": x})[0]
+    _, unfit, _ = rewrite(text, "shiftmax(mask=true)", calib=[{"x": x}])
+    # n = 15 with |x0| ~ 1000: f = floor((2^31-1)/sum) keeps 2-3 bits and rows sum to ~0.75
+    assert np.abs(got - expected).max() < 0.005 < np.abs(testing.run_ort(unfit, {"x": x})[0] - expected).max()
+    # a wide score range keeps n = 15 (the clamp at n halvings matters there)
+    _, wide, _ = rewrite(model("y = Softmax(x)"), "shiftmax(fit_n=true)")
+    assert wide.graph.node(2).attributes.get_int("n") == 15
 
 
 def test_float16_island_keeps_the_dtype():

@@ -3,7 +3,8 @@
 Stages: row sum (reduction), variance ``Σ(x - mean)²`` (reduction, mean recomputed from the sum),
 the per-row factor ``floor((2^31-1) / isqrt(var))`` (10 floor-Newton steps from 2^16, chained with
 ``Let`` so the expression stays linear in size), and the injective output
-``floor(floor((x - mean)·f / 2)·Mult / 2^shift) + Bias``. Spec: ``passes/_ilayernorm_op.py``.
+``floor(floor((x - mean)·f / 2)·Mult / 2^shift) + Bias``. ``center=0`` (integer RMSNorm) has no
+mean: no row-sum stage, ``Σx²`` and ``x·f``. Spec: ``passes/_ilayernorm_op.py``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ def _newton_isqrt(var: tirx.Expr) -> tirx.Expr:
     return tirx.Let(steps[0], i64(NEWTON_START), body)
 
 
-def int_layer_norm(x: te.Tensor, mult: te.Tensor, bias: te.Tensor, shift: int = 16) -> te.Tensor:
+def int_layer_norm(x: te.Tensor, mult: te.Tensor, bias: te.Tensor, shift: int = 16, center: int = 1) -> te.Tensor:
     shift = int(shift)
     rows = x.shape[:-1]
     width = to_i64(x.shape[-1])
-    k = row_reduce_axis(x, "k")
-    total = te.compute(rows, lambda *r: te.sum(to_i64(x(*r, k)), axis=k), name="ilayernorm_row_sum")
+    if int(center):
+        k = row_reduce_axis(x, "k")
+        total = te.compute(rows, lambda *r: te.sum(to_i64(x(*r, k)), axis=k), name="ilayernorm_row_sum")
 
-    def mean(row):
-        return tirx.floordiv(total(*row) * i64(2) + width, width * i64(2))  # half up, floor for negative sums
+        def mean(row):
+            return tirx.floordiv(total(*row) * i64(2) + width, width * i64(2))  # half up, floor for negative sums
+    else:
+
+        def mean(row):
+            return i64(0)  # RMSNorm: no centering
 
     j = row_reduce_axis(x, "j")
 

@@ -1,0 +1,175 @@
+"""Replace a float product of two activations with an integer multiply island (calibrated).
+
+    Mul(x, y)   (x, y float32 activations, at least one downstream of a DequantizeLinear)
+      ->  DequantizeLinear(
+              Mul(Cast<int32>(QuantizeLinear(x, s_x, int16 0)), Cast<int32>(QuantizeLinear(y, s_y, int16 0))),
+              s_x·s_y)
+
+``s_x``, ``s_y`` are symmetric per tensor from calibration (``max(|min|, |max|) / (2^(b-1) - 1)``,
+``minmax``, or the same on the ``(100-p, p)`` percentiles, ``percentile``). The int32 product is
+exact: int16 × int16 is at most 2^30 in magnitude. ``Mul(x, x)`` quantizes x once. The
+``integer-chain`` pass then lowers both QuantizeLinear inputs to integer ops and requantizes the
+product where it is read, so in ``ivit`` this is a plain int32 ``Mul`` between two
+``DyadicRequant``\\ s. In LLaMA-style decoders it takes the SwiGLU product ``silu(gate)·up`` and
+RoPE's ``q·cos`` / ``rotate_half(q)·sin``: cos and sin are float functions of the positions (no
+DequantizeLinear upstream), so their QuantizeLinear is an entry of the integer region, like an
+attention mask's.
+
+Not applied (declined, with the reason) when an operand is a constant (a constant scaling is
+folded by ``integer-chain`` into its requantization, exactly), when x or y is not float32, when
+neither operand is downstream of a DequantizeLinear (float preprocessing: quantizing it gains
+nothing), when the opset is below 21 for 16-bit operands, or without usable statistics.
+
+Why: the last float multiplies of an integer-only decoder (``ivit`` on tiny-llama) become one
+integer multiply each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt.pass_base import RulePass
+from graphopt.passes.ilayernorm import _unique_name
+from graphopt.registry import register_pass
+
+__all__ = ["IMulOptions", "IMulPass"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IMulOptions:
+    calibration: str = "minmax"  # "minmax" | "percentile"
+    percentile: float = 99.99  # with calibration="percentile": range = max(|p(100-q)|, |p(q)|)
+    input_bits: int = 16  # 8 or 16: the QuantizeLinear type of each operand (the product fits int32 either way)
+
+    def __post_init__(self) -> None:
+        if self.calibration not in ("minmax", "percentile"):
+            raise ValueError(f"calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
+        if self.input_bits not in (8, 16):
+            raise ValueError(f"input_bits must be 8 or 16, got {self.input_bits}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+def _is_constant(value: ir.Value) -> bool:
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant" and producer.domain == "")
+
+
+def _downstream_of_dequantize(graph: ir.Graph) -> set[int]:
+    """ids of the values some DequantizeLinear feeds, directly or not (the integer islands' float side)."""
+    found: set[int] = set()
+    for node in graph:  # topological order
+        if (node.op_type == "DequantizeLinear" and node.domain == "") or any(id(i) in found for i in node.inputs if i is not None):
+            found.update(id(o) for o in node.outputs)
+    return found
+
+
+class _IMulRule(pattern.RewriteRuleClassBase):
+    """Mul(x, y) of two calibrated float32 activations -> int16 × int16 -> int32 island."""
+
+    def __init__(self, name: str, owner: IMulPass) -> None:
+        super().__init__(name)
+        self.owner = owner
+        self._plan: dict | None = None
+
+    def pattern(self, op, x, y):
+        return op.Mul(x, y, _outputs=["z"])
+
+    def check(self, context, x, y, z, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        self._plan = None
+        owner, options = self.owner, self.owner.options
+        for name, value in (("x", x), ("y", y)):
+            if _is_constant(value):
+                return result.fail(f"{name} is a constant: integer-chain folds a constant scaling into its requant", value)
+            if value.dtype != ir.DataType.FLOAT:
+                dtype = value.dtype.name if value.dtype is not None else "of unknown type"
+                return result.fail(f"{name} is {dtype}, not float32", value)
+        if id(x) not in owner.dequantized and id(y) not in owner.dequantized:
+            return result.fail("neither operand comes from a DequantizeLinear: float preprocessing, not an integer region", z)
+        opset = context.model.opset_imports.get("", 0)
+        if options.input_bits == 16 and opset < 21:
+            return result.fail(f"int16 QuantizeLinear needs opset >= 21, model has {opset}", z)
+        scales = []
+        for value in (x, y):
+            scale = owner.scales.get(value.name)
+            if scale is None:
+                return result.fail(owner.reasons.get(value.name, f"no calibration statistics for {value.name}"), value)
+            scales.append(scale)
+        self._plan = {"s_x": scales[0], "s_y": scales[1], "graph": z.producer().graph,
+                      "base": f"imul_{z.producer().name or z.name}"}
+        return result
+
+    def rewrite(self, op, x, y, **_):
+        plan, bits = self._plan, self.owner.options.input_bits
+        graph = plan["graph"]
+
+        def init(suffix: str, array: np.ndarray) -> ir.Value:
+            name = _unique_name(graph, f"{plan['base']}_{suffix}")
+            return op.initializer(ir.tensor(array, name=name), name=name)
+
+        zero = init("zero", np.zeros((), np.int16 if bits == 16 else np.int8))
+
+        def quantized(value, scale, suffix):
+            q = op.QuantizeLinear(value, init(f"s_{suffix}", np.array(scale, np.float32)), zero)
+            return op.Cast(q, to=ir.DataType.INT32)
+
+        xi = quantized(x, plan["s_x"], "x")
+        yi = xi if y is x else quantized(y, plan["s_y"], "y")
+        product = op.Mul(xi, yi)
+        s_out = np.array(np.float32(plan["s_x"]) * np.float32(plan["s_y"]), np.float32)
+        return op.DequantizeLinear(product, init("s_out", s_out))
+
+
+@register_pass("imul", options=IMulOptions, category="rewrite")
+class IMulPass(RulePass):
+    """Replace the float product of two activations by an int16 × int16 -> int32 Mul island, calibrated."""
+
+    needs_calibration = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.scales: dict[str, float] = {}
+        self.reasons: dict[str, str] = {}
+        self.dequantized: set[int] = set()
+
+    def rules(self):
+        return [_IMulRule.rule("imul", owner=self)]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.scales.clear()
+        self.reasons.clear()
+        self.dequantized = _downstream_of_dequantize(model.graph)
+        names = sorted({
+            i.name for n in model.graph if n.op_type == "Mul" and n.domain == "" and len(n.inputs) == 2
+            and all(i is not None and not _is_constant(i) and i.dtype == ir.DataType.FLOAT for i in n.inputs)
+            and any(id(i) in self.dequantized for i in n.inputs)
+            for i in n.inputs
+        })
+        if names:
+            self._calibrate(model, names)
+        return super().call(model)
+
+    def _calibrate(self, model: ir.Model, names: list[str]) -> None:
+        o = self.options
+        kwargs = {"percentiles": (100.0 - o.percentile, o.percentile)} if o.calibration == "percentile" else {}
+        stats = self.stats(model, names, **kwargs)
+        qmax = 2 ** (o.input_bits - 1) - 1
+        for name in names:
+            st = stats.get(name)
+            if st is None:
+                self.reasons[name] = f"no calibration statistics for {name}"
+                continue
+            if o.calibration == "percentile":
+                bound = max(abs(st.percentiles[100.0 - o.percentile]), abs(st.percentiles[o.percentile]))
+            else:
+                bound = st.abs_max
+            if not math.isfinite(bound) or bound <= 0.0:
+                self.reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
+                continue
+            self.scales[name] = float(np.float32(bound / qmax))

@@ -1,0 +1,87 @@
+"""Rewrite float ``RMSNormalization`` into an integer-only RMSNorm island (I-LayerNorm without the mean).
+
+    RMSNormalization(x, γ, axis=-1)   ->
+    QuantizeLinear(x, s_in, int16 0) -> Cast(int32) -> pkg.graphopt.IntLayerNorm<center=0>(·, Mult, 0, shift)
+        -> DequantizeLinear(·, s_out)
+
+The same op, calibration and options as ``ilayernorm`` (see there): ``IntLayerNorm`` with
+``center=0`` skips the integer mean, so its ``var`` is ``Σx²`` and ``n = x·floor((2^31-1)/isqrt(Σx²))/2``
+is ``x / rms(x)`` in units of √d/2^30; the weight becomes the integer multiplier of
+``ilayernorm.affine_plan`` (with β = 0), one per-tensor output scale. ``s_in`` is calibrated
+(``minmax`` or ``percentile``), 16 bits by default: the isqrt needs row sums of squares >= ~2^15.
+
+``epsilon`` is dropped: it is ``eps / s_in²`` in integer units per element (~70 for LLaMA's 1e-6
+and a residual range of 4 at 16 bits), far below any row's mean square except all-zero rows,
+which give 0 either way.
+
+Not applied (declined, with the reason) when the axis is not the last one, x is not float32, γ is
+not a constant 1-D tensor of x's last dimension, the opset is below 21 for 16-bit input (int16
+QuantizeLinear) or 23 (``RMSNormalization``), or x has no calibration statistics.
+
+Why: LLaMA-style decoders normalize with RMSNorm; with ``rms-norm`` canonicalizing the exporters'
+Pow/ReduceMean/Sqrt/Reciprocal spelling first, this removes the last float norm from ``ivit``.
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt.passes._canonical_utils import check_opset, constant
+from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
+from graphopt.passes.ilayernorm import ILayerNorm, ILayerNormOptions, _ILayerNorm
+from graphopt.registry import register_pass
+
+__all__ = ["INT_LAYER_NORM", "IRmsNorm"]
+
+
+class _IRmsNorm(_ILayerNorm):
+    """RMSNormalization(x, γ) -> Quantize/Cast/IntLayerNorm(center=0)/Dequantize island."""
+
+    CENTER = 0
+
+    def __init__(self, name: str, owner: IRmsNorm) -> None:
+        super().__init__(name, owner, with_bias=False)
+
+    def pattern(self, op, x, gamma):
+        return op.RMSNormalization(x, gamma, _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, gamma, y, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        self._plan = None
+        node = y.producer()
+        options = self.owner.options
+        axis = node.attributes.get_int("axis", -1)
+        rank = x.shape.rank() if x.shape is not None else None
+        if axis != -1 and (rank is None or axis != rank - 1):
+            return result.fail(f"axis {axis} is not the last axis (rank {rank}): one row per reduction only", node)
+        if x.dtype != ir.DataType.FLOAT:
+            name = x.dtype.name if x.dtype is not None else "unknown"
+            return result.fail(f"x is {name}, not float32 (the output scale ~1e-8·γ needs float32)", x)
+        if not check_opset(context, result, "RMSNormalization", 23):
+            return result
+        if options.input_bits == 16 and not check_opset(context, result, "int16 QuantizeLinear", 21):
+            return result
+        g = constant(gamma, max_size=1 << 24)
+        if g is None:
+            return result.fail("scale (γ) is not a constant", gamma)
+        if g.ndim != 1:
+            return result.fail(f"scale has shape {list(g.shape)}, expected [d]", gamma)
+        last = x.shape[-1] if rank else None
+        if isinstance(last, int) and last != g.size:
+            return result.fail(f"scale has {g.size} elements, x's last dimension is {last}", gamma)
+        if not np.isfinite(g).all():
+            return result.fail("scale is not finite", gamma)
+        return self._plan_island(result, node, x, g, np.zeros_like(g))
+
+
+@register_pass("irmsnorm", options=ILayerNormOptions, category="rewrite")
+class IRmsNorm(ILayerNorm):
+    """Float RMSNormalization (last axis) -> integer-only IntLayerNorm(center=0) island, calibrated."""
+
+    NORM_OP = "RMSNormalization"
+
+    def rules(self):
+        return [_IRmsNorm.rule("irmsnorm", owner=self)]
