@@ -189,3 +189,28 @@ def test_ivit_minilm_on_tvm_llvm_is_bit_exact_with_onnx_runtime():
     for feeds in samples[8:]:  # sentences the calibration did not see
         expected = testing.run_ort(ir.to_proto(result.model), feeds)[0]
         np.testing.assert_array_equal(artifact.run(feeds)["last_hidden_state"], expected)
+
+
+def _parse_add_one():
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def add_one(a: T.Buffer((8,), "int32"), b: T.Buffer((8,), "int32")):
+        for i in range(8):
+            b[i] = a[i] + T.int32(1)
+
+    return add_one
+
+
+def test_fast_tvmscript_parsing_parses_the_same_functions():
+    import inspect
+
+    import tvm
+
+    from graphopt.backends.tvm._fast_script import fast_tvmscript_parsing
+
+    original = inspect.stack
+    with fast_tvmscript_parsing():
+        fast = _parse_add_one()
+    assert inspect.stack is original
+    tvm.ir.assert_structural_equal(fast, _parse_add_one())

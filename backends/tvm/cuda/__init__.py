@@ -7,6 +7,9 @@
     nvcc.py      compile_source(cuda_source, arch): nvcc on the generated kernels, GPU or not
 """
 
-from graphopt.backends.tvm.cuda.pipeline import gpu_pipeline
+from graphopt.backends.tvm._fast_script import fast_tvmscript_parsing
+
+with fast_tvmscript_parsing():  # the rules import TVM's CUDA tensor intrinsics: hundreds of prim_funcs
+    from graphopt.backends.tvm.cuda.pipeline import gpu_pipeline
 
 __all__ = ["gpu_pipeline"]
