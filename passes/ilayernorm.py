@@ -121,20 +121,11 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         self._plan = None
         node = y.producer()
-        options = self.owner.options
         if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
             return result.fail("the Mean / InvStdDev outputs are used", node)
-        axis = node.attributes.get_int("axis", -1)
+        if not self._check_row_input(context, result, node, x, "LayerNormalization", 17):
+            return result
         rank = x.shape.rank() if x.shape is not None else None
-        if axis != -1 and (rank is None or axis != rank - 1):
-            return result.fail(f"axis {axis} is not the last axis (rank {rank})", node)
-        if x.dtype != ir.DataType.FLOAT:
-            name = x.dtype.name if x.dtype is not None else "unknown"
-            return result.fail(f"x is {name}, not float32 (the output scale ~1e-8·γ needs float32)", x)
-        if not check_opset(context, result, "LayerNormalization", 17):
-            return result
-        if options.input_bits == 16 and not check_opset(context, result, "int16 QuantizeLinear", 21):
-            return result
         g = constant(gamma, max_size=1 << 24)
         if g is None:
             return result.fail("scale (γ) is not a constant", gamma)
@@ -149,6 +140,22 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         if not (np.isfinite(g).all() and np.isfinite(b).all()):
             return result.fail("scale or bias is not finite", gamma)
         return self._plan_island(result, node, x, g, b)
+
+    def _check_row_input(self, context, result: pattern.MatchResult, node: ir.Node, x: ir.Value, op_name: str,
+                         min_opset: int) -> bool:
+        """Last-axis normalization of float32 x at a supported opset; False (reason in ``result``) otherwise."""
+        axis = node.attributes.get_int("axis", -1)
+        rank = x.shape.rank() if x.shape is not None else None
+        if axis != -1 and (rank is None or axis != rank - 1):
+            result.fail(f"axis {axis} is not the last axis (rank {rank}): one row per reduction only", node)
+            return False
+        if x.dtype != ir.DataType.FLOAT:
+            name = x.dtype.name if x.dtype is not None else "unknown"
+            result.fail(f"x is {name}, not float32 (the output scale ~1e-8·γ needs float32)", x)
+            return False
+        if not check_opset(context, result, op_name, min_opset):
+            return False
+        return self.owner.options.input_bits != 16 or check_opset(context, result, "int16 QuantizeLinear", 21)
 
     def _plan_island(self, result: pattern.MatchResult, node: ir.Node, x: ir.Value, g: np.ndarray,
                      b: np.ndarray) -> pattern.MatchResult:

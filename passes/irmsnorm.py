@@ -26,10 +26,9 @@ from __future__ import annotations
 
 
 import numpy as np
-import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from graphopt.passes._canonical_utils import check_opset, constant
+from graphopt.passes._canonical_utils import constant
 from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
 from graphopt.passes.ilayernorm import ILayerNorm, ILayerNormOptions, _ILayerNorm
 from graphopt.registry import register_pass
@@ -52,18 +51,9 @@ class _IRmsNorm(_ILayerNorm):
         result = pattern.MatchResult()
         self._plan = None
         node = y.producer()
-        options = self.owner.options
-        axis = node.attributes.get_int("axis", -1)
+        if not self._check_row_input(context, result, node, x, "RMSNormalization", 23):
+            return result
         rank = x.shape.rank() if x.shape is not None else None
-        if axis != -1 and (rank is None or axis != rank - 1):
-            return result.fail(f"axis {axis} is not the last axis (rank {rank}): one row per reduction only", node)
-        if x.dtype != ir.DataType.FLOAT:
-            name = x.dtype.name if x.dtype is not None else "unknown"
-            return result.fail(f"x is {name}, not float32 (the output scale ~1e-8·γ needs float32)", x)
-        if not check_opset(context, result, "RMSNormalization", 23):
-            return result
-        if options.input_bits == 16 and not check_opset(context, result, "int16 QuantizeLinear", 21):
-            return result
         g = constant(gamma, max_size=1 << 24)
         if g is None:
             return result.fail("scale (γ) is not a constant", gamma)
