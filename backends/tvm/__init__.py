@@ -10,9 +10,16 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Mapping
+
+# TVM's thread pool pins its workers *and the calling thread* to cores (thread 0 to core 0); every
+# thread started later from the caller inherits the pin: ONNX Runtime sessions made after a TVM run
+# got two threads on one core (ORT FP32 MiniLM 42 ms instead of ~24 ms). Read when the pool starts;
+# set TVM_BIND_THREADS=1 to opt back in.
+os.environ.setdefault("TVM_BIND_THREADS", "0")
 
 import numpy as np
 import onnx_ir as ir

@@ -214,3 +214,20 @@ def test_fast_tvmscript_parsing_parses_the_same_functions():
         fast = _parse_add_one()
     assert inspect.stack is original
     tvm.ir.assert_structural_equal(fast, _parse_add_one())
+
+
+def test_running_tvm_code_leaves_the_process_cpu_affinity_alone():
+    """TVM's pool used to pin the calling thread to core 0, and every ONNX Runtime session made after
+    it inherited that pin (two ORT threads on one core). A fresh process: nothing ran TVM before."""
+    script = f"""
+import os, numpy as np, onnx.parser, onnx_ir as ir
+from graphopt.backends import tvm as tvm_backend
+model = ir.serde.deserialize_model(onnx.parser.parse_model({MLP!r}))
+feeds = {{"x": np.ones((2, 4), np.float32)}}
+before = os.sched_getaffinity(0)
+tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds).run(feeds)
+print(before == os.sched_getaffinity(0))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.stdout.strip().splitlines()[-1:] == ["True"], result.stderr[-2000:]
