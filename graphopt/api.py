@@ -223,9 +223,13 @@ def compile(  # noqa: A001 — mirrors the CLI command name
 
     if reference:
         t = time.perf_counter()
+        target_outputs = {}
         for target, artifact in artifacts.items():
             if target != "onnx":
-                report.parity[target] = _parity(artifact, samples[:PARITY_SAMPLES], reference, rewritten, tolerances, report)
+                report.parity[target], target_outputs[target] = _parity(
+                    artifact, samples[:PARITY_SAMPLES], reference, rewritten, tolerances, report
+                )
+        _pairwise_parity(report.parity, target_outputs)
         timings["parity"] = time.perf_counter() - t
 
     if bench_runs > 0 and samples:
@@ -243,14 +247,14 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     return CompileResult(work, original, artifacts, report, samples)
 
 
-def _parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report) -> dict:
+def _parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report) -> tuple[dict, list | None]:
     """``artifact``'s outputs on ``samples`` vs the original model and vs ONNX Runtime running the
-    rewritten model (an integer graph must match the latter bit for bit). Targets that cannot run
-    here (a GPU target on a machine without one) are noted, not failed."""
+    rewritten model (an integer graph must match the latter bit for bit), and the outputs themselves
+    (None when the target cannot run here, e.g. a GPU target on a machine without one: noted, not failed)."""
     try:
         outputs = [artifact.run(s) for s in samples]
     except UnsupportedError as e:
-        return {"ran": False, "note": str(e)}
+        return {"ran": False, "note": str(e)}, None
     onnx_outputs = rewritten[: len(samples)]
     vs_onnx = compare_outputs(onnx_outputs, outputs)
     bit_exact = all(np.array_equal(o[k], a[k]) for o, a in zip(onnx_outputs, outputs) for k in o)
@@ -262,7 +266,23 @@ def _parity(artifact, samples, reference, rewritten, tolerances: Tolerances, rep
         "bit_exact_vs_onnx": bit_exact,
         "vs_onnx": {k: v.as_dict() for k, v in vs_onnx.items()},
         "vs_original": {k: v.as_dict() for k, v in compare_outputs(reference[: len(samples)], outputs).items()},
-    }
+    }, outputs
+
+
+def _pairwise_parity(parity: dict, outputs: dict[str, list | None]) -> None:
+    """Every two targets that ran, compared with each other: ``parity[a]["vs_targets"][b]`` holds
+    whether they agree bit for bit and their largest absolute difference over all outputs."""
+    ran = [target for target, got in outputs.items() if got is not None]
+    for a in ran:
+        parity[a]["vs_targets"] = {}
+        for b in ran:
+            if a == b:
+                continue
+            metrics = compare_outputs(outputs[b], outputs[a])
+            parity[a]["vs_targets"][b] = {
+                "bit_exact": all(np.array_equal(x[k], y[k]) for x, y in zip(outputs[a], outputs[b]) for k in x),
+                "max_abs": max((m.max_abs for m in metrics.values()), default=0.0),
+            }
 
 
 def _names_preset(pipeline: Pipeline, name: str) -> bool:

@@ -148,6 +148,7 @@ def render(report: Report, console=None) -> None:
                 original = p["vs_original"].get(name, {})
                 par.add_row(target, name, "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), f"{original.get('cosine', float('nan')):.6f}")
         console.print(par)
+        _print_target_pairs(console, report.parity)
     if report.latency:
         lat = Table(title="latency (median of runs)", title_justify="left")
         for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):
@@ -176,3 +177,18 @@ def render(report: Report, console=None) -> None:
 
 def _num(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:.3g}"
+
+
+def _print_target_pairs(console, parity: dict) -> None:
+    """The compiled targets compared with each other (printed when two or more ran)."""
+    from rich.table import Table  # noqa: PLC0415
+
+    pairs = [(a, b, p) for a, entry in parity.items() for b, p in entry.get("vs_targets", {}).items() if a < b]
+    if not pairs:
+        return
+    table = Table(title="compiled targets vs each other", title_justify="left")
+    for column in ("target", "target", "bit-exact", "max abs"):
+        table.add_column(column)
+    for a, b, p in pairs:
+        table.add_row(a, b, "yes" if p["bit_exact"] else "no", _num(p["max_abs"]))
+    console.print(table)

@@ -11,8 +11,10 @@ import onnx
 import onnx.parser
 import onnx_ir as ir
 import pytest
+from rich.console import Console
 
 import graphopt
+from graphopt import report as report_module
 from graphopt import testing
 from graphopt.backends import get_backend, split_targets
 from graphopt.backends import tvm as tvm_backend
@@ -126,6 +128,22 @@ def test_api_reports_parity_and_latency(tmp_path):
     assert result.report.targets["tvm-llvm"]["compile_seconds"] > 0
     result.save(tmp_path)
     assert sorted(os.listdir(tmp_path / "tvm-llvm")) == ["metadata.json", "model.so"]
+
+
+def test_report_compares_the_compiled_targets_with_each_other():
+    """Two TVM targets that both run here (host CPU and generic x86-64 LLVM) are compared pairwise."""
+    feeds = [{"x": np.random.default_rng(i).standard_normal((2, 4)).astype(np.float32)} for i in range(3)]
+    generic = '{"kind": "llvm"}'
+    result = graphopt.compile(onnx.parser.parse_model(MLP), "canonicalize", calib=feeds, targets=["tvm-llvm", generic], bench_runs=0)
+    names = sorted(result.report.parity)
+    assert len(names) == 2 and "tvm-llvm" in names
+    a, b = names
+    assert result.report.parity[a]["vs_targets"].keys() == {b} and result.report.parity[b]["vs_targets"].keys() == {a}
+    pair = result.report.parity[a]["vs_targets"][b]
+    assert pair == result.report.parity[b]["vs_targets"][a] and pair["max_abs"] < 1e-5
+    console = Console(record=True, width=200)
+    report_module.render(result.report, console)
+    assert "compiled targets vs each other" in console.export_text()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
