@@ -78,13 +78,17 @@ class _ShiftGeluRule(pattern.RewriteRuleClassBase):
         return op.Gelu(x)
 
     def check(self, context, x, **_) -> pattern.MatchResult:
+        approximate = context.root.attributes.get_string("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            return pattern.MatchResult().fail(f"Gelu approximate={approximate!r} is not 'none' or 'tanh'", x)
+        return self.check_input(context, x)
+
+    def check_input(self, context, x) -> pattern.MatchResult:
+        """The declines shared with ``shiftsilu``: x not float32, no statistics, int16 input below opset 21."""
         result = pattern.MatchResult()
         if x.dtype != ir.DataType.FLOAT:
             dtype = x.dtype.name if x.dtype is not None else "of unknown type"
             return result.fail(f"ShiftGelu islands take float32 input; x is {dtype}", x)
-        approximate = context.root.attributes.get_string("approximate", "none")
-        if approximate not in ("none", "tanh"):
-            return result.fail(f"Gelu approximate={approximate!r} is not 'none' or 'tanh'", x)
         if x.name not in self.sites:
             return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
         opset = context.model.opset_imports.get("", 0)

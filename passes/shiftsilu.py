@@ -33,16 +33,7 @@ class _ShiftSiluRule(_ShiftGeluRule):
         return op.SigmoidLinearUnit(x, _domain=ops.DOMAIN)
 
     def check(self, context, x, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        if x.dtype != ir.DataType.FLOAT:
-            dtype = x.dtype.name if x.dtype is not None else "of unknown type"
-            return result.fail(f"ShiftGelu islands take float32 input; x is {dtype}", x)
-        if x.name not in self.sites:
-            return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
-        opset = context.model.opset_imports.get("", 0)
-        if self.options.input_bits > 8 and opset < 21:
-            return result.fail(f"input_bits={self.options.input_bits} needs an int16 QuantizeLinear (opset >= 21), model has {opset}", x)
-        return result
+        return self.check_input(context, x)
 
 
 @register_pass("shiftsilu", options=ShiftGeluOptions, category="rewrite")
