@@ -26,6 +26,10 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
 - a float constant c                 -> the int32 constant ``round(c / s)`` (clipped to ±2^24:
   a value beyond that saturates every int8/int16 target; e.g. an additive mask's finfo.min)
 - ``Cast<float>(i)`` of an integer   -> ``DyadicRequant(Cast<int32>(i), 1/s)``
+- a per-channel target scale s[c] (``int8-linear``'s smoothed inputs): lower at the finest
+  channel's scale, then ``DyadicRequant(·, finest / s[c])``; when the finest-scale value is a
+  per-tensor DyadicRequant that nothing else reads, the two become one per-channel requant
+  (one rounding, one integer multiply per element fewer)
 - float preprocessing (a value with no DequantizeLinear upstream, e.g. an attention mask built
   in float from the 0/1 input) that these rules cannot lower (a 0/1 mask times finfo.min needs a
   scale below float32's range): the region's entry, ``Cast<int32>(QuantizeLinear(v, s, int16))``
@@ -124,6 +128,20 @@ class _Lowerer:
         node = self.add(DYADIC_REQUANT.name, [x, self.const(m, f"{hint}_m"), self.const(k, f"{hint}_k")],
                         like=like, domain=ops.DOMAIN, attributes={"out_bits": 32})
         return node.outputs[0]
+
+    def rescale(self, x: ir.Value, ratio: np.ndarray, like: ir.Value, hint: str) -> ir.Value:
+        """int32 ``x · ratio``. When x is the output of a per-tensor DyadicRequant that nothing reads
+        yet (just made by this lowering), that requant takes the product of both ratios instead: one
+        rounding instead of two, and one integer multiply per element fewer. The unread requant
+        stays for the memo and goes with the unused nodes at the end."""
+        inner = x.producer()
+        if inner is not None and inner.op_type == DYADIC_REQUANT.name and inner.domain == ops.DOMAIN \
+                and not x.uses() and not x.is_graph_output() and inner.attributes.get_int("out_bits", 32) == 32:
+            m, k = (constant(v, 1) for v in inner.inputs[1:3])
+            if m is not None and k is not None and inner.inputs[0].dtype == ir.DataType.INT32:
+                inner_ratio = float(m.ravel()[0]) * 2.0 ** -float(k.ravel()[0])
+                return self.requant(inner.inputs[0], inner_ratio * np.asarray(ratio, np.float64), like, hint)
+        return self.requant(x, ratio, like, hint)
 
     def cast32(self, x: ir.Value) -> ir.Value:
         return x if x.dtype == ir.DataType.INT32 else self.add("Cast", [x], like=x, attributes={"to": ir.DataType.INT32}).outputs[0]
@@ -336,7 +354,7 @@ class IntegerChainPass(GraphoptPass):
         if scale.ndim == 0:
             return lowerer.lower(x, float(scale))
         finest = float(scale.min())
-        return lowerer.requant(lowerer.lower(x, finest), finest / scale, x, q.name or "q")
+        return lowerer.rescale(lowerer.lower(x, finest), finest / scale, x, q.name or "q")
 
     @staticmethod
     def _replace(lowerer: _Lowerer, q: ir.Node, integer: ir.Value, source: str) -> None:

@@ -151,6 +151,31 @@ g (int32[3, 4] a) => (float[3, 4] y) <float sa = {0.1}, float[4] s = {0.01, 0.02
 }"""
     original, model, record = _run(text)
     assert record.rewrites == {"integer-chain": 1}
+    # the per-tensor requant to the finest scale and the per-channel rescale are one DyadicRequant
+    assert testing.op_types(model) == ["DyadicRequant", "Clip", "Cast", "DequantizeLinear"]
+    requant = next(iter(model.graph))
+    m, k = (v.const_value.numpy() for v in requant.inputs[1:3])
+    np.testing.assert_allclose(m * 2.0 ** -k.astype(float), float(np.float32(0.1)) / np.array([0.01, 0.02, 0.04, 0.08], np.float32).astype(float), rtol=2**-29)
     feeds = {"a": np.random.default_rng(testing.SEED).integers(-30, 30, (3, 4)).astype(np.int32)}
     np.testing.assert_allclose(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0], atol=0.0801)
+    testing.assert_valid(model)
+
+
+def test_per_channel_rescale_of_a_shared_value_keeps_its_own_requant():
+    """Does not fold: the finest-scale value is also quantized per tensor, so its requant stays
+    and the per-channel target rescales it (two DyadicRequants)."""
+    text = HEADER + """
+g (int32[3, 4] a) => (float[3, 4] y, float[3, 4] y1) <float sa = {0.1}, float s0 = {0.01}, int8 z0 = {0}, float[4] s = {0.01, 0.02, 0.04, 0.08}, int8[4] z = {0, 0, 0, 0}> {
+    fa = DequantizeLinear (a, sa)
+    q1 = QuantizeLinear (fa, s0, z0)
+    q = QuantizeLinear <axis = -1> (fa, s, z)
+    y1 = DequantizeLinear (q1, s0)
+    y = DequantizeLinear <axis = -1> (q, s)
+}"""
+    original, model, record = _run(text)
+    assert record.rewrites == {"integer-chain": 2}
+    assert testing.op_types(model).count("DyadicRequant") == 2
+    feeds = {"a": np.random.default_rng(testing.SEED).integers(-30, 30, (3, 4)).astype(np.int32)}
+    for got, expected in zip(testing.run_ort(model, feeds), testing.run_ort(original, feeds)):
+        np.testing.assert_allclose(got, expected, atol=0.0801)
     testing.assert_valid(model)
