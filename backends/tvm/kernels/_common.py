@@ -143,7 +143,7 @@ def op_attributes(op_name: str, attrs: dict, required: Sequence[str] = ()) -> di
 
 @functools.cache
 def _declared_attributes(op_name: str) -> tuple[frozenset, dict]:
-    """(declared attribute names, defaults) of a graphopt op; parsed once (132 DyadicRequants in MiniLM)."""
+    """(declared attribute names, defaults) of a graphopt op; parsed once (about a hundred DyadicRequants in MiniLM)."""
     declared = ops.get_op(op_name).attributes
     defaults = {name: onnx.helper.get_attribute_value(proto) for name, proto in declared.items() if _has_value(proto)}
     return frozenset(declared), defaults
