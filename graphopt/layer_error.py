@@ -5,7 +5,8 @@ Every place where a graphopt pass turned a float value into integers is a probe 
 - a ``QuantizeLinear`` a pass inserted (an island's input, ``int8-linear``'s activations): its
   output times its scale vs the float input, in the original model;
 - a ``Clip`` the ``integer-chain`` pass made in place of such a QuantizeLinear (node metadata
-  ``pkg.graphopt.quantizes`` names the float value, ``pkg.graphopt.scale`` the scale);
+  ``pkg.graphopt.quantizes`` names the float value, ``pkg.graphopt.scale`` the scale and
+  ``pkg.graphopt.zero_point``, when there is one, the zero point);
 - a ``DequantizeLinear`` a pass inserted whose output kept the original value's name (an island's
   output, e.g. the ``softmax`` it replaced).
 
@@ -31,7 +32,7 @@ from graphopt.pipeline import PROVENANCE_PASS
 
 __all__ = ["LayerError", "layer_errors"]
 
-QUANTIZES, SCALE = "pkg.graphopt.quantizes", "pkg.graphopt.scale"
+QUANTIZES, SCALE, ZERO_POINT = "pkg.graphopt.quantizes", "pkg.graphopt.scale", "pkg.graphopt.zero_point"
 MASK_FILL = -1e30
 
 
@@ -55,6 +56,7 @@ class _Probe:
     scale: float | np.ndarray | None  # multiply the rewritten value by this (per channel: last axis)
     where: str
     made_by: str
+    zero_point: float = 0.0  # subtracted from the rewritten value before scaling
 
 
 def _scalar(value: ir.Value | None) -> float | None:
@@ -79,12 +81,14 @@ def _probes(rewritten: ir.Model, original_names: set[str]) -> list[_Probe]:
             continue
         if QUANTIZES in node.metadata_props:
             source, scale = node.metadata_props[QUANTIZES], np.asarray(json.loads(node.metadata_props[SCALE]))
-            probe = _Probe(source, node.outputs[0].name, scale, f"input of {_readers(node.outputs[0])}", made_by)
+            zero = float(node.metadata_props.get(ZERO_POINT, 0))
+            probe = _Probe(source, node.outputs[0].name, scale, f"input of {_readers(node.outputs[0])}", made_by, zero)
         elif node.op_type == "QuantizeLinear" and node.domain == "":
             source, scale = node.inputs[0].name, _scalar(node.inputs[1])
+            zero = _scalar(node.inputs[2]) if len(node.inputs) > 2 else None
             if scale is None:
                 continue
-            probe = _Probe(source, node.outputs[0].name, scale, f"input of {_readers(node.outputs[0])}", made_by)
+            probe = _Probe(source, node.outputs[0].name, scale, f"input of {_readers(node.outputs[0])}", made_by, zero or 0.0)
         elif node.op_type == "DequantizeLinear" and node.domain == "":
             producer = node.inputs[0].producer()
             source = node.outputs[0].name
@@ -118,7 +122,7 @@ def layer_errors(
     for p in probes:
         scale = 1.0 if p.scale is None else p.scale
         ref = np.concatenate([np.asarray(a, np.float64).ravel() for a in reference[p.original]])
-        got = np.concatenate([(np.asarray(a, np.float64) * scale).ravel() for a in test[p.rewritten]])
+        got = np.concatenate([((np.asarray(a, np.float64) - p.zero_point) * scale).ravel() for a in test[p.rewritten]])
         if ref.shape != got.shape:
             continue
         keep = np.isfinite(ref) & (ref > MASK_FILL)

@@ -18,7 +18,10 @@ Four rules (run in this order by the one driver, ``rewrite.apply_rules``; X may 
           (N-D batched; ``activation_matmuls=False`` leaves them float). An operand whose
           calibration values are never negative and that only activation MatMuls read (softmax
           probabilities) is uint8 0..255 with scale max/255 (``unsigned_activations=True``):
-          twice the resolution, zero point still 0; MatMulInteger takes uint8 × int8.
+          twice the resolution, zero point 0. The other operand then goes in as uint8 with zero
+          point 128 (the same int8 values, shifted): MatMulInteger takes uint8 × uint8, which ONNX
+          Runtime computes exactly (its uint8 × int8 kernel on AVX2 without VNNI saturates int16
+          pair sums: 255·127·2 > 32767).
 
     int8-conv         Conv(X, W[, B]) 2-D, group 1, W a float32 constant [M, C, kH, kW]
       ->  xq  = QuantizeLinear(X, s_x, int8 0)
@@ -552,6 +555,21 @@ class _MatMulActivations(_Int8Rule):
     def rewrite(self, op, x, y, **_):
         plan = self._plan
         self._cache = {}
+        unsigned = [v.name in self.owner.unsigned for v in (x, y)]
+        if unsigned[0] != unsigned[1]:
+            # ONNX Runtime's uint8 x int8 kernel on AVX2 without VNNI sums product pairs in saturating
+            # int16 (vpmaddubsw): 255·127·2 > 32767, so its result would not be the exact product.
+            # The signed operand goes in as uint8 with zero point 128 (the same int8 values, shifted):
+            # uint8 x uint8 is exact there, in TVM and in the reference.
+            zero = self._shared(op, plan, "graphopt_int8_linear_zero_uint8_128", np.array(128, np.uint8))
+
+            def shifted(v, scale, suffix):
+                return op.QuantizeLinear(v, self._init(op, plan, suffix, np.asarray(scale, np.float32)), zero)
+
+            xq = self._quantize(op, plan, x, plan.s_x, "s_a") if unsigned[0] else shifted(x, plan.s_x, "s_a")
+            yq = shifted(y, plan.s_y, "s_b") if unsigned[0] else self._quantize(op, plan, y, plan.s_y, "s_b")
+            zeros = [None, zero] if unsigned[0] else [zero]
+            return self._dequantize(op, plan, op.MatMulInteger(xq, yq, *zeros), plan.s_out, -1)
         xq = self._quantize(op, plan, x, plan.s_x, "s_a")
         yq = self._quantize(op, plan, y, plan.s_y, "s_b")
         return self._dequantize(op, plan, op.MatMulInteger(xq, yq), plan.s_out, -1)

@@ -6,10 +6,11 @@ islands with float between them::
     IntLayerNorm -> DequantizeLinear(s_ln) --\\
     MatMulInteger -> DequantizeLinear(s_x·s_w[c]) -> Add --> QuantizeLinear(s_q, int16) -> IntLayerNorm
 
-This pass takes every ``QuantizeLinear(x, s_q)`` (per-tensor scale, zero point 0, int8/int16) and
+This pass takes every ``QuantizeLinear(x, s_q)`` (per-tensor scale or per channel on the last
+axis; zero point 0, or one number; int8/int16/uint8) and
 *lowers* x: it builds an int32 value equal to ``x / s_q`` from integer ops only, walking up x's
 producers with the lowering rules below, then replaces the QuantizeLinear with a saturating Clip
-(and a Cast to int8/int16 where the consumer reads that type)::
+(after adding its zero point, if any; and a Cast to int8/int16/uint8 where the consumer reads that type)::
 
     QuantizeLinear(Add(DequantizeLinear(a, s_a), DequantizeLinear(b, s_b)), s_q)
       ->  Clip(Add(DyadicRequant(a, m_a, k_a), DyadicRequant(b, m_b, k_b)), -2^(b-1), 2^(b-1)-1)
@@ -287,26 +288,28 @@ LOWERINGS: dict[str, Callable[[_Lowerer, ir.Node, ir.Value, float], ir.Value]] =
 }
 
 
-def _quantize_target(node: ir.Node) -> tuple[np.ndarray | None, str | None]:
-    """(the scale, None) of a QuantizeLinear this pass can lower, else (None, why not).
+def _quantize_target(node: ir.Node) -> tuple[np.ndarray | None, int, str | None]:
+    """(the scale, the zero point, None) of a QuantizeLinear this pass can lower, else (None, 0, why not).
 
-    The scale is per tensor, or per channel on the last axis (``int8-linear``'s smoothed inputs).
+    The scale is per tensor, or per channel on the last axis (``int8-linear``'s smoothed inputs);
+    a nonzero zero point must be one number (``int8-linear``'s uint8 operands at zero point 128).
     """
     out, x = node.outputs[0], node.inputs[0]
     if out.dtype not in _TARGETS:
-        return None, f"quantizes to {out.dtype}; int8/int16/uint8 only"
+        return None, 0, f"quantizes to {out.dtype}; int8/int16/uint8 only"
     scale = constant(node.inputs[1], _MAX_SCALE_ELEMENTS)
     if scale is None or not np.all(scale > 0):
-        return None, "the scale is not a positive constant"
+        return None, 0, "the scale is not a positive constant"
     if scale.size > 1:
         rank = None if x.shape is None else len(x.shape)
         axis = node.attributes.get_int("axis", 1)
         if scale.ndim != 1 or rank is None or axis % rank != rank - 1 or node.attributes.get_int("block_size", 0):
-            return None, "a per-axis scale is supported on the last axis only"
+            return None, 0, "a per-axis scale is supported on the last axis only"
     zero = constant(node.inputs[2], _MAX_SCALE_ELEMENTS) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if zero is not None and np.any(zero != 0):
-        return None, "nonzero zero point"
-    return scale.astype(np.float64).ravel() if scale.size > 1 else scale.astype(np.float64).reshape(()), None
+    if zero is not None and np.any(zero != 0) and (zero.size != 1 or scale.size != 1):
+        return None, 0, "a nonzero zero point is supported per tensor only"
+    zero_point = 0 if zero is None else int(zero.ravel()[0])
+    return scale.astype(np.float64).ravel() if scale.size > 1 else scale.astype(np.float64).reshape(()), zero_point, None
 
 
 @register_pass("integer-chain", options=IntegerChainOptions, category="rewrite")
@@ -319,7 +322,7 @@ class IntegerChainPass(GraphoptPass):
         targets = [n for n in graph if n.domain == "" and n.op_type == "QuantizeLinear"]
         lowered = 0
         for q in targets:
-            scale, why = _quantize_target(q)
+            scale, zero_point, why = _quantize_target(q)
             if why is None:
                 lowerer.anchor = q
                 try:
@@ -329,7 +332,7 @@ class IntegerChainPass(GraphoptPass):
             if why is not None:
                 self.declines.append(rewrite.Decline("integer-chain", q.name or q.outputs[0].name, why))
                 continue
-            self._replace(lowerer, q, integer, q.inputs[0].name)
+            self._replace(lowerer, q, integer, q.inputs[0].name, zero_point)
             lowered += 1
         if lowered:
             self.rewrites["integer-chain"] += lowered
@@ -357,9 +360,12 @@ class IntegerChainPass(GraphoptPass):
         return lowerer.rescale(lowerer.lower(x, finest), finest / scale, x, q.name or "q")
 
     @staticmethod
-    def _replace(lowerer: _Lowerer, q: ir.Node, integer: ir.Value, source: str) -> None:
+    def _replace(lowerer: _Lowerer, q: ir.Node, integer: ir.Value, source: str, zero_point: int) -> None:
         out = q.outputs[0]
         lo, hi = _TARGETS[out.dtype]
+        if zero_point:
+            shift = lowerer.const(np.array(zero_point, np.int32), "zero_point")
+            integer = lowerer.add("Add", [integer, shift], like=out).outputs[0]
         low = lowerer.const(np.array(lo, np.int32), f"{out.dtype.name.lower()}_min")
         high = lowerer.const(np.array(hi, np.int32), f"{out.dtype.name.lower()}_max")
         clip = lowerer.add("Clip", [integer, low, high], like=out)
@@ -367,6 +373,8 @@ class IntegerChainPass(GraphoptPass):
         clip.metadata_props["pkg.graphopt.quantizes"] = source
         scale = constant(q.inputs[1], _MAX_SCALE_ELEMENTS).astype(float)  # a number, or one per channel
         clip.metadata_props["pkg.graphopt.scale"] = json.dumps(scale.item() if scale.size == 1 else scale.tolist())
+        if zero_point:
+            clip.metadata_props["pkg.graphopt.zero_point"] = str(zero_point)
         clipped = clip.outputs[0]
         for use in list(out.uses()):
             user = use.node

@@ -263,18 +263,28 @@ def test_activation_matmul_is_per_tensor_int8_on_both_sides():
 
 
 def test_never_negative_activation_operand_is_uint8():
-    """Softmax probabilities (P in P·V) take uint8 0..255: twice int8's resolution, still zero point 0."""
+    """Softmax probabilities (P in P·V) take uint8 0..255: twice int8's resolution, zero point 0. The
+    signed operand goes in as uint8 at zero point 128, so that ORT runs uint8 x uint8, which it
+    computes exactly (its uint8 x int8 kernel saturates int16 pair sums on AVX2 without VNNI)."""
     calib = [{"q": np.abs(s["q"]), "k": s["k"]} for s in samples(ATTENTION_SHAPES)]
     original, work, record = rewrite(ATTENTION, calib)
     qa, qb, mm, dq = list(work.graph)
-    assert qa.outputs[0].dtype == ir.DataType.UINT8 and qb.outputs[0].dtype == ir.DataType.INT8
+    assert qa.outputs[0].dtype == ir.DataType.UINT8 and qb.outputs[0].dtype == ir.DataType.UINT8
+    assert const(qa.inputs[2]) == 0 and const(qb.inputs[2]) == 128 and const(mm.inputs[3]) == 128 and mm.inputs[2] is None
     s_a = np.abs(np.concatenate([s["q"].ravel() for s in calib])).max() / 255
     assert const(qa.inputs[1]) == pytest.approx(s_a, rel=1e-6)
     testing.assert_valid(work)
     feeds = {"q": np.abs(calib[0]["q"]), "k": calib[0]["k"]}
     assert_close_to_float(original, work, feeds)
     y, aq, bq, acc = run_with(work, feeds, qa.outputs[0], qb.outputs[0], mm.outputs[0])
-    np.testing.assert_array_equal(acc, aq.astype(np.int64) @ bq.astype(np.int64))
+    np.testing.assert_array_equal(acc, aq.astype(np.int64) @ (bq.astype(np.int64) - 128))
+    # adversarial: P near 255 against V near ±127, where uint8 x int8 pair sums would saturate int16
+    s_b = const(qb.inputs[1])
+    extreme = {"q": np.full(ATTENTION_SHAPES["q"], 250 * s_a, np.float32),
+               "k": np.where(np.arange(np.prod(ATTENTION_SHAPES["k"])).reshape(ATTENTION_SHAPES["k"]) % 2, 127, -127).astype(np.float32) * s_b}
+    y, aq, bq, acc = run_with(work, extreme, qa.outputs[0], qb.outputs[0], mm.outputs[0])
+    assert aq.max() >= 250 and np.abs(bq.astype(np.int64) - 128).max() == 127
+    np.testing.assert_array_equal(acc, aq.astype(np.int64) @ (bq.astype(np.int64) - 128))
     _, work, _ = rewrite(ATTENTION, calib, "int8-linear(unsigned_activations=false)")
     assert work.graph.node(0).outputs[0].dtype == ir.DataType.INT8
 

@@ -105,17 +105,34 @@ g (int32[2, 4] acc, bool[2, 4] keep) => (float[2, 4] y) <float sa = {0.1}, float
 @pytest.mark.parametrize(("body", "reason"), [
     ("    r = Relu (fa)\n    q = QuantizeLinear (r, s, z)", "comes from Relu, which has no integer lowering"),
     ("    q = QuantizeLinear (x, s, z)", "reads the float graph input 'x'"),
-    ("    q = QuantizeLinear (fa, s, nz)", "nonzero zero point"),
+    ("    q = QuantizeLinear <axis = -1> (fa, sc, nzc)", "a nonzero zero point is supported per tensor only"),
     ("    p = Mul (fa, x)\n    q = QuantizeLinear (p, s, z)", "Mul by a non-constant or non-scalar factor"),
 ])
 def test_declines_with_the_reason(check, body, reason):
     text = HEADER + f"""
-g (int32[4] a, float[4] x) => (float[4] y) <float sa = {{0.1}}, float s = {{0.05}}, int8 z = {{0}}, int8 nz = {{3}}> {{
+g (int32[4] a, float[4] x) => (float[4] y) <float sa = {{0.1}}, float s = {{0.05}}, int8 z = {{0}}, float[4] sc = {{0.05, 0.05, 0.1, 0.1}}, int8[4] nzc = {{3, 0, 0, 1}}> {{
     fa = DequantizeLinear (a, sa)
 {body}
     y = DequantizeLinear (q, s)
 }}"""
     check.declines(text, "integer-chain", reason)
+
+
+def test_per_tensor_zero_point_is_added_before_the_clip():
+    """uint8 at zero point 128 (int8-linear's shifted operand of a uint8 x int8 MatMul): x/s + 128, saturated to 0..255."""
+    text = HEADER + """
+g (int32[6] a) => (float[6] y) <float sa = {0.1}, float s = {0.05}, uint8 z = {128}> {
+    fa = DequantizeLinear (a, sa)
+    q = QuantizeLinear (fa, s, z)
+    y = DequantizeLinear (q, s, z)
+}"""
+    original, model, record = _run(text)
+    assert testing.op_types(model) == ["DyadicRequant", "Add", "Clip", "Cast", "DequantizeLinear"]
+    clip = next(n for n in model.graph if n.op_type == "Clip")
+    assert clip.metadata_props["pkg.graphopt.zero_point"] == "128"
+    feeds = {"a": np.array([-1000, -64, -1, 0, 63, 1000], np.int32)}  # saturates at both ends
+    np.testing.assert_array_equal(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0])
+    testing.assert_valid(model)
 
 
 def test_float_graph_input_read_through_a_concat_becomes_an_entry():
