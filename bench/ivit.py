@@ -6,13 +6,14 @@ MiniLM (all-MiniLM-L6-v2, seq 128): calibration on ``sentences()[:CALIB]``, eval
 other ``len(sentences()) - CALIB`` sentences (200): mean / min cosine of the mean-pooled sentence
 embeddings vs FP32. Digits ViT: calibration on a slice of the training split, top-1 on the test
 split. Each model's three variants are timed in the same run with ONNX Runtime (all graph
-optimizations, 2 threads, batch 1, median of ``--runs``); ratios are FP32 latency / variant
-latency (above 1: faster than FP32).
+optimizations, 2 threads, batch 1, median of ``--runs``, the variants interleaved); ratios are
+FP32 latency / variant latency (above 1: faster than FP32).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -25,6 +26,7 @@ import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
 import graphopt  # noqa: E402
+from bench._timing import interleaved_medians  # noqa: E402
 from graphopt.backends import ort as ort_backend  # noqa: E402
 
 CALIB_SENTENCES = 28
@@ -49,8 +51,10 @@ def _dynamic_int8(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(target)
 
 
-def _latency(model, feeds) -> float:
-    return ort_backend.time_session(_session(model), feeds, runs=ARGS.runs, threads=THREADS).median_ms
+def _latencies(variants: dict, feeds) -> dict[str, float]:
+    """Median ms of each variant in ORT (all graph optimizations), timed interleaved."""
+    sessions = {name: _session(model) for name, model in variants.items()}
+    return interleaved_medians({name: functools.partial(session.run, None, dict(feeds)) for name, session in sessions.items()}, ARGS.runs)
 
 
 def minilm_rows(exporter: str) -> list[dict]:
@@ -72,12 +76,13 @@ def minilm_rows(exporter: str) -> list[dict]:
     result = graphopt.compile(proto, passes="ivit", calib=calib, validate=False, bench_runs=0)
     variants = {"fp32": proto, "ivit": result.model, "ort-dynamic-int8": _dynamic_int8(proto)}
     base = embed(variants["fp32"])
-    fp32_ms = _latency(variants["fp32"], rows_of[0])
+    latency = _latencies(variants, rows_of[0])
+    fp32_ms = latency["fp32"]
     rows = []
     for name, model in variants.items():
         got = base if name == "fp32" else embed(model)
         cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
-        ms = fp32_ms if name == "fp32" else _latency(model, rows_of[0])
+        ms = latency[name]
         rows.append({"model": f"minilm-{exporter}", "variant": name, "sentences": len(cos), "mean_cosine": float(cos.mean()),
                      "min_cosine": float(cos.min()), "latency_ms": ms, "speedup_vs_fp32": fp32_ms / ms,
                      "pipeline_s": result.report.seconds.get("pipeline") if name == "ivit" else None})
@@ -92,13 +97,13 @@ def digits_rows() -> list[dict]:
     calib = [{"pixels": x_train[i:i + 32]} for i in range(0, CALIB_IMAGES, 32)]
     result = graphopt.compile(proto, passes="ivit", calib=calib, validate=False, bench_runs=0)
     variants = {"fp32": proto, "ivit": result.model, "ort-dynamic-int8": _dynamic_int8(proto)}
-    one = {"pixels": x_test[:1]}
-    fp32_ms = _latency(variants["fp32"], one)
+    latency = _latencies(variants, {"pixels": x_test[:1]})
+    fp32_ms = latency["fp32"]
     rows = []
     for name, model in variants.items():
         session = _session(model, optimization="disable")
         logits = np.concatenate([ort_backend.run(session, {"pixels": x_test[i:i + 64]})["logits"] for i in range(0, len(x_test), 64)])
-        ms = fp32_ms if name == "fp32" else _latency(model, one)
+        ms = latency[name]
         rows.append({"model": "digits-vit", "variant": name, "images": len(y_test), "top1": float((logits.argmax(1) == y_test).mean()),
                      "latency_ms": ms, "speedup_vs_fp32": fp32_ms / ms})
     return rows

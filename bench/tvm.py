@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,32 +27,13 @@ import numpy as np  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
 import graphopt  # noqa: E402
+from bench._timing import interleaved_medians  # noqa: E402
 from bench.ivit import CALIB_SENTENCES, _dynamic_int8  # noqa: E402
 from graphopt.backends import ort as ort_backend  # noqa: E402
 from graphopt.backends import tvm as tvm_backend  # noqa: E402
 
 THREADS = 2
 EXACT_SENTENCES = 8
-PAUSE_S = 0.05
-
-
-def interleaved_medians(runners: dict[str, Callable[[], object]], runs: int, per_round: int = 5) -> dict[str, float]:
-    """Median ms of each runner, alternating runners every ``per_round`` calls so load drifts hit all alike.
-
-    Each block starts after a short pause: ORT's and TVM's thread pools spin for a while after a
-    call and would otherwise steal the cores from the next runner."""
-    for run in runners.values():  # warm up
-        run()
-        run()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(max(1, runs // per_round)):
-        for name, run in runners.items():
-            time.sleep(PAUSE_S)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                run()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _ort_runner(model, feeds, optimization="all"):
