@@ -33,6 +33,13 @@ class TensorStats:
     channel_min: np.ndarray | None = None
     channel_max: np.ndarray | None = None
 
+    def symmetric_range(self, percentile: float | None = None) -> float:
+        """The range a symmetric quantizer covers: max|x|, or with ``percentile`` p the larger magnitude
+        of the (100-p)-th and p-th percentiles (both must have been collected)."""
+        if percentile is None:
+            return self.abs_max
+        return max(abs(self.percentiles[100.0 - percentile]), abs(self.percentiles[percentile]))
+
     def as_dict(self) -> dict:
         return {
             "min": self.min, "max": self.max, "abs_max": self.abs_max, "mean": self.mean, "std": self.std,

@@ -70,11 +70,7 @@ class ILayerNormOptions:
 
 def input_scale(stats, options: ILayerNormOptions) -> float:
     """s_in = range / (2^(bits-1) - 1), symmetric; range from min/max or percentiles."""
-    if options.calibration == "minmax":
-        value_range = stats.abs_max
-    else:
-        low, high = stats.percentiles[100.0 - options.percentile], stats.percentiles[options.percentile]
-        value_range = max(abs(low), abs(high))
+    value_range = stats.symmetric_range(options.percentile if options.calibration == "percentile" else None)
     return value_range / (2 ** (options.input_bits - 1) - 1)
 
 
@@ -106,6 +102,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
     """LayerNormalization(x, γ[, β]) -> Quantize/Cast/IntLayerNorm/Dequantize island."""
 
     CENTER = 1  # IntLayerNorm subtracts the row mean (0: RMSNorm, see irmsnorm.py)
+    OP_NAME, MIN_OPSET = "LayerNormalization", 17  # the float op matched, and the opset that has it
 
     def __init__(self, name: str, owner: ILayerNorm, with_bias: bool) -> None:
         super().__init__(name)
@@ -123,7 +120,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         node = y.producer()
         if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
             return result.fail("the Mean / InvStdDev outputs are used", node)
-        if not self._check_row_input(context, result, node, x, "LayerNormalization", 17):
+        if not self._check_row_input(context, result, node, x, self.OP_NAME, self.MIN_OPSET):
             return result
         rank = x.shape.rank() if x.shape is not None else None
         g = constant(gamma, max_size=1 << 24)
@@ -133,12 +130,13 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         if b is None:
             return result.fail("bias (β) is not a constant", beta)
         if g.ndim != 1 or b.shape != g.shape:
-            return result.fail(f"scale / bias have shapes {list(g.shape)} / {list(b.shape)}, expected [d]", gamma)
+            shapes = f"scale has shape {list(g.shape)}" if beta is None else f"scale / bias have shapes {list(g.shape)} / {list(b.shape)}"
+            return result.fail(f"{shapes}, expected [d]", gamma)
         last = x.shape[-1] if rank else None
         if isinstance(last, int) and last != g.size:
             return result.fail(f"scale has {g.size} elements, x's last dimension is {last}", gamma)
         if not (np.isfinite(g).all() and np.isfinite(b).all()):
-            return result.fail("scale or bias is not finite", gamma)
+            return result.fail("scale is not finite" if beta is None else "scale or bias is not finite", gamma)
         return self._plan_island(result, node, x, g, b)
 
     def _check_row_input(self, context, result: pattern.MatchResult, node: ir.Node, x: ir.Value, op_name: str,

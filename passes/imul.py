@@ -165,10 +165,7 @@ class IMulPass(RulePass):
             if st is None:
                 self.reasons[name] = f"no calibration statistics for {name}"
                 continue
-            if o.calibration == "percentile":
-                bound = max(abs(st.percentiles[100.0 - o.percentile]), abs(st.percentiles[o.percentile]))
-            else:
-                bound = st.abs_max
+            bound = st.symmetric_range(o.percentile if o.calibration == "percentile" else None)
             if not math.isfinite(bound) or bound <= 0.0:
                 self.reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
                 continue

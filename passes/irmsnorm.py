@@ -24,11 +24,6 @@ Pow/ReduceMean/Sqrt/Reciprocal spelling first, this removes the last float norm 
 
 from __future__ import annotations
 
-
-import numpy as np
-from onnxscript.rewriter import pattern
-
-from graphopt.passes._canonical_utils import constant
 from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
 from graphopt.passes.ilayernorm import ILayerNorm, ILayerNormOptions, _ILayerNorm
 from graphopt.registry import register_pass
@@ -40,31 +35,13 @@ class _IRmsNorm(_ILayerNorm):
     """RMSNormalization(x, γ) -> Quantize/Cast/IntLayerNorm(center=0)/Dequantize island."""
 
     CENTER = 0
+    OP_NAME, MIN_OPSET = "RMSNormalization", 23
 
     def __init__(self, name: str, owner: IRmsNorm) -> None:
         super().__init__(name, owner, with_bias=False)
 
     def pattern(self, op, x, gamma):
         return op.RMSNormalization(x, gamma, _allow_other_attributes=True, _outputs=["y"])
-
-    def check(self, context, x, gamma, y, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        self._plan = None
-        node = y.producer()
-        if not self._check_row_input(context, result, node, x, "RMSNormalization", 23):
-            return result
-        rank = x.shape.rank() if x.shape is not None else None
-        g = constant(gamma, max_size=1 << 24)
-        if g is None:
-            return result.fail("scale (γ) is not a constant", gamma)
-        if g.ndim != 1:
-            return result.fail(f"scale has shape {list(g.shape)}, expected [d]", gamma)
-        last = x.shape[-1] if rank else None
-        if isinstance(last, int) and last != g.size:
-            return result.fail(f"scale has {g.size} elements, x's last dimension is {last}", gamma)
-        if not np.isfinite(g).all():
-            return result.fail("scale is not finite", gamma)
-        return self._plan_island(result, node, x, g, np.zeros_like(g))
 
 
 @register_pass("irmsnorm", options=ILayerNormOptions, category="rewrite")

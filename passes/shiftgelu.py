@@ -186,10 +186,7 @@ class ShiftGeluPass(RulePass):
             if st is None:
                 self._reasons[name] = f"no calibration statistics for {name}"
                 continue
-            if o.calibration == "percentile":
-                bound = max(abs(st.percentiles[percentiles[0]]), abs(st.percentiles[percentiles[1]]))
-            else:
-                bound = max(abs(st.min), abs(st.max))
+            bound = st.symmetric_range(o.percentile if o.calibration == "percentile" else None)
             if not math.isfinite(bound) or bound <= 0.0:
                 self._reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
                 continue
