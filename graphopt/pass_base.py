@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import collections
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
@@ -49,6 +51,26 @@ class GraphoptPass(ir.passes.InPlacePass):
         if not self.samples:
             raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
         return Calibrator(model, self.samples).stats(list(names), **kwargs)
+
+    def symmetric_scales(self, model: ir.Model, names, calibration: str, percentile: float,
+                         bits: int) -> tuple[dict[str, float], dict[str, str]]:
+        """Per-tensor symmetric scales ``range / (2^(bits-1) - 1)`` of ``names`` (float32-representable),
+        the range from min/max or the ``percentile`` percentiles; and why a name got none."""
+        at = percentile if calibration == "percentile" else None
+        stats = self.stats(model, names, **({"percentiles": (100.0 - percentile, percentile)} if at is not None else {}))
+        qmax = 2 ** (bits - 1) - 1
+        scales, reasons = {}, {}
+        for name in names:
+            st = stats.get(name)
+            if st is None:
+                reasons[name] = f"no calibration statistics for {name}"
+                continue
+            bound = st.symmetric_range(at)
+            if not math.isfinite(bound) or bound <= 0.0:
+                reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
+                continue
+            scales[name] = float(np.float32(bound / qmax))
+        return scales, reasons
 
     def record(self, outcome: rewrite.RuleOutcome) -> bool:
         self.rewrites.update(outcome.rewrites)

@@ -27,7 +27,6 @@ integer multiply each.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import onnx_ir as ir
@@ -157,16 +156,6 @@ class IMulPass(RulePass):
 
     def _calibrate(self, model: ir.Model, names: list[str]) -> None:
         o = self.options
-        kwargs = {"percentiles": (100.0 - o.percentile, o.percentile)} if o.calibration == "percentile" else {}
-        stats = self.stats(model, names, **kwargs)
-        qmax = 2 ** (o.input_bits - 1) - 1
-        for name in names:
-            st = stats.get(name)
-            if st is None:
-                self.reasons[name] = f"no calibration statistics for {name}"
-                continue
-            bound = st.symmetric_range(o.percentile if o.calibration == "percentile" else None)
-            if not math.isfinite(bound) or bound <= 0.0:
-                self.reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
-                continue
-            self.scales[name] = float(np.float32(bound / qmax))
+        scales, reasons = self.symmetric_scales(model, names, o.calibration, o.percentile, o.input_bits)
+        self.scales.update(scales)
+        self.reasons.update(reasons)

@@ -178,19 +178,9 @@ class ShiftGeluPass(RulePass):
 
     def _calibrate(self, model: ir.Model, names: list[str]) -> None:
         o = self.options
-        percentiles = (100.0 - o.percentile, o.percentile) if o.calibration == "percentile" else (0.0, 100.0)
-        stats = self.stats(model, names, percentiles=percentiles)
-        qmax = 2 ** (o.input_bits - 1) - 1
-        for name in names:
-            st = stats.get(name)
-            if st is None:
-                self._reasons[name] = f"no calibration statistics for {name}"
-                continue
-            bound = st.symmetric_range(o.percentile if o.calibration == "percentile" else None)
-            if not math.isfinite(bound) or bound <= 0.0:
-                self._reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
-                continue
-            scale = float(np.float32(bound / qmax))
+        scales, reasons = self.symmetric_scales(model, names, o.calibration, o.percentile, o.input_bits)
+        self._reasons.update(reasons)
+        for name, scale in scales.items():
             x0, n_eff = shiftgelu_constants(scale, o.n, self.factor)
             if n_eff < o.n:
                 self.notes.append(f"{name}: n lowered from {o.n} to {n_eff} (x0={x0}) so the exp sum fits int32")
