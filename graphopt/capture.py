@@ -68,8 +68,12 @@ def load_path(path: str | os.PathLike) -> ir.Model:
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path} parsed to an empty model (no graph): it is probably not an ONNX file")
     folder = os.path.dirname(os.path.abspath(path))
-    validity.check_external_data_paths(proto, folder)
-    model = ir.serde.deserialize_model(proto)  # tensors wrap the proto's bytes: no copy
+    # what onnx_ir cannot deserialize, external data outside the folder, absurd sizes: one line each
+    validity.check_proto(proto, folder)
+    try:
+        model = ir.serde.deserialize_model(proto)  # tensors wrap the proto's bytes: no copy
+    except Exception as e:  # noqa: BLE001 — anything check_proto missed is still the file's fault
+        raise ModelError(f"{path} is not a valid ONNX model: {_one_line(_root_cause(e))}") from e
     ir.external_data.set_base_dir(model.graph, folder)
     # Checked without its weights: onnx.checker on the proto re-serializes every weight (a
     # single-file BERT-large: 3.1x the model in memory, ~8 CPU s).
@@ -105,6 +109,12 @@ def _load_torch(source, example_inputs, input_names, output_names, opset) -> ir.
     finally:
         source.train(was_training)
     return program.model
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None and isinstance(error, ir.serde.SerdeError):
+        error = error.__cause__
+    return error
 
 
 def _one_line(error: BaseException) -> str:

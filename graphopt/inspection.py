@@ -72,27 +72,40 @@ def integer_only(model_path: str, input_shapes: Sequence[str] | None = None):
     return integer_region.verify(_load(model_path, input_shapes))
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def _text(value: Any, style: str = ""):
+    """User text (names, paths) for the console as a rich ``Text``: never parsed for markup or
+    emoji codes, and control characters shown as escapes so a newline cannot split a table row."""
+    from rich.text import Text  # noqa: PLC0415
+
+    return Text(str(value).translate(_CONTROL), style=style)
+
+
 def render(info: dict[str, Any], console) -> None:
     from rich.table import Table  # noqa: PLC0415
 
     summary = info["summary"]
-    console.print(f"[bold]{info['model']}[/bold]: {summary['nodes']} nodes, {summary['parameters']:,} parameters "
-                  f"({summary['weight_bytes'] / 1e6:.2f} MB), opsets {summary['opsets']}")
+    header = _text(info["model"], "bold")
+    header.append(_text(f": {summary['nodes']} nodes, {summary['parameters']:,} parameters "
+                        f"({summary['weight_bytes'] / 1e6:.2f} MB), opsets {summary['opsets']}"))
+    console.print(header)
     io = Table(title="inputs / outputs", title_justify="left")
     for column in ("", "name", "dtype", "shape"):
         io.add_column(column)
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
-            io.add_row(kind[:-1], v["name"], str(v["dtype"]), str(v["shape"]))
+            io.add_row(kind[:-1], _text(v["name"]), _text(v["dtype"]), _text(v["shape"]))
     console.print(io)
     ops = Table(title="ops", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in sorted(info["ops"].items(), key=lambda kv: -kv[1]):
-        ops.add_row(op, str(count))
+        ops.add_row(_text(op), str(count))
     console.print(ops)
     patterns = ", ".join(f"{k}: {v}" for k, v in info["patterns"].items()) or "none"
-    console.print(f"detected patterns: {patterns}")
+    console.print(_text(f"detected patterns: {patterns}"))
 
 
 def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = None) -> list[str]:
