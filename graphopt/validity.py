@@ -253,10 +253,10 @@ def _check_graph(graph: onnx.GraphProto, where: str, model_dir: str | None) -> N
 def _check_nodes(nodes, where: str, model_dir: str | None) -> None:
     for node in nodes:
         for attr in node.attribute:
-            if attr.type not in _ATTRIBUTE_TYPES:
-                raise ModelError(
+            if attr.type not in _ATTRIBUTE_TYPES or attr.type == onnx.AttributeProto.UNDEFINED:
+                raise ModelError(  # protobuf reads an unknown enum value as UNDEFINED (0)
                     f"{where}: attribute '{_show(attr.name)}' of node '{_show(node.name or node.op_type)}' has an "
-                    f"unknown type ({attr.type}); the file is corrupt or from a newer ONNX"
+                    "unknown or missing type; the file is corrupt or from a newer ONNX"
                 )
             what = f"{where}: attribute '{_show(attr.name)}' of node '{_show(node.name or node.op_type)}'"
             if attr.HasField("t"):
