@@ -45,4 +45,7 @@ def split_targets(text: str) -> list[str]:
         else:
             current.append(char)
     targets.append("".join(current).strip())
-    return [t for t in targets if t]
+    targets = [t for t in targets if t]
+    if not targets:
+        raise UsageError(f"--targets {text!r} names no target (valid targets: {', '.join(TARGETS)}, or a TVM target as a JSON dict)")
+    return targets

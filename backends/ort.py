@@ -63,7 +63,7 @@ def make_session(model: ir.Model, *, optimization: str = "disable", threads: int
                 path = os.path.join(folder, "model.onnx")
                 storage.save_model(model, path, external_data=True)
                 return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(storage.inline_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
             ort.capi.onnxruntime_pybind11_state.NotImplemented, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
         raise ModelError(f"ONNX Runtime cannot load the model: {str(e).strip().splitlines()[0]}") from e

@@ -22,7 +22,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from graphopt import capture, data, integer_region, ops, registry, storage
+from graphopt import capture, data, integer_region, interface, ops, registry, storage
+from graphopt.outdir import staged_output
 from graphopt.errors import CheckFailedError, UnsupportedError, UsageError
 from graphopt.metrics import Tolerances, compare_outputs
 from graphopt.pipeline import Pipeline, parse_pipeline, run_pipeline
@@ -43,6 +44,7 @@ class CompileResult:
     artifacts: dict[str, Any]
     report: Report
     samples: list[dict[str, np.ndarray]]
+    input_files: tuple[str, ...] = ()  # what the run read (model, its external data, data files): never written over
 
     @property
     def ok(self) -> bool:
@@ -57,9 +59,13 @@ class CompileResult:
     def print_report(self, console=None) -> None:
         render(self.report, console)
 
-    def save(self, outdir: str | os.PathLike) -> list[str]:
-        """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``."""
-        with storage.staged_dir(outdir) as staging:
+    def save(self, outdir: str | os.PathLike, *, force: bool = False) -> list[str]:
+        """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``.
+
+        Files there that this run read, or that graphopt did not write, are not replaced unless
+        ``force`` (a UsageError says so); see ``graphopt.outdir``.
+        """
+        with staged_output(outdir, inputs=self.input_files, force=force) as staging:
             for target, artifact in self.artifacts.items():
                 folder = staging if target == "onnx" else os.path.join(staging, artifact.target)  # JSON targets: tvm-<hash>
                 os.makedirs(folder, exist_ok=True)
@@ -176,6 +182,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     )
     ops.attach_functions(work)
     common_passes.NameFixPass()(work)
+    interface.restore_interface(original, work)
+    common_passes.RemoveUnusedNodesPass()(work)  # e.g. the Identity onnx_ir added for an input returned as output
     timings["pipeline"] = time.perf_counter() - t
 
     report.passes = [dataclasses.asdict(r) for r in records]
@@ -244,7 +252,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
             report.latency[target] = artifact.time(samples[0], runs=bench_runs).as_dict()
     timings["total"] = time.perf_counter() - start
     report.seconds = timings
-    return CompileResult(work, original, artifacts, report, samples)
+    return CompileResult(work, original, artifacts, report, samples, input_files=_input_files(model, original, calib))
 
 
 def _parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report) -> tuple[dict, list | None]:
@@ -283,6 +291,17 @@ def _pairwise_parity(parity: dict, outputs: dict[str, list | None]) -> None:
                 "bit_exact": all(np.array_equal(x[k], y[k]) for x, y in zip(outputs[a], outputs[b]) for k in x),
                 "max_abs": max((m.max_abs for m in metrics.values()), default=0.0),
             }
+
+
+def _input_files(source: Any, loaded: ir.Model, calib: Any) -> tuple[str, ...]:
+    """The files a run read: the model, its external data and path-like calibration data."""
+    files = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else []
+    files += [v.const_value.path for g in loaded.graphs() for v in g.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+    for item in [calib] if isinstance(calib, (str, os.PathLike)) else calib if isinstance(calib, (list, tuple)) else []:
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            files.append(path if os.path.exists(path) else path.partition(":")[2])  # name:file.npy
+    return tuple(dict.fromkeys(files))
 
 
 def _names_preset(pipeline: Pipeline, name: str) -> bool:

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 
 from graphopt.backends import split_targets
 from graphopt.errors import EXIT_OK, GraphoptError, UsageError
 
 __all__ = ["main"]
 
+MAX_ERROR_CHARS = 400  # a 100 kB pipeline string must not come back whole in the one-line error
 INTEGER_ONLY_PREFIX = "integer-only: "  # the report's violation from the integer-only verifier
 EXIT_CODES_HELP = "exit codes: 0 ok, 1 numeric or integer-only check failed, 2 usage error, 3 bad model, 4 unsupported op/target, 5 internal error"
 
@@ -42,11 +46,14 @@ def _console(args):
 
 
 def cmd_compile(args) -> int:
-    from graphopt import api, storage  # noqa: PLC0415
+    from graphopt import api, outdir, storage  # noqa: PLC0415
     from graphopt.metrics import Tolerances  # noqa: PLC0415
 
-    storage.ensure_writable_dir(args.output)  # fail before any work when -o is unusable
-    tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine, min_sqnr=args.min_sqnr, min_top1=args.min_top1)
+    outdir.check_writable(args.output)  # fail before any work when -o is unusable (nothing is created yet)
+    if args.report:
+        _check_report_path(args.report, [args.model, *(args.calib or [])])
+    tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine, min_sqnr=args.min_sqnr, min_top1=args.min_top1,
+                            allow_nonfinite=args.allow_nonfinite)
     calib = None
     if args.calib:
         calib = args.calib[0] if len(args.calib) == 1 and ":" not in args.calib[0] else args.calib
@@ -68,7 +75,9 @@ def cmd_compile(args) -> int:
         tune_budget=args.tune_budget,
         tune_database=args.tune_database,
     )
-    written = result.save(args.output)
+    if args.report:
+        _check_report_path(args.report, result.input_files)
+    written = result.save(args.output, force=args.force)
     if args.report:
         storage.atomic_write_text(args.report, result.report.to_json())
     if args.json:
@@ -76,13 +85,30 @@ def cmd_compile(args) -> int:
     else:
         console = _console(args)
         result.print_report(console)
-        console.print(f"wrote {', '.join(written)}")
+        from rich.markup import escape  # noqa: PLC0415
+
+        console.print(f"wrote {escape(', '.join(written))}")
     if not result.ok:
         first = result.report.violations[0]
         what = "integer-only check failed" if first.startswith(INTEGER_ONLY_PREFIX) else "numeric check failed"
         print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _check_report_path(path: str, inputs) -> None:
+    """``--report`` must name a file in a writable folder, and none of the run's inputs."""
+    from graphopt.outdir import same_file  # noqa: PLC0415
+
+    if os.path.isdir(path):
+        raise UsageError(f"--report {path} is a folder; give a file path such as {os.path.join(path, 'report.json')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--report {path}: folder {folder} does not exist or is not writable")
+    for item in inputs:
+        candidate = item if os.path.exists(item) else item.partition(":")[2]
+        if candidate and os.path.exists(path) and os.path.exists(candidate) and same_file(path, candidate):
+            raise UsageError(f"--report {path} is this run's input {item}; choose another report path")
 
 
 def cmd_passes(args) -> int:
@@ -138,13 +164,19 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_flags(default) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    common.add_argument("--debug", action="store_true", help="verbose logs and full tracebacks")
+    common.add_argument("--quiet", action="store_true", default=default, help="print nothing but errors")
+    common.add_argument("--debug", action="store_true", default=default, help="verbose logs and full tracebacks")
+    return common
 
+
+def build_parser() -> argparse.ArgumentParser:
+    # The flags work before and after the command; the command's copy must not reset a flag given
+    # before it (`graphopt --quiet compile ...`), hence SUPPRESS as its default.
+    common = _common_flags(argparse.SUPPRESS)
     parser = _Parser(prog="graphopt", description="Rewrite ONNX transformer graphs with named passes, check the numerics, compile.",
-                     epilog=EXIT_CODES_HELP, parents=[common])
+                     epilog=EXIT_CODES_HELP, parents=[_common_flags(False)])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     c = sub.add_parser("compile", parents=[common], help="rewrite a model, validate it, build targets", epilog=EXIT_CODES_HELP)
@@ -157,12 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", action="append", metavar="DATA", help=".npz, .npy, a folder, or name:file.npy (repeatable)")
     c.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
     c.add_argument("--report", metavar="PATH", help="also write report.json here")
+    c.add_argument("--force", action="store_true",
+                   help="replace files in -o that graphopt did not write, or that are this run's inputs (refused otherwise)")
     c.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     c.add_argument("--atol", type=float, help="max abs error allowed (with --rtol)")
     c.add_argument("--rtol", type=float, help="relative error allowed, times the output's max magnitude")
     c.add_argument("--min-cosine", type=float, default=0.999, help="minimum cosine vs the original (default 0.999)")
     c.add_argument("--min-sqnr", type=float, help="minimum SQNR in dB")
     c.add_argument("--min-top1", type=float, help="minimum top-1 agreement for logits outputs")
+    c.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept NaN/Inf outputs where the original and the rewritten model agree (a failed check otherwise)")
     c.add_argument("--no-validate", action="store_true", help="skip the comparison with the original")
     c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=None,
                    help="verify the result is integer between its QuantizeLinear and DequantizeLinear nodes "
@@ -205,9 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):  # noqa: N818 — like KeyboardInterrupt, not an error
+    pass
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 20] + f" … ({len(text)} characters)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # unwinds like Ctrl-C: staging folders are removed, nothing half-written stays
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
@@ -218,16 +269,19 @@ def main(argv: list[str] | None = None) -> int:
     except GraphoptError as e:
         if debug:
             raise
-        print(f"graphopt: error: {e}", file=sys.stderr)
+        print(f"graphopt: error: {_clip(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("graphopt: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("graphopt: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # an internal error: one line unless --debug
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"graphopt: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"graphopt: internal error: {type(e).__name__}: {_clip(first)} (rerun with --debug for the traceback)", file=sys.stderr)
         return 5
 
 

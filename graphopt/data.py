@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,8 +46,11 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
+MAX_INPUT_ELEMENTS = 1 << 31  # an input shape beyond this is a typo, not a model input
+
+
 def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["input_ids:1,128"]`` -> ``{"input_ids": (1, 128)}``."""
+    """``["input_ids:1,128"]`` -> ``{"input_ids": (1, 128)}``; every dimension a positive size."""
     shapes = {}
     for item in items or ():
         name, sep, dims = item.rpartition(":")
@@ -56,6 +60,10 @@ def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, .
             shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
         except ValueError:
             raise UsageError(f"bad --input-shape {item!r}: write name:d0,d1,... e.g. input_ids:1,128") from None
+        if any(d <= 0 for d in shapes[name]):
+            raise UsageError(f"bad --input-shape {item!r}: every dimension must be a positive size")
+        if np.prod(shapes[name], dtype=object) > MAX_INPUT_ELEMENTS:
+            raise UsageError(f"bad --input-shape {item!r}: more than {MAX_INPUT_ELEMENTS} elements; check the dimensions")
     return shapes
 
 
@@ -145,12 +153,11 @@ def _read(source: Any, model: ir.Model) -> list[dict[str, np.ndarray]]:
         if os.path.isdir(path):
             return _read_folder(path, specs)
         if path.endswith(".npz"):
-            with np.load(path) as archive:
-                return _split_stacked({k: archive[k] for k in archive.files}, specs)
+            return _split_stacked(_read_npz(path), specs)
         if path.endswith(".npy"):
             if len(specs) != 1:
                 raise DataError(f"{path} is one array but the model has inputs {[s.name for s in specs]}; use an .npz or name:file.npy")
-            return _split_stacked({specs[0].name: np.load(path)}, specs)
+            return _split_stacked({specs[0].name: _read_npy(path)}, specs)
         if path.endswith(".pb"):
             return [{specs[0].name: _read_pb(path)}]
         raise DataError(f"calibration data {path}: use .npz, .npy, .pb or a folder")
@@ -170,10 +177,7 @@ def _read_pairs(pairs: Sequence[str], specs: Sequence[InputSpec]) -> list[dict[s
         name, _, path = pair.partition(":")
         if not os.path.exists(path):
             raise DataError(f"data file {path} for input '{name}' does not exist")
-        try:
-            arrays[name] = np.load(path)
-        except ValueError as e:
-            raise DataError(f"cannot read {path} as .npy: {e}") from e
+        arrays[name] = _read_npy(path)
     return _split_stacked(arrays, specs)
 
 
@@ -188,7 +192,58 @@ def _read_folder(path: str, specs: Sequence[InputSpec]) -> list[dict[str, np.nda
     npys = {os.path.splitext(os.path.basename(f))[0]: f for f in glob.glob(os.path.join(path, "*.npy"))}
     if not npys:
         raise DataError(f"folder {path} has neither test_data_set_*/input_*.pb nor <input>.npy files")
-    return _split_stacked({name: np.load(f) for name, f in npys.items()}, specs)
+    return _split_stacked({name: _read_npy(f) for name, f in npys.items()}, specs)
+
+
+def _check_npy_header(stream, available: int, where: str) -> None:
+    """Refuse object arrays and headers that claim more bytes than the file holds, before allocating."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{where} is not a valid .npy array ({_first_line(e)}); re-save it with numpy.save") from e
+    if dtype.hasobject:
+        raise DataError(f"{where} holds Python objects (a pickled object array), which graphopt refuses to unpickle; save numeric arrays")
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > available - stream.tell():
+        raise DataError(f"{where}: its header claims {shape} {dtype} ({needed} bytes) but the file is smaller; it is truncated or corrupt")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            _check_npy_header(f, os.fstat(f.fileno()).st_size, path)
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise DataError(f"cannot read {path} as .npy: {_first_line(e)}") from e
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays = {}
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    _check_npy_header(member, info.file_size, f"{path}:{name}")
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+            return arrays
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path} is not an .npz archive ({_first_line(e)}); write it with numpy.savez") from e
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise DataError(f"cannot read {path}: {_first_line(e)}") from e
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _read_pb(path: str) -> np.ndarray:

@@ -23,11 +23,18 @@ class Tolerances:
     min_cosine: float | None = 0.999
     min_sqnr: float | None = None
     min_top1: float | None = None
+    allow_nonfinite: bool = False  # NaN/Inf pass only when allowed and at the same places on both sides
 
     def violations(self, name: str, m: OutputMetrics) -> list[str]:
         problems = []
         if m.shape_mismatch:
             return [f"{name}: {m.shape_mismatch}"]
+        if m.nonfinite_original or m.nonfinite_rewritten:
+            counts = f"{m.nonfinite_original} NaN/Inf value(s) in the original, {m.nonfinite_rewritten} in the rewritten output"
+            if not self.allow_nonfinite:
+                problems.append(f"{name}: {counts} (check the data; --allow-nonfinite accepts them where both sides agree)")
+            elif not m.nonfinite_agree:
+                problems.append(f"{name}: {counts}, at different places")
         if self.atol is not None or self.rtol is not None:
             atol = self.atol or 0.0
             rtol = self.rtol or 0.0
@@ -51,6 +58,9 @@ class OutputMetrics:
     ref_max_abs: float
     top1: float | None = None
     shape_mismatch: str | None = None
+    nonfinite_original: int = 0
+    nonfinite_rewritten: int = 0
+    nonfinite_agree: bool = True  # every NaN/Inf has the same special value on the other side
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "sqnr_db" else v) for k, v in dataclasses.asdict(self).items()}
@@ -100,6 +110,9 @@ def _compare_one(name: str, refs: Sequence[np.ndarray], tests: Sequence[np.ndarr
         cosine=cosine(np.where(finite, ref, 0), np.where(finite, test, 0)),
         sqnr_db=sqnr_db(np.where(finite, ref, 0), np.where(finite, test, 0)),
         ref_max_abs=float(np.abs(ref[finite]).max()) if finite.any() else 0.0,
+        nonfinite_original=int((~np.isfinite(ref)).sum()),
+        nonfinite_rewritten=int((~np.isfinite(test)).sum()),
+        nonfinite_agree=bool(np.all(finite | same_special)),
     )
     if _looks_like_logits(name, refs[0]):
         agree = [np.mean(np.argmax(r, -1) == np.argmax(t, -1)) for r, t in zip(refs, tests)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +65,7 @@ class PassSpec:
                 valid = ", ".join(sorted(fields)) or "none"
                 raise UsageError(f"pass '{self.name}' has no option '{key}' (valid options: {valid})")
             kwargs[field.name] = parse_option_value(self.name, field.name, hints[field.name], raw)
+            check_option_range(self.name, field, kwargs[field.name])
         try:
             return self.options(**kwargs)
         except (TypeError, ValueError) as e:
@@ -170,6 +172,22 @@ def parse_option_value(pass_name: str, key: str, hint: Any, raw: Any) -> Any:
         return hint(raw)
     except ValueError:
         raise UsageError(f"{where} must be {hint.__name__}, got {raw!r}") from None
+
+
+def check_option_range(pass_name: str, field: dataclasses.Field, value: Any) -> None:
+    """Numbers are finite and non-negative unless the field says otherwise; a field narrows that with
+    ``metadata={"range": (lo, hi)}`` (inclusive) or ``metadata={"choices": (...)}``."""
+    where = f"option '{field.name.replace('_', '-')}' of pass '{pass_name}'"
+    if "choices" in field.metadata and value not in field.metadata["choices"]:
+        raise UsageError(f"{where} must be one of {', '.join(map(str, field.metadata['choices']))}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"{where} must be a finite number, got {value!r}")
+    low, high = field.metadata.get("range", (0, math.inf))
+    if not low <= value <= high:
+        bounds = f"at least {low}" if high == math.inf else f"between {low} and {high}"
+        raise UsageError(f"{where} must be {bounds}, got {value!r}")
 
 
 def _catalog_key() -> str:

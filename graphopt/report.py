@@ -91,23 +91,22 @@ def _jsonable(value: Any) -> Any:
 def render(report: Report, console=None) -> None:
     """Print the report as tables (rich)."""
     from rich.console import Console  # noqa: PLC0415 — rich only when printing
-    from rich.markup import escape  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
     console = console or Console()
-    console.print(f"[bold]graphopt[/bold] {report.model}  pipeline: [cyan]{report.pipeline}[/cyan]")
+    console.print(f"[bold]graphopt[/bold] {_user(report.model)}  pipeline: [cyan]{_user(report.pipeline)}[/cyan]")
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"[yellow]warning:[/yellow] {_user(warning)}")
 
     passes = Table(title="passes", title_justify="left")
     for column in ("pass", "rewrites", "nodes", "time", "declined / notes"):
         passes.add_column(column)
     for p in report.passes:
-        rewrites = ", ".join(f"{k} x{v}" for k, v in p["rewrites"].items()) or "-"
-        notes = [*p["declines"][:3], *p["notes"]]
+        rewrites = ", ".join(f"{_user(k)} x{v}" for k, v in p["rewrites"].items()) or "-"
+        notes = [_user(n) for n in (*p["declines"][:3], *p["notes"])]
         if len(p["declines"]) > 3:
             notes.append(f"... {len(p['declines']) - 3} more declines in report.json")
-        passes.add_row(p["name"], rewrites, f"{p['nodes_before']} -> {p['nodes_after']}", f"{p['seconds']:.2f}s", "\n".join(notes))
+        passes.add_row(_user(p["name"]), rewrites, f"{p['nodes_before']} -> {p['nodes_after']}", f"{p['seconds']:.2f}s", "\n".join(notes))
     console.print(passes)
 
     ops = Table(title="ops before -> after (changed only)", title_justify="left")
@@ -116,7 +115,7 @@ def render(report: Report, console=None) -> None:
     for op in sorted(set(report.ops_before) | set(report.ops_after)):
         b, a = report.ops_before.get(op, 0), report.ops_after.get(op, 0)
         if a != b:
-            ops.add_row(op, str(b), str(a))
+            ops.add_row(_user(op), str(b), str(a))
     console.print(ops)
     size = f"{report.before.get('weight_bytes', 0) / 1e6:.2f} MB -> {report.after.get('weight_bytes', 0) / 1e6:.2f} MB"
     console.print(f"nodes {report.before.get('nodes')} -> {report.after.get('nodes')}; weights {size}")
@@ -127,14 +126,14 @@ def render(report: Report, console=None) -> None:
             acc.add_column(column)
         for name, m in report.accuracy.items():
             top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
-            acc.add_row(name, _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1)
+            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1)
         console.print(acc)
     if report.layers:
         layers = Table(title="per-layer error (quantized value vs the original's float value)", title_justify="left")
         for column in ("value", "where", "pass", "cosine", "SQNR dB", "max abs"):
             layers.add_column(column)
         for e in report.layers:
-            layers.add_row(escape(e["value"]), e["where"], e["made_by"], f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
+            layers.add_row(_user(e["value"]), _user(e["where"]), _user(e["made_by"]), f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
         console.print(layers)
     if report.parity:
         par = Table(title="backend parity (compiled target vs ONNX Runtime on the rewritten model, and vs the original)", title_justify="left")
@@ -142,11 +141,11 @@ def render(report: Report, console=None) -> None:
             par.add_column(column)
         for target, p in report.parity.items():
             if not p.get("ran"):
-                par.add_row(target, "-", "not run", "-", escape(p.get("note", "")))
+                par.add_row(_user(target), "-", "not run", "-", _user(p.get("note", "")))
                 continue
             for name, m in p["vs_onnx"].items():
                 original = p["vs_original"].get(name, {})
-                par.add_row(target, name, "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), f"{original.get('cosine', float('nan')):.6f}")
+                par.add_row(_user(target), _user(name), "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), f"{original.get('cosine', float('nan')):.6f}")
         console.print(par)
         _print_target_pairs(console, report.parity)
     if report.latency:
@@ -156,23 +155,30 @@ def render(report: Report, console=None) -> None:
         base = report.latency.get("original", {}).get("median_ms")
         for name, t in report.latency.items():
             ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
-            lat.add_row(name, f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
+            lat.add_row(_user(name), f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
         console.print(lat)
     if report.integer_only:
         verdict = report.integer_only
         for op in verdict["float_ops"][:10]:
             values = ", ".join(f"{v['name']} {v['dtype']}" for v in op["values"])
             where = f", in {op['function']}" if op["function"] else ""
-            console.print(f"[red]float op[/red] {escape(op['node'])} ({op['op_type']}{escape(where)}): {escape(values)}")
+            console.print(f"[red]float op[/red] {_user(op['node'])} ({_user(op['op_type'])}{_user(where)}): {_user(values)}")
         if len(verdict["float_ops"]) > 10:
             console.print(f"... {len(verdict['float_ops']) - 10} more float ops in report.json")
         if verdict["ok"]:
-            console.print(f"[green]{escape(verdict['verdict'])}[/green]")
+            console.print(f"[green]{_user(verdict['verdict'])}[/green]")
     if report.violations:
         for v in report.violations:
-            console.print(f"[red]FAILED[/red] {v}")
+            console.print(f"[red]FAILED[/red] {_user(v)}")
     elif report.accuracy:
         console.print("[green]numerics within tolerances[/green]")
+
+
+def _user(text: Any) -> str:
+    """User text (tensor names, paths, messages quoting them) printed as is: no rich markup, one row."""
+    from rich.markup import escape  # noqa: PLC0415
+
+    return escape(str(text)).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _num(value: Any) -> str:
@@ -190,5 +196,5 @@ def _print_target_pairs(console, parity: dict) -> None:
     for column in ("target", "target", "bit-exact", "max abs"):
         table.add_column(column)
     for a, b, p in pairs:
-        table.add_row(a, b, "yes" if p["bit_exact"] else "no", _num(p["max_abs"]))
+        table.add_row(_user(a), _user(b), "yes" if p["bit_exact"] else "no", _num(p["max_abs"]))
     console.print(table)

@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 
+import onnx
 import onnx_ir as ir
 
 from graphopt import ops
-from graphopt.errors import UsageError
 
-__all__ = ["EXTERNAL_DATA_THRESHOLD", "atomic_write_text", "ensure_writable_dir", "save_model", "staged_dir"]
+__all__ = ["EXTERNAL_DATA_THRESHOLD", "atomic_write_text", "current_umask", "inline_proto", "save_model"]
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to a .data file
-
-
-def ensure_writable_dir(path: str | os.PathLike) -> str:
-    """Create ``path`` if needed; fail with a UsageError when it cannot be written."""
-    path = os.fspath(path)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {path}: {e.strerror or e}; choose another -o") from e
-    if not os.path.isdir(path):
-        raise UsageError(f"output path {path} exists and is not a folder; choose another -o")
-    try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".graphopt-probe-"):
-            pass
-    except OSError as e:
-        raise UsageError(f"output folder {path} is not writable ({e.strerror or e}); choose another -o") from e
-    return path
 
 
 def _weights_bytes(model: ir.Model) -> int:
@@ -46,6 +27,40 @@ def _weights_bytes(model: ir.Model) -> int:
 
 def _has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
+def inline_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a proto with every external tensor's bytes inside it.
+
+    A proto that still points at external data is resolved by ONNX Runtime, TVM's frontend and
+    onnx's helpers against the *current working directory* when handed over in memory, so they would
+    read whatever ``w.bin`` sits there. The tensors are read here through their own base folder (the
+    model's, set at load) and swapped back afterwards: ``model`` is unchanged.
+    """
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                swapped.append((value, value.const_value))
+    loaded = ir.external_data.convert_tensors_from_external([tensor for _, tensor in swapped])
+    attributes = [
+        (node, attr)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        for attr in node.attributes.values()
+        if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor)
+    ]
+    try:
+        for (value, _), tensor in zip(swapped, loaded):
+            value.const_value = tensor
+        for node, attr in attributes:
+            (tensor,) = ir.external_data.convert_tensors_from_external([attr.value])
+            node.attributes[attr.name] = ir.AttrTensor(attr.name, tensor)
+        return ir.to_proto(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+        for node, attr in attributes:
+            node.attributes[attr.name] = attr
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None) -> list[str]:
@@ -63,7 +78,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     elif not external_data and _has_external_tensors(model):
         ir.external_data.load_to_model(model)  # inline what was external
     data_name = os.path.basename(path) + ".data"
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".graphopt-tmp-") as staging:
+    with tempfile.TemporaryDirectory(dir=folder, prefix=f".graphopt-tmp-{os.getpid()}-") as staging:
         staged = os.path.join(staging, os.path.basename(path))
         ir.save(model, staged, external_data=data_name if external_data else None)
         written = [path]
@@ -74,11 +89,18 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
     return written
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".graphopt-tmp-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".graphopt-tmp-{os.getpid()}-")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs follow the user's umask like model.onnx
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -86,27 +108,3 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-@contextlib.contextmanager
-def staged_dir(outdir: str | os.PathLike) -> Iterator[str]:
-    """Yield a staging folder inside ``outdir``; on success move its files into ``outdir``.
-
-    On any exception the staging folder is deleted and ``outdir`` is left as it was.
-    """
-    outdir = ensure_writable_dir(outdir)
-    staging = tempfile.mkdtemp(dir=outdir, prefix=".graphopt-staging-")
-    try:
-        yield staging
-        for name in sorted(os.listdir(staging)):
-            destination = os.path.join(outdir, name)
-            if os.path.isdir(os.path.join(staging, name)) and os.path.isdir(destination):
-                # a folder (a target's artifact) replaces the old one: park the old, move, then delete
-                parked = tempfile.mkdtemp(dir=outdir, prefix=".graphopt-old-")
-                os.replace(destination, os.path.join(parked, name))
-                os.replace(os.path.join(staging, name), destination)
-                shutil.rmtree(parked, ignore_errors=True)
-                continue
-            os.replace(os.path.join(staging, name), destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

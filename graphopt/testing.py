@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from graphopt import data, ops
+from graphopt import data, ops, storage
 
 __all__ = ["SEED", "assert_numerically_equal", "assert_valid", "op_types", "run_ort"]
 
@@ -29,7 +29,7 @@ def op_types(model: ir.Model | onnx.ModelProto) -> list[str]:
 def _proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(model, ir.Model):
         ops.attach_functions(model)
-        return ir.to_proto(model)
+        return storage.inline_proto(model)
     return model
 
 

@@ -71,6 +71,14 @@ class ShiftmaxOptions:
     mask: bool = False  # True: -128 (only reached by saturation, i.e. a mask fill) gets probability 0 (mask_below=-127)
     fit_n: bool = False  # True: n lowered per node to the halvings an int8 row can span (keeps the normalizer's bits)
 
+    def __post_init__(self) -> None:  # checked when the pipeline is parsed: a bad value is a usage error (exit 2)
+        if self.input_bits != 8:
+            raise ValueError(f"input_bits={self.input_bits}; only 8 (int8 QuantizeLinear) is supported")
+        if not 0 <= self.n <= 30 or not 2 <= self.out_bits <= 31:
+            raise ValueError(f"need 0 <= n <= 30 and 2 <= out_bits <= 31, got n={self.n}, out_bits={self.out_bits}")
+        if self.calibration not in ("minmax", "percentile") or not 0 < self.percentile <= 100:
+            raise ValueError("calibration must be minmax|percentile with 0 < percentile <= 100")
+
 
 def input_scale(arrays: list[np.ndarray], options: ShiftmaxOptions) -> float | None:
     """The symmetric input scale from calibration arrays (mask fills left out); None without data."""
@@ -165,16 +173,6 @@ class ShiftmaxPass(GraphoptPass):
     """Replace last-axis float Softmax by an int8 -> Shiftmax -> dequantize island (I-ViT)."""
 
     needs_calibration = True
-
-    def __init__(self, options=None) -> None:
-        super().__init__(options)
-        o = self.options
-        if o.input_bits != 8:
-            raise ValueError(f"shiftmax: input_bits={o.input_bits}; only 8 (int8 QuantizeLinear) is supported")
-        if not 0 <= o.n <= 30 or not 2 <= o.out_bits <= 31:
-            raise ValueError(f"shiftmax: need 0 <= n <= 30 and 2 <= out_bits <= 31, got n={o.n}, out_bits={o.out_bits}")
-        if o.calibration not in ("minmax", "percentile") or not 0 < o.percentile <= 100:
-            raise ValueError(f"shiftmax: calibration must be minmax|percentile with 0 < percentile <= 100")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = default_opset(model)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.backends.tvm.fold import fold_static_values
+from graphopt import storage
 from graphopt.errors import UnsupportedError, UsageError
 from graphopt.shapes import infer_shapes
 
@@ -189,7 +190,7 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Sequence[int]], target=None):
     if problems:
         raise UnsupportedError(f"{len(problems)} op type(s) TVM cannot compile: " + "; ".join(problems[:5]))
     dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs}
-    proto = ir.to_proto(model)
+    proto = storage.inline_proto(model)  # external data read from the model's folder, not the cwd
     context = target if target is not None else contextlib.nullcontext()
     with _extended_frontend(), context:
         try:

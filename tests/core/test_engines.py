@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import graphopt
-from graphopt import calibrate, metrics, storage
+from graphopt import calibrate, metrics, outdir, storage
 
 
 def test_metrics_of_identical_and_noisy_outputs():
@@ -72,10 +72,10 @@ def test_large_models_save_weights_as_external_data(tmp_path, mlp_proto, monkeyp
     np.testing.assert_array_equal(again.graph.initializers["w"].const_value.numpy(), model.graph.initializers["w"].const_value.numpy())
 
 
-def test_staged_dir_is_all_or_nothing(tmp_path):
+def test_staged_output_is_all_or_nothing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        with storage.staged_dir(out) as staging:
+        with outdir.staged_output(out) as staging:
             (open(os.path.join(staging, "model.onnx"), "w")).close()
             raise RuntimeError("failed halfway")
-    assert os.listdir(out) == []
+    assert not out.exists()  # the folder it created is gone again
