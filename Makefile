@@ -6,7 +6,7 @@ OUT ?= out
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast bench conformance clean
+.PHONY: install demo test test-fast bench conformance fuzz clean
 
 $(STAMP): requirements.txt pyproject.toml backends/tvm/edge/install_toolchain.sh
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,7 +32,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 conformance: $(STAMP)
-	$(PY) -m bench.conformance
+	$(PY) -m graphopt.conformance --passes canonicalize
+
+# Long fuzz runs (a bounded, seeded share of each runs in `make test`): every pass on generated
+# graphs (declines or preserves outputs), and byte-mutated models through the real CLI.
+fuzz: $(STAMP)
+	$(PY) -m bench.fuzz_differential --cases 2000
+	$(PY) -m bench.fuzz_loader --cases 5000
 
 bench: $(STAMP)
 	$(PY) -m bench.overhead
