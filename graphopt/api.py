@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ import onnx_ir.passes.common as common_passes
 
 from graphopt import capture, data, integer_region, interface, ops, registry, storage
 from graphopt.outdir import staged_output
-from graphopt.errors import CheckFailedError, UnsupportedError, UsageError
+from graphopt.errors import CheckFailedError, InternalError, ModelError, UnsupportedError, UsageError
 from graphopt.metrics import Tolerances, compare_outputs
 from graphopt.pipeline import Pipeline, parse_pipeline, run_pipeline
 from graphopt.report import Report, model_summary, op_histogram, render
@@ -93,6 +94,45 @@ def _run_all(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], threa
 
     session = ort.make_session(model, optimization="disable", threads=threads)
     return [ort.run(session, s) for s in samples]
+
+
+def _run_rewritten(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
+    """``_run_all`` on a model graphopt wrote: ORT refusing it is graphopt's bug (exit 5), never
+    the user's bad model (exit 3); the model is kept for the bug report."""
+    try:
+        return _run_all(model, samples, threads)
+    except ModelError as e:
+        raise InternalError(f"{e} — the model graphopt produced; this is a graphopt bug: {_keep_for_report(model)}") from e
+
+
+def _keep_for_report(model: ir.Model) -> str:
+    folder = tempfile.mkdtemp(prefix="graphopt-rejected-")
+    try:
+        storage.save_model(model, os.path.join(folder, "model.onnx"))
+    except Exception as e:  # noqa: BLE001 — the message matters more than the copy
+        return f"it could not be kept ({type(e).__name__})"
+    return f"the rewritten model is kept at {folder}/model.onnx for a report"
+
+
+def _measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, *, runs: int, optimization: str, threads: int) -> None:
+    """Median latency of the original (ORT) and of every target, best-effort: a runtime that cannot
+    load or run a model here is a warning in the report, and every output is still written."""
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    runners = {"original": lambda: ort.time_session(ort.make_session(original, optimization=optimization, threads=threads), feeds,
+                                                    runs=runs, threads=threads)}
+    for target, artifact in artifacts.items():
+        if not getattr(artifact, "can_time", True):  # cross builds (qemu) and GPU code without a GPU
+            report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
+            continue
+        runners[target] = lambda artifact=artifact: artifact.time(feeds, runs=runs)
+    for name, measure in runners.items():
+        try:
+            report.latency[name] = measure().as_dict()
+        except Exception as e:  # noqa: BLE001 — latency is a measurement, not a verdict
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            report.warnings.append(f"no latency for {name} (ORT optimization {optimization}): {first}")
+            logger.warning("latency of %s failed: %s", name, first)
 
 
 def compile(  # noqa: A001 — mirrors the CLI command name
@@ -173,7 +213,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     reference = _run_all(original, samples, threads) if validate and samples else []
 
     def check_after(pass_name: str, m: ir.Model) -> None:
-        metrics = compare_outputs(reference, _run_all(m.clone(), samples, threads))
+        metrics = compare_outputs(reference, _run_rewritten(m.clone(), samples, threads))
         report.accuracy_per_pass[pass_name] = {k: v.as_dict() for k, v in metrics.items()}
 
     t = time.perf_counter()
@@ -197,7 +237,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     rewritten = []
     if reference:
         t = time.perf_counter()
-        rewritten = _run_all(work, samples, threads)
+        rewritten = _run_rewritten(work, samples, threads)
         metrics = compare_outputs(reference, rewritten)
         report.accuracy = {k: v.as_dict() for k, v in metrics.items()}
         report.tolerances = dataclasses.asdict(tolerances)
@@ -241,15 +281,9 @@ def compile(  # noqa: A001 — mirrors the CLI command name
         timings["parity"] = time.perf_counter() - t
 
     if bench_runs > 0 and samples:
-        from graphopt.backends import ort  # noqa: PLC0415
-
-        baseline = ort.make_session(original, optimization=ort_optimization, threads=threads)
-        report.latency["original"] = ort.time_session(baseline, samples[0], runs=bench_runs, threads=threads).as_dict()
-        for target, artifact in artifacts.items():
-            if not getattr(artifact, "can_time", True):  # cross builds (qemu) and GPU code without a GPU
-                report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
-                continue
-            report.latency[target] = artifact.time(samples[0], runs=bench_runs).as_dict()
+        t = time.perf_counter()
+        _measure_latency(report, original, artifacts, samples[0], runs=bench_runs, optimization=ort_optimization, threads=threads)
+        timings["latency"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     report.seconds = timings
     return CompileResult(work, original, artifacts, report, samples, input_files=_input_files(model, original, calib))
