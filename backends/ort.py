@@ -20,6 +20,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from graphopt import ops, storage
+from graphopt.backends import ort_kernels
 from graphopt.errors import ModelError, UsageError
 
 __all__ = ["OPTIMIZATION_LEVELS", "OnnxArtifact", "Timing", "compile", "make_session", "run", "time_session"]
@@ -31,7 +32,6 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
 _INLINE_LIMIT = 1 << 30  # bytes of weights above which the session is built from a file
 
 
@@ -126,13 +126,7 @@ def compile(model: ir.Model, *, threads: int = 2, optimization: str = "all", **_
 
 
 def preflight(model: ir.Model, target: str = TARGET) -> list[str]:
-    """Ops ORT cannot run: everything standard or carrying a function body is fine."""
+    """Ops ORT's CPU provider cannot run (custom domains without a body, input types without a
+    kernel: ``ort_kernels``), after attaching graphopt ops' function bodies."""
     ops.attach_functions(model)
-    known = {(f.domain, f.name) for f in model.functions.values()}
-    problems = []
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain not in ORT_DOMAINS and (node.domain, node.op_type) not in known:
-            problems.append(f"{node.domain}::{node.op_type} (node {node.name or '?'}) has no ONNX Runtime kernel or function body")
-    return sorted(set(problems))
-
-
+    return ort_kernels.unsupported_ops(model)

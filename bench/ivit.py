@@ -85,7 +85,7 @@ def minilm_rows(exporter: str) -> list[dict]:
         ms = latency[name]
         rows.append({"model": f"minilm-{exporter}", "variant": name, "sentences": len(cos), "mean_cosine": float(cos.mean()),
                      "min_cosine": float(cos.min()), "latency_ms": ms, "speedup_vs_fp32": fp32_ms / ms,
-                     "pipeline_s": result.report.seconds.get("pipeline") if name == "ivit" else None})
+                     "pipeline_s": result.report.seconds.get("rewrite") if name == "ivit" else None})
     return rows
 
 

@@ -39,6 +39,28 @@ def _progress(args):
     return lambda items: tqdm(items, desc="passes", unit="pass", file=sys.stderr, leave=False)
 
 
+def _phases(args, console):
+    """Each compile stage by name with its time on stdout (not with --quiet or --json); on a
+    terminal a spinner on stderr names the stage that is running."""
+    if args.quiet or getattr(args, "json", False):
+        return None
+    import contextlib  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    spinner = Console(stderr=True) if sys.stderr.isatty() else None
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        start = time.perf_counter()
+        with spinner.status(f"{name} ...") if spinner else contextlib.nullcontext():
+            yield
+        console.print(f"[dim]phase[/dim] {name:<13} {time.perf_counter() - start:6.1f} s", highlight=False)
+
+    return phase
+
+
 def _console(args):
     from rich.console import Console  # noqa: PLC0415
 
@@ -57,6 +79,7 @@ def cmd_compile(args) -> int:
     calib = None
     if args.calib:
         calib = args.calib[0] if len(args.calib) == 1 and ":" not in args.calib[0] else args.calib
+    console = _console(args)
     result = api.compile(
         args.model,
         args.passes,
@@ -74,6 +97,7 @@ def cmd_compile(args) -> int:
         progress=_progress(args),
         tune_budget=args.tune_budget,
         tune_database=args.tune_database,
+        phases=_phases(args, console),
     )
     if args.report:
         _check_report_path(args.report, result.input_files)
@@ -83,7 +107,6 @@ def cmd_compile(args) -> int:
     if args.json:
         sys.stdout.write(result.report.to_json())
     else:
-        console = _console(args)
         result.print_report(console)
         from rich.markup import escape  # noqa: PLC0415
 

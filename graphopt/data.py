@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from graphopt.errors import DataError, UsageError
 
-__all__ = ["InputSpec", "input_specs", "load_samples", "parse_shape_overrides", "synthetic_inputs", "check_feeds"]
+__all__ = ["InputSpec", "apply_input_shapes", "input_specs", "load_samples", "parse_shape_overrides", "synthetic_inputs", "check_feeds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,17 @@ def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, .
         if np.prod(shapes[name], dtype=object) > MAX_INPUT_ELEMENTS:
             raise UsageError(f"bad --input-shape {item!r}: more than {MAX_INPUT_ELEMENTS} elements; check the dimensions")
     return shapes
+
+
+def apply_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Fix the shapes of the named graph inputs (``--input-shape``), checking names and ranks."""
+    inputs = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise UsageError(f"--input-shape names '{name}', but the model's inputs are {sorted(inputs)}")
+        if inputs[name].shape is not None and len(inputs[name].shape) != len(dims):
+            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the model's input has rank {len(inputs[name].shape)}")
+        inputs[name].shape = ir.Shape(list(dims))
 
 
 def _concrete_shape(spec: InputSpec, overrides: Mapping[str, tuple[int, ...]], default_dim: int) -> tuple[int, ...]:

@@ -1,0 +1,272 @@
+"""Compile as named stages over one context: load, samples, reference, rewrite, validate,
+layer-error, integer-only, build, parity, latency.
+
+Each stage reads what earlier stages left in the ``Context`` and fills its own part of the
+report; ``run_stages`` times every stage with one instrument (``report.seconds[stage]``) and
+announces it through a ``phases`` callback (the CLI shows each phase by name with its time).
+``graphopt.compile`` runs ``COMPILE_STAGES``; other commands run the stages they need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ContextManager
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from graphopt import capture, data, integer_region, interface, ops, storage
+from graphopt.errors import InternalError, ModelError, UnsupportedError
+from graphopt.parity import pairwise_parity, target_parity
+from graphopt.metrics import Tolerances, compare_outputs
+from graphopt.pipeline import Pipeline, run_pipeline
+from graphopt.report import Report, model_summary, op_histogram
+
+__all__ = ["COMPILE_STAGES", "Context", "Settings", "Stage", "run_stages"]
+
+logger = logging.getLogger(__name__)
+SYNTHETIC_WARNING = "no calibration data given: using synthetic random inputs, so accuracy numbers say little about real data (pass --calib)"
+PARITY_SAMPLES = 2  # samples each compiled target runs for the parity check (qemu runs are slow)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a compile was asked to do, checked once before any work (``api.compile``)."""
+
+    pipeline: Pipeline
+    targets: tuple[str, ...]
+    calib: Any = None
+    example_inputs: Any = None
+    input_shapes: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    validate: bool = True
+    validate_each: bool = False
+    integer_only: bool = False
+    tolerances: Tolerances = Tolerances()
+    synthetic_samples: int = 4
+    seed: int = 0
+    threads: int = 2
+    bench_runs: int = 0
+    ort_optimization: str = "all"
+    progress: Callable[[Iterable], Iterable] | None = None
+    tune_budget: int = 0
+    tune_database: str | None = None
+
+
+@dataclasses.dataclass
+class Context:
+    """The run's state: each stage reads what earlier stages left and adds its own."""
+
+    source: Any
+    settings: Settings
+    report: Report
+    backends: dict[str, Any]
+    original: ir.Model | None = None
+    work: ir.Model | None = None
+    samples: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
+    reference: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # the original's outputs
+    rewritten: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # ORT on the rewritten model
+    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], None]
+    when: Callable[[Context], bool] = lambda ctx: True
+
+
+Phases = Callable[[str], ContextManager]
+
+
+def run_stages(ctx: Context, stages: Sequence[Stage], phases: Phases | None = None) -> None:
+    """Run the stages that apply, each timed into ``report.seconds`` and shown through ``phases``."""
+    phases = phases or (lambda name: contextlib.nullcontext())
+    start = time.perf_counter()
+    for stage in stages:
+        if not stage.when(ctx):
+            continue
+        began = time.perf_counter()
+        with phases(stage.name):
+            stage.run(ctx)
+        ctx.report.seconds[stage.name] = time.perf_counter() - began
+    ctx.report.seconds["total"] = time.perf_counter() - start
+
+
+def run_on_ort(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], threads: int) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` on each sample: ONNX Runtime with its graph optimizations off."""
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    session = ort.make_session(model, optimization="disable", threads=threads)
+    return [ort.run(session, s) for s in samples]
+
+
+def run_rewritten(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
+    """``_run_all`` on a model graphopt wrote: ORT refusing it is graphopt's bug (exit 5), never
+    the user's bad model (exit 3); the model is kept for the bug report."""
+    try:
+        return run_on_ort(model, samples, threads)
+    except ModelError as e:
+        raise InternalError(f"{e} — the model graphopt produced; this is a graphopt bug: {keep_for_report(model)}") from e
+
+
+def keep_for_report(model: ir.Model) -> str:
+    folder = tempfile.mkdtemp(prefix="graphopt-rejected-")
+    try:
+        storage.save_model(model, os.path.join(folder, "model.onnx"))
+    except Exception as e:  # noqa: BLE001 — the message matters more than the copy
+        return f"it could not be kept ({type(e).__name__})"
+    return f"the rewritten model is kept at {folder}/model.onnx for a report"
+
+
+def measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, *, runs: int, optimization: str, threads: int) -> None:
+    """Median latency of the original (ORT) and of every target, best-effort: a runtime that cannot
+    load or run a model here is a warning in the report, and every output is still written."""
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    runners = {"original": lambda: ort.time_session(ort.make_session(original, optimization=optimization, threads=threads), feeds,
+                                                    runs=runs, threads=threads)}
+    for target, artifact in artifacts.items():
+        if not getattr(artifact, "can_time", True):  # cross builds (qemu) and GPU code without a GPU
+            report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
+            continue
+        runners[target] = lambda artifact=artifact: artifact.time(feeds, runs=runs)
+    for name, measure in runners.items():
+        try:
+            report.latency[name] = measure().as_dict()
+        except Exception as e:  # noqa: BLE001 — latency is a measurement, not a verdict
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            report.warnings.append(f"no latency for {name} (ORT optimization {optimization}): {first}")
+            logger.warning("latency of %s failed: %s", name, first)
+
+
+def _load(ctx: Context) -> None:
+    ctx.original = capture.load(ctx.source, ctx.settings.example_inputs)
+    data.apply_input_shapes(ctx.original, ctx.settings.input_shapes)
+
+
+def _samples(ctx: Context) -> None:
+    s, report = ctx.settings, ctx.report
+    if s.calib is not None:
+        ctx.samples = data.load_samples(s.calib, ctx.original)
+        report.data = {"kind": "user", "samples": len(ctx.samples)}
+        return
+    if s.validate or s.bench_runs:
+        ctx.samples = [data.synthetic_inputs(ctx.original, s.seed + i, s.input_shapes) for i in range(s.synthetic_samples)]
+    report.data = {"kind": "synthetic", "samples": len(ctx.samples), "seed": s.seed}
+    if s.validate:
+        report.warnings.append(SYNTHETIC_WARNING)
+        logger.warning(SYNTHETIC_WARNING)
+
+
+def _preflight_original(ctx: Context) -> None:
+    """The original runs in ONNX Runtime (reference outputs, baseline latency): ops it cannot run
+    are the backend's limit (exit 4, named), not a bad model."""
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    problems = ort.preflight(ctx.original.clone())
+    if problems:
+        raise UnsupportedError(f"ONNX Runtime cannot run the original model: {'; '.join(problems[:5])} (use --no-validate --bench-runs 0 to rewrite without running it)")
+
+
+def _reference(ctx: Context) -> None:
+    ctx.reference = run_on_ort(ctx.original, ctx.samples, ctx.settings.threads)
+
+
+def _rewrite(ctx: Context) -> None:
+    s, report = ctx.settings, ctx.report
+    ctx.work = work = ctx.original.clone()
+
+    def check_after(pass_name: str, m: ir.Model) -> None:
+        metrics = compare_outputs(ctx.reference, run_rewritten(m.clone(), ctx.samples, s.threads))
+        report.accuracy_per_pass[pass_name] = {k: v.as_dict() for k, v in metrics.items()}
+
+    records = run_pipeline(work, s.pipeline, after_each=check_after if (s.validate_each and ctx.reference) else None,
+                           progress=s.progress, samples=ctx.samples)
+    ops.attach_functions(work)
+    common_passes.NameFixPass()(work)
+    interface.restore_interface(ctx.original, work)
+    common_passes.RemoveUnusedNodesPass()(work)  # e.g. the Identity onnx_ir added for an input returned as output
+    report.passes = [dataclasses.asdict(r) for r in records]
+    report.before, report.after = model_summary(ctx.original), model_summary(work)
+    report.ops_before, report.ops_after = op_histogram(ctx.original), op_histogram(work)
+    problems = [p for target, backend in ctx.backends.items() for p in backend.preflight(work, target)]
+    if problems:
+        raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(ctx.backends)}: " + "; ".join(problems[:5]))
+
+
+def _validate(ctx: Context) -> None:
+    tolerances, report = ctx.settings.tolerances, ctx.report
+    ctx.rewritten = run_rewritten(ctx.work, ctx.samples, ctx.settings.threads)
+    metrics = compare_outputs(ctx.reference, ctx.rewritten)
+    report.accuracy = {k: v.as_dict() for k, v in metrics.items()}
+    report.tolerances = dataclasses.asdict(tolerances)
+    report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
+
+
+def _layer_error(ctx: Context) -> None:
+    from graphopt.layer_error import layer_errors  # noqa: PLC0415
+
+    ctx.report.layers = [e.as_dict() for e in layer_errors(ctx.original, ctx.work, ctx.samples, threads=ctx.settings.threads)]
+
+
+def _integer_only(ctx: Context) -> None:
+    verdict = integer_region.verify(ctx.work)
+    ctx.report.integer_only = verdict.as_dict()
+    if not verdict.ok:
+        ctx.report.violations.append(verdict.summary())
+
+
+def _build(ctx: Context) -> None:
+    s = ctx.settings
+    for target, backend in ctx.backends.items():
+        began = time.perf_counter()
+        ctx.artifacts[target] = artifact = backend.compile(
+            ctx.work, target=target, threads=s.threads, optimization=s.ort_optimization,
+            example_inputs=ctx.samples[0] if ctx.samples else None,
+            tune_budget=s.tune_budget, tune_database=s.tune_database, progress=s.progress is not None,
+        )
+        ctx.report.targets[target] = {"compile_seconds": time.perf_counter() - began, **getattr(artifact, "details", {})}
+        if target != "onnx":  # the onnx target's files are model.onnx itself, not a folder
+            ctx.report.targets[target]["folder"] = artifact.target
+
+
+def _parity(ctx: Context) -> None:
+    outputs = {}
+    for target, artifact in ctx.artifacts.items():
+        if target != "onnx":
+            ctx.report.parity[target], outputs[target] = target_parity(
+                artifact, ctx.samples[:PARITY_SAMPLES], ctx.reference, ctx.rewritten, ctx.settings.tolerances, ctx.report
+            )
+    pairwise_parity(ctx.report.parity, outputs)
+
+
+def _latency(ctx: Context) -> None:
+    s = ctx.settings
+    measure_latency(ctx.report, ctx.original, ctx.artifacts, ctx.samples[0], runs=s.bench_runs, optimization=s.ort_optimization,
+                    threads=s.threads)
+
+
+def _validating(ctx: Context) -> bool:
+    return ctx.settings.validate and bool(ctx.samples)
+
+
+COMPILE_STAGES = (
+    Stage("load", _load),
+    Stage("samples", _samples),
+    Stage("preflight", _preflight_original, lambda ctx: _validating(ctx) or ctx.settings.bench_runs > 0),
+    Stage("reference", _reference, _validating),
+    Stage("rewrite", _rewrite),
+    Stage("validate", _validate, _validating),
+    Stage("layer-error", _layer_error, _validating),
+    Stage("integer-only", _integer_only, lambda ctx: ctx.settings.integer_only),
+    Stage("build", _build),
+    Stage("parity", _parity, _validating),
+    Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.samples)),
+)

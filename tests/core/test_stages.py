@@ -1,0 +1,56 @@
+"""Compile runs as named stages over one context, each timed by one instrument and announced."""
+
+from __future__ import annotations
+
+import contextlib
+
+import onnx
+
+import graphopt
+from graphopt import cli, stages
+
+
+def test_compile_runs_its_stages_in_order_and_times_each(mlp_proto):
+    seen = []
+
+    @contextlib.contextmanager
+    def phases(name):
+        seen.append(name)
+        yield
+
+    result = graphopt.compile(mlp_proto, passes="cleanup", bench_runs=2, phases=phases)
+    assert seen == ["load", "samples", "preflight", "reference", "rewrite", "validate", "layer-error", "build", "parity", "latency"]
+    assert set(result.report.seconds) == {*seen, "total"}
+    assert result.report.seconds["total"] >= result.report.seconds["rewrite"]
+
+
+def test_stages_that_do_not_apply_are_skipped(mlp_proto):
+    seen = []
+
+    @contextlib.contextmanager
+    def phases(name):
+        seen.append(name)
+        yield
+
+    graphopt.compile(mlp_proto, passes="ivit", validate=False, integer_only=True, phases=phases)
+    assert seen == ["load", "samples", "rewrite", "integer-only", "build"]
+
+
+def test_a_stage_list_can_be_run_by_other_commands(mlp_proto):
+    settings = graphopt.api._settings("cleanup", targets=None, input_shapes=None, integer_only=False, tolerances=None,
+                                      ort_optimization="all", tune_budget=0, tune_database=None)
+    ctx = stages.Context(mlp_proto, settings, graphopt.api.Report(model="m", pipeline="cleanup"), {})
+    load, samples = stages.COMPILE_STAGES[:2]
+    stages.run_stages(ctx, [load, samples])
+    assert ctx.original is not None and len(ctx.samples) == 4 and ctx.work is None
+
+
+def test_cli_prints_each_phase_with_its_time(tmp_path, mlp_proto, capsys):
+    onnx.save(mlp_proto, tmp_path / "m.onnx")
+    assert cli.main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--bench-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    phase_lines = [line for line in out.splitlines() if line.startswith("phase ")]
+    assert [line.split()[1] for line in phase_lines][:2] == ["load", "samples"] and phase_lines[-1].split()[1] == "latency"
+    assert all(line.endswith(" s") for line in phase_lines)
+    assert cli.main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
