@@ -13,9 +13,9 @@ import logging
 from collections.abc import Sequence
 
 import onnx_ir as ir
-from onnxscript.rewriter import _basics, pattern
+from onnxscript.rewriter import _basics, _pattern_ir, pattern
 
-__all__ = ["Decline", "RuleOutcome", "apply_rules", "explain_rules"]
+__all__ = ["Decline", "RuleOutcome", "applicable_rules", "apply_rules", "explain_rules"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,112 @@ class RuleOutcome:
         return sum(self.rewrites.values())
 
 
-def apply_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *, explain: bool = True) -> RuleOutcome:
-    """Rewrite ``model`` in place with ``rules``; count rewrites per rule and collect declines."""
-    outcome = RuleOutcome()
+def _op_types(model: ir.Model) -> set[str]:
+    """Every op type in the model: main graph, subgraphs and model-local functions."""
+    found = {node.op_type for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+    for function in model.functions.values():
+        found.update(node.op_type for node in ir.traversal.RecursiveGraphIterator(function))
+    return found
+
+
+def _required_op_types(rule: pattern.RewriteRule) -> frozenset[str] | None:
+    """Op types every match of ``rule`` must contain, or None when that cannot be told.
+
+    Walks back from the pattern's outputs through node outputs only: an ``OrValue``'s
+    alternatives, variables and constants end the walk (the pattern's own node list holds every
+    alternative, which a match need not contain). Each node reached with a constant op type
+    occurs in any graph the rule matches.
+    """
+    try:
+        outputs = rule._target_pattern.outputs  # noqa: SLF001 — onnxscript has no public accessor
+    except AttributeError:
+        return None
+    required: set[str] = set()
+    seen: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        value = stack.pop()
+        if not isinstance(value, _pattern_ir.NodeOutputPattern):
+            continue
+        node = value.producer()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        identifier = node.op_identifier()
+        if identifier is not None:
+            required.add(identifier[1])
+        stack.extend(v for v in node.inputs if v is not None)
+    return frozenset(required)
+
+
+def applicable_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule]) -> list[pattern.RewriteRule]:
+    """``rules`` without those that need an op type the model does not contain.
+
+    onnxscript tries every rule at every node (and constant-propagates the whole graph per rule
+    set), so a pass costs rules x nodes; rules that cannot match anywhere are skipped up front.
+    The model's op types are read once: skipped rules could only become matchable through an
+    earlier rule's rewrite, so the set is refreshed after each rule that rewrote something.
+    """
+    present = _op_types(model)
+    kept = []
     for rule in rules:
-        count = pattern.RewriteRuleSet([rule]).apply_to_model(model)
+        required = _required_op_types(rule)
+        if required is None or required <= present:
+            kept.append(rule)
+    return kept
+
+
+class _RootFiltered:
+    """A rule that declines at once on nodes whose op type is not its pattern's root op type.
+
+    onnxscript's driver calls every rule's ``try_rewrite`` on every node, and each call builds a
+    match state before the op type fails (about 9 us); this check costs a string compare. Only
+    for single-output patterns with a constant root op: there the matcher starts by comparing
+    that node's op type, so the outcome is the same. Every other attribute is the rule's own,
+    and the tracer still logs under the rule itself.
+    """
+
+    def __init__(self, rule: pattern.RewriteRule, op_type: str) -> None:
+        self._rule = rule
+        self._op_type = op_type
+
+    def __getattr__(self, name: str):
+        return getattr(self._rule, name)
+
+    def try_rewrite(self, model, graph_or_function, node, *, verbose=None, tracer=None):
+        if node.op_type != self._op_type:
+            return None
+        return self._rule.try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+
+
+def _root_filtered(rule: pattern.RewriteRule):
+    try:
+        target = rule._target_pattern  # noqa: SLF001
+        if not target.has_single_output_node:
+            return rule
+        identifier = target.output_node.op_identifier()
+    except AttributeError:
+        return rule
+    return rule if identifier is None else _RootFiltered(rule, identifier[1])
+
+
+def apply_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *, explain: bool = True) -> RuleOutcome:
+    """Rewrite ``model`` in place with ``rules``; count rewrites per rule and collect declines.
+
+    Rules needing an op type the model lacks are skipped (they cannot match); the model's op
+    types are re-read after every rule that rewrote something, since a rewrite can add op types.
+    """
+    outcome = RuleOutcome()
+    present = _op_types(model)
+    for rule in rules:
+        required = _required_op_types(rule)
+        if required is not None and not required <= present:
+            continue
+        count = pattern.RewriteRuleSet([_root_filtered(rule)]).apply_to_model(model)
         if count:
             outcome.rewrites[rule.name] += count
             logger.debug("rule %s rewrote %d site(s)", rule.name, count)
+            present = _op_types(model)
     if explain:
         outcome.declines = explain_rules(model, rules)
     return outcome
@@ -64,8 +162,11 @@ def explain_rules(
     With ``near_misses`` also return the best partial pattern matches (the pattern itself failed),
     which is what `graphopt explain` shows when a rule fires nowhere.
     """
+    rules = applicable_rules(model, rules)  # a rule needing an absent op has no candidate, no near miss
+    if not rules:
+        return []
     tracer = _basics.MatchingTracer()
-    ruleset = pattern.RewriteRuleSet(list(rules))
+    ruleset = pattern.RewriteRuleSet([_root_filtered(rule) for rule in rules])
     ruleset.remove_unused_nodes = False  # explaining must not change the model
     ruleset.apply_to_model(model, tracer=tracer)
     declines = []
