@@ -98,6 +98,9 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     tune_budget: int = 0,
     tune_database: str | None = None,
     phases: Phases | None = None,
+    mask: str | None = "auto",
+    outputs: Sequence[str] | None = None,
+    ignore_outputs: Sequence[str] = (),
 ) -> CompileResult:
     """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
 
@@ -111,12 +114,16 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     None means on when the pipeline names the ``ivit`` preset. ``tune_budget`` (MetaSchedule trials)
     and ``tune_database`` (records of an earlier run) apply to TVM host targets; see
     ``graphopt.backends.tvm.tune``. ``phases(name)`` is a context manager entered around each
-    stage (``graphopt.stages``): the CLI shows the phases with their times.
+    stage (``graphopt.stages``): the CLI shows the phases with their times. ``mask`` names the
+    input whose zeros mark padding (``"auto"``: an ``attention_mask``-like input; None: none):
+    accuracy metrics leave padded positions out. ``outputs`` / ``ignore_outputs`` choose which
+    outputs the checks gate (all are measured and reported).
     """
     settings = _settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
-                         ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database)
+                         ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database,
+                         mask=mask, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs))
     from graphopt import backends  # noqa: PLC0415
 
     ctx = Context(model, settings, Report(model=name or _describe(model), pipeline=str(settings.pipeline)),

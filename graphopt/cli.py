@@ -98,6 +98,9 @@ def cmd_compile(args) -> int:
         tune_budget=args.tune_budget,
         tune_database=args.tune_database,
         phases=_phases(args, console),
+        mask=None if args.mask == "none" else args.mask,
+        outputs=_names(args.outputs),
+        ignore_outputs=tuple(_names(args.ignore_output) or ()),
     )
     if args.report:
         _check_report_path(args.report, result.input_files)
@@ -114,9 +117,15 @@ def cmd_compile(args) -> int:
     if not result.ok:
         first = result.report.violations[0]
         what = "integer-only check failed" if first.startswith(INTEGER_ONLY_PREFIX) else "numeric check failed"
-        print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}", file=sys.stderr)
+        hint = f" (hint: {result.report.hints[0]})" if result.report.hints else ""
+        print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}{hint}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _names(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeatable, comma-separated name flags: ``--outputs a,b --outputs c``."""
+    return tuple(n.strip() for v in values for n in v.split(",") if n.strip()) if values else None
 
 
 def _check_report_path(path: str, inputs) -> None:
@@ -187,6 +196,15 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    from importlib import metadata  # noqa: PLC0415 — the installed version, without importing graphopt's heavy parts
+
+    try:
+        return metadata.version("graphopt")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _common_flags(default) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", default=default, help="print nothing but errors")
@@ -200,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_flags(argparse.SUPPRESS)
     parser = _Parser(prog="graphopt", description="Rewrite ONNX transformer graphs with named passes, check the numerics, compile.",
                      epilog=EXIT_CODES_HELP, parents=[_common_flags(False)])
+    parser.add_argument("--version", action="version", version=f"graphopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     c = sub.add_parser("compile", parents=[common], help="rewrite a model, validate it, build targets", epilog=EXIT_CODES_HELP)
@@ -222,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--min-top1", type=float, help="minimum top-1 agreement for logits outputs")
     c.add_argument("--allow-nonfinite", action="store_true",
                    help="accept NaN/Inf outputs where the original and the rewritten model agree (a failed check otherwise)")
+    c.add_argument("--mask", default="auto", metavar="INPUT",
+                   help="input whose zeros mark padding: accuracy metrics leave those positions out "
+                        "(default: auto, an integer attention_mask-like input; 'none' compares every position)")
+    c.add_argument("--outputs", action="append", metavar="NAMES", help="check only these outputs (comma-separated, repeatable)")
+    c.add_argument("--ignore-output", action="append", metavar="NAMES",
+                   help="measure and report these outputs but do not check them (e.g. an unused pooler output)")
     c.add_argument("--no-validate", action="store_true", help="skip the comparison with the original")
     c.add_argument("--integer-only", action=argparse.BooleanOptionalAction, default=None,
                    help="verify the result is integer between its QuantizeLinear and DequantizeLinear nodes "
@@ -242,14 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_compile)
 
     p = sub.add_parser("passes", parents=[common], help="list passes, their options and presets")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the catalog as JSON")
     p.set_defaults(run=cmd_passes)
 
     i = sub.add_parser("inspect", parents=[common], help="inputs, outputs, op histogram, parameters, detected patterns",
                        epilog=EXIT_CODES_HELP)
     i.add_argument("model")
-    i.add_argument("--input-shape", action="append", metavar="NAME:D0,D1")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
+    i.add_argument("--json", action="store_true", help="print the inspection as JSON")
     i.add_argument("--integer-only", action="store_true",
                    help="only verify that every node between a QuantizeLinear and a DequantizeLinear is integer "
                         "(graphopt ops inlined): one line per float op found there; exit 1 when there is one, "
@@ -258,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", parents=[common], help="what each pass would rewrite, and the near misses with reasons")
     e.add_argument("model")
-    e.add_argument("--passes", default="canonicalize")
-    e.add_argument("--input-shape", action="append", metavar="NAME:D0,D1")
+    e.add_argument("--passes", default="canonicalize", help="pipeline to explain (default: canonicalize)")
+    e.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
     e.set_defaults(run=cmd_explain)
     return parser
 

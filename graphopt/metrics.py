@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["OutputMetrics", "Tolerances", "compare_outputs", "cosine", "sqnr_db"]
+__all__ = ["OutputMetrics", "Tolerances", "apply_mask", "compare_outputs", "cosine", "detect_mask_input", "sqnr_db"]
+
+MASK_NAMES = ("attention_mask", "input_mask", "mask")  # integer/bool [batch, seq] inputs that mark real tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +128,29 @@ def compare_outputs(
     """Metrics per output name over all samples (lists of per-sample output dicts)."""
     names = list(reference[0]) if reference else []
     return {name: _compare_one(name, [r[name] for r in reference], [t[name] for t in test]) for name in names}
+
+
+def detect_mask_input(inputs: Mapping[str, tuple[np.dtype, int | None]]) -> str | None:
+    """The model input that marks real tokens (``attention_mask``-like: integer or bool, rank 2), if any.
+
+    ``inputs`` maps input name -> (dtype, rank)."""
+    for wanted in MASK_NAMES:
+        for name, (dtype, rank) in inputs.items():
+            if name.lower().endswith(wanted) and np.dtype(dtype).kind in "iub" and rank in (2, None):
+                return name
+    return None
+
+
+def apply_mask(outputs: Sequence[Mapping[str, np.ndarray]], samples: Sequence[Mapping[str, np.ndarray]], mask: str) -> list[dict[str, np.ndarray]]:
+    """Outputs restricted to the positions the mask input marks as real (padding left out).
+
+    An output whose leading axes are the mask's shape ([batch, seq, ...]) keeps only the rows where
+    the mask is non-zero; other outputs (a pooled [batch, hidden]) are kept whole."""
+    restricted = []
+    for out, sample in zip(outputs, samples):
+        keep = np.asarray(sample[mask]).astype(bool)
+        restricted.append({
+            name: value[keep] if value.ndim >= keep.ndim and value.shape[: keep.ndim] == keep.shape else value
+            for name, value in out.items()
+        })
+    return restricted

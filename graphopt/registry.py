@@ -56,11 +56,11 @@ class PassSpec:
 
     def make_options(self, values: dict[str, str | Any]) -> Any:
         """Build the options dataclass from raw values, naming the valid keys on a bad one."""
-        fields = {f.name.replace("_", "-"): f for f in self.option_fields()}
+        fields = {f.name: f for f in self.option_fields()}  # printed with underscores, accepted with dashes too
         hints = typing.get_type_hints(self.options)
         kwargs = {}
         for key, raw in values.items():
-            field = fields.get(key.replace("_", "-"))
+            field = fields.get(key.replace("-", "_"))
             if field is None:
                 valid = ", ".join(sorted(fields)) or "none"
                 raise UsageError(f"pass '{self.name}' has no option '{key}' (valid options: {valid})")
@@ -177,7 +177,7 @@ def parse_option_value(pass_name: str, key: str, hint: Any, raw: Any) -> Any:
 def check_option_range(pass_name: str, field: dataclasses.Field, value: Any) -> None:
     """Numbers are finite and non-negative unless the field says otherwise; a field narrows that with
     ``metadata={"range": (lo, hi)}`` (inclusive) or ``metadata={"choices": (...)}``."""
-    where = f"option '{field.name.replace('_', '-')}' of pass '{pass_name}'"
+    where = f"option '{field.name}' of pass '{pass_name}'"
     if "choices" in field.metadata and value not in field.metadata["choices"]:
         raise UsageError(f"{where} must be one of {', '.join(map(str, field.metadata['choices']))}, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -233,7 +233,7 @@ def catalog() -> dict:
                 "summary": p.summary,
                 "fixed_point": p.fixed_point,
                 "options": [
-                    {"name": f.name.replace("_", "-"), "type": _type_name(f.type), "default": f.default}
+                    {"name": f.name, "type": _type_name(f.type), "default": f.default}
                     for f in p.option_fields()
                 ],
             }

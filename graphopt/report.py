@@ -14,7 +14,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-__all__ = ["Report", "model_summary", "op_histogram", "render"]
+__all__ = ["REPORT_SCHEMA_VERSION", "Report", "model_summary", "op_histogram", "render"]
 
 
 def op_histogram(model: ir.Model) -> dict[str, int]:
@@ -41,10 +41,28 @@ def model_summary(model: ir.Model) -> dict[str, Any]:
     }
 
 
+REPORT_SCHEMA_VERSION = 1  # bump on any change of report.json's layout; docs/report.schema.json describes it
+
+
+def _host() -> dict:
+    from graphopt.host import describe_host  # noqa: PLC0415
+
+    return dict(describe_host())
+
+
+def _versions() -> dict:
+    from graphopt.host import library_versions  # noqa: PLC0415
+
+    return dict(library_versions())
+
+
 @dataclasses.dataclass
 class Report:
     model: str
     pipeline: str
+    schema_version: int = REPORT_SCHEMA_VERSION
+    host: dict = dataclasses.field(default_factory=_host)  # CPU model, ISA features, cores: ratios depend on them
+    versions: dict = dataclasses.field(default_factory=_versions)  # graphopt and the libraries behind the numbers
     passes: list[dict] = dataclasses.field(default_factory=list)
     before: dict = dataclasses.field(default_factory=dict)
     after: dict = dataclasses.field(default_factory=dict)
@@ -62,6 +80,7 @@ class Report:
     targets: dict = dataclasses.field(default_factory=dict)
     seconds: dict = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    hints: list[str] = dataclasses.field(default_factory=list)  # what to try when a check failed
 
     @property
     def ok(self) -> bool:
@@ -71,6 +90,16 @@ class Report:
         out = dataclasses.asdict(self)
         out["ok"] = self.ok
         return _jsonable(out)
+
+    def __str__(self) -> str:  # print(result.report): the summary, not the dataclass repr
+        verdict = "ok" if self.ok else f"FAILED ({len(self.violations)}): {self.violations[0]}"
+        accuracy = ", ".join(f"{k} cosine {m.get('cosine') if m.get('cosine') is None else round(m['cosine'], 6)}" for k, m in self.accuracy.items())
+        latency = ", ".join(f"{k} {t['median_ms']:.2f} ms" for k, t in self.latency.items())
+        lines = [f"graphopt report: {self.model} | {self.pipeline} | nodes {self.before.get('nodes')} -> {self.after.get('nodes')} | {verdict}"]
+        lines += [f"  accuracy: {accuracy}"] if accuracy else []
+        lines += [f"  latency: {latency}"] if latency else []
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
@@ -121,12 +150,15 @@ def render(report: Report, console=None) -> None:
     console.print(f"nodes {report.before.get('nodes')} -> {report.after.get('nodes')}; weights {size}")
 
     if report.accuracy:
-        acc = Table(title=f"accuracy vs original ({report.data.get('kind')} data, {report.data.get('samples')} samples)", title_justify="left")
-        for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1"):
+        masked = f", padding left out by {_user(report.data['mask'])}" if report.data.get("mask") else ""
+        acc = Table(title=f"accuracy vs original ({report.data.get('kind')} data, {report.data.get('samples')} samples{masked})",
+                    title_justify="left")
+        for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1", "checked"):
             acc.add_column(column)
         for name, m in report.accuracy.items():
             top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
-            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1)
+            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1,
+                        "yes" if m.get("checked", True) else "ignored")
         console.print(acc)
     if report.layers:
         layers = Table(title="per-layer error (quantized value vs the original's float value)", title_justify="left")
@@ -170,6 +202,8 @@ def render(report: Report, console=None) -> None:
     if report.violations:
         for v in report.violations:
             console.print(f"[red]FAILED[/red] {_user(v)}")
+        for hint in report.hints:
+            console.print(f"[yellow]hint:[/yellow] {_user(hint)}")
     elif report.accuracy:
         console.print("[green]numerics within tolerances[/green]")
 

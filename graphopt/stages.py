@@ -23,9 +23,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from graphopt import capture, data, integer_region, interface, ops, storage
-from graphopt.errors import InternalError, ModelError, UnsupportedError
+from graphopt.errors import InternalError, ModelError, UnsupportedError, UsageError
 from graphopt.parity import pairwise_parity, target_parity
-from graphopt.metrics import Tolerances, compare_outputs
+from graphopt.metrics import Tolerances, apply_mask, compare_outputs, detect_mask_input
 from graphopt.pipeline import Pipeline, run_pipeline
 from graphopt.report import Report, model_summary, op_histogram
 
@@ -57,6 +57,9 @@ class Settings:
     progress: Callable[[Iterable], Iterable] | None = None
     tune_budget: int = 0
     tune_database: str | None = None
+    mask: str | None = "auto"  # input marking real tokens: metrics skip padding; "auto" detects attention_mask
+    outputs: tuple[str, ...] | None = None  # outputs the checks gate (None: all)
+    ignore_outputs: tuple[str, ...] = ()  # outputs measured and reported but not checked
 
 
 @dataclasses.dataclass
@@ -149,6 +152,27 @@ def measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, 
 def _load(ctx: Context) -> None:
     ctx.original = capture.load(ctx.source, ctx.settings.example_inputs)
     data.apply_input_shapes(ctx.original, ctx.settings.input_shapes)
+    _check_output_and_mask_names(ctx)
+
+
+def _check_output_and_mask_names(ctx: Context) -> None:
+    s = ctx.settings
+    outputs = [v.name for v in ctx.original.graph.outputs]
+    for name in (*(s.outputs or ()), *s.ignore_outputs):
+        if name not in outputs:
+            raise UsageError(f"--outputs/--ignore-output name '{name}', but the model's outputs are {outputs}")
+    inputs = [v.name for v in ctx.original.graph.inputs]
+    if s.mask not in (None, "auto") and s.mask not in inputs:
+        raise UsageError(f"--mask names '{s.mask}', but the model's inputs are {inputs} (or --mask none)")
+
+
+def mask_input(ctx: Context) -> str | None:
+    """The input whose zeros mark padding, as asked (``--mask``) or detected (``attention_mask``)."""
+    if ctx.settings.mask != "auto":
+        return ctx.settings.mask
+    ranks = {v.name: (v.dtype.numpy() if v.dtype is not None else np.float32, len(v.shape) if v.shape is not None else None)
+             for v in ctx.original.graph.inputs}
+    return detect_mask_input(ranks)
 
 
 def _samples(ctx: Context) -> None:
@@ -202,12 +226,29 @@ def _rewrite(ctx: Context) -> None:
 
 
 def _validate(ctx: Context) -> None:
-    tolerances, report = ctx.settings.tolerances, ctx.report
-    ctx.rewritten = run_rewritten(ctx.work, ctx.samples, ctx.settings.threads)
-    metrics = compare_outputs(ctx.reference, ctx.rewritten)
-    report.accuracy = {k: v.as_dict() for k, v in metrics.items()}
-    report.tolerances = dataclasses.asdict(tolerances)
-    report.violations = [v for k, m in metrics.items() for v in tolerances.violations(k, m)]
+    s, report = ctx.settings, ctx.report
+    ctx.rewritten = run_rewritten(ctx.work, ctx.samples, s.threads)
+    mask = mask_input(ctx)
+    reference, rewritten = ctx.reference, ctx.rewritten
+    if mask is not None:  # padding positions carry no meaning: an integer model may differ there freely
+        reference, rewritten = apply_mask(reference, ctx.samples, mask), apply_mask(rewritten, ctx.samples, mask)
+        report.data["mask"] = mask
+    metrics = compare_outputs(reference, rewritten)
+    checked = [k for k in metrics if (s.outputs is None or k in s.outputs) and k not in s.ignore_outputs]
+    report.accuracy = {k: {**v.as_dict(), "checked": k in checked} for k, v in metrics.items()}
+    report.tolerances = dataclasses.asdict(s.tolerances)
+    report.violations = [v for k in checked for v in s.tolerances.violations(k, metrics[k])]
+    if report.violations:
+        report.hints.append(_failure_hint(ctx, mask))
+
+
+def _failure_hint(ctx: Context, mask: str | None) -> str:
+    if mask is None and any(np.dtype(v.dtype.numpy()).kind in "iub" and "mask" in v.name.lower()
+                            for v in ctx.original.graph.inputs if v.dtype is not None):
+        return "padding positions were compared too: name the attention-mask input with --mask INPUT"
+    if len(ctx.report.accuracy) > 1:
+        return "an output nobody uses (e.g. a pooler) can be left out with --ignore-output NAME; per-layer errors show where the error grows"
+    return "the per-layer error table (report.json 'layers') shows where the error grows"
 
 
 def _layer_error(ctx: Context) -> None:

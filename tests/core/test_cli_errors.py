@@ -140,7 +140,7 @@ def test_unknown_pass(mlp_path, out):
 
 
 def test_unknown_option_key(mlp_path, out):
-    assert_one_line_error(graphopt("compile", mlp_path, "--passes", "cleanup(speed=9)", "-o", out), 2, "no option 'speed'", "fold-limit")
+    assert_one_line_error(graphopt("compile", mlp_path, "--passes", "cleanup(speed=9)", "-o", out), 2, "no option 'speed'", "fold_limit")
     assert_no_output(out)
 
 

@@ -41,7 +41,7 @@ def test_preset_expands():
     ("text", "message"),
     [
         ("nosuchpass", "unknown pass 'nosuchpass' (valid passes and presets: "),
-        ("cleanup(bogus=1)", "pass 'cleanup' has no option 'bogus' (valid options: fold-limit, iterations)"),
+        ("cleanup(bogus=1)", "pass 'cleanup' has no option 'bogus' (valid options: fold_limit, iterations)"),
         ("cleanup(fold-limit=many)", "option 'fold_limit' of pass 'cleanup' must be int, got 'many'"),
         ("canonicalize(x=1)", "preset 'canonicalize' takes no options"),
         ("cleanup(fold-limit=1", "missing ')'"),
@@ -116,7 +116,7 @@ def test_catalog_lists_every_registered_pass():
     assert {"cleanup", "opset-upgrade"} <= names
     assert {"canonicalize"} <= {p["name"] for p in catalog["presets"]}
     cleanup = next(p for p in catalog["passes"] if p["name"] == "cleanup")
-    assert {"name": "fold-limit", "type": "int", "default": 65536} in cleanup["options"]
+    assert {"name": "fold_limit", "type": "int", "default": 65536} in cleanup["options"]
 
 
 class _CountDown(GraphoptPass):
