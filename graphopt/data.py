@@ -172,14 +172,32 @@ def _read(source: Any, model: ir.Model) -> list[dict[str, np.ndarray]]:
         if path.endswith(".pb"):
             return [{specs[0].name: _read_pb(path)}]
         raise DataError(f"calibration data {path}: use .npz, .npy, .pb or a folder")
+    if isinstance(source, np.ndarray):  # a one-input model's array (a leading axis over samples allowed)
+        return _split_stacked({_only_input(specs, "an array"): source}, specs)
+    if callable(getattr(source, "get_next", None)):  # ONNX Runtime's CalibrationDataReader
+        return [_as_feed(item, specs) for item in iter(source.get_next, None)]
     if isinstance(source, Iterable):
-        samples = []
-        for item in source:
-            if not isinstance(item, Mapping):
-                raise DataError(f"calibration iterable must yield dicts of input name -> array, got {type(item).__name__}")
-            samples.append(dict(item))
-        return samples
+        return [_as_feed(item, specs) for item in source]
     raise DataError(f"unsupported calibration data of type {type(source).__name__}")
+
+
+def _only_input(specs: Sequence[InputSpec], what: str) -> str:
+    if len(specs) != 1:
+        raise DataError(f"{what} fits a one-input model, but the model has inputs {[s.name for s in specs]}; give dicts of name -> array")
+    return specs[0].name
+
+
+def _as_feed(item: Any, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    """One sample: a dict by input name, a tuple/list in the model's input order, or one array."""
+    if isinstance(item, Mapping):
+        return dict(item)
+    if isinstance(item, (tuple, list)):
+        if len(item) != len(specs):
+            raise DataError(f"a calibration sample holds {len(item)} arrays, the model has {len(specs)} inputs {[s.name for s in specs]}")
+        return {spec.name: np.asarray(array) for spec, array in zip(specs, item)}
+    if isinstance(item, np.ndarray):
+        return {_only_input(specs, "a bare array sample"): item}
+    raise DataError(f"calibration samples must be dicts of input name -> array (or tuples in input order), got {type(item).__name__}")
 
 
 def _read_pairs(pairs: Sequence[str], specs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
