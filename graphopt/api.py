@@ -55,8 +55,8 @@ class CompileResult:
             raise CheckFailedError("; ".join(self.report.violations))
         return self
 
-    def print_report(self, console=None) -> None:
-        render(self.report, console)
+    def print_report(self, console=None, *, verbose: bool = False) -> None:
+        render(self.report, console, verbose=verbose)
 
     def save(self, outdir: str | os.PathLike, *, force: bool = False) -> list[str]:
         """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``.

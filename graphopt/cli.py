@@ -110,7 +110,7 @@ def cmd_compile(args) -> int:
     if args.json:
         sys.stdout.write(result.report.to_json())
     else:
-        result.print_report(console)
+        result.print_report(console, verbose=args.verbose)
         from rich.markup import escape  # noqa: PLC0415
 
         console.print(f"wrote {escape(', '.join(written))}")
@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true",
                    help="replace files in -o that graphopt did not write, or that are this run's inputs (refused otherwise)")
     c.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    c.add_argument("--verbose", action="store_true", help="print every per-layer error row (default: the worst 10)")
     c.add_argument("--atol", type=float, help="max abs error allowed (with --rtol)")
     c.add_argument("--rtol", type=float, help="relative error allowed, times the output's max magnitude")
     c.add_argument("--min-cosine", type=float, default=0.999, help="minimum cosine vs the original (default 0.999)")

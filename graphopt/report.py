@@ -117,8 +117,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def render(report: Report, console=None) -> None:
-    """Print the report as tables (rich)."""
+WORST_LAYERS = 10  # per-layer rows shown without --verbose: the verdict must stay on screen
+
+
+def render(report: Report, console=None, *, verbose: bool = False) -> None:
+    """Print the report as tables (rich); the per-layer table shows the worst rows unless ``verbose``."""
     from rich.console import Console  # noqa: PLC0415 — rich only when printing
     from rich.table import Table  # noqa: PLC0415
 
@@ -161,12 +164,7 @@ def render(report: Report, console=None) -> None:
                         "yes" if m.get("checked", True) else "ignored")
         console.print(acc)
     if report.layers:
-        layers = Table(title="per-layer error (quantized value vs the original's float value)", title_justify="left")
-        for column in ("value", "where", "pass", "cosine", "SQNR dB", "max abs"):
-            layers.add_column(column)
-        for e in report.layers:
-            layers.add_row(_user(e["value"]), _user(e["where"]), _user(e["made_by"]), f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
-        console.print(layers)
+        _print_layers(console, report.layers, WORST_LAYERS if not verbose else len(report.layers))
     if report.parity:
         par = Table(title="backend parity (compiled target vs ONNX Runtime on the rewritten model, and vs the original)", title_justify="left")
         for column in ("target", "output", "bit-exact vs onnx", "max abs vs onnx", "cosine vs original"):
@@ -181,7 +179,10 @@ def render(report: Report, console=None) -> None:
         console.print(par)
         _print_target_pairs(console, report.parity)
     if report.latency:
-        lat = Table(title="latency (median of runs)", title_justify="left")
+        shapes = ", ".join(f"{_user(k)}[{','.join(map(str, v))}]" for k, v in report.data.get("shapes", {}).items())
+        host = report.host
+        lat = Table(title=f"latency (median of runs; inputs {shapes}; {_user(host.get('cpu'))}, {' '.join(host.get('isa', [])[-3:])}, "
+                          f"{host.get('cores')} cores)", title_justify="left")
         for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):
             lat.add_column(column)
         base = report.latency.get("original", {}).get("median_ms")
@@ -206,6 +207,21 @@ def render(report: Report, console=None) -> None:
             console.print(f"[yellow]hint:[/yellow] {_user(hint)}")
     elif report.accuracy:
         console.print("[green]numerics within tolerances[/green]")
+
+
+def _print_layers(console, layers: list[dict], shown: int) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    worst = sorted(layers, key=lambda e: e["cosine"] if e["cosine"] is not None else -1.0)[:shown]
+    title = "per-layer error (quantized value vs the original's float value)"
+    if shown < len(layers):
+        title += f": the worst {shown} of {len(layers)} (--verbose for all; report.json has every row)"
+    table = Table(title=title, title_justify="left")
+    for column in ("value", "where", "pass", "cosine", "SQNR dB", "max abs"):
+        table.add_column(column)
+    for e in worst:
+        table.add_row(_user(e["value"]), _user(e["where"]), _user(e["made_by"]), f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
+    console.print(table)
 
 
 def _user(text: Any) -> str:

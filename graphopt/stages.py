@@ -180,11 +180,13 @@ def _samples(ctx: Context) -> None:
     if s.calib is not None:
         ctx.samples = data.load_samples(s.calib, ctx.original)
         report.data = {"kind": "user", "samples": len(ctx.samples)}
-        return
-    if s.validate or s.bench_runs:
-        ctx.samples = [data.synthetic_inputs(ctx.original, s.seed + i, s.input_shapes) for i in range(s.synthetic_samples)]
-    report.data = {"kind": "synthetic", "samples": len(ctx.samples), "seed": s.seed}
-    if s.validate:
+    else:
+        if s.validate or s.bench_runs:
+            ctx.samples = [data.synthetic_inputs(ctx.original, s.seed + i, s.input_shapes) for i in range(s.synthetic_samples)]
+        report.data = {"kind": "synthetic", "samples": len(ctx.samples), "seed": s.seed}
+    if ctx.samples:  # what TVM compiles for and latency times: the first sample's shapes
+        report.data["shapes"] = {name: list(np.shape(array)) for name, array in ctx.samples[0].items()}
+    if s.calib is None and s.validate:
         report.warnings.append(SYNTHETIC_WARNING)
         logger.warning(SYNTHETIC_WARNING)
 

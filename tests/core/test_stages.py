@@ -54,3 +54,21 @@ def test_cli_prints_each_phase_with_its_time(tmp_path, mlp_proto, capsys):
     assert all(line.endswith(" s") for line in phase_lines)
     assert cli.main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_report_shows_the_worst_layers_and_what_latency_measured(mlp_proto):
+    from rich.console import Console
+
+    from graphopt.report import WORST_LAYERS, render
+
+    result = graphopt.compile(mlp_proto, passes="cleanup", bench_runs=2)
+    report = result.report
+    report.layers = [{"value": f"v{i}", "where": "w", "made_by": "p", "cosine": 1 - i / 100, "sqnr_db": 40.0, "max_abs": 0.1}
+                     for i in range(30)]
+    for verbose, rows in ((False, WORST_LAYERS), (True, 30)):
+        console = Console(record=True, width=200)
+        render(report, console, verbose=verbose)
+        text = console.export_text()
+        assert sum(f" v{i} " in text for i in range(30)) == rows
+        assert " v29 " in text  # the worst is always shown
+    assert "inputs x[1,4]" in text and report.host["cpu"] in text
