@@ -99,6 +99,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     tune_database: str | None = None,
     phases: Phases | None = None,
     mask: str | None = "auto",
+    eval: Any = None,  # noqa: A002 — the CLI's --eval
     outputs: Sequence[str] | None = None,
     ignore_outputs: Sequence[str] = (),
 ) -> CompileResult:
@@ -117,20 +118,22 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     stage (``graphopt.stages``): the CLI shows the phases with their times. ``mask`` names the
     input whose zeros mark padding (``"auto"``: an ``attention_mask``-like input; None: none):
     accuracy metrics leave padded positions out. ``outputs`` / ``ignore_outputs`` choose which
-    outputs the checks gate (all are measured and reported).
+    outputs the checks gate (all are measured and reported). ``eval`` is held-out data for the
+    checks, parity and latency (any form ``calib`` takes; default: the calibration samples).
+    Validation runs on a compiled target once it matched ORT bit for bit on the first samples.
     """
     settings = _settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
                          ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database,
-                         mask=mask, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs))
+                         mask=mask, eval=eval, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs))
     from graphopt import backends  # noqa: PLC0415
 
     ctx = Context(model, settings, Report(model=name or _describe(model), pipeline=str(settings.pipeline)),
                   {t: backends.get_backend(t) for t in settings.targets})
     run_stages(ctx, COMPILE_STAGES, phases)
     return CompileResult(ctx.work, ctx.original, ctx.artifacts, ctx.report, ctx.samples,
-                         input_files=_input_files(model, ctx.original, calib))
+                         input_files=_input_files(model, ctx.original, calib, eval))
 
 
 def _settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_optimization, tune_budget, tune_database,
@@ -161,14 +164,16 @@ def _settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_op
     )
 
 
-def _input_files(source: Any, loaded: ir.Model, calib: Any) -> tuple[str, ...]:
-    """The files a run read: the model, its external data and path-like calibration data."""
+def _input_files(source: Any, loaded: ir.Model, *data_sources: Any) -> tuple[str, ...]:
+    """The files a run read: the model, its external data and path-like calibration/evaluation data."""
     files = [os.fspath(source)] if isinstance(source, (str, os.PathLike)) else []
     files += [v.const_value.path for g in loaded.graphs() for v in g.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
-    for item in [calib] if isinstance(calib, (str, os.PathLike)) else calib if isinstance(calib, (list, tuple)) else []:
-        if isinstance(item, (str, os.PathLike)):
-            path = os.fspath(item)
-            files.append(path if os.path.exists(path) else path.partition(":")[2])  # name:file.npy
+    for data_source in data_sources:
+        items = [data_source] if isinstance(data_source, (str, os.PathLike)) else data_source if isinstance(data_source, (list, tuple)) else []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                path = os.fspath(item)
+                files.append(path if os.path.exists(path) else path.partition(":")[2])  # name:file.npy
     return tuple(dict.fromkeys(files))
 
 

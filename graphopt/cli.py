@@ -73,12 +73,10 @@ def cmd_compile(args) -> int:
 
     outdir.check_writable(args.output)  # fail before any work when -o is unusable (nothing is created yet)
     if args.report:
-        _check_report_path(args.report, [args.model, *(args.calib or [])])
+        _check_report_path(args.report, [args.model, *(args.calib or []), *(args.eval or [])])
     tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine, min_sqnr=args.min_sqnr, min_top1=args.min_top1,
                             allow_nonfinite=args.allow_nonfinite)
-    calib = None
-    if args.calib:
-        calib = args.calib[0] if len(args.calib) == 1 and ":" not in args.calib[0] else args.calib
+    calib = _data_argument(args.calib)
     console = _console(args)
     result = api.compile(
         args.model,
@@ -99,6 +97,7 @@ def cmd_compile(args) -> int:
         tune_database=args.tune_database,
         phases=_phases(args, console),
         mask=None if args.mask == "none" else args.mask,
+        eval=_data_argument(args.eval),
         outputs=_names(args.outputs),
         ignore_outputs=tuple(_names(args.ignore_output) or ()),
     )
@@ -121,6 +120,13 @@ def cmd_compile(args) -> int:
         print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}{hint}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _data_argument(values: list[str] | None):
+    """``--calib``/``--eval`` values: one file or folder, or ``name:file.npy`` pairs."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 and ":" not in values[0] else values
 
 
 def _names(values: list[str] | None) -> tuple[str, ...] | None:
@@ -230,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: onnx)")
     c.add_argument("--calib", action="append", metavar="DATA", help=".npz, .npy, a folder, or name:file.npy (repeatable)")
     c.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
+    c.add_argument("--eval", action="append", metavar="DATA",
+                   help="held-out data for the accuracy checks, parity and latency (forms as --calib; default: the --calib samples)")
     c.add_argument("--report", metavar="PATH", help="also write report.json here")
     c.add_argument("--force", action="store_true",
                    help="replace files in -o that graphopt did not write, or that are this run's inputs (refused otherwise)")

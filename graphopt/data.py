@@ -140,9 +140,9 @@ def _show(shape) -> str:
     return "[" + ",".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
 
 
-def load_samples(source: Any, model: ir.Model) -> list[dict[str, np.ndarray]]:
+def load_samples(source: Any, model: ir.Model, where: str = "calibration data") -> list[dict[str, np.ndarray]]:
     """Load samples (one feed dict each) from any accepted form and check them against the model."""
-    where = f"calibration data {source!r}" if isinstance(source, (str, os.PathLike)) else "calibration data"
+    where = f"{where} {source!r}" if isinstance(source, (str, os.PathLike)) else where
     raw = _read(source, model)
     if not raw:
         raise DataError(f"{where} holds no samples")

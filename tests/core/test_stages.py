@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import onnx
+import pytest
 
 import graphopt
 from graphopt import cli, stages
@@ -19,7 +21,7 @@ def test_compile_runs_its_stages_in_order_and_times_each(mlp_proto):
         yield
 
     result = graphopt.compile(mlp_proto, passes="cleanup", bench_runs=2, phases=phases)
-    assert seen == ["load", "samples", "preflight", "reference", "rewrite", "validate", "layer-error", "build", "parity", "latency"]
+    assert seen == ["load", "samples", "preflight", "reference", "rewrite", "build", "parity", "validate", "layer-error", "latency"]
     assert set(result.report.seconds) == {*seen, "total"}
     assert result.report.seconds["total"] >= result.report.seconds["rewrite"]
 
@@ -34,6 +36,25 @@ def test_stages_that_do_not_apply_are_skipped(mlp_proto):
 
     graphopt.compile(mlp_proto, passes="ivit", validate=False, integer_only=True, phases=phases)
     assert seen == ["load", "samples", "rewrite", "integer-only", "build"]
+
+
+def _samples(count: int, seed: int) -> list[dict]:
+    return [{"x": np.random.default_rng(seed + i).standard_normal((2, 4)).astype(np.float32)} for i in range(count)]
+
+
+def test_eval_data_is_what_the_checks_run(mlp_proto):
+    result = graphopt.compile(mlp_proto, passes="ivit", calib=_samples(4, 0), eval=_samples(6, 100), bench_runs=1)
+    assert result.report.data["samples"] == 4 and result.report.data["eval_samples"] == 6
+    assert result.report.data["validated_on"] == "onnx" and result.report.data["shapes"] == {"x": [2, 4]}
+
+
+@pytest.mark.slow
+def test_validation_moves_to_a_target_that_matched_ort_bit_for_bit(mlp_proto):
+    result = graphopt.compile(mlp_proto, passes="ivit", calib=_samples(4, 0), eval=_samples(6, 100), targets=["onnx", "tvm-llvm"])
+    assert result.report.parity["tvm-llvm"]["bit_exact_vs_onnx"]
+    assert result.report.data["validated_on"].startswith("tvm-llvm (bit-exact")
+    ort_only = graphopt.compile(mlp_proto, passes="ivit", calib=_samples(4, 0), eval=_samples(6, 100))
+    assert result.report.accuracy["y"] == ort_only.report.accuracy["y"]  # the same numbers, computed faster
 
 
 def test_a_stage_list_can_be_run_by_other_commands(mlp_proto):
