@@ -23,7 +23,9 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
 - ``Mul(x, c)`` / ``Div(x, c)``      -> ``x / (s/c)`` / ``x / (s·c)``  (c a scalar constant)
 - ``Neg(x)``                         -> ``Neg(x/s)``
 - layout ops (Reshape, Transpose, Squeeze, Unsqueeze, Flatten, Expand, Slice, Gather,
-  GatherElements, Tile, Identity) and ``Concat``, ``Where`` -> the same op on the lowered data
+  GatherElements, Tile, Identity) and ``Concat``, ``Where``, ``Split`` (one integer Split for all
+  its outputs: GPT-2's fused QKV), ``Pad`` (its constant value lowered too) -> the same op on the
+  lowered data
 - a float constant c                 -> the int32 constant ``round(c / s)`` (clipped to ±2^24:
   a value beyond that saturates every int8/int16 target; e.g. an additive mask's finfo.min)
 - ``Cast<float>(i)`` of an integer   -> ``DyadicRequant(Cast<int32>(i), 1/s)``
@@ -94,6 +96,7 @@ class _Lowerer:
     def __init__(self, graph: ir.Graph, options: IntegerChainOptions, opset: int) -> None:
         self.graph, self.options, self.opset = graph, options, opset
         self.memo: dict[tuple[int, float], ir.Value] = {}
+        self.multi_output: dict[tuple[int, float], ir.Node] = {}  # a lowered Split serves all its outputs
         self.dequantized = _dequantized_values(graph)
         self.anchor: ir.Node | None = None
         self.created = 0
@@ -259,6 +262,30 @@ def _concat(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Va
     return lw.add("Concat", inputs, like=value, attributes={"axis": node.attributes.get_int("axis")}).outputs[0]
 
 
+def _split(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    """Split (GPT-2's fused QKV): one integer Split for all outputs, whichever is lowered first."""
+    key = (id(node), scale)
+    if key not in lw.multi_output:
+        inputs = [lw.lower(node.inputs[0], scale), *node.inputs[1:]]
+        attributes = {name: attr for name, attr in node.attributes.items()}
+        lowered = lw.add("Split", inputs, attributes=attributes, num_outputs=len(node.outputs))
+        for out, original in zip(lowered.outputs, node.outputs):
+            out.shape = ir.Shape(original.shape) if original.shape is not None else None
+        lw.multi_output[key] = lowered
+    return lw.multi_output[key].outputs[list(node.outputs).index(value)]
+
+
+def _pad(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    """Pad: the data and its float constant_value (input 2, opset >= 11) at the same scale."""
+    if node.attributes.get_float("value", 0.0) != 0.0:
+        raise Unlowerable(f"{node.name}: Pad with a nonzero 'value' attribute (opset < 11)")
+    inputs = [lw.lower(node.inputs[0], scale), *node.inputs[1:]]
+    if len(inputs) > 2 and inputs[2] is not None:
+        inputs[2] = lw.lower(node.inputs[2], scale)
+    attributes = {name: attr for name, attr in node.attributes.items()}
+    return lw.add("Pad", inputs, like=value, attributes=attributes).outputs[0]
+
+
 def _where(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
     inputs = [node.inputs[0], lw.lower(node.inputs[1], scale), lw.lower(node.inputs[2], scale)]
     return lw.add("Where", inputs, like=value).outputs[0]
@@ -284,6 +311,8 @@ LOWERINGS: dict[str, Callable[[_Lowerer, ir.Node, ir.Value, float], ir.Value]] =
     "Concat": _concat,
     "Where": _where,
     "Cast": _cast,
+    "Split": _split,
+    "Pad": _pad,
     **{op: _data_first for op in _LAYOUT},
 }
 

@@ -1,8 +1,13 @@
 """Replace float ``Softmax`` over the last axis by an integer-only I-ViT Shiftmax island.
 
-    Softmax(x, axis=last)
+    Softmax(x, axis=last)                    [or the sdpa export's Where(IsNaN(Softmax(x)), 0, Softmax(x))]
     ==>  DequantizeLinear(Shiftmax<x0, n, out_bits>(Cast<int32>(QuantizeLinear(x, s_in, int8 0))),
                           2^-(out_bits-1))
+
+The NaN guard of Hugging Face's sdpa path (NaN probabilities of fully masked rows -> 0) goes into
+the island: an integer Shiftmax never yields NaN, and with ``mask=true`` a fully masked row is 0
+(what the guard makes of it); left outside, the guard would put a float ``IsNaN`` in the integer
+region.
 
 ``s_in`` is a per-tensor symmetric scale from calibration (``needs_calibration``): by default
 max(|min|, |max|) / (2^(input_bits-1) - 1) of x over the run's samples (``calibration="minmax"``),
@@ -51,7 +56,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops, rewrite
 from graphopt.pass_base import GraphoptPass
-from graphopt.passes._canonical_utils import default_opset
+from graphopt.passes._canonical_utils import constant, default_opset
 from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
 from graphopt.registry import register_pass
 
@@ -157,6 +162,23 @@ class _Island(pattern.RewriteRuleClassBase):
         return op.DequantizeLinear(y, s_out, zp_out)
 
 
+class _GuardedIsland(_Island):
+    """Where(IsNaN(Softmax(x)), 0, Softmax(x)) -> the same island: its integer output has no NaN."""
+
+    def pattern(self, op, x, zero):
+        probs = op.Softmax(x, _allow_other_attributes=True, _outputs=["probs"])
+        return op.Where(op.IsNaN(probs), zero, probs)
+
+    def check(self, context, x, probs, zero, **_) -> pattern.MatchResult:
+        fill = constant(zero)
+        if fill is None or fill.size != 1 or fill.reshape(-1)[0] != 0:
+            return pattern.MatchResult().fail("the IsNaN guard does not replace NaN with 0", zero)
+        return super().check(context, x, probs)
+
+    def rewrite(self, op, x, zero, **_):
+        return super().rewrite(op, x)
+
+
 def _initializer(op, graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType) -> ir.Value:
     """A scalar initializer of ``dtype`` (the shared one when it already exists)."""
     if name in graph.initializers:
@@ -191,5 +213,5 @@ class ShiftmaxPass(GraphoptPass):
             # left out, and they can be most of an attention row, so even percentiles hit them.
             captured = Calibrator(model, self.samples).capture(names)
             scales = {name: input_scale(arrays, self.options) for name, arrays in captured.items()}
-        rules = [_Island.rule("shiftmax", scales, self.options)]
+        rules = [_GuardedIsland.rule("shiftmax-nan-guard", scales, self.options), _Island.rule("shiftmax", scales, self.options)]
         return ir.passes.PassResult(model, modified=self.record(rewrite.apply_rules(model, rules)))

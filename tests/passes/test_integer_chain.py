@@ -196,3 +196,41 @@ g (int32[3, 4] a) => (float[3, 4] y, float[3, 4] y1) <float sa = {0.1}, float s0
     for got, expected in zip(testing.run_ort(model, feeds), testing.run_ort(original, feeds)):
         np.testing.assert_allclose(got, expected, atol=0.0801)
     testing.assert_valid(model)
+
+
+# GPT-2's fused QKV: one dequantized projection split three ways, two outputs quantized; and a Pad
+# whose fill value is a float constant.
+SPLIT_PAD = HEADER + """
+g (int32[2, 6] acc) => (float[2, 2] y0, float[2, 4] y2) <float s_acc = {0.01}, float s = {0.05}, int8 z = {0}, int64[3] parts = {2, 2, 2}, int64[4] pads = {0, 1, 0, 1}, float fill = {0.25}> {
+    f = DequantizeLinear (acc, s_acc)
+    q_part, k_part, v_part = Split <axis = 1> (f, parts)
+    q0 = QuantizeLinear (q_part, s, z)
+    y0 = DequantizeLinear (q0, s)
+    padded = Pad (v_part, pads, fill)
+    q2 = QuantizeLinear (padded, s, z)
+    y2 = DequantizeLinear (q2, s)
+}"""
+
+
+def test_split_and_pad_are_carried_on_integer_tensors():
+    original, model, record = _run(SPLIT_PAD)
+    assert record.rewrites == {"integer-chain": 2}, record.declines
+    ops = testing.op_types(model)
+    assert ops.count("Split") == 1 and "Pad" in ops and "QuantizeLinear" not in ops
+    testing.assert_valid(model)
+    assert integer_region.verify(model).ok
+    feeds = {"acc": np.random.default_rng(testing.SEED).integers(-500, 500, (2, 6)).astype(np.int32)}
+    for got, want in zip(testing.run_ort(model, feeds), testing.run_ort(original, feeds)):
+        np.testing.assert_allclose(got, want, atol=1.01 * 0.05)
+
+
+def test_pad_with_a_nonzero_value_attribute_declines():
+    text = '<ir_version: 8, opset_import: ["" : 10]>' + """
+g (int32[2, 4] acc) => (float[2, 6] y) <float s_acc = {0.01}, float s = {0.05}, int8 z = {0}> {
+    f = DequantizeLinear (acc, s_acc)
+    padded = Pad <pads = [0, 1, 0, 1], value = 0.5> (f)
+    q = QuantizeLinear (padded, s, z)
+    y = DequantizeLinear (q, s)
+}"""
+    _, model, record = _run(text)
+    assert record.rewrites == {} and any("nonzero 'value'" in d for d in record.declines), record.declines

@@ -289,3 +289,21 @@ def test_minilm_sentence_embeddings():
     got = embed(result.model)
     cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
     assert cos.mean() >= 0.995, (cos.mean(), cos.min())
+
+
+def test_the_sdpa_nan_guard_goes_into_the_island():
+    """Hugging Face's sdpa export: Where(IsNaN(p), 0, p) after the Softmax. Shiftmax never yields NaN,
+    so the guard goes (it would leave a float IsNaN in the integer region)."""
+    text = model("p = Softmax <axis = -1> (x)\n nan = IsNaN (p)\n zero = Constant <value = float {0.0}> ()\n y = Where (nan, zero, p)")
+    original, work, record = rewrite(text)
+    assert record.rewrites == {"shiftmax-nan-guard": 1}, record.declines
+    assert "IsNaN" not in testing.op_types(work) and "Where" not in testing.op_types(work)
+    testing.assert_valid(work)
+    feeds = samples(count=1)[0]
+    assert cosine(testing.run_ort(work, feeds)[0], testing.run_ort(original, feeds)[0]) > 0.99
+
+
+def test_a_guard_that_fills_another_value_stays():
+    text = model("p = Softmax <axis = -1> (x)\n nan = IsNaN (p)\n one = Constant <value = float {1.0}> ()\n y = Where (nan, one, p)")
+    _, work, record = rewrite(text)
+    assert record.rewrites == {"shiftmax": 1} and "IsNaN" in testing.op_types(work)  # the plain island; the guard stays
