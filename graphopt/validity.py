@@ -19,6 +19,7 @@ import onnx_ir as ir
 from graphopt.errors import ModelError
 
 __all__ = [
+    "MAX_INPUT_BYTES",
     "MAX_TENSOR_BYTES",
     "call_without_weights",
     "check_external_data_paths",
@@ -139,6 +140,9 @@ def _find_cycle(nodes, produced: dict[str, int], indegree: list[int]) -> str:
 # Resource limits: a tensor declaring more than this is refused before anything allocates it
 # (above any single weight or input of real models; far above what this tool can hold).
 MAX_TENSOR_BYTES = 1 << 36
+# A graph input's static shape (symbolic dimensions counted as 1) above this is refused too:
+# every run feeds such a tensor (validation feeds several), so it must fit in memory many times.
+MAX_INPUT_BYTES = 1 << 32
 _MAX_SHOWN = 80
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
 _STRING = google.protobuf.descriptor.FieldDescriptor.TYPE_STRING
@@ -176,6 +180,8 @@ def check_proto(proto: onnx.ModelProto, model_dir: str | None = None) -> None:
     Nothing is allocated: only lengths are compared. ``model_dir`` resolves external data.
     """
     _check_text(proto, "model")
+    if not proto.graph.output:
+        raise ModelError("the graph has no outputs: nothing could be computed or checked; the model is corrupt or was cut badly")
     if model_dir is not None:
         check_external_data_paths(proto, model_dir)
     for graph, where in _all_graphs(proto):
@@ -306,6 +312,15 @@ def _check_type(tp: onnx.TypeProto, where: str, graph_input: bool = False) -> No
                     )
                 if None not in dims and tensor_type.elem_type in _KNOWN_DTYPES:
                     _check_size(dims, tensor_type.elem_type, where)
+                if graph_input and tensor_type.elem_type in _KNOWN_DTYPES and tensor_type.elem_type:
+                    at_least = _nbytes([1 if d is None else d for d in dims], tensor_type.elem_type)
+                    if at_least > MAX_INPUT_BYTES:
+                        shown = "[" + ", ".join(d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
+                                                for d in tensor_type.shape.dim) + "]"
+                        raise ModelError(
+                            f"{where} declares {shown} {ir.DataType(tensor_type.elem_type).name}: at least {at_least:,} "
+                            f"bytes per sample, more than the {MAX_INPUT_BYTES:,}-byte input limit; the shape is corrupt"
+                        )
             return
         if kind == "sequence_type":
             tp = tp.sequence_type.elem_type
