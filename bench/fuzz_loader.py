@@ -32,6 +32,7 @@ import argparse
 import collections
 import contextlib
 import io
+import logging
 import multiprocessing
 import os
 import random
@@ -377,6 +378,7 @@ def run_in_process(argv: list[str], timeout: float) -> tuple[int | str, str]:
     from graphopt import cli  # noqa: PLC0415
 
     out, err = io.StringIO(), io.StringIO()
+    logging.getLogger().handlers.clear()  # main's logging.basicConfig then writes to this case's stderr
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
