@@ -78,6 +78,52 @@ def constant(value: ir.Value | None, max_size: int = 64) -> np.ndarray | None:
         return None
 
 
+def _dequantize_parts(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value | None, int | None] | None:
+    """(integers, scale, zero point, axis) when ``value`` is a weight stored as integers and
+    dequantized in the graph: ``DequantizeLinear(Wq, s[, zp])`` or ``Mul(Cast(Wq), s)`` (either
+    operand order) with constant operands. Structure only: nothing is read."""
+    node = None if value is None else value.producer()
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "DequantizeLinear" and not node.attributes.get_int("block_size", 0):
+        zero = node.inputs[2] if len(node.inputs) > 2 else None
+        if all(v is not None and ir.convenience.get_const_tensor(v) is not None for v in node.inputs[:2]):
+            return node.inputs[0], node.inputs[1], zero, node.attributes.get_int("axis", 1)
+        return None
+    if node.op_type == "Mul":
+        for cast_side, scale in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+            cast = cast_side.producer() if cast_side is not None else None
+            if (cast is not None and cast.op_type == "Cast" and cast.domain in ("", "ai.onnx") and scale is not None
+                    and cast.inputs[0] is not None and ir.convenience.get_const_tensor(cast.inputs[0]) is not None
+                    and ir.convenience.get_const_tensor(scale) is not None):
+                return cast.inputs[0], scale, None, None
+    return None
+
+
+def is_dequantized_constant(value: ir.Value | None) -> bool:
+    """Whether ``value`` is an integer constant dequantized in the graph (weight-only int8, QDQ weights)."""
+    parts = _dequantize_parts(value)
+    return parts is not None and parts[0].dtype is not None and parts[0].dtype.is_integer()
+
+
+def dequantized_constant(value: ir.Value | None, max_size: int) -> np.ndarray | None:
+    """The float32 weights of a dequantized integer constant (see ``is_dequantized_constant``), or None."""
+    parts = _dequantize_parts(value)
+    if parts is None:
+        return None
+    q, s, zero, axis = (constant(parts[0], max_size), constant(parts[1], max_size),
+                        constant(parts[2], max_size) if parts[2] is not None else None, parts[3])
+    if q is None or s is None or q.dtype.kind not in "iu":
+        return None
+    q64, s64 = q.astype(np.float64), s.astype(np.float64)
+    z64 = np.zeros(()) if zero is None else zero.astype(np.float64)
+    if axis is not None and s64.size > 1:  # DequantizeLinear's per-axis scale and zero point
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        s64, z64 = s64.reshape(shape), (z64.reshape(shape) if z64.size > 1 else z64)
+    return ((q64 - z64) * s64).astype(np.float32)
+
+
 def get_scalar(result: pattern.MatchResult, value: ir.Value | None, what: str, rank: int | None = None) -> float | None:
     """The number in a one-element constant, or None after failing ``result`` with the reason.
 

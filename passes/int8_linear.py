@@ -107,7 +107,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt.pass_base import RulePass
 from graphopt.passes import _dyadic_op  # noqa: F401 — registers DyadicRequant, which `ivit` chaining uses
-from graphopt.passes._canonical_utils import constant, default_opset
+from graphopt.passes._canonical_utils import constant, default_opset, dequantized_constant, is_dequantized_constant
 from graphopt.registry import register_pass
 
 __all__ = ["Int8LinearOptions", "Int8LinearPass", "activation_scale", "quantize_weight"]
@@ -213,9 +213,12 @@ def quantize_weight(
 
 
 def _is_constant(value: ir.Value | None) -> bool:
+    """A constant, or a weight stored as integers and dequantized in the graph (weight-only int8,
+    QDQ): its float values are constants too, and the weight rules re-quantize them per channel,
+    which gives back the stored integers when their scale is per output channel and symmetric."""
     if value is None or value.is_graph_input():
         return False
-    if value.const_value is not None:
+    if value.const_value is not None or is_dequantized_constant(value):
         return True
     producer = value.producer()
     return producer is not None and producer.op_type == "Constant" and producer.domain == ""
@@ -297,6 +300,8 @@ class _Int8Rule(pattern.RewriteRuleClassBase):
             result.fail(f"{what} is {_dtype_name(w)}, not float32", w)
             return None
         array = constant(w, max_size=_WEIGHT_ELEMENTS)
+        if array is None:
+            array = dequantized_constant(w, _WEIGHT_ELEMENTS)
         if array is None:
             result.fail(f"{what} could not be read as a constant", w)
             return None

@@ -540,3 +540,36 @@ def test_digits_vit_top1():
 
     fp32, int8 = top1(proto), top1(result.model)
     assert fp32 > 0.97 and int8 >= fp32 - 0.005, (fp32, int8)
+
+
+def _prequantized_matmul(form: str) -> tuple[onnx.ModelProto, np.ndarray]:
+    """x @ W where W is stored int8 per output column and dequantized in the graph (weight-only int8)."""
+    s = (np.abs(W).max(0) / 127).astype(np.float32)
+    q = np.clip(np.rint(W / s), -127, 127).astype(np.int8)
+    h = onnx.helper
+    if form == "cast-mul":
+        nodes_ = [h.make_node("Cast", ["wq"], ["wf"], to=onnx.TensorProto.FLOAT), h.make_node("Mul", ["ws", "wf"], ["w"])]
+        inits = [onnx.numpy_helper.from_array(q, "wq"), onnx.numpy_helper.from_array(s, "ws")]
+    else:
+        nodes_ = [h.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1)]
+        inits = [onnx.numpy_helper.from_array(q, "wq"), onnx.numpy_helper.from_array(s, "ws"),
+                 onnx.numpy_helper.from_array(np.zeros(8, np.int8), "wz")]
+    graph = h.make_graph([*nodes_, h.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 16])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 21)]), q
+
+
+@pytest.mark.parametrize("form", ["cast-mul", "dequantize-linear"])
+def test_weights_stored_as_int8_keep_their_integers(form):
+    """Weight-only int8 models (Cast + Mul, or DequantizeLinear on the weight): the weight is a constant
+    too, and its per-column symmetric int8 values come back exactly, not re-rounded."""
+    original, q = _prequantized_matmul(form)
+    original, work, record = rewrite(original, samples({"x": (4, 16)}), pipeline="int8-linear,cleanup")
+    assert record.name == "cleanup"
+    assert testing.op_types(work).count("MatMulInteger") == 1 and "MatMul" not in testing.op_types(work)
+    assert "Cast" not in testing.op_types(work) and "Mul" not in testing.op_types(work)  # the dequantization went with the MatMul
+    weight = next(const(i) for i in nodes(work, "MatMulInteger")[0].inputs if i.const_value is not None)
+    np.testing.assert_array_equal(weight, q)
+    testing.assert_valid(work)
+    assert_close_to_float(original, work, samples({"x": (4, 16)}, count=1)[0])
