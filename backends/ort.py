@@ -32,6 +32,8 @@ OPTIMIZATION_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+_STATE = ort.capi.onnxruntime_pybind11_state
+RUN_ERRORS = (_STATE.Fail, _STATE.InvalidArgument, _STATE.RuntimeException, _STATE.NotImplemented, _STATE.InvalidGraph)
 _INLINE_LIMIT = 1 << 30  # bytes of weights above which the session is built from a file
 
 

@@ -212,10 +212,12 @@ def run_pipeline(
         seconds = time.perf_counter() - start
         after_nodes = _all_nodes(model)
         tag = json.dumps(_options_dict(options), sort_keys=True, default=str)
-        for node in after_nodes:
+        # A node this pass made carries its name, even where the rewriter copied the matched nodes'
+        # metadata onto it; a pass that only rebuilds the existing nodes (opset-upgrade) stamps none.
+        for node in after_nodes if not getattr(the_pass, "rebuilds_nodes", False) else ():
             if not node.meta.get(_SEEN):
-                node.metadata_props.setdefault(PROVENANCE_PASS, spec.name)
-                node.metadata_props.setdefault(PROVENANCE_OPTIONS, tag)
+                node.metadata_props[PROVENANCE_PASS] = spec.name
+                node.metadata_props[PROVENANCE_OPTIONS] = tag
         record = PassRecord(
             name=spec.name,
             options=_options_dict(options),

@@ -160,7 +160,7 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
             acc.add_column(column)
         for name, m in report.accuracy.items():
             top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
-            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), f"{m['cosine']:.6f}", _num(m["sqnr_db"]), top1,
+            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), _fixed(m["cosine"], 6), _num(m["sqnr_db"]), top1,
                         "yes" if m.get("checked", True) else "ignored")
         console.print(acc)
     if report.layers:
@@ -175,7 +175,7 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
                 continue
             for name, m in p["vs_onnx"].items():
                 original = p["vs_original"].get(name, {})
-                par.add_row(_user(target), _user(name), "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), f"{original.get('cosine', float('nan')):.6f}")
+                par.add_row(_user(target), _user(name), "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), _fixed(original.get("cosine"), 6))
         console.print(par)
         _print_target_pairs(console, report.parity)
     if report.latency:
@@ -220,7 +220,7 @@ def _print_layers(console, layers: list[dict], shown: int) -> None:
     for column in ("value", "where", "pass", "cosine", "SQNR dB", "max abs"):
         table.add_column(column)
     for e in worst:
-        table.add_row(_user(e["value"]), _user(e["where"]), _user(e["made_by"]), f"{e['cosine']:.5f}", _num(e["sqnr_db"]), _num(e["max_abs"]))
+        table.add_row(_user(e["value"]), _user(e["where"]), _user(e["made_by"]), _fixed(e["cosine"], 5), _num(e["sqnr_db"]), _num(e["max_abs"]))
     console.print(table)
 
 
@@ -232,7 +232,13 @@ def _user(text: Any) -> str:
 
 
 def _num(value: Any) -> str:
+    if value is None:  # a metric that was not finite (report.json keeps it as null)
+        return "n/a"
     return value if isinstance(value, str) else f"{value:.3g}"
+
+
+def _fixed(value: Any, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _print_target_pairs(console, parity: dict) -> None:

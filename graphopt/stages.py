@@ -109,7 +109,15 @@ def run_on_ort(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], thr
     from graphopt.backends import ort  # noqa: PLC0415
 
     session = ort.make_session(model, optimization="disable", threads=threads)
-    return [ort.run(session, s) for s in samples]
+    outputs = []
+    for index, sample in enumerate(samples):
+        try:
+            outputs.append(ort.run(session, sample))
+        except ort.RUN_ERRORS as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"ONNX Runtime cannot run the model on sample {index}: {first} "
+                             "(check the data's shapes against the model, or fix the model)") from e
+    return outputs
 
 
 def run_rewritten(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
@@ -225,12 +233,22 @@ def _rewrite(ctx: Context) -> None:
     common_passes.NameFixPass()(work)
     interface.restore_interface(ctx.original, work)
     common_passes.RemoveUnusedNodesPass()(work)  # e.g. the Identity onnx_ir added for an input returned as output
+    _stamp_producer(work, ctx.original)
     report.passes = [dataclasses.asdict(r) for r in records]
     report.before, report.after = model_summary(ctx.original), model_summary(work)
     report.ops_before, report.ops_after = op_histogram(ctx.original), op_histogram(work)
     problems = [p for target, backend in ctx.backends.items() for p in backend.preflight(work, target)]
     if problems:
         raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(ctx.backends)}: " + "; ".join(problems[:5]))
+
+
+def _stamp_producer(work: ir.Model, original: ir.Model) -> None:
+    """graphopt wrote this model; the exporter that made the original stays on record."""
+    from graphopt.host import library_versions  # noqa: PLC0415
+
+    if original.producer_name and original.producer_name != "graphopt":
+        work.metadata_props["pkg.graphopt.source_producer"] = f"{original.producer_name} {original.producer_version or ''}".strip()
+    work.producer_name, work.producer_version = "graphopt", library_versions().get("graphopt", "")
 
 
 def _validate(ctx: Context) -> None:

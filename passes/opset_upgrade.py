@@ -40,6 +40,8 @@ def default_opset(model: ir.Model) -> int:
 class OpsetUpgrade(GraphoptPass):
     """Convert the default-domain opset up to `opset` (onnx version converter) when it is older."""
 
+    rebuilds_nodes = True  # the converter remakes every node: none of them is this pass's own (provenance)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         current = default_opset(model)
         if current >= self.options.opset:
