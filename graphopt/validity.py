@@ -300,6 +300,8 @@ def _check_type(tp: onnx.TypeProto, where: str, graph_input: bool = False) -> No
         kind = tp.WhichOneof("value")
         if kind in ("tensor_type", "sparse_tensor_type"):
             tensor_type = getattr(tp, kind)
+            if graph_input and tensor_type.elem_type == onnx.TensorProto.UNDEFINED:
+                raise ModelError(f"{where} has no data type (elem_type 0): nothing can be fed to it; the model is corrupt")
             _check_dtype(tensor_type.elem_type, where, allow_undefined=True)
             if tensor_type.HasField("shape"):
                 dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
@@ -341,9 +343,11 @@ def _nbytes(dims, dtype: int) -> int:
     numel = 1
     for d in dims:
         numel *= d
-    if dtype == onnx.TensorProto.STRING:
-        return numel
-    return (numel * ir.DataType(dtype).bitwidth + 7) // 8
+    try:
+        bits = ir.DataType(dtype).bitwidth
+    except (TypeError, ValueError):  # STRING (bytes per element unknown: count one), UNDEFINED
+        bits = 8
+    return (numel * bits + 7) // 8
 
 
 def _check_size(dims, dtype: int, where: str) -> int:

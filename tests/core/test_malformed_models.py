@@ -345,3 +345,18 @@ def test_fuzz_ort_run_failure_on_the_original_is_one_line(capsys, tmp_path, buil
     code, _, err = _run(capsys, "compile", path, "-o", str(tmp_path / "out"), "--bench-runs", "0")
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert code in (2, 3) and len(lines) == 1 and "ONNX Runtime" in lines[0], err
+
+
+def test_fuzz_input_without_data_type(capsys, tmp_path):
+    """seed 0 cases 1681 and 4025: an input's elem_type mutated to 0 (UNDEFINED) crashed the size
+    check (no bit width) and then input_specs (no numpy type): exit 5."""
+    model = _model([_relu()], [_vi("x", [2])], [_vi("y", [2])])
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    assert_bad_model(capsys, _write(tmp_path, model), tmp_path, "input 'x' has no data type")
+
+
+def test_fuzz_output_without_data_type_is_not_a_crash(capsys, tmp_path):
+    model = _model([_relu()], [_vi("x", [2])], [_vi("y", [2])])
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    code, _, err = _run(capsys, "inspect", _write(tmp_path, model))
+    assert code in (0, 3) and "internal error" not in err, err
