@@ -302,6 +302,10 @@ def _integer_only(ctx: Context) -> None:
     ctx.report.integer_only = verdict.as_dict()
     if not verdict.ok:
         ctx.report.violations.append(verdict.summary())
+        dynamic = [v.name for v in ctx.original.graph.inputs if v.shape is None or not all(isinstance(d, int) for d in v.shape)]
+        if dynamic:
+            ctx.report.hints.append(f"inputs {dynamic} have dynamic shapes: fix them with --input-shape so shape-dependent "
+                                    "values (position embeddings, shape arithmetic) fold to constants")
 
 
 def _build(ctx: Context) -> None:

@@ -31,12 +31,14 @@ register_preset(
 # -128 means a mask fill, probability 0 (the causal mask otherwise keeps ~uniform weight when the
 # scores are small: 0.84); fit_n=true: n no larger than an int8 row can span, so small score scales
 # keep the normalizer's bits (0.998 -> 0.99998 for the shiftmax islands alone). Whole preset: 0.9993.
+# fold-static-values: with static input shapes (--input-shape, dynamo exports), shape arithmetic and a
+# ViT's Resize of its position embedding become constants instead of float ops in the integer region.
 # Pre-quantized inputs: drop-fake-quant removes a QDQ model's activation Quantize->Dequantize pairs
 # (int8-linear quantizes with its own calibrated scales); weights stored as int8 (DequantizeLinear,
 # Cast + Mul) are read by int8-linear as they are.
 register_preset(
     "ivit",
-    "cleanup,opset-upgrade,drop-fake-quant,gelu,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
+    "cleanup,opset-upgrade,fold-static-values(limit=1048576),cleanup,drop-fake-quant,gelu,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
     "shiftgelu(row_max=false,n=8,input_bits=16),shiftsilu(row_max=false,n=8,input_bits=16),ilayernorm,irmsnorm,imul,"
     "integer-chain,cleanup",
     "I-ViT integer-only inference: int8 linear layers, Shiftmax, ShiftGELU/SiLU, I-LayerNorm/RMSNorm, integer products, chained.",
