@@ -360,3 +360,21 @@ def test_fuzz_output_without_data_type_is_not_a_crash(capsys, tmp_path):
     model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
     code, _, err = _run(capsys, "inspect", _write(tmp_path, model))
     assert code in (0, 3) and "internal error" not in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="a wrong declared value_info shape survives into the rewritten model, which ORT "
+                                       "then refuses: reported as a graphopt bug (exit 5); see the note in the test")
+def test_fuzz_contradicting_value_info_is_not_a_graphopt_bug(capsys, tmp_path):
+    """seed 0 case 1288: tiny BERT with one value_info dimension mutated (val_82: [?, ?, 2, ?]).
+    ORT runs the original (it cannot infer that dimension there, so nothing conflicts), but after
+    canonicalize folds the shape chains the declared 2 meets an inferred 1 and ORT refuses the
+    rewritten model: "Can't merge shape info", exit 5 "the model graphopt produced". The model's
+    own declaration is wrong: exit 3 (e.g. strict shape inference of the original when ORT refuses
+    the rewritten model, or dropping declared intermediate shapes that inference contradicts)."""
+    from bench import fuzz_loader
+
+    seeds = fuzz_loader.build_seeds(str(tmp_path / "seeds"))
+    what = fuzz_loader.make_case(seeds, str(tmp_path / "case"), 0, 1288)
+    assert what == "tiny-bert-ext: proto input-dims"
+    path = str(tmp_path / "case" / "model.onnx")
+    assert_exit(capsys, ["compile", path, "-o", str(tmp_path / "out"), "--bench-runs", "0"], 3, "val_82")
