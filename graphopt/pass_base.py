@@ -44,6 +44,11 @@ class GraphoptPass(ir.passes.InPlacePass):
         self.notes: list[str] = []
         self.samples: list[dict] | None = None
 
+    def __call__(self, model: ir.Model) -> ir.passes.PassResult:
+        """Run once: what ``rewrites``, ``declines`` and ``notes`` hold afterwards is this run's alone."""
+        self.rewrites, self.declines, self.notes = collections.Counter(), [], []
+        return super().__call__(model)
+
     def stats(self, model: ir.Model, names, **kwargs) -> dict:
         """Statistics of intermediate values of ``model`` (as it is now) over the run's samples."""
         from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only for passes that calibrate

@@ -12,6 +12,7 @@ Grammar (BRIEF §3)::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -245,12 +246,19 @@ def _synthetic_samples(model: ir.Model, the_pass) -> list[dict]:
 
 
 def _run_one(the_pass, model: ir.Model, fixed_point: bool) -> bool:
+    """Run the pass (until nothing changes, for a fixed-point pass); its record sums every run."""
     modified = False
+    rewrites, declines, notes = collections.Counter(), [], list(getattr(the_pass, "notes", []))  # notes the pipeline set
     for _ in range(_MAX_FIXED_POINT_STEPS if fixed_point else 1):
         result = the_pass(model)
+        rewrites.update(getattr(the_pass, "rewrites", {}))
+        declines += getattr(the_pass, "declines", [])
+        notes += getattr(the_pass, "notes", [])
         if result.model is not model:
             raise PassFailedError(f"pass '{the_pass.pass_name}' must rewrite the model in place")
         if not result.modified:
             break
         modified = True
+    if hasattr(the_pass, "rewrites"):
+        the_pass.rewrites, the_pass.declines, the_pass.notes = rewrites, declines, notes
     return modified

@@ -1,0 +1,26 @@
+"""A pass object is an onnx_ir pass: running it again reports that run alone."""
+
+from __future__ import annotations
+
+import onnx.parser
+import onnx_ir as ir
+
+from graphopt.passes.gelu import FuseGelu
+
+GELU = """
+<ir_version: 10, opset_import: ["" : 20]>
+g (float[2, 8] x) => (float[2, 8] y) <float half = {0.5}, float one = {1.0}, float root2 = {1.4142135}> {
+    d = Div (x, root2)
+    e = Erf (d)
+    p = Add (e, one)
+    m = Mul (x, p)
+    y = Mul (m, half)
+}"""
+
+
+def test_a_pass_object_run_twice_counts_each_run_alone():
+    the_pass = FuseGelu()
+    first, second = ir.serde.deserialize_model(onnx.parser.parse_model(GELU)), ir.serde.deserialize_model(onnx.parser.parse_model(GELU))
+    assert the_pass(first).modified and dict(the_pass.rewrites) == {"gelu-erf": 1}
+    assert the_pass(second).modified and dict(the_pass.rewrites) == {"gelu-erf": 1}  # not 2
+    assert not the_pass(second).modified and dict(the_pass.rewrites) == {}
