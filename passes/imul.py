@@ -15,8 +15,11 @@ RoPE's ``q·cos`` / ``rotate_half(q)·sin``: cos and sin are float functions of 
 DequantizeLinear upstream), so their QuantizeLinear is an entry of the integer region, like an
 attention mask's.
 
-Not applied (declined, with the reason) when an operand is a constant (a constant scaling is
-folded by ``integer-chain`` into its requantization, exactly), when x or y is not float32, when
+A constant tensor operand (RoPE's cos/sin once ``fold-static-values`` evaluated them for a static
+sequence length) is quantized at its own symmetric scale ``max|c| / (2^(b-1) - 1)``: no
+calibration needed. Not applied (declined, with the reason) when an operand is a one-element
+constant (a constant scaling is folded by ``integer-chain`` into its requantization, exactly) or an
+all-zero constant, when x or y is not float32, when
 neither operand is downstream of a DequantizeLinear (float preprocessing: quantizing it gains
 nothing), when the opset is below 21 for 16-bit operands, or without usable statistics.
 
@@ -59,6 +62,18 @@ def _is_constant(value: ir.Value) -> bool:
     return value.const_value is not None or (producer is not None and producer.op_type == "Constant" and producer.domain == "")
 
 
+def _constant_size(value: ir.Value) -> int:
+    tensor = ir.convenience.get_const_tensor(value)
+    return 0 if tensor is None else tensor.size
+
+
+def _constant_scale(value: ir.Value, bits: int) -> float | None:
+    """The symmetric scale of a constant operand from its own values (None when all zero or not finite)."""
+    array = np.abs(ir.convenience.get_const_tensor(value).numpy().astype(np.float64))
+    bound = float(array.max()) if array.size else 0.0
+    return float(np.float32(bound / (2 ** (bits - 1) - 1))) if np.isfinite(bound) and bound > 0 else None
+
+
 def _downstream_of_dequantize(graph: ir.Graph) -> set[int]:
     """ids of the values some DequantizeLinear feeds, directly or not (the integer islands' float side)."""
     found: set[int] = set()
@@ -84,7 +99,7 @@ class _IMulRule(pattern.RewriteRuleClassBase):
         self._plan = None
         owner, options = self.owner, self.owner.options
         for name, value in (("x", x), ("y", y)):
-            if _is_constant(value):
+            if _is_constant(value) and _constant_size(value) <= 1:
                 return result.fail(f"{name} is a constant: integer-chain folds a constant scaling into its requant", value)
             if value.dtype != ir.DataType.FLOAT:
                 dtype = value.dtype.name if value.dtype is not None else "of unknown type"
@@ -96,7 +111,9 @@ class _IMulRule(pattern.RewriteRuleClassBase):
             return result.fail(f"int16 QuantizeLinear needs opset >= 21, model has {opset}", z)
         scales = []
         for value in (x, y):
-            scale = owner.scales.get(value.name)
+            scale = _constant_scale(value, options.input_bits) if _is_constant(value) else owner.scales.get(value.name)
+            if scale is None and _is_constant(value):
+                return result.fail(f"{value.name} is an all-zero or non-finite constant", value)
             if scale is None:
                 return result.fail(owner.reasons.get(value.name, f"no calibration statistics for {value.name}"), value)
             scales.append(scale)
@@ -146,9 +163,9 @@ class IMulPass(RulePass):
         self.dequantized = _downstream_of_dequantize(model.graph)
         names = sorted({
             i.name for n in model.graph if n.op_type == "Mul" and n.domain == "" and len(n.inputs) == 2
-            and all(i is not None and not _is_constant(i) and i.dtype == ir.DataType.FLOAT for i in n.inputs)
+            and all(i is not None and i.dtype == ir.DataType.FLOAT for i in n.inputs)
             and any(id(i) in self.dequantized for i in n.inputs)
-            for i in n.inputs
+            for i in n.inputs if not _is_constant(i)  # constants carry their own scale
         })
         if names:
             self._calibrate(model, names)

@@ -128,3 +128,23 @@ def test_the_product_is_integer_only():
     types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
     mul = next(n for n in inferred.graph.node if n.op_type == "Mul")
     assert {types[name] for name in [*mul.input, *mul.output]} == {onnx.TensorProto.INT32}
+
+
+def test_a_constant_tensor_operand_gets_its_own_scale():
+    """RoPE's cos/sin become constant tensors once fold-static-values knows the sequence length: the
+    product is still an integer Mul, the constant quantized at max|c| / 32767 (no calibration)."""
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+g (int32[2, 4] a) => (float[2, 4] y) <float s = {0.01}, float[1, 4] cos = {0.5, -0.25, 1.0, 0.75}> {
+    x = DequantizeLinear (a, s)
+    y = Mul (x, cos)
+}"""
+    original = onnx.parser.parse_model(text)
+    work = ir.serde.deserialize_model(original)
+    rng = np.random.default_rng(testing.SEED)
+    calib = [{"a": rng.integers(-500, 500, (2, 4)).astype(np.int32)} for _ in range(4)]
+    record = run_pipeline(work, "imul,integer-chain,cleanup", samples=calib)[0]
+    assert record.rewrites == {"imul": 1}, record.declines
+    assert "Mul" in testing.op_types(work)
+    testing.assert_valid(work)
+    feeds = calib[0]
+    np.testing.assert_allclose(testing.run_ort(work, feeds)[0], testing.run_ort(original, feeds)[0], atol=0.02)
