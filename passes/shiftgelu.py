@@ -182,6 +182,9 @@ class ShiftGeluPass(RulePass):
         self._reasons.update(reasons)
         for name, scale in scales.items():
             x0, n_eff = shiftgelu_constants(scale, o.n, self.factor)
+            if 2 * (-x0) > 2**31 - 1:  # a range of ~0 (a dead activation): x0 itself would not fit int32
+                self._reasons[name] = f"calibrated range of {name} is too small for ShiftGelu's int32 constants (x0 = {x0})"
+                continue
             if n_eff < o.n:
                 self.notes.append(f"{name}: n lowered from {o.n} to {n_eff} (x0={x0}) so the exp sum fits int32")
             self._sites[name] = _Site(scale, x0, n_eff)

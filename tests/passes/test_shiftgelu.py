@@ -231,3 +231,20 @@ def test_minilm_embeddings_stay_close(options, floor):
     cosine = _minilm_cosine(options)
     print(f"shiftgelu{options} MiniLM mean cosine: {cosine:.5f}")
     assert cosine >= floor
+
+
+def test_a_near_zero_range_declines_instead_of_overflowing_x0():
+    """A MobileViT SiLU input calibrated to ~1e-20: x0 = floor(-1/(1.702 s)) would not fit int32."""
+    import onnx.parser
+    import onnx_ir as ir
+
+    from graphopt.pipeline import run_pipeline
+
+    text = """<ir_version: 10, opset_import: ["" : 21]>
+g (float[2, 8] x) => (float[2, 8] y) {
+    y = Gelu (x)
+}"""
+    work = ir.serde.deserialize_model(onnx.parser.parse_model(text))
+    tiny = [{"x": np.full((2, 8), 1e-20, np.float32)}]
+    record = run_pipeline(work, "shiftgelu", samples=tiny)[0]
+    assert record.rewrites == {} and any("too small" in d for d in record.declines), record.declines
