@@ -1,0 +1,128 @@
+"""The zoo matrix: every zoo model through ``canonicalize`` and (transformers) ``ivit``.
+
+    python -m bench.zoo [--only NAME ...] [--no-ivit] [--json PATH]
+
+One row per model: whether it builds (or which exporter limit stopped it), the outputs of the
+``canonicalize`` result vs the original (cosine, max abs; ORT, optimizations off), the exporter
+patterns it found (Softmax attention, Erf/Tanh GELU, Pow-based norms) and how many of each are
+left unfused *without* a stated decline, whether ONNX Runtime loads and runs the result at every
+optimization level, and for transformers whether ``ivit`` is integer-only (float ops left) and its
+output cosine. ``tests/zoo`` asserts the same per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import numpy as np
+
+from graphopt.metrics import Tolerances
+
+CANONICALIZE_MIN_COSINE = {"fp16": 0.9999}  # per form; 0.99999 otherwise
+LEVELS = ("disable", "basic", "extended", "all")
+# exporter spelling -> (canonical op that replaces it, the pass that declines it)
+CANDIDATES = {"Softmax": ("DotProductAttention", "attention"), "Erf": ("Gelu", "gelu"), "Pow": (None, "layer-norm")}
+
+
+def samples(entry, count: int = 2) -> list[dict]:
+    return [entry.example_inputs(seed) for seed in range(count)]
+
+
+def ort_levels(model, feeds) -> list[str]:
+    """The ONNX Runtime optimization levels that load and run ``model`` (all four expected)."""
+    from graphopt.backends import ort
+
+    ok = []
+    for level in LEVELS:
+        try:
+            ort.run(ort.make_session(model.clone(), optimization=level), feeds)
+            ok.append(level)
+        except Exception:  # noqa: BLE001 — the row records which level failed
+            continue
+    return ok
+
+
+def unexplained(result) -> dict[str, int]:
+    """Exporter spellings still in the result whose pass recorded no decline (should be empty)."""
+    left = collections.Counter(n.op_type for n in result.model.graph if n.op_type in CANDIDATES)
+    declined = {p["name"] for p in result.report.passes if p["declines"]}
+    return {op: n for op, n in left.items() if CANDIDATES[op][1] not in declined}
+
+
+def canonicalize_row(entry) -> dict:
+    import graphopt
+
+    row = {"name": entry.name, "family": entry.family, "exporter": entry.exporter, "opset": entry.opset, "form": entry.form}
+    try:
+        proto = entry.build()
+    except Exception as e:  # noqa: BLE001 — ExportUnsupported and friends: recorded, not raised
+        return {**row, "status": "not built", "why": str(e)[:160]}
+    start = time.perf_counter()
+    tolerances = Tolerances(min_cosine=CANONICALIZE_MIN_COSINE.get(entry.form, 0.99999))
+    result = graphopt.compile(proto, passes="canonicalize", calib=samples(entry), tolerances=tolerances, mask=None)
+    worst = min(result.report.accuracy.values(), key=lambda m: m["cosine"] if m["cosine"] is not None else -1)
+    fused = collections.Counter(n.op_type for n in result.model.graph
+                                if n.op_type in ("Gelu", "LayerNormalization", "RMSNormalization", "DotProductAttention"))
+    return {**row, "status": "ok" if result.ok else "FAILED", "violations": result.report.violations,
+            "cosine": worst["cosine"], "max_abs": worst["max_abs"], "fused": dict(fused), "unexplained": unexplained(result),
+            "ort_levels": ort_levels(result.model, samples(entry, 1)[0]), "seconds": time.perf_counter() - start}
+
+
+def ivit_row(entry) -> dict:
+    import graphopt
+
+    start = time.perf_counter()
+    result = graphopt.compile(entry.build(), passes="ivit", calib=samples(entry, 4), validate=True,
+                              tolerances=Tolerances(min_cosine=None), mask=None)
+    verdict = result.report.integer_only
+    float_ops = collections.Counter(op["op_type"] for op in verdict.get("float_ops", []))
+    cosines = [m["cosine"] for m in result.report.accuracy.values() if m["cosine"] is not None]
+    return {"integer_only": bool(verdict.get("ok")), "float_ops": dict(float_ops), "ivit_cosine": min(cosines, default=None),
+            "ivit_ort_levels": ort_levels(result.model, samples(entry, 1)[0]), "ivit_seconds": time.perf_counter() - start}
+
+
+def main(argv=None) -> int:
+    from graphopt.models import zoo
+
+    parser = argparse.ArgumentParser(prog="python -m bench.zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="zoo entries (default: all)")
+    parser.add_argument("--no-ivit", action="store_true")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    rows = []
+    print(f"{'model':<24} {'exporter':<7} {'opset':>5} {'form':<12} {'canonicalize':<12} {'cosine':>9} {'fused':<34} "
+          f"{'ORT levels':<10} {'ivit':<16} {'ivit cos':>8}")
+    for name, entry in zoo.entries().items():
+        if args.only and name not in args.only:
+            continue
+        row = canonicalize_row(entry)
+        if row["status"] != "not built" and entry.transformer and not args.no_ivit:
+            row.update(ivit_row(entry))
+        rows.append(row)
+        print(_line(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+    built = [r for r in rows if r["status"] != "not built"]
+    print(f"\n{len(built)} of {len(rows)} built; canonicalize ok on {sum(r['status'] == 'ok' for r in built)}; "
+          f"ivit integer-only on {sum(r.get('integer_only', False) for r in built)} of {sum('integer_only' in r for r in built)}")
+    return 0
+
+
+def _line(row: dict) -> str:
+    if row["status"] == "not built":
+        return f"{row['name']:<24} {row['exporter']:<7} {row['opset']:>5} {row['form']:<12} not built: {row['why'][:90]}"
+    fused = ", ".join(f"{k} {v}" for k, v in row["fused"].items()) or "-"
+    levels = "all 4" if len(row["ort_levels"]) == 4 else ",".join(row["ort_levels"]) or "none"
+    ivit = "-" if "integer_only" not in row else ("integer-only" if row["integer_only"] else
+                                                  "float: " + ",".join(f"{k}{v}" for k, v in row["float_ops"].items())[:9])
+    cos = f"{row['ivit_cosine']:.5f}" if row.get("ivit_cosine") is not None else "-"
+    return (f"{row['name']:<24} {row['exporter']:<7} {row['opset']:>5} {row['form']:<12} {row['status']:<12} "
+            f"{row['cosine']:>9.6f} {fused:<34} {levels:<10} {ivit:<16} {cos:>8}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
