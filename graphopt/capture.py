@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +44,8 @@ def load(
     if isinstance(source, ir.Model):
         return source.clone()
     kind = f"{type(source).__module__}.{type(source).__qualname__}"
-    if kind.startswith("torch."):
+    torch = sys.modules.get("torch")  # a torch object means torch is imported already: never import it here
+    if torch is not None and isinstance(source, (torch.nn.Module, torch.onnx.ONNXProgram)):
         return _load_torch(source, example_inputs, input_names, output_names, opset)
     raise UsageError(
         f"cannot load a {kind}: pass an .onnx path, onnx.ModelProto, onnx_ir.Model, "

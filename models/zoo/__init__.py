@@ -28,7 +28,7 @@ import onnx
 from graphopt.models import _export
 from graphopt.models.zoo.architectures import ARCHITECTURES, Architecture, make_inputs
 
-__all__ = ["Entry", "ExportUnsupported", "entries", "get", "names"]
+__all__ = ["Entry", "ExportUnsupported", "entries", "get", "names", "torch_module"]
 
 _FILES = [os.path.join(os.path.dirname(__file__), f) for f in ("__init__.py", "architectures.py", "recipes.py", "forms.py")]
 DECODE_PAST = 8  # cache positions in the decode graph's example inputs
@@ -129,6 +129,18 @@ def entries() -> dict[str, Entry]:
     for entry in forms.entries(found):
         found[entry.name] = entry
     return found
+
+
+def torch_module(name: str):
+    """The torch module behind an architecture entry (``bert``, ``gpt2-decode``), eval mode, seeded:
+    what ``graphopt.compile(module, example_inputs=...)`` takes (decoders through the KV-cache recipe)."""
+    graph = "decode" if name.endswith("-decode") else "plain"
+    arch = ARCHITECTURES.get(name.removesuffix("-decode"))
+    if arch is None:
+        from graphopt.errors import UsageError
+
+        raise UsageError(f"{name!r} is not an architecture entry; torch modules exist for {sorted(ARCHITECTURES)}")
+    return _module(arch, arch.config("small"), graph)
 
 
 def names() -> list[str]:
