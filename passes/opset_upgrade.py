@@ -25,6 +25,7 @@ __all__ = ["OpsetUpgrade", "OpsetUpgradeOptions"]
 @dataclasses.dataclass(frozen=True)
 class OpsetUpgradeOptions:
     opset: int = 23
+    qdq_opset: int = 20  # the target for models holding QuantizeLinear nodes (QDQ models): see _target
 
 
 def _signature(model: ir.Model) -> list:
@@ -42,13 +43,27 @@ class OpsetUpgrade(GraphoptPass):
 
     rebuilds_nodes = True  # the converter remakes every node: none of them is this pass's own (provenance)
 
+    def _target(self, model: ir.Model) -> int:
+        """``opset``, or ``qdq_opset`` for a model with QuantizeLinear nodes: ONNX Runtime 1.32's QDQ
+        optimizer (level extended/all) writes an invalid QuantizeLinear into opset >= 21 QDQ models
+        ("output_dtype INT8 does not match y_zero_point type UINT8"), so such a model would load with
+        optimizations off only; opset 20 still has Gelu."""
+        target = self.options.opset
+        qdq = any(n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx") for n in model.graph)
+        if qdq and target > self.options.qdq_opset:
+            self.notes.append(f"QDQ model: upgraded to opset {self.options.qdq_opset}, not {target} (ONNX Runtime's QDQ "
+                              "optimizer breaks QuantizeLinear at opset >= 21); qdq_opset=23 overrides")
+            target = self.options.qdq_opset
+        return target
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         current = default_opset(model)
-        if current >= self.options.opset:
+        target = self._target(model)
+        if current >= target:
             return ir.passes.PassResult(model, modified=False)
 
         def convert(proto: onnx.ModelProto) -> onnx.ModelProto:
-            converted = onnx.version_converter.convert_version(proto, self.options.opset)
+            converted = onnx.version_converter.convert_version(proto, target)
             onnx.checker.check_model(converted)
             return converted
 
@@ -68,7 +83,7 @@ class OpsetUpgrade(GraphoptPass):
             return ir.passes.PassResult(model, modified=False)
         model.graph = new.graph  # the converted graph carries the new opset imports
         model.ir_version = max(model.ir_version, new.ir_version)
-        self.rewrites[f"opset-{current}-to-{self.options.opset}"] = 1
+        self.rewrites[f"opset-{current}-to-{target}"] = 1
         return ir.passes.PassResult(model, modified=True)
 
 

@@ -34,11 +34,12 @@ register_preset(
 # fold-static-values: with static input shapes (--input-shape, dynamo exports), shape arithmetic and a
 # ViT's Resize of its position embedding become constants instead of float ops in the integer region.
 # Pre-quantized inputs: drop-fake-quant removes a QDQ model's activation Quantize->Dequantize pairs
-# (int8-linear quantizes with its own calibrated scales); weights stored as int8 (DequantizeLinear,
+# (int8-linear quantizes with its own calibrated scales) before opset-upgrade, which would otherwise
+# stop a QDQ model at opset 20 (ONNX Runtime's QDQ optimizer bug at >= 21, see opset_upgrade.py); weights stored as int8 (DequantizeLinear,
 # Cast + Mul) are read by int8-linear as they are.
 register_preset(
     "ivit",
-    "cleanup,opset-upgrade,fold-static-values(limit=1048576),cleanup,drop-fake-quant,gelu,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
+    "cleanup,drop-fake-quant,opset-upgrade,fold-static-values(limit=1048576),cleanup,gelu,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
     "shiftgelu(row_max=false,n=8,input_bits=16),shiftsilu(row_max=false,n=8,input_bits=16),ilayernorm,irmsnorm,imul,"
     "integer-chain,cleanup",
     "I-ViT integer-only inference: int8 linear layers, Shiftmax, ShiftGELU/SiLU, I-LayerNorm/RMSNorm, integer products, chained.",

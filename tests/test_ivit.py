@@ -126,3 +126,27 @@ def test_tiny_llama_is_integer_only_with_close_logits(graph, mean_floor):
     assert not {"Sigmoid", "Sqrt", "Reciprocal", "Pow", "ReduceMean", "MatMul", "Softmax"} & set(ops)
     cosine = _logits_cosine(proto, result.model, graph)
     assert cosine.mean() >= mean_floor and cosine.min() >= 0.98, (cosine.mean(), cosine.min())
+
+
+@pytest.mark.parametrize("variant", ["minilm-int8-castmul", "minilm-qdq"])
+def test_minilm_as_users_bring_it_quantized(variant):
+    """all-MiniLM-L6-v2 stored weight-only int8 (Cast + Mul) or made QDQ by ORT's quantize_static
+    (zoo forms): ivit uses the stored int8 weights / drops the fake quantization, is integer-only,
+    and the sentence embeddings stay within cosine 0.99 of the FP32 model."""
+    from graphopt.models import minilm, zoo
+
+    proto = zoo.get(variant).build()
+    batch = minilm.tokenize(minilm.sentences()[:28], seq_len=128)
+    calib = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(28)]
+    result = graphopt.compile(proto, passes="ivit", calib=calib, validate=False, bench_runs=0)
+    _integer_only(result)
+    held_out = minilm.tokenize(minilm.sentences()[28:88], seq_len=128)
+
+    def embed(model) -> np.ndarray:
+        session = ort_backend.make_session(model, optimization="disable", threads=2)
+        rows = [ort_backend.run(session, {k: v[i:i + 1] for k, v in held_out.items()}) for i in range(len(held_out["input_ids"]))]
+        return minilm.mean_pool(np.concatenate([r["last_hidden_state"] for r in rows]), held_out["attention_mask"])
+
+    base, got = embed(ir.serde.deserialize_model(minilm.build())), embed(result.model)
+    cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
+    assert cos.mean() >= 0.99, (cos.mean(), cos.min())
