@@ -9,6 +9,7 @@ and per-channel min/max. Values are captured in chunks so memory stays bounded o
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ import onnx_ir as ir
 from graphopt.shapes import infer_shapes
 
 __all__ = ["Calibrator", "TensorStats", "tensor_stats"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PERCENTILES = (0.01, 0.1, 1.0, 50.0, 99.0, 99.9, 99.99)
 
@@ -78,11 +81,14 @@ class Calibrator:
         self.threads = threads
         self.chunk = chunk
         self.progress = progress
+        self._typed: set[str] | None = None
+        self._known: set[str] = set()
 
     def capture(self, names: Sequence[str]) -> dict[str, list[np.ndarray]]:
         """Each requested value, once per sample."""
         from graphopt.backends import ort as ort_backend  # noqa: PLC0415 — ORT only when calibrating
 
+        names = [n for n in names if self._capturable(n)]  # untyped values (after custom-domain ops) are left out
         captured: dict[str, list[np.ndarray]] = {n: [] for n in names}
         chunks = [list(names[i:i + self.chunk]) for i in range(0, len(names), self.chunk)]
         for chunk in self.progress(chunks) if self.progress else chunks:
@@ -96,6 +102,23 @@ class Calibrator:
 
     def stats(self, names: Sequence[str], **kwargs) -> dict[str, TensorStats]:
         return {name: tensor_stats(arrays, **kwargs) for name, arrays in self.capture(names).items()}
+
+    def _capturable(self, name: str) -> bool:
+        """Whether ``name`` gets a type from shape inference (ORT needs one on a graph output); a value
+        computed by an op inference does not know (``com.microsoft`` fused ops) is left out, and the
+        pass that asked says it has no statistics for it."""
+        if self._typed is None:
+            probe = self.model.clone()
+            infer_shapes(probe)
+            self._typed = {v.name for node in probe.graph for v in node.outputs if v.type is not None}
+            self._typed |= {v.name for v in probe.graph.inputs} | {v.name for v in probe.graph.outputs}
+            self._known = {v.name for node in probe.graph for v in node.outputs} | {v.name for v in probe.graph.inputs}
+        if name not in self._known:
+            raise KeyError(f"calibration asked for value {name!r}, which the model does not have")
+        if name not in self._typed:
+            logger.info("not capturing %s: shape inference gives it no type", name)
+            return False
+        return True
 
     def _with_outputs(self, names: Sequence[str]) -> ir.Model:
         probe = self.model.clone()
