@@ -282,4 +282,20 @@ class FuseAttention(RulePass):
         if outcome.total:  # the rules keep the matched nodes (remove_nodes=False): drop the dead ones
             common_passes.RemoveUnusedNodesPass()(model)
         outcome.declines = rewrite.explain_rules(model, rules)
+        outcome.declines += _unmatched_softmaxes(model, {d.node for d in outcome.declines})
         return ir.passes.PassResult(model, modified=self.record(outcome))
+
+
+def _unmatched_softmaxes(model: ir.Model, declined: set[str]) -> list[rewrite.Decline]:
+    """A Softmax left unfused that no rule even began to match: say so, with what feeds it, so every
+    attention the inspector would count is fused or explained (DeBERTa's disentangled scores,
+    MPNet's relative-position bias added after the scaling)."""
+    left = []
+    for node in model.graph:
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx") or (node.name or "") in declined:
+            continue
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        feeds = producer.op_type if producer is not None else "a graph input"
+        left.append(rewrite.Decline("attention", node.name or "?", f"Softmax fed by {feeds} is not the scores of "
+                                    "MatMul(Q, Kᵀ) [scaled] [+ mask] the rules know (e.g. relative-position terms added in)"))
+    return left
