@@ -121,7 +121,7 @@ def run_on_ort(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], thr
 
 
 def run_rewritten(model: ir.Model, samples, threads: int) -> list[dict[str, np.ndarray]]:
-    """``_run_all`` on a model graphopt wrote: ORT refusing it is graphopt's bug (exit 5), never
+    """``run_on_ort`` on a model graphopt wrote: ORT refusing it is graphopt's bug (exit 5), never
     the user's bad model (exit 3); the model is kept for the bug report."""
     try:
         return run_on_ort(model, samples, threads)
@@ -275,6 +275,9 @@ def _validate(ctx: Context) -> None:
 
 
 def _fastest_exact_runner(ctx: Context) -> tuple[Callable[[list], list], str]:
+    first = {k: np.shape(v) for k, v in ctx.eval_samples[0].items()}
+    if any({k: np.shape(v) for k, v in sample.items()} != first for sample in ctx.eval_samples):
+        return (lambda rest: run_rewritten(ctx.work, rest, ctx.settings.threads)), "onnx (samples of several shapes)"
     for target, parity in ctx.report.parity.items():
         artifact = ctx.artifacts[target]
         if parity.get("ran") and parity.get("bit_exact_vs_onnx") and getattr(artifact, "can_time", True):
