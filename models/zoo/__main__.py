@@ -16,14 +16,24 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--list", action="store_true", help="one line per entry: name, family, exporter, opset, form")
     group.add_argument("--build", nargs=2, metavar=("NAME", "DIR"), help="write DIR/NAME.onnx and DIR/NAME.inputs.npz")
     args = parser.parse_args(argv)
+    import transformers
+
+    from graphopt.errors import UsageError
     from graphopt.models import zoo
 
+    # The small configs keep the published bos/eos ids outside their small vocabularies; the ids are
+    # never used (no generation), so transformers' warning about them is noise on this command's output.
+    transformers.logging.set_verbosity_error()
     if args.list:
         for entry in zoo.entries().values():
             print(f"{entry.name:<24} {entry.family:<13} {entry.exporter:<7} opset {entry.opset:<3} {entry.form}")
         return 0
     name, folder = args.build
-    entry = zoo.get(name)
+    try:
+        entry = zoo.get(name)
+    except UsageError as e:
+        print(f"zoo: {e}", file=sys.stderr)
+        return 2
     try:
         proto = entry.build()
     except zoo.ExportUnsupported as e:
@@ -37,4 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `--list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
