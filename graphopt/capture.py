@@ -96,16 +96,19 @@ def _load_torch(source, example_inputs, input_names, output_names, opset) -> ir.
     was_training = source.training
     source.eval()
     try:
-        program = torch.onnx.export(
-            source,
-            args,
-            kwargs=kwargs,
-            dynamo=True,
-            input_names=list(input_names) if input_names else None,
-            output_names=list(output_names) if output_names else None,
-            opset_version=opset,
-            verbose=False,
-        )
+        # Inference graphs: without no_grad the decompositions keep autograd's view rules, and some
+        # modules (Hugging Face Swin's window reshapes) then fail to decompose ("Cannot view a tensor").
+        with torch.no_grad():
+            program = torch.onnx.export(
+                source,
+                args,
+                kwargs=kwargs,
+                dynamo=True,
+                input_names=list(input_names) if input_names else None,
+                output_names=list(output_names) if output_names else None,
+                opset_version=opset,
+                verbose=False,
+            )
     except Exception as e:
         raise ModelError(f"torch.export of {type(source).__name__} failed: {_one_line(e)}") from e
     finally:
