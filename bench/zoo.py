@@ -68,6 +68,7 @@ def canonicalize_row(entry) -> dict:
                                 if n.op_type in ("Gelu", "LayerNormalization", "RMSNormalization", "DotProductAttention"))
     return {**row, "status": "ok" if result.ok else "FAILED", "violations": result.report.violations,
             "cosine": worst["cosine"], "max_abs": worst["max_abs"], "fused": dict(fused), "unexplained": unexplained(result),
+            "declined": {p["name"]: len(p["declines"]) for p in result.report.passes if p["declines"]},
             "ort_levels": ort_levels(result.model, samples(entry, 1)[0]), "seconds": time.perf_counter() - start}
 
 
@@ -93,8 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'model':<24} {'exporter':<7} {'opset':>5} {'form':<12} {'canonicalize':<12} {'cosine':>9} {'fused':<34} "
-          f"{'ORT levels':<10} {'ivit':<16} {'ivit cos':>8}")
+    print(" ".join(f"{header:<{width}}" for header, width, _ in COLUMNS))
     for name, entry in zoo.entries().items():
         if args.only and name not in args.only:
             continue
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         if row["status"] != "not built" and entry.transformer and not args.no_ivit:
             row.update(ivit_row(entry))
         rows.append(row)
-        print(_line(row), flush=True)
+        print(line(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1, default=str)
@@ -112,16 +112,46 @@ def main(argv=None) -> int:
     return 0
 
 
-def _line(row: dict) -> str:
+def _fused(row: dict) -> str:
+    return ", ".join(f"{k.replace('Normalization', 'Norm').replace('DotProductAttention', 'Attn')} {v}"
+                     for k, v in row["fused"].items()) or "-"
+
+
+def _ivit(row: dict) -> str:
+    if "integer_only" not in row:
+        return "-"
+    return "integer-only" if row["integer_only"] else "float: " + ",".join(f"{k}{v}" for k, v in row["float_ops"].items())
+
+
+def _levels(levels: list[str]) -> str:
+    return "all 4" if len(levels) == len(LEVELS) else ",".join(levels) or "none"
+
+
+# The table, one (header, width, cell) per column: another column (a TVM target, say) is one more entry
+# here, its cell reading what its own *_row function added to the row.
+COLUMNS = [
+    ("model", 24, lambda r: r["name"]),
+    ("exporter", 8, lambda r: r["exporter"]),
+    ("opset", 5, lambda r: str(r["opset"])),
+    ("form", 12, lambda r: r["form"]),
+    ("canonicalize", 12, lambda r: r["status"]),
+    ("cosine", 9, lambda r: f"{r['cosine']:.6f}"),
+    ("max abs", 8, lambda r: f"{r['max_abs']:.1e}"),
+    ("fused", 30, _fused),
+    ("declined", 22, lambda r: ", ".join(f"{k} {v}" for k, v in r["declined"].items()) or "-"),
+    ("unexplained", 11, lambda r: ", ".join(f"{k} {v}" for k, v in r["unexplained"].items()) or "-"),
+    ("ORT levels", 10, lambda r: _levels(r["ort_levels"])),
+    ("ivit", 24, _ivit),
+    ("ivit cos", 8, lambda r: f"{r['ivit_cosine']:.5f}" if r.get("ivit_cosine") is not None else "-"),
+    ("ivit ORT", 8, lambda r: _levels(r["ivit_ort_levels"]) if "ivit_ort_levels" in r else "-"),
+]
+
+
+def line(row: dict) -> str:
     if row["status"] == "not built":
-        return f"{row['name']:<24} {row['exporter']:<7} {row['opset']:>5} {row['form']:<12} not built: {row['why'][:90]}"
-    fused = ", ".join(f"{k} {v}" for k, v in row["fused"].items()) or "-"
-    levels = "all 4" if len(row["ort_levels"]) == 4 else ",".join(row["ort_levels"]) or "none"
-    ivit = "-" if "integer_only" not in row else ("integer-only" if row["integer_only"] else
-                                                  "float: " + ",".join(f"{k}{v}" for k, v in row["float_ops"].items())[:9])
-    cos = f"{row['ivit_cosine']:.5f}" if row.get("ivit_cosine") is not None else "-"
-    return (f"{row['name']:<24} {row['exporter']:<7} {row['opset']:>5} {row['form']:<12} {row['status']:<12} "
-            f"{row['cosine']:>9.6f} {fused:<34} {levels:<10} {ivit:<16} {cos:>8}")
+        head = " ".join(f"{cell(row):<{width}}" for _, width, cell in COLUMNS[:4])
+        return f"{head} not built: {row['why'][:90]}"
+    return " ".join(f"{cell(row):<{width}}" for _, width, cell in COLUMNS)
 
 
 if __name__ == "__main__":
