@@ -92,6 +92,8 @@ class _ShiftGeluRule(pattern.RewriteRuleClassBase):
         if x.name not in self.sites:
             return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
         opset = context.model.opset_imports.get("", 0)
+        if opset < 18:  # the ShiftGelu body's ReduceMax takes axes as an input; an older model's opset would check it
+            return result.fail(f"the ShiftGelu body needs opset >= 18 (ReduceMax axes input), model has {opset}; run opset-upgrade first", x)
         if self.options.input_bits > 8 and opset < 21:
             return result.fail(f"input_bits={self.options.input_bits} needs an int16 QuantizeLinear (opset >= 21), model has {opset}", x)
         return result

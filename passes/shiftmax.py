@@ -133,6 +133,8 @@ class _Island(pattern.RewriteRuleClassBase):
             return result.fail(f"Softmax input is {dtype}; the int8 island needs float32/float16/bfloat16", x)
         if x.dtype != ir.DataType.FLOAT and opset < 19:
             return result.fail(f"QuantizeLinear of {x.dtype.name} needs opset >= 19, model has {opset}", x)
+        if opset < 18:  # the Shiftmax body's ReduceMax takes axes as an input; an older model's opset would check it
+            return result.fail(f"the Shiftmax body needs opset >= 18 (ReduceMax axes input), model has {opset}; run opset-upgrade first", x)
         scale = self.scales.get(x.name)
         if scale is None:
             return result.fail(f"no calibration statistics for {x.name}", x)

@@ -1,0 +1,1 @@
+"""Random valid ONNX graphs for differential testing of passes (tests/fuzz, bench.fuzz_differential)."""
