@@ -124,6 +124,7 @@ def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
         infer_shapes(work)
         if not (fold_static_values(work) | _materialize_constant_of_shape(work) | _resolve_expand_keep_dims(work)):
             break
+    _drop_empty_resize_inputs(work)
     return work
 
 
@@ -158,6 +159,21 @@ def _materialize_constant_of_shape(model: ir.Model) -> bool:
         ir.convenience.replace_all_uses_with(output, constant)
         model.graph.remove(node, safe=True)
         changed = True
+    return changed
+
+
+def _drop_empty_resize_inputs(model: ir.Model) -> bool:
+    """Resize(x, roi, scales=[], sizes) -> Resize(x, roi, , sizes): opset 11-12 exporters fill the unused
+    ``scales`` with an empty constant; TVM's converter takes an empty ``scales`` for a given one and
+    refuses it next to ``sizes``."""
+    changed = False
+    for node in model.graph:
+        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx"):
+            continue
+        scales = node.inputs[2] if len(node.inputs) > 3 else None  # with sizes given
+        if scales is not None and scales.const_value is not None and scales.const_value.size == 0:
+            node.replace_input_with(2, None)
+            changed = True
     return changed
 
 

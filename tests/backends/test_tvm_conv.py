@@ -1,0 +1,77 @@
+"""Conv-net graphs through tvm-llvm against ONNX Runtime: one small graph per defect found, plus the
+op families conv nets use (Constant-node weights, depthwise, dilation, asymmetric pads, pools, Resize)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from graphopt.backends import tvm as tvm_backend
+
+RNG = np.random.default_rng(20261205)
+
+
+def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
+    """Weights as Constant nodes, as opset-11 exporters write them."""
+    return oh.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(array, name))
+
+
+def _model(nodes, x_shape, opset: int) -> onnx.ModelProto:
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)], ir_version=7)
+
+
+def _check(proto: onnx.ModelProto, x_shape, atol=1e-4):
+    feeds = {"x": RNG.standard_normal(x_shape).astype(np.float32)}
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds).run(feeds)["y"]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=atol)
+
+
+def test_opset11_resize_with_empty_scales_next_to_sizes():
+    # regression: TVM's converter took the empty `scales` for a given one ("Only one of scales and sizes")
+    nodes = [_const("roi", np.zeros(0, np.float32)), _const("scales", np.zeros(0, np.float32)),
+             _const("sizes", np.array([1, 2, 12, 10], np.int64)),
+             oh.make_node("Resize", ["x", "roi", "scales", "sizes"], ["y"], mode="linear",
+                          coordinate_transformation_mode="pytorch_half_pixel")]
+    _check(_model(nodes, [1, 2, 6, 5], 11), [1, 2, 6, 5])
+
+
+@pytest.mark.parametrize("mode,coords", [("nearest", "asymmetric"), ("linear", "half_pixel"), ("linear", "align_corners")])
+def test_opset11_resize_by_scales(mode, coords):
+    nodes = [_const("roi", np.zeros(0, np.float32)), _const("scales", np.array([1, 1, 2, 2], np.float32)),
+             oh.make_node("Resize", ["x", "roi", "scales"], ["y"], mode=mode, coordinate_transformation_mode=coords)]
+    _check(_model(nodes, [2, 3, 5, 7], 11), [2, 3, 5, 7])
+
+
+@pytest.mark.parametrize("group,dilation,pads,stride", [(1, 1, [1, 1, 1, 1], 1), (8, 1, [1, 1, 1, 1], 1),
+                                                        (8, 2, [2, 2, 2, 2], 1), (1, 1, [0, 0, 1, 1], 2),
+                                                        (2, 1, [1, 0, 2, 1], 2)])
+def test_conv_with_constant_node_weights(group, dilation, pads, stride):
+    w = RNG.standard_normal((8, 8 // group, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(8).astype(np.float32)
+    nodes = [_const("w", w), _const("b", b),
+             oh.make_node("Conv", ["x", "w", "b"], ["c"], group=group, dilations=[dilation] * 2, pads=pads, strides=[stride] * 2),
+             oh.make_node("HardSigmoid", ["c"], ["y"], alpha=0.2, beta=0.5)]
+    _check(_model(nodes, [2, 8, 11, 13], 11), [2, 8, 11, 13])
+
+
+def test_conv_transpose_batchnorm_pools():
+    w = RNG.standard_normal((8, 4, 2, 2)).astype(np.float32)
+    stats = [RNG.uniform(0.5, 1.5, 4).astype(np.float32), RNG.standard_normal(4).astype(np.float32),
+             RNG.standard_normal(4).astype(np.float32), RNG.uniform(0.5, 2, 4).astype(np.float32)]
+    nodes = [_const("w", w), *[_const(n, a) for n, a in zip(["s", "t", "m", "v"], stats)],
+             oh.make_node("ConvTranspose", ["x", "w"], ["u"], strides=[2, 2]),
+             oh.make_node("BatchNormalization", ["u", "s", "t", "m", "v"], ["n"]),
+             oh.make_node("HardSwish", ["n"], ["h"]),
+             oh.make_node("MaxPool", ["h"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]),
+             oh.make_node("AveragePool", ["p"], ["a"], kernel_shape=[2, 2], strides=[2, 2]),
+             oh.make_node("GlobalAveragePool", ["a"], ["g"]),
+             oh.make_node("Mul", ["a", "g"], ["y"])]
+    _check(_model(nodes, [2, 8, 9, 7], 14), [2, 8, 9, 7])
