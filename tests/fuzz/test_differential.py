@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from graphopt.fuzzing.differential import ALL_PASSES, INTEGER_PASSES, check_pass
 from graphopt.fuzzing.graphs import build_case, hypothesis_chooser
 
-FLOAT_EXAMPLES = 25
-INTEGER_EXAMPLES = 12
+FLOAT_EXAMPLES = 40
+INTEGER_EXAMPLES = 20
 
 
 @pytest.mark.parametrize("name", list(ALL_PASSES))
