@@ -34,8 +34,10 @@ test-fast: $(STAMP)
 conformance: $(STAMP)
 	$(PY) -m graphopt.conformance --passes canonicalize
 
-# Long fuzz run (a bounded, seeded share runs in `make test`): byte-mutated models through the real CLI.
+# Long fuzz runs (a bounded, seeded share of each runs in `make test`): every pass on generated
+# graphs (declines or preserves outputs), and byte-mutated models through the real CLI.
 fuzz: $(STAMP)
+	$(PY) -m bench.fuzz_differential --cases 2000
 	$(PY) -m bench.fuzz_loader --cases 5000
 
 bench: $(STAMP)
