@@ -75,3 +75,9 @@ def test_conv_transpose_batchnorm_pools():
              oh.make_node("GlobalAveragePool", ["a"], ["g"]),
              oh.make_node("Mul", ["a", "g"], ["y"])]
     _check(_model(nodes, [2, 8, 9, 7], 14), [2, 8, 9, 7])
+
+
+def test_pointwise_conv_is_not_tiled_as_a_matmul_over_fused_spatial_axes():
+    # regression: the Matmul rule took a 1x1 conv (N = h, w fused) and computed wrong values (DBNet-like: cosine 0.00002)
+    nodes = [_const("w", RNG.standard_normal((32, 64, 1, 1)).astype(np.float32)), oh.make_node("Conv", ["x", "w"], ["y"])]
+    _check(_model(nodes, [1, 64, 40, 40], 11), [1, 64, 40, 40])

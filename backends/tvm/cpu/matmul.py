@@ -120,6 +120,8 @@ def analyze_matmul(sch: s_tir.Schedule, block) -> MatmulBlock | None:
         )
         if b_read is None or not m and not n:
             return None
+        if len(n) > 1:  # N fused across axes (a 1x1 conv's h, w): the tiled nest computed wrong values
+            return None
         return MatmulBlock(block, batch, m, n, k, b_read, b_load.source, list(b_load.indices))
     return None
 
