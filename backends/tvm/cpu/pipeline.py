@@ -23,13 +23,14 @@ from .elementwise import Elementwise, Fallback
 from .matmul import Matmul
 from .prepack import PrepackMatmulWeights
 from .reduction import RowReduction
+from .window import WindowReduction
 
 __all__ = ["ApplyCpuSchedules", "cpu_pipeline", "default_rules", "legalize_passes", "lower_passes", "schedule_passes"]
 
 
 def default_rules() -> list:
     """The rules in the order they are tried; the first that returns a schedule wins."""
-    return [Matmul(), RowReduction(), Elementwise(), Fallback()]
+    return [Matmul(), WindowReduction(), RowReduction(), Elementwise(), Fallback()]
 
 
 @tvm.transform.module_pass(opt_level=0, name="ApplyCpuSchedules")
@@ -63,10 +64,19 @@ class ApplyCpuSchedules:
         return mod
 
 
+# Convolutions run channels-last (see window.py); Relax carries the layout through pooling and
+# elementwise ops, so transposes remain only where the graph leaves NHWC-capable ops.
+# conv2d_transpose has no NHWC legalization: it is pinned to NCHW (transposes around it).
+CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
 def legalize_passes(target: Target, fast_math: bool = True) -> list:
-    """Relax -> fused PrimFuncs: pre-legalize rewrites, library dispatch, legalize, fold, fuse."""
+    """Relax -> fused PrimFuncs: pre-legalize rewrites, channels-last convs, library dispatch,
+    legalize, fold, fuse."""
     return [
         relax.transform.DecomposeOpsForInference(),
+        relax.transform.ConvertLayout(CHANNELS_LAST),
+        relax.transform.Normalize(),
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
