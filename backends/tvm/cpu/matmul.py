@@ -26,7 +26,7 @@ from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr, normalize_
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
-from .common import is_cpu_target, num_cores, static_extent, vector_bits, vector_lanes
+from .common import is_cpu_target, num_cores, parallel_vectorize, static_extent, vector_bits, vector_lanes
 
 # Accumulator registers a tile may use: AVX2 has 16 ymm registers; leave room for B loads and A broadcasts.
 ACCUMULATOR_BUDGET = {128: 24, 256: 12, 512: 24}
@@ -149,6 +149,8 @@ def pick_nr(n_extent: int | None, lanes: int, budget: int) -> int:
 def pick_mr(m_extent: int | None, nr: int, lanes: int, budget: int) -> int:
     """Register-tile height: the most rows (dividing M) whose accumulators fit in the register budget."""
     vectors = max(nr // lanes, 1)
+    if m_extent is not None and m_extent <= 8 and m_extent * vectors <= budget:
+        return m_extent  # a short M (7 pixels of a 7x7 feature map) is one tile
     for rows in (8, 6, 4, 3, 2):
         if rows * vectors <= budget and (m_extent is None or m_extent % rows == 0):
             return rows
@@ -161,6 +163,22 @@ def tile_shape(target: Target, dtype: str, m_extent: int | None, n_extent: int |
     budget = ACCUMULATOR_BUDGET.get(vector_bits(target), 12)
     nr = pick_nr(n_extent, lanes, budget)
     return pick_mr(m_extent, nr, lanes, budget), nr
+
+
+def ragged_tile(target: Target, dtype: str, m_extent: int | None, n_extent: int | None) -> tuple[int, int, bool, bool]:
+    """(mr, nr, pad M, pad N): ``tile_shape``'s tile, unless a ragged extent (197 tokens) leaves it
+    scalar; then a full register tile and the extents padded up to it (``pad_einsum``)."""
+    mr, nr = tile_shape(target, dtype, m_extent, n_extent)
+    lanes = vector_lanes(target, dtype)
+    budget = ACCUMULATOR_BUDGET.get(vector_bits(target), 12)
+    pad_n = n_extent is not None and n_extent > lanes and n_extent % lanes != 0
+    if pad_n:
+        nr = 2 * lanes if n_extent >= 4 * lanes else lanes
+    pad_m = m_extent is not None and m_extent > 2 and mr == 1
+    if pad_m:  # the last M tile is partial (a predicate on its rows)
+        vectors = max(nr // lanes, 1)
+        mr = next((rows for rows in (8, 6, 4, 2) if rows * vectors <= budget and rows < m_extent), 1)
+    return mr, nr, pad_m, pad_n
 
 
 class Matmul(ScheduleRule):
@@ -207,7 +225,14 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
     batch_axes, m_axes = mm.batch + mm.m[:-1], mm.m[-1:]
     m_extent = _product(extents[i] for i in m_axes)
     n_extent = _product(extents[i] for i in mm.n)
-    mr, nr = tile_shape(target, acc_dtype, m_extent, n_extent)
+    mr, nr, pad_m, pad_n = ragged_tile(target, acc_dtype, m_extent, n_extent)
+    pads = []
+    if pad_n:  # whole vectors along N; a ragged M only costs a row predicate in the unrolled tile
+        try:
+            epilogue, pads = _pad_n_to_tile(sch, mm, epilogue, nr)
+            loops = sch.get_loops(block)
+        except s_tir.ScheduleError:  # not an einsum (B pre-packed, a fused prologue): scalar tile
+            nr = tile_shape(target, acc_dtype, m_extent, n_extent)[1]
 
     def fused(positions):
         if not positions:
@@ -248,6 +273,22 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
     init = sch.decompose_reduction(block, k)
     _vectorize_innermost(sch, init, lanes)
     _vectorize_innermost(sch, writeback, lanes)
+    for pad in pads:
+        parallel_vectorize(sch, pad, lanes, num_cores(target))
+
+
+def _pad_n_to_tile(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, nr: int):
+    """Pad the matmul's N iteration space to whole register tiles. Returns (the block that now
+    writes the result back, the new padding stages of the operands)."""
+    padding = [1] * len(sch.get(mm.block).iter_vars)
+    padding[mm.n[0]] = nr
+    sch.pad_einsum(mm.block, padding)
+    pads = list(sch.get_producers(mm.block))
+    (unpad,) = sch.get_consumers(mm.block)
+    if epilogue is None:
+        return unpad, pads
+    sch.compute_inline(unpad)  # a plain copy: the epilogue reads the padded result directly
+    return epilogue, pads
 
 
 def _buffer_bytes(buffer: tirx.Buffer) -> int | None:

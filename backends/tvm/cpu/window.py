@@ -94,11 +94,10 @@ def tile_shape(target: Target, dtype: str, m_extent: int | None, n_extent: int |
             nr = vectors * lanes
             break
     vectors = max(nr // max(width, 1), 1)
-    mr = 1
-    for rows in range(MAX_TILE_ROWS, 0, -1):
-        if rows * vectors <= budget and (m_extent is None or m_extent % rows == 0):
-            mr = rows
-            break
+    fits = [rows for rows in range(MAX_TILE_ROWS, 0, -1) if rows * vectors <= budget]
+    mr = next((rows for rows in fits if m_extent is None or m_extent % rows == 0), 1)
+    if mr < 4 and m_extent is not None and m_extent > mr:
+        mr = min(fits[0], m_extent)  # ragged width (a prime like 197): full tiles + one predicated tail
     return mr, nr, width
 
 
