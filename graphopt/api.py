@@ -102,6 +102,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     eval: Any = None,  # noqa: A002 — the CLI's --eval
     outputs: Sequence[str] | None = None,
     ignore_outputs: Sequence[str] = (),
+    profile: bool = False,
 ) -> CompileResult:
     """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
 
@@ -121,12 +122,15 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     outputs the checks gate (all are measured and reported). ``eval`` is held-out data for the
     checks, parity and latency (any form ``calib`` takes; default: the calibration samples).
     Validation runs on a compiled target once it matched ORT bit for bit on the first samples.
+    ``profile`` times every kernel of each TVM target that runs here (``report.data["profile"]``),
+    with the schedule rule each one got; ``fallback_share`` is the time in kernels no fast rule took.
     """
     settings = _settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
                          ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database,
-                         mask=mask, eval=eval, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs))
+                         mask=mask, eval=eval, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs),
+                         profile=profile)
     from graphopt import backends  # noqa: PLC0415
 
     ctx = Context(model, settings, Report(model=name or _describe(model), pipeline=str(settings.pipeline)),
@@ -153,6 +157,8 @@ def _settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_op
         raise UsageError(f"--tune-budget must be 0 or more trials, got {tune_budget}")
     if tune_database and not tune_budget and not os.path.isdir(tune_database):
         raise UsageError(f"--tune-database {tune_database} is not a folder (it is an earlier run's <target>/tuning)")
+    if rest.get("profile") and not any(t.startswith("tvm") for t in targets):
+        raise UsageError("--profile times the kernels of TVM code: add a TVM target, e.g. --targets onnx,tvm-llvm")
     if (tune_budget or tune_database) and not any(t != "onnx" for t in targets):
         raise UsageError("--tune-budget / --tune-database tune TVM code: add a TVM target, e.g. --targets tvm-llvm")
     shapes = dict(input_shapes) if isinstance(input_shapes, Mapping) else data.parse_shape_overrides(input_shapes)

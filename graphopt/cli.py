@@ -100,6 +100,7 @@ def cmd_compile(args) -> int:
         eval=_data_argument(args.eval),
         outputs=_names(args.outputs),
         ignore_outputs=tuple(_names(args.ignore_output) or ()),
+        profile=args.profile,
     )
     if args.report:
         _check_report_path(args.report, result.input_files)
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "region at all, is exit 1 (files still written)")
     c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
     c.add_argument("--bench-runs", type=int, default=10, help="timed runs per model for latency, 0 to skip (default 10)")
+    c.add_argument("--profile", action="store_true",
+                   help="time every kernel of each TVM target (report: slowest kernels, the schedule rule each got, "
+                        "and the share of time in kernels that fell to the generic fallback)")
     c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     c.add_argument("--ort-optimization", default="all", choices=["disable", "basic", "extended", "all"],
                    help="ONNX Runtime graph optimization level for the onnx target and timing (default all)")

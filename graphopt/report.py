@@ -190,6 +190,8 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
             ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
             lat.add_row(_user(name), f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
         console.print(lat)
+    for target, profile in report.data.get("profile", {}).items():
+        _print_profile(console, target, profile, shown=10)
     if report.integer_only:
         verdict = report.integer_only
         for op in verdict["float_ops"][:10]:
@@ -207,6 +209,18 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
             console.print(f"[yellow]hint:[/yellow] {_user(hint)}")
     elif report.accuracy:
         console.print("[green]numerics within tolerances[/green]")
+
+
+def _print_profile(console, target: str, profile: dict, shown: int) -> None:
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=f"kernel profile of {_user(target)} ({profile['total_ms']:.3f} ms per run instrumented; "
+                        f"{100 * profile['fallback_share']:.1f}% in fallback kernels)", title_justify="left")
+    for column in ("kernel", "calls", "ms", "share", "schedule rule"):
+        table.add_column(column)
+    for row in profile["kernels"][:shown]:
+        table.add_row(_user(row["kernel"]), str(row["calls"]), f"{row['ms']:.3f}", f"{100 * row['share']:.1f}%", _user(row["rule"]))
+    console.print(table)
 
 
 def _print_layers(console, layers: list[dict], shown: int) -> None:

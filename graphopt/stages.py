@@ -61,6 +61,7 @@ class Settings:
     mask: str | None = "auto"  # input marking real tokens: metrics skip padding; "auto" detects attention_mask
     outputs: tuple[str, ...] | None = None  # outputs the checks gate (None: all)
     ignore_outputs: tuple[str, ...] = ()  # outputs measured and reported but not checked
+    profile: bool = False  # per-kernel times of every TVM target that runs here
 
 
 @dataclasses.dataclass
@@ -344,6 +345,23 @@ def _latency(ctx: Context) -> None:
                     threads=s.threads)
 
 
+def _profile(ctx: Context) -> None:
+    """Per-kernel times of each TVM target that runs here, best-effort like latency."""
+    from graphopt.backends.tvm.profile import kernel_profile  # noqa: PLC0415
+
+    profiles = ctx.report.data.setdefault("profile", {})
+    for target, artifact in ctx.artifacts.items():
+        if not hasattr(artifact, "kernel_rules"):
+            continue  # the onnx target: ONNX Runtime has its own profiler
+        if not artifact.can_time:
+            ctx.report.warnings.append(f"no profile for {target}: its code does not run natively on this machine")
+            continue
+        try:
+            profiles[target] = kernel_profile(artifact, ctx.eval_samples[0], runs=max(ctx.settings.bench_runs // 2, 3)).as_dict()
+        except Exception as e:  # noqa: BLE001 — a measurement, not a verdict
+            ctx.report.warnings.append(f"no profile for {target}: {type(e).__name__}: {str(e).strip()[:200]}")
+
+
 def _validating(ctx: Context) -> bool:
     return ctx.settings.validate and bool(ctx.eval_samples)
 
@@ -360,4 +378,5 @@ COMPILE_STAGES = (
     Stage("validate", _validate, _validating),
     Stage("layer-error", _layer_error, _validating),
     Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.eval_samples)),
+    Stage("profile", _profile, lambda ctx: ctx.settings.profile and bool(ctx.eval_samples)),
 )

@@ -74,7 +74,8 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
         if tune_budget > 0:
             tune.tune(tune.fused_module(mod, spec), spec, database, tune_budget, progress=progress)
     tuned = time.perf_counter()
-    executable = build(mod, spec, database=database)
+    kernel_rules: dict[str, str] = {}
+    executable = build(mod, spec, database=database, record=kernel_rules)
     done = time.perf_counter()
     inputs = [TensorInfo(v.name, v.dtype.numpy().name, tuple(shapes[v.name])) for v in prepared.graph.inputs]
     outputs = [
@@ -84,7 +85,8 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
     details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - tuned, 3)}
     if database is not None:
         details.update(tune_seconds=round(tuned - imported, 3), tune_trials=tune_budget)
-    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details, tuning_dir=database)
+    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details, tuning_dir=database,
+                       kernel_rules=kernel_rules)
 
 
 def load(folder: str, threads: int = 2) -> TvmArtifact:

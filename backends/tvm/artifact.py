@@ -47,6 +47,7 @@ class TvmArtifact:
     threads: int = 2
     details: dict = dataclasses.field(default_factory=dict)  # compile time, tuning, ...
     tuning_dir: str | None = None  # MetaSchedule records this build applied (saved as <folder>/tuning)
+    kernel_rules: dict = dataclasses.field(default_factory=dict)  # kernel -> schedule rule (this build only)
     _vm: object = dataclasses.field(default=None, repr=False)
 
     @property

@@ -14,8 +14,9 @@ from graphopt.backends.tvm.targets import TargetSpec
 __all__ = ["build", "relax_pipeline"]
 
 
-def relax_pipeline(spec: TargetSpec, database: str | None = None):
-    """The Relax pipeline for ``spec`` (a tvm.transform.Pass); ``database`` is a tuning work dir."""
+def relax_pipeline(spec: TargetSpec, database: str | None = None, record: dict | None = None):
+    """The Relax pipeline for ``spec`` (a tvm.transform.Pass); ``database`` is a tuning work dir;
+    ``record`` collects kernel name -> the CPU schedule rule that scheduled it."""
     target = spec.tvm_target()
     if spec.is_cuda:
         from graphopt.backends.tvm.cuda import gpu_pipeline  # noqa: PLC0415
@@ -24,24 +25,24 @@ def relax_pipeline(spec: TargetSpec, database: str | None = None):
     from graphopt.backends.tvm import cpu  # noqa: PLC0415
 
     if database is None:
-        return cpu.cpu_pipeline(target)
+        return cpu.cpu_pipeline(target, record=record)
     import tvm  # noqa: PLC0415
 
     from graphopt.backends.tvm.tune import apply_database_pass  # noqa: PLC0415
 
     @tvm.transform.module_pass(opt_level=0, name="GraphoptTunedCpuPipeline")
     def _pipeline(mod, _ctx):
-        passes = [*cpu.legalize_passes(target), apply_database_pass(database), *cpu.schedule_passes(target), *cpu.lower_passes()]
+        passes = [*cpu.legalize_passes(target), apply_database_pass(database), *cpu.schedule_passes(target, record=record), *cpu.lower_passes()]
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
 
 
-def build(mod, spec: TargetSpec, database: str | None = None):
+def build(mod, spec: TargetSpec, database: str | None = None, record: dict | None = None):
     """Compile ``mod`` for ``spec``; returns a ``tvm.relax.VMExecutable``."""
     import tvm  # noqa: PLC0415
 
     target = spec.tvm_target()
     with target:
-        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(spec, database))
+        return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(spec, database, record))

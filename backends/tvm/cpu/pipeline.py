@@ -41,15 +41,20 @@ class ApplyCpuSchedules:
     attribute and tolerates a rule that fails half-way (the next rule gets the function).
     """
 
-    def __init__(self, target: Target, rules: list | None = None):
+    def __init__(self, target: Target, rules: list | None = None, record: dict | None = None):
         self.target = target
         self.rules = list(rules) if rules is not None else default_rules()
+        self.record = record  # kernel name -> the rule that scheduled it (what a profile reports)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updates = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            if not isinstance(func, tirx.PrimFunc):
                 continue
+            if is_scheduled(func):
+                self._note(gvar, PRESCHEDULED)
+                continue
+            self._note(gvar, UNSCHEDULED)
             target = func.attrs.get("target", self.target) if func.attrs is not None else self.target
             for rule in self.rules:
                 try:
@@ -58,16 +63,27 @@ class ApplyCpuSchedules:
                     sch = None
                 if sch is not None:
                     updates[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    self._note(gvar, type(rule).__name__)
                     break
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod
+
+    def _note(self, gvar, rule: str) -> None:
+        if self.record is not None:
+            self.record[gvar.name_hint] = rule
+
 
 
 # Convolutions run channels-last (see window.py); Relax carries the layout through pooling and
 # elementwise ops, so transposes remain only where the graph leaves NHWC-capable ops.
 # conv2d_transpose has no NHWC legalization: it is pinned to NCHW (transposes around it).
 CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+
+
+# What a profile says about kernels no rule of this pipeline scheduled.
+PRESCHEDULED = "graphopt kernel"  # scheduled where it was written (int8 matmuls, integer ops)
+UNSCHEDULED = "unscheduled"  # every rule declined: a serial scalar loop nest
 
 
 def legalize_passes(target: Target, fast_math: bool = True) -> list:
@@ -88,9 +104,10 @@ def legalize_passes(target: Target, fast_math: bool = True) -> list:
     ]
 
 
-def schedule_passes(target: Target, prepack_weights: bool = True) -> list:
-    """Weight packing, then graphopt's schedule rules on every unscheduled PrimFunc."""
-    return [*([PrepackMatmulWeights(target)] if prepack_weights else []), ApplyCpuSchedules(target)]
+def schedule_passes(target: Target, prepack_weights: bool = True, record: dict | None = None) -> list:
+    """Weight packing, then graphopt's schedule rules on every unscheduled PrimFunc (``record``
+    collects kernel name -> rule)."""
+    return [*([PrepackMatmulWeights(target)] if prepack_weights else []), ApplyCpuSchedules(target, record=record)]
 
 
 def lower_passes() -> list:
@@ -110,18 +127,19 @@ def lower_passes() -> list:
     ]
 
 
-def cpu_pipeline(target: Target, fast_math: bool = True, prepack_weights: bool = True) -> tvm.transform.Pass:
+def cpu_pipeline(target: Target, fast_math: bool = True, prepack_weights: bool = True, record: dict | None = None) -> tvm.transform.Pass:
     """The whole Relax -> VM pipeline for an LLVM CPU target, for
     ``tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))``.
 
     ``fast_math=False`` keeps libm's exp/erf (exact, scalar); ``prepack_weights=False`` keeps the
-    weights' layout (the matmul rule then copies B panels at run time).
+    weights' layout (the matmul rule then copies B panels at run time); ``record`` collects which
+    rule scheduled each kernel.
     """
     target = Target(target) if not isinstance(target, Target) else target
 
     @tvm.transform.module_pass(opt_level=0, name="GraphoptCpuPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        passes = legalize_passes(target, fast_math) + schedule_passes(target, prepack_weights) + lower_passes()
+        passes = legalize_passes(target, fast_math) + schedule_passes(target, prepack_weights, record) + lower_passes()
         with target:
             return tvm.transform.Sequential(passes)(mod)
 
