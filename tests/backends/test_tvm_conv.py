@@ -81,3 +81,64 @@ def test_pointwise_conv_is_not_tiled_as_a_matmul_over_fused_spatial_axes():
     # regression: the Matmul rule took a 1x1 conv (N = h, w fused) and computed wrong values (DBNet-like: cosine 0.00002)
     nodes = [_const("w", RNG.standard_normal((32, 64, 1, 1)).astype(np.float32)), oh.make_node("Conv", ["x", "w"], ["y"])]
     _check(_model(nodes, [1, 64, 40, 40], 11), [1, 64, 40, 40])
+
+
+# --- channels-last convolutions under the WindowReduction rule, and ragged matmul tiles --------------
+
+
+def _conv_chain(channels_in: int, channels_out: int, group: int, kernel: int, stride: int, dilation: int):
+    w = RNG.standard_normal((channels_out, channels_in // group, kernel, kernel)).astype(np.float32)
+    pad = dilation * (kernel // 2)
+    return [_const("w", w), _const("b", RNG.standard_normal(channels_out).astype(np.float32)),
+            oh.make_node("Conv", ["x", "w", "b"], ["c"], group=group, kernel_shape=[kernel] * 2, pads=[pad] * 4,
+                         strides=[stride] * 2, dilations=[dilation] * 2)]
+
+
+@pytest.mark.parametrize("cin,cout,group,kernel,stride,dilation,width", [
+    (3, 24, 1, 7, 2, 1, 29),     # stem: 3 input channels, 24 outputs (not a whole 16-lane vector), prime width
+    (16, 48, 1, 3, 1, 1, 13),    # prime width: full pixel tiles plus a predicated tail
+    (32, 32, 32, 3, 1, 1, 14),   # depthwise
+    (24, 48, 24, 3, 2, 1, 15),   # depthwise with channel multiplier 2, stride 2
+    (32, 64, 4, 3, 1, 2, 12),    # grouped, dilated
+    (8, 1, 1, 1, 1, 1, 10),      # one output channel (a detector head)
+])
+def test_channels_last_conv_matches_ort(cin, cout, group, kernel, stride, dilation, width):
+    nodes = [*_conv_chain(cin, cout, group, kernel, stride, dilation), oh.make_node("Relu", ["c"], ["y"])]
+    _check(_model(nodes, [1, cin, 11, width], 17), [1, cin, 11, width])
+
+
+def test_channels_last_conv_with_residual_pool_and_layout_boundaries():
+    # conv -> +x -> max pool stay NHWC; Reshape and ConvTranspose (pinned to NCHW) need transposes back
+    shape = [2, 16, 9, 11]
+    nodes = [*_conv_chain(16, 16, 1, 3, 1, 1), oh.make_node("Add", ["c", "x"], ["r"]),
+             oh.make_node("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             _const("up_w", RNG.standard_normal((16, 4, 2, 2)).astype(np.float32)),
+             oh.make_node("ConvTranspose", ["p", "up_w"], ["u"], strides=[2, 2]),
+             _const("shape", np.array([2, -1], np.int64)), oh.make_node("Reshape", ["u", "shape"], ["y"])]
+    _check(_model(nodes, shape, 17), shape)
+
+
+def _matmul_model(a_shape, b_shape, b_initializer: bool) -> onnx.ModelProto:
+    inputs = [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, a_shape)]
+    nodes, inits = [oh.make_node("MatMul", ["x", "b"], ["m"]), oh.make_node("Relu", ["m"], ["y"])], []
+    if b_initializer:
+        inits = [onnx.numpy_helper.from_array(RNG.standard_normal(b_shape).astype(np.float32), "b")]
+    else:
+        inputs.append(oh.make_tensor_value_info("b", onnx.TensorProto.FLOAT, b_shape))
+    graph = oh.make_graph(nodes, "g", inputs, [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("a_shape,b_shape,b_initializer", [
+    ([1, 6, 197, 64], [1, 6, 64, 197], False),  # ViT attention scores: 197 tokens (prime) both ways
+    ([1, 197, 96], [96, 100], True),             # dense layer: ragged M, N not a vector multiple
+    ([1, 7, 64], [64, 48], True),                # short M (a 7x7 feature map's row)
+])
+def test_ragged_matmul_tiles_match_ort(a_shape, b_shape, b_initializer):
+    proto = _matmul_model(a_shape, b_shape, b_initializer)
+    feeds = {"x": RNG.standard_normal(a_shape).astype(np.float32)}
+    if not b_initializer:
+        feeds["b"] = RNG.standard_normal(b_shape).astype(np.float32)
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds).run(feeds)["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
