@@ -9,21 +9,35 @@ that are not constants) gets the plain int32-accumulating TE kernels of ``generi
 (CUDA) or graphopt's CPU rules schedule. aarch64 targets with the dot-product extension
 (``+dotprod``) get the sdot kernels of ``neon_matmul`` (weights packed here in numpy; the batch
 dims of a linear layer's A folded into M by a free reshape; ConvInteger as im2col rows × weights).
+x86 targets with VNNI (AVX-512 VNNI, or AVX-VNNI without AVX-512) get the ``vpdpbusd`` kernels of
+``vnni_matmul`` first, with the same structure as the sdot ones; what they decline (dynamic shapes,
+zero points that are not constants, K beyond ``vnni_matmul.MAX_K``) falls to the AVX2 kernels.
+The instruction set is read from the *target* (its ``mcpu``/``mattr``, through LLVM), never from the
+machine that compiles, so a cross build for an AVX2-only CPU gets AVX2 kernels on a VNNI host.
 ONNX's ConvInteger has no TVM converter; ours adds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.target import codegen
 
-from . import generic, neon_matmul, prepack, x86_matmul
+from . import generic, neon_matmul, prepack, vnni_matmul, x86_matmul
 
-__all__ = ["CONVERTERS", "convert_conv_integer", "convert_matmul_integer", "has_avx2", "has_dotprod"]
+__all__ = [
+    "CONVERTERS",
+    "convert_conv_integer",
+    "convert_matmul_integer",
+    "has_avx2",
+    "has_dotprod",
+    "vnni_isa",
+]
 
 INT8_TYPES = ("int8", "uint8")
 
@@ -34,6 +48,28 @@ def has_avx2(target: tvm.target.Target | None) -> bool:
         return False
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     return triple.startswith(("x86_64", "i686", "i386")) and bool(codegen.target_has_features("avx2", target))
+
+
+def _is_x86(target: tvm.target.Target | None) -> bool:
+    if target is None or target.kind.name != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    return triple.startswith(("x86_64", "i686", "i386"))
+
+
+def vnni_isa(target: tvm.target.Target | None) -> str | None:
+    """The widest ``vpdpbusd`` the target's CPU has: "avx512-vnni", "avx-vnni" (256-bit, VEX), or None.
+
+    Read from the target's ``mcpu``/``mattr`` by LLVM (a target without ``mcpu`` is a generic x86-64:
+    None), so the choice follows the CPU the code is built for, not the one building it.
+    """
+    if not _is_x86(target):
+        return None
+    if codegen.target_has_features("avx512vnni", target) and codegen.target_has_features("avx512bw", target):
+        return "avx512-vnni"
+    if codegen.target_has_features("avxvnni", target):
+        return "avx-vnni"
+    return None
 
 
 def has_dotprod(target: tvm.target.Target | None) -> bool:
@@ -115,18 +151,54 @@ def _avx2_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> rela
     return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], "graphopt_int8_batch_matmul_i16_avx2")
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_neon_weight_func(*args, **kwargs):
-    return neon_matmul.weight_matmul_func(*args, **kwargs)
+@dataclasses.dataclass(frozen=True)
+class _DotKernels:
+    """One family of dot-product kernels (sdot or vpdpbusd): same packing scheme, same parameters.
+
+    ``options`` go to every function of the family (the VNNI width); ``max_k`` is the longest
+    reduction it keeps exact; ``name`` ends the kernel names ("sdot", "vnni").
+    """
+
+    name: str
+    pack_weights: Callable
+    weight_func: Callable
+    activation_func: Callable
+    conv_func: Callable
+    options: tuple = ()
+    max_k: int | None = None
+
+    def pack(self, weights: np.ndarray, b_zero, a_dtype: str, a_zero: int):
+        return self.pack_weights(weights, b_zero, a_dtype, a_zero, **dict(self.options))
+
+    def weight(self, *args, **kwargs):
+        return self.weight_func(*args, **kwargs, **dict(self.options))
+
+    def activation(self, *args, **kwargs):
+        return self.activation_func(*args, **kwargs, **dict(self.options))
+
+    def conv(self, *args, **kwargs):
+        return self.conv_func(*args, **kwargs, **dict(self.options))
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_neon_activation_func(*args, **kwargs):
-    return neon_matmul.activation_matmul_func(*args, **kwargs)
+def _cached(func: Callable) -> Callable:
+    return functools.lru_cache(maxsize=256)(func)
 
 
-def _neon_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> relax.Expr | None:
-    """The sdot kernel for this MatMulInteger, or None when its shapes/zero points are not covered."""
+SDOT = _DotKernels("sdot", neon_matmul.pack_weights, _cached(neon_matmul.weight_matmul_func),
+                   _cached(neon_matmul.activation_matmul_func), neon_matmul.conv_func)
+
+
+def _vnni_kernels(isa: str) -> _DotKernels:
+    return _DotKernels("vnni", vnni_matmul.pack_weights, _cached(vnni_matmul.weight_matmul_func),
+                       _cached(vnni_matmul.activation_matmul_func), vnni_matmul.conv_func,
+                       options=(("isa", isa),), max_k=vnni_matmul.MAX_K)
+
+
+VNNI = {isa: _vnni_kernels(isa) for isa in vnni_matmul.ISAS}
+
+
+def _dot_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr, kernels: _DotKernels) -> relax.Expr | None:
+    """The sdot / vpdpbusd kernel for this MatMulInteger, or None when its shapes/zero points are not covered."""
     a_shape, b_shape = _static_shape(a), _static_shape(b)
     a_zero = _scalar_zero(a_zero_expr)
     if a_shape is None or b_shape is None or a_zero is None or len(a_shape) < 2 or len(b_shape) < 2:
@@ -135,25 +207,27 @@ def _neon_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> rela
         return None
     *a_batch, m, k = a_shape
     *b_batch, _, n = b_shape
+    if kernels.max_k is not None and k > kernels.max_k:
+        return None
     weights = _constant(b)
     if weights is not None and not b_batch:
         b_zero = np.zeros((), np.int64) if b_zero_expr is None else _constant(b_zero_expr)
         if b_zero is None or b_zero.size not in (1, n):
             return None
-        packed = neon_matmul.pack_weights(weights, b_zero, _dtype(a), a_zero)
+        packed = kernels.pack(weights, b_zero, _dtype(a), a_zero)
         rows = int(np.prod(a_batch, dtype=np.int64)) * m  # the weights are shared: batch dims are just more rows
-        func = _cached_neon_weight_func(rows, k, n, _dtype(a), col_bias=packed.col_bias is not None,
-                                        row_scale=packed.row_scale is not None)
+        func = kernels.weight(rows, k, n, _dtype(a), col_bias=packed.col_bias is not None,
+                              row_scale=packed.row_scale is not None)
         flat = bb.normalize(relax.op.reshape(a, [rows, k])) if a_batch else a
         args = [flat, relax.const(packed.packed)]
         args += [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
-        out = _emit_scheduled(bb, func, args, [rows, n], "graphopt_int8_matmul_sdot")
+        out = _emit_scheduled(bb, func, args, [rows, n], f"graphopt_int8_matmul_{kernels.name}")
         return bb.emit(relax.op.reshape(out, [*a_batch, m, n])) if a_batch else out
     b_zero = _scalar_zero(b_zero_expr)
     if b_zero is None or (a_batch and b_batch and a_batch != b_batch):
         return None
-    func = _cached_neon_activation_func(tuple(a_shape), _dtype(a), tuple(b_shape), _dtype(b), a_zero=a_zero, b_zero=b_zero)
-    return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], "graphopt_int8_batch_matmul_sdot")
+    func = kernels.activation(tuple(a_shape), _dtype(a), tuple(b_shape), _dtype(b), a_zero=a_zero, b_zero=b_zero)
+    return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], f"graphopt_int8_batch_matmul_{kernels.name}")
 
 
 def _per_row(bb: relax.BlockBuilder, zero, a) -> relax.Expr | None:
@@ -169,14 +243,15 @@ def _per_row(bb: relax.BlockBuilder, zero, a) -> relax.Expr | None:
 def convert_matmul_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     """ONNX MatMulInteger(A, B[, a_zero_point, b_zero_point]) -> int32."""
     a, b, a_zero, b_zero = (_input(inputs, i) for i in range(4))
-    if has_avx2(tvm.target.Target.current(allow_none=True)):
+    target = tvm.target.Target.current(allow_none=True)
+    isa = vnni_isa(target)
+    fast = _dot_matmul(bb, a, b, a_zero, b_zero, VNNI[isa]) if isa else None
+    if fast is None and has_avx2(target):
         fast = _avx2_matmul(bb, a, b, a_zero, b_zero)
-        if fast is not None:
-            return fast
-    elif has_dotprod(tvm.target.Target.current(allow_none=True)):
-        fast = _neon_matmul(bb, a, b, a_zero, b_zero)
-        if fast is not None:
-            return fast
+    elif fast is None and has_dotprod(target):
+        fast = _dot_matmul(bb, a, b, a_zero, b_zero, SDOT)
+    if fast is not None:
+        return fast
     args = [a, b] + [z for z in (_per_row(bb, a_zero, a), b_zero) if z is not None]
     a_has, b_has = a_zero is not None, b_zero is not None
 
@@ -211,17 +286,18 @@ def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], strides: list
     return begin + end
 
 
-def _neon_conv(
-    bb: relax.BlockBuilder, x, weights: np.ndarray, x_zero: int, w_zero: np.ndarray, kernel, strides, dilations, pads
+def _dot_conv(
+    bb: relax.BlockBuilder, x, weights: np.ndarray, x_zero: int, w_zero: np.ndarray, kernel, strides, dilations, pads,
+    kernels: _DotKernels,
 ) -> relax.Expr:
-    """ConvInteger with the sdot kernel: im2col rows × the weights as [C·kh·kw, M] columns."""
+    """ConvInteger with the sdot / vpdpbusd kernel: im2col rows × the weights as [C·kh·kw, M] columns."""
     m = weights.shape[0]
-    packed = neon_matmul.pack_weights(weights.reshape(m, -1).T, w_zero, _dtype(x), x_zero)
-    func = neon_matmul.conv_func(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
-                                 col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None)
+    packed = kernels.pack(weights.reshape(m, -1).T, w_zero, _dtype(x), x_zero)
+    func = kernels.conv(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
+                        col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None)
     args = [x, relax.const(packed.packed)] + [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
     out_shape = neon_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
-    return _emit_scheduled(bb, func, args, out_shape, "graphopt_int8_conv_sdot")
+    return _emit_scheduled(bb, func, args, out_shape, f"graphopt_int8_conv_{kernels.name}")
 
 
 def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
@@ -238,8 +314,22 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
     weights = _constant(w)
     x_zero_value = _scalar_zero(x_zero)
     w_zero_value = np.zeros(1, np.int16) if w_zero is None else _constant(w_zero)
+    target = tvm.target.Target.current(allow_none=True)
+    dot_kernels = VNNI.get(vnni_isa(target)) or (SDOT if has_dotprod(target) else None)
     if (
-        has_avx2(tvm.target.Target.current(allow_none=True))
+        dot_kernels is not None
+        and group == 1
+        and weights is not None
+        and x_zero_value is not None
+        and w_zero_value is not None
+        and w_zero_value.size in (1, w_shape[0])
+        and _dtype(x) in INT8_TYPES
+        and _dtype(w) in INT8_TYPES
+        and (dot_kernels.max_k is None or int(np.prod(w_shape[1:])) <= dot_kernels.max_k)
+    ):
+        return _dot_conv(bb, x, weights, x_zero_value, w_zero_value, kernel, strides, dilations, pads, dot_kernels)
+    if (
+        has_avx2(target)
         and group == 1
         and weights is not None
         and x_zero_value is not None
@@ -256,17 +346,6 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
         oh = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
         ow = (width + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
         return _emit_scheduled(bb, func, [x, relax.const(a16)], [n, m, oh, ow], "graphopt_int8_conv_i16_avx2")
-    if (
-        has_dotprod(tvm.target.Target.current(allow_none=True))
-        and group == 1
-        and weights is not None
-        and x_zero_value is not None
-        and w_zero_value is not None
-        and w_zero_value.size in (1, w_shape[0])
-        and _dtype(x) in INT8_TYPES
-        and _dtype(w) in INT8_TYPES
-    ):
-        return _neon_conv(bb, x, weights, x_zero_value, w_zero_value, kernel, strides, dilations, pads)
     args = [x, w] + [z for z in (x_zero, w_zero) if z is not None]
     x_has, w_has = x_zero is not None, w_zero is not None
 

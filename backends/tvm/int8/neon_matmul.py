@@ -363,8 +363,14 @@ def _schedule_sums(sch: tvm.s_tir.Schedule, block) -> None:
     _parallel(sch, spatial)
 
 
-def schedule_dot_matmul(func: tirx.PrimFunc, mr: int, nv: int) -> tirx.PrimFunc:
-    """Schedule a PrimFunc of ``acc`` plus the optional ``a_pack``/``b_pack``/``rowsum``/``colsum``/``out`` stages."""
+def schedule_dot_matmul(
+    func: tirx.PrimFunc, mr: int, nv: int, *, lanes: int = LANES, intrin: str = DOT_4x4_S8
+) -> tirx.PrimFunc:
+    """Schedule a PrimFunc of ``acc`` plus the optional ``a_pack``/``b_pack``/``rowsum``/``colsum``/``out`` stages.
+
+    ``lanes``/``intrin``: the dot-product instruction the innermost ``lanes × 4`` block is
+    tensorized with (sdot by default; ``vnni_matmul`` passes x86's vpdpbusd forms).
+    """
     sch = tvm.s_tir.Schedule(func)
     stages = (("a_pack", _schedule_rows), ("b_pack", _schedule_b_pack), ("rowsum", _schedule_sums),
               ("colsum", _schedule_sums), ("out", _schedule_rows))
@@ -375,17 +381,17 @@ def schedule_dot_matmul(func: tirx.PrimFunc, mr: int, nv: int) -> tirx.PrimFunc:
     acc = sch.get_sblock("acc")
     *batch_loops, i, j, k = sch.get_loops(acc)
     io, ii = sch.split(i, [None, mr])
-    jo, jv, ji = sch.split(j, [None, nv, LANES])
+    jo, jv, ji = sch.split(j, [None, nv, lanes])
     ko, ki = sch.split(k, [None, KW])
     sch.reorder(*batch_loops, jo, io, ko, ii, jv, ji, ki)
     _parallel(sch, [*batch_loops, jo])
     write_back = sch.cache_write(acc, 0, "local")
     sch.reverse_compute_at(write_back, io)
     init = sch.decompose_reduction(acc, ko)
-    sch.tensorize(ji, DOT_4x4_S8)
+    sch.tensorize(ji, intrin)
     sch.unroll(ii)
     sch.unroll(jv)
     sch.vectorize(sch.get_loops(init)[-1])
-    _, lanes = sch.split(sch.get_loops(write_back)[-1], [None, LANES])
-    sch.vectorize(lanes)
+    _, vector = sch.split(sch.get_loops(write_back)[-1], [None, lanes])
+    sch.vectorize(vector)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
