@@ -1,6 +1,7 @@
 """The zoo matrix: every zoo model through ``canonicalize`` and (transformers) ``ivit``.
 
-    python -m bench.zoo [--only NAME ...] [--no-ivit] [--json PATH]
+    python -m bench.zoo [--only NAME ...] [--no-ivit] [--tvm] [--json PATH]
+    python -m bench.zoo --targets tvm-llvm [--only bert-base ...] [--no-ivit] [--runs 10]   # bench/zoo_tvm.py
 
 One row per model: whether it builds (or which exporter limit stopped it), the outputs of the
 ``canonicalize`` result vs the original (cosine, max abs; ORT, optimizations off), the exporter
@@ -29,6 +30,28 @@ CANDIDATES = {"Softmax": ("DotProductAttention", "attention"), "Erf": ("Gelu", "
 
 def samples(entry, count: int = 2) -> list[dict]:
     return [entry.example_inputs(seed) for seed in range(count)]
+
+
+# tvm-llvm parity with ONNX Runtime on the same rewritten model: FP32 within these; ivit bit for bit.
+TVM_MIN_COSINE = 0.9999
+TVM_ATOL = 1e-3  # relative to the output's largest magnitude (at least 1)
+
+
+def tvm_row(entry, passes: str = "canonicalize") -> dict:
+    """``passes`` then ``tvm-llvm``: the compiled code against ONNX Runtime running the same model."""
+    import graphopt
+
+    start = time.perf_counter()
+    result = graphopt.compile(entry.build(), passes=passes, calib=samples(entry, 2), targets=["tvm-llvm"], mask=None,
+                              tolerances=Tolerances(min_cosine=None))
+    parity = result.report.parity["tvm-llvm"]
+    metrics = list(parity["vs_onnx"].values())
+    cosine = min((m["cosine"] for m in metrics if m["cosine"] is not None), default=None)
+    scaled = max(m["max_abs"] / max(1.0, m["ref_max_abs"] or 0.0) for m in metrics)
+    bit_exact = bool(parity["bit_exact_vs_onnx"])
+    ok = bit_exact if passes == "ivit" else bit_exact or (cosine is not None and cosine >= TVM_MIN_COSINE and scaled <= TVM_ATOL)
+    return {"tvm_passes": passes, "tvm_ok": ok, "tvm_cosine": cosine, "tvm_scaled_max_abs": scaled, "tvm_bit_exact": bit_exact,
+            "tvm_seconds": time.perf_counter() - start}
 
 
 def ort_levels(model, feeds) -> list[str]:
@@ -92,7 +115,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="zoo entries (default: all)")
     parser.add_argument("--no-ivit", action="store_true")
     parser.add_argument("--json", help="also write the rows here")
+    parser.add_argument("--tvm", action="store_true", help="add the tvm-llvm column: parity with ORT (FP32; ivit bit for bit)")
+    parser.add_argument("--targets", help="tvm-llvm: the published-size benchmark set on TVM vs ONNX Runtime (bench/zoo_tvm.py)")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per runtime with --targets (interleaved)")
     args = parser.parse_args(argv)
+    if args.targets:
+        return _targets(args)
     rows = []
     print(" ".join(f"{header:<{width}}" for header, width, _ in COLUMNS))
     for name, entry in zoo.entries().items():
@@ -101,6 +129,10 @@ def main(argv=None) -> int:
         row = canonicalize_row(entry)
         if row["status"] != "not built" and entry.transformer and not args.no_ivit:
             row.update(ivit_row(entry))
+        if row["status"] != "not built" and args.tvm:
+            row.update(tvm_row(entry))
+            if entry.transformer and not args.no_ivit:
+                row.update({f"ivit_{k}": v for k, v in tvm_row(entry, "ivit").items()})
         rows.append(row)
         print(line(row), flush=True)
     if args.json:
@@ -109,6 +141,18 @@ def main(argv=None) -> int:
     built = [r for r in rows if r["status"] != "not built"]
     print(f"\n{len(built)} of {len(rows)} built; canonicalize ok on {sum(r['status'] == 'ok' for r in built)}; "
           f"ivit integer-only on {sum(r.get('integer_only', False) for r in built)} of {sum('integer_only' in r for r in built)}")
+    return 0
+
+
+def _targets(args) -> int:
+    from bench import zoo_tvm
+
+    if args.targets != "tvm-llvm":
+        raise SystemExit(f"--targets {args.targets}: only tvm-llvm is benchmarked on this machine")
+    rows = zoo_tvm.run(args.only, ivit=not args.no_ivit, runs=args.runs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1, default=str)
     return 0
 
 
@@ -144,7 +188,17 @@ COLUMNS = [
     ("ivit", 24, _ivit),
     ("ivit cos", 8, lambda r: f"{r['ivit_cosine']:.5f}" if r.get("ivit_cosine") is not None else "-"),
     ("ivit ORT", 8, lambda r: _levels(r["ivit_ort_levels"]) if "ivit_ort_levels" in r else "-"),
+    ("tvm-llvm vs ORT", 24, lambda r: _tvm(r)),
 ]
+
+
+def _tvm(row: dict) -> str:
+    if "tvm_ok" not in row:
+        return "-"
+    fp32 = "ok" if row["tvm_ok"] else f"FAILED cos {row['tvm_cosine']}"
+    if "ivit_tvm_ok" not in row:
+        return fp32
+    return f"{fp32}; ivit {'bit-exact' if row['ivit_tvm_bit_exact'] else 'NOT bit-exact'}"
 
 
 def line(row: dict) -> str:

@@ -4,6 +4,7 @@ TVM's CPU pipeline leaves every PrimFunc unscheduled; these rules (in the spirit
 matching loop-nest structure rather than names) give fast code without a tuning run:
 
     Matmul        dense / batched matmul (+ fused epilogue): register tiles, vectorized, parallel
+    WindowReduction  channels-last conv (dense, grouped, depthwise) and pooling: implicit-GEMM register tiles
     RowReduction  softmax, layer norm, row sums/maxima, any dtype: rows parallel, rfactor-vectorized
     Elementwise   injective chains, any dtype: inlined, parallel outer, vectorized inner
     Fallback      anything else: parallel leading spatial loops, vectorized where injective
@@ -16,6 +17,7 @@ from .matmul import Matmul
 from .pipeline import ApplyCpuSchedules, cpu_pipeline, default_rules, legalize_passes, lower_passes, schedule_passes
 from .prepack import PrepackMatmulWeights
 from .reduction import RowReduction
+from .window import WindowReduction
 
 __all__ = [
     "ApplyCpuSchedules",
@@ -29,4 +31,5 @@ __all__ = [
     "legalize_passes",
     "lower_passes",
     "schedule_passes",
+    "WindowReduction",
 ]

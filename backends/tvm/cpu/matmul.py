@@ -203,13 +203,13 @@ class Matmul(ScheduleRule):
         if len(rest) > 1:
             return None
         epilogue = rest[0].block_rv if rest else None
-        if epilogue is not None and not _consumes(sch, epilogue, matmul.block):
+        if epilogue is not None and not consumes(sch, epilogue, matmul.block):
             return None
         _schedule(sch, matmul, epilogue, target)
         return sch
 
 
-def _consumes(sch: s_tir.Schedule, consumer, producer) -> bool:
+def consumes(sch: s_tir.Schedule, consumer, producer) -> bool:
     return any(sch.get(p).same_as(sch.get(producer)) for p in sch.get_producers(consumer))
 
 
@@ -263,7 +263,7 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
     if not _is_prepacked(mm, nr) and (b_bytes is None or b_bytes >= PANEL_COPY_BYTES):
         panel = sch.cache_read(block, mm.b_read, "global")
         sch.compute_at(panel, outer, preserve_unit_loops=True)
-        _vectorize_innermost(sch, panel, lanes)
+        vectorize_innermost(sch, panel, lanes)
 
     # vectorize before decompose_reduction: the update block alone no longer passes the dataflow check
     nvo, nv = sch.split(ni, factors=[None, min(lanes, nr)])
@@ -271,8 +271,8 @@ def _schedule(sch: s_tir.Schedule, mm: MatmulBlock, epilogue, target: Target) ->
     sch.unroll(nvo)
     sch.vectorize(nv)
     init = sch.decompose_reduction(block, k)
-    _vectorize_innermost(sch, init, lanes)
-    _vectorize_innermost(sch, writeback, lanes)
+    vectorize_innermost(sch, init, lanes)
+    vectorize_innermost(sch, writeback, lanes)
     for pad in pads:
         parallel_vectorize(sch, pad, lanes, num_cores(target))
 
@@ -306,7 +306,7 @@ def _is_prepacked(mm: MatmulBlock, nr: int) -> bool:
     return len(shape) >= 3 and shape[-1] == nr and isinstance(mm.b_indices[-1], tirx.FloorMod)
 
 
-def _vectorize_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
+def vectorize_innermost(sch: s_tir.Schedule, block, lanes: int) -> None:
     """Split the block's innermost loop by the vector width (when it divides) and vectorize it."""
     loops = sch.get_loops(block)
     if not loops:

@@ -27,10 +27,9 @@ from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
 from .common import is_cpu_target, num_cores, output_dtype, parallel_vectorize, static_extent, vector_bits, vector_lanes, vector_split
+from .matmul import ACCUMULATOR_BUDGET, consumes, vectorize_innermost
 
-# Accumulator registers a tile may use per SIMD register file size (bits): AVX2 has 16 ymm, AVX-512 32 zmm.
-ACCUMULATOR_BUDGET = {128: 24, 256: 12, 512: 24}
-# A window smaller than this (kh * kw * ci) is a pooling-sized reduction: tile fewer pixels.
+# Most output pixels one register tile holds (with AVX-512: 8 pixels x 2 vectors of 16 channels).
 MAX_TILE_ROWS = 8
 
 
@@ -126,17 +125,13 @@ class WindowReduction(ScheduleRule):
             if info.is_injective() and not any(sch.get(info.block_rv).same_as(f) for f in feeding)
         ]
         rest = try_inline(sch, others)
-        epilogues = [info.block_rv for info in rest if _consumes(sch, info.block_rv, window.block)]
+        epilogues = [info.block_rv for info in rest if consumes(sch, info.block_rv, window.block)]
         if len(rest) != len(epilogues) or len(epilogues) > 1:
             return None
         _schedule(sch, window, epilogues[0] if epilogues else None, target)
         for producer in padding:
             parallel_vectorize(sch, producer, vector_lanes(target, output_dtype(sch, producer)), num_cores(target))
         return sch
-
-
-def _consumes(sch: s_tir.Schedule, consumer, producer) -> bool:
-    return any(sch.get(p).same_as(sch.get(producer)) for p in sch.get_producers(consumer))
 
 
 def _schedule(sch: s_tir.Schedule, window: WindowBlock, epilogue, target: Target) -> None:
@@ -172,18 +167,5 @@ def _schedule(sch: s_tir.Schedule, window: WindowBlock, epilogue, target: Target
         sch.vectorize(nv)
     sch.unroll(mi)
     init = sch.decompose_reduction(block, ks[0])
-    _vectorize_innermost(sch, init, width)
-    _vectorize_innermost(sch, writeback, width)
-
-
-def _vectorize_innermost(sch: s_tir.Schedule, block, width: int) -> None:
-    loops = sch.get_loops(block)
-    if not loops or width < 2:
-        return
-    inner = loops[-1]
-    extent = static_extent(sch, inner)
-    if extent is None or extent < 2 or extent % width:
-        return
-    if extent > width:
-        _, inner = sch.split(inner, factors=[None, width])
-    sch.vectorize(inner)
+    vectorize_innermost(sch, init, width)
+    vectorize_innermost(sch, writeback, width)
