@@ -4,7 +4,8 @@
 
 Models (torch, legacy exporter): a DBNet-like detector (opset 11, weights as Constant nodes,
 depthwise conv, BatchNorm, Hardswish, Resize nearest + bilinear, ConvTranspose, pools) at 320x320,
-and a ResNet-ish basic block stack at ``--size``. Prints TVM ms, ORT ms, speed ratio (above 1:
+an SVTR-like recognizer (conv stem + local/global attention over the feature map, opset 12) at
+48x320, and a ResNet-ish basic block stack at ``--size``. Prints TVM ms, ORT ms, speed ratio (above 1:
 TVM faster) and the max abs difference of the outputs.
 """
 
@@ -55,6 +56,55 @@ def _dbnet():
     return DB(), (1, 3, 320, 320), 11
 
 
+def _svtr(height: int = 48, width: int = 320):
+    """An SVTR-like text recognizer: conv stem, local attention (an additive window mask) and global
+    attention over the feature map's tokens, a strided merge conv, pooling, a 1x1 conv and a CTC head."""
+    import torch  # noqa: PLC0415
+    import torch.nn as nn  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: PLC0415, N812
+
+    def local_mask(h, w, kh=7, kw=11):
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        near = ((rows[:, None] - rows[None]).abs() <= kh // 2) & ((cols[:, None] - cols[None]).abs() <= kw // 2)
+        return torch.where(near, 0.0, float("-inf"))
+
+    class Block(nn.Module):
+        def __init__(s, d, heads, mask=None):
+            super().__init__()
+            s.n1, s.n2, s.heads = nn.LayerNorm(d), nn.LayerNorm(d), heads
+            s.qkv, s.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            s.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+            s.register_buffer("mask", mask if mask is not None else torch.zeros(1))
+
+        def forward(s, x):
+            b, n, d = x.shape
+            q, k, v = s.qkv(s.n1(x)).reshape(b, n, 3, s.heads, d // s.heads).permute(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(-2, -1)) * (d // s.heads) ** -0.5 + s.mask
+            x = x + s.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d))
+            return x + s.mlp(s.n2(x))
+
+    class SVTR(nn.Module):
+        def __init__(s):
+            super().__init__()
+            s.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.GELU(),
+                                   nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.GELU())
+            s.pos = nn.Parameter(torch.randn(1, (height // 4) * (width // 4), 64) * 0.02)
+            s.local, s.glob = Block(64, 2, local_mask(height // 4, width // 4)), Block(64, 2)
+            s.merge, s.norm, s.glob2 = nn.Conv2d(64, 128, 3, (2, 1), 1), nn.LayerNorm(128), Block(128, 4)
+            s.pool, s.last, s.head = nn.AdaptiveAvgPool2d((1, width // 8)), nn.Conv2d(128, 192, 1), nn.Linear(192, 97)
+
+        def forward(s, x):
+            x = s.stem(x)
+            b, c, h, w = x.shape
+            x = s.merge(s.glob(s.local(x.flatten(2).transpose(1, 2) + s.pos)).transpose(1, 2).reshape(b, c, h, w))
+            b, c, h, w = x.shape
+            x = s.pool(s.glob2(s.norm(x.flatten(2).transpose(1, 2))).transpose(1, 2).reshape(b, c, h, w))
+            return s.head(F.hardswish(s.last(x)).squeeze(2).transpose(1, 2)).softmax(-1)
+
+    return SVTR(), (1, 3, height, width), 12
+
+
 def _resnet(size: int):
     import torch.nn as nn  # noqa: PLC0415
 
@@ -87,7 +137,8 @@ def main() -> None:
     args = parser.parse_args()
     feeds_rng = np.random.default_rng(0)
     print(f"{'model':<18}{'tvm ms':>10}{'ort ms':>10}{'speed':>8}{'max abs':>11}")
-    for name, (module, shape, opset) in {"dbnet-like 320": _dbnet(), f"resnet-ish {args.size}": _resnet(args.size)}.items():
+    models = {"dbnet-like 320": _dbnet(), "svtr-like 48x320": _svtr(), f"resnet-ish {args.size}": _resnet(args.size)}
+    for name, (module, shape, opset) in models.items():
         proto = _export(module, shape, opset)
         feeds = {"x": feeds_rng.standard_normal(shape).astype(np.float32)}
         artifact = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", threads=THREADS, example_inputs=feeds)

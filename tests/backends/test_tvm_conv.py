@@ -29,7 +29,7 @@ def _model(nodes, x_shape, opset: int) -> onnx.ModelProto:
 def _check(proto: onnx.ModelProto, x_shape, atol=1e-4):
     feeds = {"x": RNG.standard_normal(x_shape).astype(np.float32)}
     expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    got = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds).run(feeds)["y"]
+    (got,) = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds).run(feeds).values()
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=atol)
 
@@ -142,3 +142,12 @@ def test_ragged_matmul_tiles_match_ort(a_shape, b_shape, b_initializer):
     expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds).run(feeds)["y"]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_svtr_like_hybrid_matches_ort():
+    # the conv + transformer text recognizer class (cosine 0.84 on tvm-llvm before): conv stem,
+    # masked local attention over the feature map, strided merge conv, pooling, CTC head
+    from bench.tvm_conv import _export, _svtr
+
+    module, shape, opset = _svtr(height=16, width=64)
+    _check(_export(module, shape, opset), list(shape), atol=1e-5)
