@@ -6,6 +6,13 @@ wheel ships the case generators, not the files: ``collect_testcases()`` builds ~
 (model, input/output data sets, rtol/atol) in seconds.
 
     python -m graphopt.conformance --passes canonicalize [--filter gelu] [--json out.json]
+
+``--target tvm-llvm`` runs the rewritten model through the TVM backend instead: the TVM preflight
+either refuses the case (status "refused", with the op it names) or the case is compiled and every
+data set must match the expected outputs. Each case runs in a long-lived worker process that is
+replaced when a case crashes it or runs past ``--timeout`` (status "fail" with the reason).
+
+    python -m graphopt.conformance --target tvm-llvm --workers 1 [--filter relu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,9 +43,10 @@ EXPECTED_CANONICAL = {
 @dataclasses.dataclass
 class CaseResult:
     name: str
-    status: str  # "pass", "fail", "ort-fails" (baseline fails: not counted), "error"
+    status: str  # "pass", "fail", "ort-fails" (baseline fails: not counted), "error", "refused" (TVM preflight)
     reason: str = ""
     canonical: list[str] = dataclasses.field(default_factory=list)
+    refused_op: str = ""  # the op the TVM preflight named when it refused the case
 
 
 def _cases(pattern: str | None):
@@ -108,9 +116,9 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def run_case(case, passes: str) -> CaseResult:
-    import onnx_ir as ir  # noqa: PLC0415
-
+def _rewrite(case, passes: str):
+    """The case's model after ``passes`` (onnx_ir) and its new canonical ops, or the CaseResult that
+    ends the case early (ORT fails on the original, or the pipeline raises)."""
     import graphopt  # noqa: PLC0415
 
     try:
@@ -121,15 +129,66 @@ def run_case(case, passes: str) -> CaseResult:
         return CaseResult(case.name, "ort-fails", baseline)
     try:
         result = graphopt.compile(case.model, passes=passes, validate=False, targets=["onnx"])
-        proto = ir.to_proto(result.model)
     except Exception as e:
         return CaseResult(case.name, "error", _one_line(e))
     canonical = sorted(op for op in result.report.ops_after if op not in result.report.ops_before)
+    return result.model, canonical
+
+
+def run_case(case, passes: str) -> CaseResult:
+    import onnx_ir as ir  # noqa: PLC0415
+
+    rewritten = _rewrite(case, passes)
+    if isinstance(rewritten, CaseResult):
+        return rewritten
+    model, canonical = rewritten
     try:
+        proto = ir.to_proto(model)
         problem = _run_sets(proto, case)
     except Exception as e:
         return CaseResult(case.name, "fail", f"rewritten model does not run: {_one_line(e)}", canonical)
     return CaseResult(case.name, "fail" if problem else "pass", problem, canonical)
+
+
+def _input_names(case) -> list[str]:
+    """The graph inputs a data set feeds, in order (initializers listed as inputs take no data)."""
+    initializers = {t.name for t in case.model.graph.initializer}
+    return [i.name for i in case.model.graph.input if i.name not in initializers]
+
+
+def refused_op(problem: str) -> str:
+    """The op a preflight line names: ``tvm-llvm: Op (1 node) ...`` / ``tvm-llvm: Op: why`` -> ``Op``."""
+    text = problem.split(": ", 1)[1] if problem.startswith("tvm-") else problem
+    return re.split(r"[\s:(]", text, maxsplit=1)[0]
+
+
+def run_tvm_case(case, passes: str, target: str = "tvm-llvm") -> CaseResult:
+    """The case through the TVM backend: refused by the preflight, or compiled and compared per data set."""
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+
+    rewritten = _rewrite(case, passes)
+    if isinstance(rewritten, CaseResult):
+        return rewritten
+    model, canonical = rewritten
+    problems = tvm_backend.preflight(model, target)
+    if problems:
+        return CaseResult(case.name, "refused", problems[0], canonical, refused_op=refused_op(problems[0]))
+    names = _input_names(case)
+    for inputs, outputs in case.data_sets:
+        feeds = dict(zip(names, inputs))
+        try:  # compiled per data set: shapes are static
+            artifact = tvm_backend.compile(model, target=target, example_inputs=feeds, threads=1)
+        except Exception as e:
+            return CaseResult(case.name, "error", f"preflight accepted, compile failed: {_one_line(e)}", canonical)
+        try:
+            got = artifact.run(feeds)
+        except Exception as e:
+            return CaseResult(case.name, "fail", f"compiled model does not run: {_one_line(e)}", canonical)
+        actual = [got[info.name] for info in artifact.outputs]
+        problem = _close(list(outputs), actual[: len(outputs)], case.rtol, case.atol)
+        if problem:
+            return CaseResult(case.name, "fail", problem, canonical)
+    return CaseResult(case.name, "pass", "", canonical)
 
 
 def _worker(args):
@@ -168,6 +227,105 @@ def run_suite(passes: str = "canonicalize", pattern: str | None = None, workers:
         return list(iterator)
 
 
+def _serve(conn, pattern, passes, target):
+    """A worker: answers the case list once, then one CaseResult per case name it is sent."""
+    import os  # noqa: PLC0415
+
+    os.environ.setdefault("TVM_NUM_THREADS", "1")  # one core per worker: the suite shares the machine
+    _init(pattern)
+    conn.send([c.name for c in _CASES])
+    by_name = {c.name: c for c in _CASES}
+    while True:
+        name = conn.recv()
+        if name is None:
+            return
+        conn.send(run_tvm_case(by_name[name], passes, target))
+
+
+class _TvmWorker:
+    """One worker process with a pipe; replaced by the suite when a case kills it or hangs."""
+
+    def __init__(self, context, pattern, passes, target):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, pattern, passes, target), daemon=True)
+        self.process.start()
+        child.close()
+        self.case: str | None = None
+        self.started = 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.process.join(10)
+        self.conn.close()
+
+
+def run_tvm_suite(passes: str = "canonicalize", pattern: str | None = None, workers: int = 1, target: str = "tvm-llvm",
+                  timeout: float = 300.0, progress: bool = False) -> list[CaseResult]:
+    """Every case (matching ``pattern``) through ``target``, in ``workers`` long-lived processes.
+
+    A pool would hang on a worker that segfaults inside generated code; here a dead or hung worker
+    fails its case and is replaced, and the suite goes on.
+    """
+    import time  # noqa: PLC0415
+    from multiprocessing.connection import wait  # noqa: PLC0415
+
+    context = multiprocessing.get_context("spawn")
+    pool = [_TvmWorker(context, pattern, passes, target) for _ in range(max(workers, 1))]
+    names = pool[0].conn.recv()
+    for worker in pool[1:]:
+        worker.conn.recv()
+    pending = list(reversed(names))
+    results: dict[str, CaseResult] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(names), desc=f"conformance {target}", file=sys.stderr)
+
+    def finish(worker, result):
+        results[result.name] = result
+        worker.case = None
+        if bar is not None:
+            bar.update(1)
+
+    def replace(worker):
+        worker.stop(kill=True)
+        fresh = _TvmWorker(context, pattern, passes, target)
+        fresh.conn.recv()  # its case list
+        pool[pool.index(worker)] = fresh
+        return fresh
+
+    while pending or any(w.case for w in pool):
+        for worker in pool:
+            if worker.case is None and pending:
+                worker.case, worker.started = pending.pop(), time.monotonic()
+                worker.conn.send(worker.case)
+        busy = [w for w in pool if w.case]
+        ready = wait([w.conn for w in busy], timeout=5.0)
+        for worker in busy:
+            if worker.conn in ready:
+                try:
+                    finish(worker, worker.conn.recv())
+                except (EOFError, OSError):
+                    worker.process.join(5)
+                    finish(worker, CaseResult(worker.case, "fail", f"worker process died (exit code {worker.process.exitcode})"))
+                    replace(worker)
+            elif time.monotonic() - worker.started > timeout:
+                finish(worker, CaseResult(worker.case, "fail", f"timed out after {timeout:.0f} s"))
+                replace(worker)
+    for worker in pool:
+        worker.stop()
+    if bar is not None:
+        bar.close()
+    return [results[n] for n in names]
+
+
 def expanded_not_canonicalized(results: Sequence[CaseResult]) -> list[CaseResult]:
     """`*_expanded` cases of gelu/layer_norm/rms_norm/attention that kept no canonical op."""
     missed = []
@@ -182,7 +340,7 @@ def expanded_not_canonicalized(results: Sequence[CaseResult]) -> list[CaseResult
 
 def summarize(results: Sequence[CaseResult]) -> dict:
     counts = collections.Counter(r.status for r in results)
-    return {
+    summary = {
         "cases": len(results),
         "ort_passes": len(results) - counts["ort-fails"],
         "pass": counts["pass"],
@@ -190,6 +348,11 @@ def summarize(results: Sequence[CaseResult]) -> dict:
         "failures": [dataclasses.asdict(r) for r in results if r.status in ("fail", "error")],
         "expanded_not_canonicalized": [r.name for r in expanded_not_canonicalized(results)],
     }
+    if counts["refused"]:
+        summary["refused"] = counts["refused"]
+        summary["compiled"] = summary["ort_passes"] - counts["refused"]
+        summary["refused_by_op"] = dict(collections.Counter(r.refused_op for r in results if r.status == "refused").most_common())
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,11 +361,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--filter", help="regex on case names")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", help="write the full results here")
+    parser.add_argument("--target", default="onnx", help="onnx (ONNX Runtime, the default) or a TVM target such as tvm-llvm")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per case before its TVM worker is replaced")
     args = parser.parse_args(argv)
-    results = run_suite(args.passes, args.filter, args.workers, progress=sys.stderr.isatty())
+    if args.target == "onnx":
+        results = run_suite(args.passes, args.filter, args.workers, progress=sys.stderr.isatty())
+    else:
+        results = run_tvm_suite(args.passes, args.filter, args.workers, args.target, args.timeout, progress=sys.stderr.isatty())
     summary = summarize(results)
-    print(f"{summary['cases']} cases; ORT passes {summary['ort_passes']}; after '{args.passes}': "
-          f"{summary['pass']} pass, {summary['fail']} fail")
+    if args.target == "onnx":
+        print(f"{summary['cases']} cases; ORT passes {summary['ort_passes']}; after '{args.passes}': "
+              f"{summary['pass']} pass, {summary['fail']} fail")
+    else:
+        print(f"{summary['cases']} cases; ORT passes {summary['ort_passes']}; after '{args.passes}' on {args.target}: "
+              f"{summary.get('refused', 0)} refused by the preflight, {summary.get('compiled', summary['ort_passes'])} compiled: "
+              f"{summary['pass']} pass, {summary['fail']} fail")
+        for op, n in summary.get("refused_by_op", {}).items():
+            print(f"  refused {op}: {n}")
     for failure in summary["failures"]:
         print(f"  FAIL {failure['name']}: {failure['reason']}")
     for name in summary["expanded_not_canonicalized"]:

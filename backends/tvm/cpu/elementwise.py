@@ -11,12 +11,47 @@ the innermost loop of the injective ones, so no PrimFunc stays a serial scalar l
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
 from .common import is_cpu_target, num_cores, output_dtype, parallel_vectorize, vector_lanes
+
+
+def index_safe_lanes(sch: s_tir.Schedule, block, lanes: int) -> int:
+    """``lanes`` cut down to divide every constant ``floordiv``/``floormod`` divisor in ``block``.
+
+    TVM's loop vectorizer computed wrong values when a vector straddled the period of such an
+    index (16 lanes over ``i % 8``: a Concat + Reshape of rotary halves, where the inlined chain
+    indexes ``v % 8`` and ``v // 8``); a width that divides every period never straddles one.
+    """
+    for divisor in _index_divisors(sch.get(block).body):
+        lanes = math.gcd(lanes, divisor)
+    return lanes
+
+
+_CHILDREN = ("a", "b", "args", "indices", "value", "condition", "true_value", "false_value")
+
+
+def _index_divisors(node) -> set[int]:
+    """Constant divisors of every floordiv/floormod in a statement or expression (no Python TIR visitor in TVM 0.27)."""
+    found: set[int] = set()
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)) or type(item).__name__ == "Array":
+            stack.extend(item)
+            continue
+        if isinstance(item, (tirx.FloorMod, tirx.FloorDiv)) and isinstance(item.b, tirx.IntImm) and item.b.value > 0:
+            found.add(int(item.b.value))
+        for name in _CHILDREN:
+            child = getattr(item, name, None)
+            if child is not None and not isinstance(child, (int, float, str)):
+                stack.append(child)
+    return found
 
 
 class Elementwise(ScheduleRule):
@@ -31,7 +66,7 @@ class Elementwise(ScheduleRule):
             return None
         cores = num_cores(target)
         for info in try_inline(sch, infos):
-            lanes = vector_lanes(target, output_dtype(sch, info.block_rv))
+            lanes = index_safe_lanes(sch, info.block_rv, vector_lanes(target, output_dtype(sch, info.block_rv)))
             parallel_vectorize(sch, info.block_rv, lanes, cores)
         return sch
 
@@ -51,7 +86,7 @@ class Fallback(ScheduleRule):
         touched = False
         for info in infos:
             kinds = info.dom_kind()
-            lanes = vector_lanes(target, output_dtype(sch, info.block_rv))
+            lanes = index_safe_lanes(sch, info.block_rv, vector_lanes(target, output_dtype(sch, info.block_rv)))
             if info.is_injective():
                 parallel_vectorize(sch, info.block_rv, lanes, cores)
                 touched = True
