@@ -7,6 +7,9 @@ Rows, all timed interleaved in one run (rounds of 5 calls per runner, median ove
   model; max abs difference of the outputs.
 - ivit: the integer-only model on ``tvm-llvm`` vs ORT FP32, ORT ``quantize_dynamic`` int8 and ORT
   running the same integer graph; bit-exactness of TVM vs that ORT run on 8 held-out sentences.
+  On a host with VNNI, ``tvm-llvm`` takes the ``vpdpbusd`` int8 kernels; the row ``tvm-llvm-avx2``
+  is the same model built for the host CPU with VNNI switched off in ``mattr`` (the AVX2 int8
+  kernels, everything else unchanged), timed in the same interleaved rounds.
 - compile time of MiniLM (FP32 and ivit) for ``tvm-llvm`` and, with ``--cross``, ``tvm-aarch64``
   and ``tvm-cuda`` (CUDA code is generated and compiled with nvcc; nothing runs on a GPU here).
 Ratios above 1 mean faster than the baseline.
@@ -31,6 +34,7 @@ from bench._timing import interleaved_medians  # noqa: E402
 from bench.ivit import CALIB_SENTENCES, _dynamic_int8  # noqa: E402
 from graphopt.backends import ort as ort_backend  # noqa: E402
 from graphopt.backends import tvm as tvm_backend  # noqa: E402
+from graphopt.backends.tvm import targets as tvm_targets  # noqa: E402
 
 THREADS = 2
 EXACT_SENTENCES = 8
@@ -60,6 +64,27 @@ def _compile_seconds(model: ir.Model, target: str, feeds) -> float:
     return time.perf_counter() - start
 
 
+def _host_has_vnni() -> bool:
+    from graphopt.backends.tvm.int8 import vnni_isa  # noqa: PLC0415
+
+    return vnni_isa(tvm_targets.resolve("tvm-llvm").tvm_target()) is not None
+
+
+def _avx2_int8_target() -> str:
+    """The host target with VNNI switched off: the int8 matmuls fall to the AVX2 kernels, nothing else changes."""
+    config = tvm_targets.host_target_config()
+    return json.dumps({**config, "mattr": [*config.get("mattr", []), "-avx512vnni", "-avxvnni"]})
+
+
+def _mismatches(artifact, exact_session, feeds_list) -> int:
+    """Sentences on which ``artifact`` differs from ORT running the same integer graph (unoptimized)."""
+    mismatches = 0
+    for f in feeds_list:
+        expected, got = ort_backend.run(exact_session, f), artifact.run(f)
+        mismatches += any(not np.array_equal(expected[k], got[k]) for k in expected)
+    return mismatches
+
+
 def minilm(exporter: str) -> list[dict]:
     from graphopt.models import minilm as minilm_model  # noqa: PLC0415
 
@@ -86,17 +111,16 @@ def minilm(exporter: str) -> list[dict]:
     ivit_tvm = ivit.artifacts["tvm-llvm"]
     ort_ivit, ivit_session = _ort_runner(ivit.model.clone(), feeds)
     exact_session = ort_backend.make_session(ivit.model.clone(), optimization="disable", threads=THREADS)
-    mismatches = 0
-    for f in feeds_list:
-        expected, got = ort_backend.run(exact_session, f), ivit_tvm.run(f)
-        mismatches += sum(not np.array_equal(expected[k], got[k]) for k in expected)
+    mismatches = _mismatches(ivit_tvm, exact_session, feeds_list)
     ort_dynamic, _ = _ort_runner(_dynamic_int8(proto), feeds)
+    runners = {"ort-fp32": ort_fp32, "tvm-fp32": _tvm_runner(fp32_tvm, feeds), "ort-dynamic-int8": ort_dynamic,
+               "ort-ivit": ort_ivit, "tvm-ivit": _tvm_runner(ivit_tvm, feeds)}
+    avx2_tvm = None
+    if _host_has_vnni():
+        avx2_tvm = tvm_backend.compile(ivit.model, target=_avx2_int8_target(), threads=THREADS, example_inputs=feeds)
+        runners["tvm-ivit-avx2"] = _tvm_runner(avx2_tvm, feeds)
 
-    medians = interleaved_medians(
-        {"ort-fp32": ort_fp32, "tvm-fp32": _tvm_runner(fp32_tvm, feeds), "ort-dynamic-int8": ort_dynamic,
-         "ort-ivit": ort_ivit, "tvm-ivit": _tvm_runner(ivit_tvm, feeds)},
-        ARGS.runs,
-    )
+    medians = interleaved_medians(runners, ARGS.runs)
     base = medians["ort-fp32"]
     model = f"minilm-{exporter}"
     rows.append({"model": model, "variant": "fp32", "runtime": "ort", "ms": base, "vs_ort_fp32": 1.0})
@@ -110,6 +134,11 @@ def minilm(exporter: str) -> list[dict]:
                  "bit_exact_vs_ort": f"{EXACT_SENTENCES - mismatches}/{EXACT_SENTENCES} sentences",
                  "compile_s": ivit_tvm.details.get("import_seconds", 0) + ivit_tvm.details.get("build_seconds", 0),
                  "pipeline_and_compile_s": ivit_seconds})
+    if avx2_tvm is not None:
+        ms = medians["tvm-ivit-avx2"]
+        rows.append({"model": model, "variant": "ivit", "runtime": "tvm-llvm-avx2", "ms": ms, "vs_ort_fp32": base / ms,
+                     "vs_ort_dynamic": medians["ort-dynamic-int8"] / ms,
+                     "bit_exact_vs_ort": f"{EXACT_SENTENCES - _mismatches(avx2_tvm, exact_session, feeds_list)}/{EXACT_SENTENCES} sentences"})
     if ARGS.cross:
         for target in ("tvm-aarch64", "tvm-cuda"):
             for variant, m in (("fp32", fp32.model), ("ivit", ivit.model)):

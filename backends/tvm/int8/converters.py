@@ -42,19 +42,16 @@ __all__ = [
 INT8_TYPES = ("int8", "uint8")
 
 
-def has_avx2(target: tvm.target.Target | None) -> bool:
-    """Whether ``target`` is an x86 LLVM target whose CPU has AVX2 (what the packed kernels need)."""
-    if target is None or target.kind.name != "llvm":
-        return False
-    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
-    return triple.startswith(("x86_64", "i686", "i386")) and bool(codegen.target_has_features("avx2", target))
-
-
 def _is_x86(target: tvm.target.Target | None) -> bool:
     if target is None or target.kind.name != "llvm":
         return False
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     return triple.startswith(("x86_64", "i686", "i386"))
+
+
+def has_avx2(target: tvm.target.Target | None) -> bool:
+    """Whether ``target`` is an x86 LLVM target whose CPU has AVX2 (what the packed kernels need)."""
+    return _is_x86(target) and bool(codegen.target_has_features("avx2", target))
 
 
 def vnni_isa(target: tvm.target.Target | None) -> str | None:
