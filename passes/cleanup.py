@@ -4,6 +4,7 @@
     Sum(a, b) -> Add(a, b);  Sum(x) -> x   (so later patterns only meet Add)
     Cast(x, to=type of x) / Expand(x, shape of x) / Transpose(x, identity perm) -> x
     Transpose(Transpose(x)) -> Transpose(x);  Reshape(Reshape(x)) -> Reshape(x)
+    Conv(Pad(x, spatial zeros)) -> Conv(x, pads += those zeros)   (``_conv_pad_rule.py``)
     Shape/Gather/Concat chains on static shapes -> constants;  unused nodes/functions -> removed
 
 Constant folding is onnxscript's; the rewrite rules are a curated list. The arithmetic no-ops
@@ -25,6 +26,7 @@ from onnxscript.rewriter.rules import common as onnxscript_rules
 
 from graphopt import ops, rewrite
 from graphopt.pass_base import GraphoptPass
+from graphopt.passes._conv_pad_rule import pad_into_conv_rule
 from graphopt.registry import register_pass
 
 __all__ = ["Cleanup", "CleanupOptions"]
@@ -60,6 +62,7 @@ RULES = [
     onnxscript_rules.reshape_reshape_rule,
     onnxscript_rules.unsqueeze_unsqueeze_rule,
     onnxscript_rules.materialize_reshape_shape_rule,
+    pad_into_conv_rule,
 ]
 
 
