@@ -32,9 +32,13 @@ def samples(entry, count: int = 2) -> list[dict]:
     return [entry.example_inputs(seed) for seed in range(count)]
 
 
-# tvm-llvm parity with ONNX Runtime on the same rewritten model: FP32 within these; ivit bit for bit.
+# tvm-llvm parity with ONNX Runtime on the same rewritten model. FP32: cosine and max abs relative to
+# the output's largest magnitude (at least 1), looser for float16 models (11-bit mantissa). ivit: every
+# output a DequantizeLinear makes (the integer region's result) bit for bit; outputs that pass float
+# ops after it (a float tail, a KV cache rotated in float) within float rounding.
 TVM_MIN_COSINE = 0.9999
-TVM_ATOL = 1e-3  # relative to the output's largest magnitude (at least 1)
+TVM_ATOL = {"fp16": 1e-2}  # per form; 1e-3 otherwise
+TVM_FLOAT_TAIL_ATOL = 1e-5
 
 
 def tvm_row(entry, passes: str = "canonicalize") -> dict:
@@ -44,14 +48,16 @@ def tvm_row(entry, passes: str = "canonicalize") -> dict:
     start = time.perf_counter()
     result = graphopt.compile(entry.build(), passes=passes, calib=samples(entry, 2), targets=["tvm-llvm"], mask=None,
                               tolerances=Tolerances(min_cosine=None))
-    parity = result.report.parity["tvm-llvm"]
-    metrics = list(parity["vs_onnx"].values())
-    cosine = min((m["cosine"] for m in metrics if m["cosine"] is not None), default=None)
-    scaled = max(m["max_abs"] / max(1.0, m["ref_max_abs"] or 0.0) for m in metrics)
-    bit_exact = bool(parity["bit_exact_vs_onnx"])
-    ok = bit_exact if passes == "ivit" else bit_exact or (cosine is not None and cosine >= TVM_MIN_COSINE and scaled <= TVM_ATOL)
-    return {"tvm_passes": passes, "tvm_ok": ok, "tvm_cosine": cosine, "tvm_scaled_max_abs": scaled, "tvm_bit_exact": bit_exact,
-            "tvm_seconds": time.perf_counter() - start}
+    metrics = result.report.parity["tvm-llvm"]["vs_onnx"]
+    scaled = {name: m["max_abs"] / max(1.0, m["ref_max_abs"] or 0.0) for name, m in metrics.items()}
+    cosine = min((m["cosine"] for m in metrics.values() if m["cosine"] is not None), default=None)
+    if passes == "ivit":
+        exact = {v.name for v in result.model.graph.outputs if v.producer() is not None and v.producer().op_type == "DequantizeLinear"}
+        ok = all(scaled[name] == 0 if name in exact else scaled[name] <= TVM_FLOAT_TAIL_ATOL for name in metrics)
+    else:
+        ok = cosine is not None and cosine >= TVM_MIN_COSINE and max(scaled.values()) <= TVM_ATOL.get(entry.form, 1e-3)
+    return {"tvm_passes": passes, "tvm_ok": ok, "tvm_cosine": cosine, "tvm_scaled_max_abs": max(scaled.values()),
+            "tvm_bit_exact": all(v == 0 for v in scaled.values()), "tvm_seconds": time.perf_counter() - start}
 
 
 def ort_levels(model, feeds) -> list[str]:
@@ -198,7 +204,8 @@ def _tvm(row: dict) -> str:
     fp32 = "ok" if row["tvm_ok"] else f"FAILED cos {row['tvm_cosine']}"
     if "ivit_tvm_ok" not in row:
         return fp32
-    return f"{fp32}; ivit {'bit-exact' if row['ivit_tvm_bit_exact'] else 'NOT bit-exact'}"
+    ivit = "bit-exact" if row["ivit_tvm_bit_exact"] else "exact where integer" if row["ivit_tvm_ok"] else "FAILED"
+    return f"{fp32}; ivit {ivit}"
 
 
 def line(row: dict) -> str:
