@@ -12,7 +12,8 @@ by *signed* B, so A is made uint8 and B int8, exactly:
 
 ivit's linear layers (int8 A, int8 weights, no zero points) have only ``-128 · colsum(W)``,
 precomputed in numpy with the packing; Q·Kᵀ computes ``-128 · colsum(K)`` at run time; P·V (uint8
-probabilities × int8 V) has no correction at all. The ``out`` stage adds the terms.
+probabilities × int8 V) has no correction at all. The ``out`` stage adds the terms; where the
+output needs no un-padding it is folded into the write-back of the register tile.
 
 No overflow: |A'·B'| <= 255·128, |da · (B - zb)| <= 255·255 and |db · A'| <= 128·255 per k, so
 every partial sum of every term is below K · 130305 in magnitude, which fits int32 for
@@ -178,7 +179,7 @@ def _weight_product(a_op: te.Tensor, n: int, panel: int, col_bias: bool, row_sca
 
 
 def _schedule(func: tirx.PrimFunc, isa: VnniIsa, mr: int, nv: int) -> tirx.PrimFunc:
-    return schedule_dot_matmul(func, mr, nv, lanes=isa.lanes, intrin=isa.intrin)
+    return schedule_dot_matmul(func, mr, nv, lanes=isa.lanes, intrin=isa.intrin, inline_output=True)
 
 
 def weight_matmul_func(
