@@ -231,3 +231,14 @@ def test_ivit_minilm_compiles_for_cuda(tmp_path):
     _assert_integer_kernels_have_no_float(_check_saved(tmp_path, source))
     if HAS_GPU:
         _run_on_gpu_and_compare(artifact, result.model, feeds, exact=True)
+
+
+@pytest.mark.parametrize("name", ["mobilenet-v2", "mobilevit", "resnet", "segformer"])
+def test_zoo_conv_nets_compile_for_cuda(name):
+    # regression: dlight's GEMV rule asserted on a MobileNetV2 / MobileViT kernel and stopped the build;
+    # a dlight rule that fails now hands the kernel to the next rule
+    from graphopt.models import zoo
+
+    entry = zoo.get(name)
+    artifact = tvm_backend.compile(ir.serde.deserialize_model(entry.build()), target="tvm-cuda", example_inputs=entry.example_inputs(0))
+    assert artifact.executable is not None
