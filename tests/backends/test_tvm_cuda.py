@@ -242,3 +242,13 @@ def test_zoo_conv_nets_compile_for_cuda(name):
     entry = zoo.get(name)
     artifact = tvm_backend.compile(ir.serde.deserialize_model(entry.build()), target="tvm-cuda", example_inputs=entry.example_inputs(0))
     assert artifact.executable is not None
+
+
+def test_tune_database_folder_applies_to_cuda(tmp_path):
+    # regression: the folder reached the CUDA pipeline as a str, which did `with database:` (TypeError)
+    from graphopt.models import zoo
+
+    entry = zoo.get("bert")
+    result = graphopt.compile(entry.build(), "canonicalize", calib=[entry.example_inputs(0)], targets=["tvm-cuda"],
+                              tune_database=str(tmp_path), validate=False)
+    assert result.artifacts["tvm-cuda"].executable is not None

@@ -13,6 +13,8 @@ memory planning. graphopt keeps all of it and changes the scheduling step only:
 
 from __future__ import annotations
 
+import os
+
 import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
@@ -32,7 +34,11 @@ def schedule_passes(target: tvm.target.Target, database=None) -> list:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
-    if database is not None:
+    if isinstance(database, (str, os.PathLike)):  # a tuning work dir (--tune-database), as on CPU
+        from graphopt.backends.tvm.tune import apply_database_pass  # noqa: PLC0415
+
+        passes.append(apply_database_pass(os.fspath(database)))
+    elif database is not None:
         passes.append(_apply_database(database))
     passes += [
         dl.ApplyDefaultSchedule(
