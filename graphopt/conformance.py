@@ -170,7 +170,10 @@ def run_tvm_case(case, passes: str, target: str = "tvm-llvm") -> CaseResult:
     if isinstance(rewritten, CaseResult):
         return rewritten
     model, canonical = rewritten
-    problems = tvm_backend.preflight(model, target)
+    try:
+        problems = tvm_backend.preflight(model, target)
+    except Exception as e:  # a preflight that raises is a defect of its own
+        return CaseResult(case.name, "error", f"preflight raised: {_one_line(e)}", canonical)
     if problems:
         return CaseResult(case.name, "refused", problems[0], canonical, refused_op=refused_op(problems[0]))
     names = _input_names(case)

@@ -133,3 +133,79 @@ def test_preflight_names_the_op_whose_converter_needs_a_constant_input():
     node = oh.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")
     problems = _refusal([node], [("x", F, [1, 1, 2, 2]), ("scales", F, [4])])
     assert len(problems) == 1 and problems[0].startswith("tvm-llvm: Resize: TVM's ONNX converter cannot import this form")
+
+
+@pytest.mark.parametrize("node,inputs,op", [
+    (oh.make_node("Mod", ["x", "d"], ["y"], fmod=0), [("x", F, [4]), ("d", F, [4])], "Mod"),
+    (oh.make_node("Pow", ["x", "p"], ["y"]), [("x", onnx.TensorProto.INT32, [3]), ("p", onnx.TensorProto.INT32, [3])], "Pow"),
+    (oh.make_node("RMSNormalization", ["x", "w"], ["y"], axis=0), [("x", F, [2, 3]), ("w", F, [2, 3])], "RMSNormalization"),
+    (oh.make_node("Expand", ["x", "s"], ["y"]), [("x", F, [3, 1]), ("s", onnx.TensorProto.INT64, [3])], "Expand"),
+    (oh.make_node("ConstantOfShape", ["s"], ["y"]), [("s", onnx.TensorProto.INT64, [2])], "ConstantOfShape"),
+    (oh.make_node("NonMaxSuppression", ["b", "s"], ["y"]), [("b", F, [1, 1, 4]), ("s", F, [1, 1, 1])], "NonMaxSuppression"),
+])
+def test_preflight_refuses_more_forms_tvm_gets_wrong(node, inputs, op):
+    # float floor-mod: NaN for an infinite divisor; integer Pow: "power only applies to float";
+    # RMSNorm over every axis, NMS, Expand/ConstantOfShape of a run-time shape: wrong shapes or no build
+    problems = _refusal([node], inputs, opset=23)
+    assert len(problems) == 1 and problems[0].startswith(f"tvm-llvm: {op}: ")
+
+
+def test_preflight_refuses_max_pool_indices_output():
+    nodes = [oh.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2]), oh.make_node("Cast", ["i"], ["y"], to=F)]
+    assert _refusal(nodes, [("x", F, [1, 1, 4, 4])]) == ["tvm-llvm: MaxPool: the Indices output is not produced by TVM's converter"]
+
+
+@pytest.mark.parametrize("op,fill", [("ReduceMax", -np.inf), ("ReduceMin", np.inf)])
+def test_reduce_max_of_a_row_of_infinities_is_infinite(op, fill):
+    # regression: TVM's max/min start from the dtype's finite extreme, so a fully masked row
+    # (all -inf) came out as -3.4e38 and Equal(max, -inf) was false (attention fully-masked cases)
+    x = RNG.standard_normal((5, 70)).astype(np.float32)
+    x[1] = fill
+    x[3, :35] = fill
+    axes = nh.from_array(np.array([-1], np.int64), "axes")
+    got, expected = _against_ort(_model([oh.make_node(op, ["x", "axes"], ["y"])], [("x", F, x.shape)], [axes]), {"x": x})
+    assert got[1, 0] == fill
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_shape_folded_into_a_graph_output_compiles():
+    # regression: folding wrote Shape(x) -> graph output as Constant(value_ints=...), which TVM's
+    # converter cannot read ("no value in Constant"; the ONNX test_shape* and test_size* cases)
+    model = _model([oh.make_node("Shape", ["x"], ["s"]), oh.make_node("Cast", ["s"], ["y"], to=F)], [("x", F, [3, 4, 5])])
+    model.graph.output[0].CopyFrom(oh.make_tensor_value_info("s", onnx.TensorProto.INT64, None))
+    model.graph.node.pop()
+    x = RNG.standard_normal((3, 4, 5)).astype(np.float32)
+    compiled = tvm_backend.compile(ir.serde.deserialize_model(model), target="tvm-llvm", example_inputs={"x": x}, threads=1)
+    np.testing.assert_array_equal(compiled.run({"x": x})["s"], [3, 4, 5])
+
+
+def test_constant_of_shape_graph_output_does_not_crash_the_preflight():
+    # regression: prepare materialized a ConstantOfShape that is a graph output and onnx_ir raised
+    # (Dropout's default mask, ONNX test_dropout_default_mask: the preflight itself crashed)
+    shape = nh.from_array(np.array([3, 4], np.int64), "shape")
+    nodes = [oh.make_node("ConstantOfShape", ["shape"], ["mask"], value=nh.from_array(np.array([1], np.float32))),
+             oh.make_node("Identity", ["x"], ["y"])]
+    model = _model(nodes, [("x", F, [3, 4])], [shape])
+    model.graph.output.append(oh.make_tensor_value_info("mask", F, None))
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    assert tvm_backend.preflight(ir.serde.deserialize_model(model)) == []
+    got = tvm_backend.compile(ir.serde.deserialize_model(model), target="tvm-llvm", example_inputs={"x": x}, threads=1).run({"x": x})
+    np.testing.assert_array_equal(got["mask"], np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(got["y"], x)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Conv"])
+def test_float16_contractions_round_once_like_ort(op):
+    # regression: TVM's converters accumulate float16 dot products in float16: K=512 came out
+    # 0.01 (7 ulp) off, ORT 0.0005; the fp16 causal conv + SiLU case failed its rtol 1e-3.
+    # The importer widens the contraction to float32 and rounds once: now equal to ORT's bits.
+    half = onnx.TensorProto.FLOAT16
+    x = RNG.standard_normal((8, 512) if op == "MatMul" else (1, 512, 1, 8)).astype(np.float16)
+    w = (RNG.standard_normal((512, 4) if op == "MatMul" else (4, 512, 1, 1)) / 20).astype(np.float16)
+    graph = oh.make_graph([oh.make_node(op, ["x", "w"], ["y"])], "g",
+                          [oh.make_tensor_value_info("x", half, x.shape), oh.make_tensor_value_info("w", half, w.shape)],
+                          [oh.make_tensor_value_info("y", half, None)])
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)], ir_version=9)
+    got, expected = _against_ort(proto, {"x": x, "w": w})
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=1e-3, atol=1e-3)
