@@ -60,6 +60,14 @@ def tvm_row(entry, passes: str = "canonicalize") -> dict:
             "tvm_bit_exact": all(v == 0 for v in scaled.values()), "tvm_seconds": time.perf_counter() - start}
 
 
+def _guarded(row_function, entry, *args) -> dict:
+    """The row, or one that says why TVM could not compile the model (refused or crashed)."""
+    try:
+        return row_function(entry, *args)
+    except Exception as e:  # noqa: BLE001 — the table records it; the other models still run
+        return {"tvm_ok": False, "tvm_error": f"{type(e).__name__}: {str(e).strip()[:160]}", "tvm_cosine": None, "tvm_bit_exact": False}
+
+
 def ort_levels(model, feeds) -> list[str]:
     """The ONNX Runtime optimization levels that load and run ``model`` (all four expected)."""
     from graphopt.backends import ort
@@ -136,9 +144,9 @@ def main(argv=None) -> int:
         if row["status"] != "not built" and entry.transformer and not args.no_ivit:
             row.update(ivit_row(entry))
         if row["status"] != "not built" and args.tvm:
-            row.update(tvm_row(entry))
+            row.update(_guarded(tvm_row, entry))
             if entry.transformer and not args.no_ivit:
-                row.update({f"ivit_{k}": v for k, v in tvm_row(entry, "ivit").items()})
+                row.update({f"ivit_{k}": v for k, v in _guarded(tvm_row, entry, "ivit").items()})
         rows.append(row)
         print(line(row), flush=True)
     if args.json:
@@ -201,10 +209,10 @@ COLUMNS = [
 def _tvm(row: dict) -> str:
     if "tvm_ok" not in row:
         return "-"
-    fp32 = "ok" if row["tvm_ok"] else f"FAILED cos {row['tvm_cosine']}"
+    fp32 = "ok" if row["tvm_ok"] else row.get("tvm_error") or f"FAILED cos {row['tvm_cosine']}"
     if "ivit_tvm_ok" not in row:
         return fp32
-    ivit = "bit-exact" if row["ivit_tvm_bit_exact"] else "exact where integer" if row["ivit_tvm_ok"] else "FAILED"
+    ivit = "bit-exact" if row["ivit_tvm_bit_exact"] else "exact where integer" if row["ivit_tvm_ok"] else row.get("ivit_tvm_error") or "FAILED"
     return f"{fp32}; ivit {ivit}"
 
 
