@@ -301,6 +301,9 @@ FORM_CHECKS: dict[str, Callable[[ir.Node], str | None]] = {
     "Pow": _integer_pow,
     "MaxPool": _max_pool_indices,
     "RMSNormalization": _rms_norm_every_axis,
+    # TVM maps "Attention" to com.microsoft's Attention (input @ packed QKV weight, num_heads): the
+    # ONNX opset-23 Attention(Q, K, V) means something else
+    "Attention": lambda node: "TVM's converter implements com.microsoft's Attention, not ONNX's Attention(Q, K, V) (opset 23)",
     "NonMaxSuppression": lambda node: "TVM's converter selects the wrong boxes (0 instead of 1 on the ONNX single-box case) or fails to build",
     "Expand": _non_constant_input(1, "a target shape known only at run time gives a wrong output shape in TVM (2x1x6 for 2x3x6)"),
     "ConstantOfShape": _non_constant_input(0, "an output shape known only at run time cannot be compiled (CodeGenVM cannot emit it)"),
