@@ -173,16 +173,23 @@ def preflight(model: ir.Model) -> list[str]:
     form the frontend refuses (an input it needs constant, an attribute it lacks) is refused here
     with the op named instead of failing later.
     """
-    problems = _missing_converters(model) or unsupported_forms(model)
+    problems = _missing_converters(model) or unsupported_forms(model, prepared=False)
     if problems or not _static_inputs(model):
         return problems
-    return _trial_import(model)
+    return _trial_import(model)  # prepares the model: the checks on run-time values apply there
 
 
-def unsupported_forms(model: ir.Model) -> list[str]:
-    """Op forms the TVM path would compile into wrong results or crash on, one line each, op named."""
+def unsupported_forms(model: ir.Model, prepared: bool = True) -> list[str]:
+    """Op forms the TVM path would compile into wrong results or crash on, one line each, op named.
+
+    ``prepared=False`` (a model before ``prepare``) skips the checks on values that only fold to
+    constants once the input shapes are static (an Expand's target shape from Shape/Concat): the
+    legacy exporters' attention masks are such values, and ``to_relax`` checks them after folding.
+    """
     problems = []
     for node in model.graph:
+        if not prepared and node.op_type in FOLDED_BY_PREPARE:
+            continue
         reason = _non_tensor_value(node) or _form_problem(node)
         if reason:
             problems.append(f"{node.op_type}: {reason}")
@@ -308,6 +315,10 @@ FORM_CHECKS: dict[str, Callable[[ir.Node], str | None]] = {
     "Expand": _non_constant_input(1, "a target shape known only at run time gives a wrong output shape in TVM (2x1x6 for 2x3x6)"),
     "ConstantOfShape": _non_constant_input(0, "an output shape known only at run time cannot be compiled (CodeGenVM cannot emit it)"),
 }
+
+
+# ops whose FORM_CHECKS entry asks for a constant input that ``prepare`` may still fold into one
+FOLDED_BY_PREPARE = {"Expand", "ConstantOfShape"}
 
 
 def _missing_converters(model: ir.Model) -> list[str]:
