@@ -32,8 +32,7 @@ needs_vnni = pytest.mark.skipif(
 )
 
 
-def _extreme(value: int, shape, dtype) -> np.ndarray:
-    return np.full(shape, value, dtype)
+HOST_HAS_AVX_VNNI = bool(tvm.target.codegen.target_has_features("avxvnni", HOST))
 
 
 def _ints(rng, shape, dtype) -> np.ndarray:
@@ -68,8 +67,8 @@ def test_weight_matmul_random_is_exact(lead, k, n, a_dtype, w_dtype):
 def test_weight_matmul_extremes_are_exact(a_dtype, a_value, w_dtype, w_value):
     """Every operand at an end of its range over a long K: the corrections (±128 · sums) at their largest."""
     k = 1540  # ragged (not a multiple of the 4-byte step) and MiniLM's longest reduction, rounded up
-    a = _extreme(a_value, (3, k), a_dtype)
-    w = _extreme(w_value, (k, 20), w_dtype)
+    a = np.full((3, k), a_value, a_dtype)
+    w = np.full((k, 20), w_value, w_dtype)
     got, _ = _run("MatMulInteger", [(a, False), (w, True)], {}, VNNI)
     np.testing.assert_array_equal(got, np.full((3, 20), k * a_value * w_value, np.int32))
 
@@ -161,6 +160,17 @@ def test_conv_integer_matches_onnxruntime(x_dtype, x_zero, w_zero, fill, attrs):
     assert _kernel_names(mod) == {"graphopt_int8_conv_vnni"}
 
 
+@pytest.mark.skipif(not HOST_HAS_AVX_VNNI, reason="host CPU lacks AVX-VNNI (VEX vpdpbusd); its assembly is checked below")
+@pytest.mark.parametrize(("a_dtype", "w_dtype"), [("int8", "int8"), ("uint8", "uint8")])
+def test_avx_vnni_weight_matmul_is_exact(a_dtype, w_dtype):
+    """The 256-bit form on a host that has it: ragged shapes, full ranges."""
+    rng = np.random.default_rng(6)
+    a, w = _ints(rng, (7, 37), np.dtype(a_dtype)), _ints(rng, (37, 50), np.dtype(w_dtype))
+    got, mod = _run("MatMulInteger", [(a, False), (w, True)], {}, AVX_VNNI)
+    np.testing.assert_array_equal(got, _reference(a, w))
+    assert _kernel_names(mod) == {"graphopt_int8_matmul_vnni"}
+
+
 def _matmul_kernels(target) -> set[str]:
     a, w = np.zeros((4, 8), np.int8), np.ones((8, 8), np.int8)
     mod, _ = _module("MatMulInteger", [(a, False), (w, True)], {}, target)
@@ -220,9 +230,7 @@ def test_reduction_longer_than_max_k_falls_back_to_avx2():
 )
 def test_kernel_emits_vpdpbusd(target, register):
     """The tensorized kernel really is vpdpbusd on zmm (AVX-512) / VEX-encoded on ymm (AVX-VNNI), not vpmaddubsw."""
-    packed = vnni_matmul.pack_weights(np.ones((64, 64), np.int8), 0, "int8", 0, isa=vnni_isa(target))
     func = vnni_matmul.weight_matmul_func(16, 64, 64, "int8", col_bias=True, row_scale=False, isa=vnni_isa(target))
-    del packed
     asm = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("asm")
     assert re.search(rf"\bvpdpbusd\s+[^\n]*%{register}", asm)
     assert not re.search(r"\bvpmaddubsw\b", asm)
