@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -204,8 +205,31 @@ def _quiet():
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _native_stdout_to_debug_log():
             warnings.simplefilter("ignore")
             yield
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _native_stdout_to_debug_log():
+    """Send what C++ code writes to file descriptor 1 to the debug log: the legacy exporter prints
+    the whole TorchScript graph there (hundreds of lines) when an operator is not supported."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real stdout (embedded interpreters): nothing to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("exporter output (%d lines): %s", text.count("\n") + 1, text[:4000])
