@@ -74,10 +74,56 @@ def _host_triple() -> str:
     return str(tvm.target.codegen.llvm_get_system_triple())
 
 
+# LLVM feature -> the Linux /proc/cpuinfo flag of the same instructions: the SIMD features graphopt's
+# kernels choose by (vector width, int8 instruction set).
+CPUINFO_FLAGS = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512vnni": "avx512_vnni",
+    "avxvnni": "avx_vnni",
+    "amx-int8": "amx_int8",
+}
+
+
+def _cpuinfo_flags() -> set[str] | None:
+    """The x86 feature flags the kernel reports for this machine, or None where there is no /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return None
+
+
+def masked_host_features(cpu: str, flags: set[str] | None) -> list[str]:
+    """``-feature`` for each SIMD feature that LLVM's model of ``cpu`` has but this machine does not report.
+
+    LLVM names the host CPU from its family/model (``znver4``, ``icelake-server``) and assumes that
+    model's features; a hypervisor can hide some of them (AVX-512 is often masked in VMs), and code
+    built for the name alone would then stop on an illegal instruction.
+    """
+    if flags is None:
+        return []
+    import tvm  # noqa: PLC0415
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": cpu})
+    return [f"-{feature}" for feature, flag in CPUINFO_FLAGS.items()
+            if flag not in flags and tvm.target.codegen.target_has_features(feature, target)]
+
+
 def host_target_config() -> dict:
     import tvm  # noqa: PLC0415
 
-    return {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": os.cpu_count() or 1}
+    cpu = str(tvm.target.codegen.llvm_get_system_cpu())
+    config = {"kind": "llvm", "mcpu": cpu, "num-cores": os.cpu_count() or 1}
+    triple = str(tvm.target.codegen.llvm_get_system_triple())
+    masked = masked_host_features(cpu, _cpuinfo_flags()) if triple.startswith("x86_64") else []
+    return {**config, "mattr": masked} if masked else config
 
 
 def resolve(target: str) -> TargetSpec:

@@ -197,6 +197,17 @@ def test_kernel_follows_the_target_not_the_host(config, expected):
     assert _matmul_kernels(tvm.target.Target(config)) == expected
 
 
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [(AVX2, {"graphopt_int8_conv_i16_avx2"}), (VNNI, {"graphopt_int8_conv_vnni"}), (AVX_VNNI, {"graphopt_int8_conv_vnni"})],
+    ids=["haswell", "cascadelake", "alderlake"],
+)
+def test_conv_kernel_follows_the_target(target, expected):
+    x, w = np.zeros((1, 3, 6, 6), np.uint8), np.ones((4, 3, 3, 3), np.int8)
+    mod, _ = _module("ConvInteger", [(x, False), (w, True)], {"pads": [1, 1, 1, 1]}, target)
+    assert _kernel_names(mod) == expected
+
+
 def test_vnni_isa_reads_the_target():
     assert vnni_isa(VNNI) == "avx512-vnni"
     assert vnni_isa(AVX_VNNI) == "avx-vnni"
@@ -209,6 +220,17 @@ def test_cross_target_json_gets_avx2_kernels():
     """A JSON target naming an AVX2-only CPU, resolved as graphopt resolves --targets, is never given VNNI."""
     spec = targets.resolve('{"kind": "llvm", "mcpu": "haswell"}')
     assert _matmul_kernels(spec.tvm_target()) == {"graphopt_int8_matmul_s8_sign_avx2"}
+
+
+def test_host_features_a_hypervisor_hides_are_switched_off():
+    """LLVM names the CPU (znver4 has VNNI); a VM that hides AVX-512 VNNI from /proc/cpuinfo gets AVX2 kernels."""
+    flags = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}  # no avx512_vnni
+    masked = targets.masked_host_features("znver4", flags)
+    assert masked == ["-avx512vnni"]
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "mattr": masked})
+    assert _matmul_kernels(target) == {"graphopt_int8_matmul_s8_sign_avx2"}
+    assert targets.masked_host_features("znver4", flags | {"avx512_vnni"}) == []
+    assert targets.masked_host_features("znver4", None) == []  # no /proc/cpuinfo: trust LLVM's CPU name
 
 
 @needs_vnni
