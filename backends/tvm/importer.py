@@ -337,9 +337,13 @@ def _static_inputs(model: ir.Model) -> bool:
 
 def _trial_import(model: ir.Model) -> list[str]:
     shapes = static_shapes(model)
+    prepared = prepare(model, shapes)
+    problems = _missing_converters(prepared) or unsupported_forms(prepared)  # lines that name the op
+    if problems:
+        return problems
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the frontend prints every failed node's inputs
-            to_relax(prepare(model, shapes), shapes)
+            to_relax(prepared, shapes)
     except UnsupportedError as e:
         cause = e.__cause__
         if isinstance(cause, ConversionError):

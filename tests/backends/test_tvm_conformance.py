@@ -213,3 +213,13 @@ def test_float16_contractions_round_once_like_ort(op):
     got, expected = _against_ort(proto, {"x": x, "w": w})
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_expand_to_a_shape_computed_from_static_inputs_is_accepted_and_right():
+    # the Expand refusal is about shapes known only at run time; a Shape-derived target (legacy
+    # exporters' attention masks) folds once the inputs are static, and must compile
+    x = RNG.standard_normal((3, 1)).astype(np.float32)
+    z = RNG.standard_normal((2, 3, 6)).astype(np.float32)
+    nodes = [oh.make_node("Shape", ["z"], ["s"]), oh.make_node("Expand", ["x", "s"], ["e"]), oh.make_node("Add", ["e", "z"], ["y"])]
+    got, expected = _against_ort(_model(nodes, [("x", F, x.shape), ("z", F, z.shape)]), {"x": x, "z": z})
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
