@@ -70,10 +70,16 @@ class ConversionError(Exception):
         self.error = error
 
 
+# the op the frontend converted last: a failure right after a converter returned (its outputs
+# checked by the frontend, "Missing outputs ... in MaxPool") belongs to that op
+_last_converted: list[str | None] = [None]
+
+
 def _naming_convert_operator(original: Callable) -> Callable:
     """The frontend's ``_convert_operator`` that tags what a converter raises with the node's op."""
 
     def convert(self, op_name, inputs, attrs, opset):
+        _last_converted[0] = op_name
         try:
             return original(self, op_name, inputs, attrs, opset)
         except ConversionError:
@@ -517,6 +523,7 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Sequence[int]], target=None):
     dtypes = {v.name: v.dtype.numpy().name for v in model.graph.inputs}
     proto = storage.inline_proto(model)  # external data read from the model's folder, not the cwd
     context = target if target is not None else contextlib.nullcontext()
+    _last_converted[0] = None
     with _extended_frontend(), context:
         try:
             return _frontend().from_onnx(
@@ -527,6 +534,9 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Sequence[int]], target=None):
         except ConversionError as e:
             raise UnsupportedError(f"TVM's ONNX import failed at {e}") from e
         except Exception as e:  # noqa: BLE001 — the frontend raises anything from a converter
+            if _last_converted[0] is not None:
+                tagged = ConversionError(_last_converted[0], e)
+                raise UnsupportedError(f"TVM's ONNX import failed at {tagged}") from tagged
             raise UnsupportedError(f"TVM's ONNX import failed: {_first_line(e)}") from e
 
 

@@ -223,3 +223,15 @@ def test_expand_to_a_shape_computed_from_static_inputs_is_accepted_and_right():
     nodes = [oh.make_node("Shape", ["z"], ["s"]), oh.make_node("Expand", ["x", "s"], ["e"]), oh.make_node("Add", ["e", "z"], ["y"])]
     got, expected = _against_ort(_model(nodes, [("x", F, x.shape), ("z", F, z.shape)]), {"x": x, "z": z})
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_an_import_failure_after_the_converter_returned_names_that_op(monkeypatch):
+    # the frontend checks a node's outputs after its converter returns ("Missing outputs ... in
+    # MaxPool"); without the MaxPool form check that failure must still name the op
+    from graphopt.backends.tvm import importer
+
+    monkeypatch.delitem(importer.FORM_CHECKS, "MaxPool")
+    nodes = [oh.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2]), oh.make_node("Cast", ["i"], ["y"], to=F)]
+    problems = _refusal(nodes, [("x", F, [1, 1, 4, 4])])
+    assert len(problems) == 1 and problems[0].startswith("tvm-llvm: MaxPool: ")
+    assert "Missing outputs" in problems[0]
