@@ -151,3 +151,16 @@ def test_svtr_like_hybrid_matches_ort():
 
     module, shape, opset = _svtr(height=16, width=64)
     _check(_export(module, shape, opset), list(shape), atol=1e-5)
+
+
+def test_ragged_vocabulary_weight_is_padded_once_and_prepacked():
+    # GPT-2's 50,257-wide LM head: padded per call by pad_einsum before (a 154 MB copy per decode step)
+    from graphopt.backends.tvm.cpu.pad_weights import padded_width
+
+    assert [padded_width(n, 16) for n in (8, 16, 100, 1000, 50257)] == [8, 16, 112, 1008, 50304]
+    proto = _matmul_model([1, 4, 64], [64, 1000], b_initializer=True)
+    feeds = {"x": RNG.standard_normal((1, 4, 64)).astype(np.float32)}
+    expected = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    artifact = tvm_backend.compile(ir.serde.deserialize_model(proto), target="tvm-llvm", example_inputs=feeds)
+    assert any(name.endswith("_prepacked") and rule == "Matmul" for name, rule in artifact.kernel_rules.items()), artifact.kernel_rules
+    np.testing.assert_allclose(artifact.run(feeds)["y"], expected, rtol=1e-4, atol=1e-4)

@@ -5,6 +5,8 @@ no schedule, so every PrimFunc runs as a serial scalar loop nest (MiniLM: ~2800 
 ONNX Runtime). This pipeline keeps its structure and adds four steps:
 
 0. ``ChannelsLast``: 2-D convolutions become NHWC/HWIO (``window.py`` schedules them as implicit GEMMs);
+   ``PadRaggedWeights``: constant matmul weights of ragged width (a 50,257-word vocabulary) padded to
+   whole register tiles, the result sliced back (``pad_weights.py``);
 1. before legalization, ``FastMathTransform``: ``exp``/``erf``/``tanh``/``softmax`` become
    polynomial versions that vectorize (the libm calls they replace are scalar, one call per element);
 2. after fusion, ``PrepackMatmulWeights``: constant matmul weights re-laid out as register-tile
@@ -24,6 +26,7 @@ from tvm.target import Target
 from .common import is_scheduled
 from .elementwise import Elementwise, Fallback
 from .matmul import Matmul
+from .pad_weights import PadRaggedWeights
 from .prepack import PrepackMatmulWeights
 from .reduction import RowReduction
 from .window import WindowReduction
@@ -130,6 +133,7 @@ def legalize_passes(target: Target, fast_math: bool = True) -> list:
     return [
         relax.transform.DecomposeOpsForInference(),
         ChannelsLast(),
+        PadRaggedWeights(target),
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
