@@ -374,6 +374,12 @@ def static_shapes(model: ir.Model, example_inputs: Mapping[str, np.ndarray] | No
     return shapes
 
 
+# Constants folded before import may be as large as weights: an int8 weight made at run time from a
+# constant (Cast(Clip(round(W / s))) of GPT-2's tied, transposed 50,257 x 768 embedding) must reach
+# TVM as a constant, or its matmul packs 38 M weights on every call (222 ms instead of ~30).
+PREPARE_FOLD_LIMIT = 1 << 28
+
+
 def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
     """A copy of ``model`` with static input shapes, folded shape arithmetic and no ConstantOfShape of constants."""
     from graphopt.pipeline import run_pipeline  # noqa: PLC0415
@@ -387,7 +393,7 @@ def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
                 value.shape = None
     for _ in range(3):  # materializing a constant lets folding go further, and the other way round
         with _quiet("onnxscript.optimizer._constant_folding"):  # its per-node evaluation warnings are not ours to show
-            run_pipeline(work, "cleanup")
+            run_pipeline(work, f"cleanup(fold_limit={PREPARE_FOLD_LIMIT})")
         for value in work.graph.initializers.values():  # folded constants keep their exported symbolic shape
             if value.const_value is not None:
                 value.shape = ir.Shape(list(value.const_value.shape))
