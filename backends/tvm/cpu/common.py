@@ -9,6 +9,7 @@ one" for a spatial loop nest. They live here so every rule does them the same wa
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
@@ -129,3 +130,16 @@ def parallel_vectorize(sch: s_tir.Schedule, block, lanes: int, cores: int, seria
     outer = sch.fuse(*spatial[:take]) if take > 1 else spatial[0]
     sch.parallel(outer)
     return outer
+
+
+def one_reduction(func, target: Target | None = None):
+    """(schedule, block infos, the reduction block) of a PrimFunc with exactly one reduction block
+    (on a CPU ``target`` when one is given), else None: where the matmul and window rules start."""
+    if not isinstance(func, tirx.PrimFunc) or (target is not None and not is_cpu_target(target)):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    reductions = [info for info in infos if not info.is_injective()]
+    return (sch, infos, reductions[0].block_rv) if len(reductions) == 1 else None

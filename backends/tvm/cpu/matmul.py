@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
-from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr, normalize_prim_func
+from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
-from .common import is_cpu_target, num_cores, parallel_vectorize, static_extent, vector_bits, vector_lanes
+from .common import num_cores, one_reduction, parallel_vectorize, static_extent, vector_bits, vector_lanes
 
 # Accumulator registers a tile may use: AVX2 has 16 ymm registers; leave room for B loads and A broadcasts.
 ACCUMULATOR_BUDGET = {128: 24, 256: 12, 512: 24}
@@ -185,16 +185,11 @@ class Matmul(ScheduleRule):
     """Dense and batched matmul (+ fused injective prologue/epilogue) on CPU."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not is_cpu_target(target):
+        found = one_reduction(func, target)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
-        reductions = [info for info in infos if not info.is_injective()]
-        if len(reductions) != 1:
-            return None
-        matmul = analyze_matmul(sch, reductions[0].block_rv)
+        sch, infos, reduction = found
+        matmul = analyze_matmul(sch, reduction)
         if matmul is None:
             return None
         # Fold everything injective into its neighbours: prologues into the matmul's reads,

@@ -18,23 +18,19 @@ import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.ir.expr import Constant  # relax constants (GenericConst) derive from it
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.target import Target
 
-from .common import is_scheduled, static_extent
+from .common import is_scheduled, one_reduction, static_extent
 from .matmul import analyze_matmul, tile_shape
 
 
 def _find_matmul(func: tirx.PrimFunc):
     """(schedule, MatmulBlock) for a single-matmul PrimFunc, else None (sorted on a fresh schedule)."""
-    sch = s_tir.Schedule(func)
-    infos = normalize_prim_func(sch)
-    if infos is None:
+    found = one_reduction(func)
+    if found is None:
         return None
-    reductions = [info for info in infos if not info.is_injective()]
-    if len(reductions) != 1:
-        return None
-    mm = analyze_matmul(sch, reductions[0].block_rv)
+    sch, _, reduction = found
+    mm = analyze_matmul(sch, reduction)
     return (sch, mm) if mm is not None else None
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr, normalize_prim_func
+from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
 from tvm.s_tir.dlight.base import ScheduleRule, try_inline
 from tvm.target import Target
 
-from .common import is_cpu_target, num_cores, output_dtype, parallel_vectorize, static_extent, vector_bits, vector_lanes, vector_split
+from .common import num_cores, one_reduction, output_dtype, parallel_vectorize, static_extent, vector_bits, vector_lanes, vector_split
 from .matmul import ACCUMULATOR_BUDGET, consumes, vectorize_innermost
 
 # Most output pixels one register tile holds (with AVX-512: 8 pixels x 2 vectors of 16 channels).
@@ -104,16 +104,11 @@ class WindowReduction(ScheduleRule):
     """Channels-last convolution and pooling (+ fused prologue padding and epilogue) on CPU."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not is_cpu_target(target):
+        found = one_reduction(func, target)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
-        reductions = [info for info in infos if not info.is_injective()]
-        if len(reductions) != 1:
-            return None
-        window = analyze_window(sch, reductions[0].block_rv)
+        sch, infos, reduction = found
+        window = analyze_window(sch, reduction)
         if window is None:
             return None
         padding = list(sch.get_producers(window.block))
