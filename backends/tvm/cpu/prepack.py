@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir, tirx
+from tvm import relax, tirx
 from tvm.ir.expr import Constant  # relax constants (GenericConst) derive from it
 from tvm.target import Target
 
