@@ -58,8 +58,6 @@ def _rounded(row: dict) -> dict:
 
 def kernel_profile(artifact, feeds: Mapping[str, np.ndarray], runs: int = 5) -> KernelProfile:
     """Time every VM call of ``artifact`` (a host or GPU ``TvmArtifact``) over ``runs`` runs."""
-    import tvm  # noqa: PLC0415
-
     arguments = artifact._arguments(feeds)
     device = artifact._device()
     vm = _fresh_vm(artifact, device)
