@@ -122,10 +122,12 @@ def _a_operand(a: te.Tensor, mp: int, kp: int) -> te.Tensor:
     return te.compute((*outer_shape, mp, kp), load, name="a_pack")
 
 
-def _b_pack(b: te.Tensor, np_: int, kp: int, panel: int) -> te.Tensor:
-    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/P, Kp/4, P, 4] (B - offset, zeros in the padding)."""
+def _b_pack(b: te.Tensor, np_: int, kp: int, panel: int, offset: int | None = None) -> te.Tensor:
+    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/P, Kp/4, P, 4] (B - offset, zeros in the padding).
+
+    ``offset`` defaults to sdot's (128 for uint8 B); the VNNI kernels pass their own shift."""
     *outer_shape, k, n = (int(d) for d in b.shape)
-    offset = _offset(str(b.dtype))
+    offset = _offset(str(b.dtype)) if offset is None else offset
 
     def load(*index):
         *outer, jo, ko, ji, ki = index

@@ -39,6 +39,7 @@ from .neon_matmul import (
     _accumulate,
     _batched,
     _col_sums,
+    _b_pack as _sdot_b_pack,
     _output,
     _row_sums,
     conv_output_shape,
@@ -145,20 +146,8 @@ def _a_operand(a: te.Tensor, mp: int, kp: int) -> te.Tensor:
 
 
 def _b_pack(b: te.Tensor, np_: int, kp: int, panel: int) -> te.Tensor:
-    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/P, Kp/4, P, 4] (B - shift, zeros in the padding)."""
-    *outer_shape, k, n = (int(d) for d in b.shape)
-    shift = b_shift(str(b.dtype))
-
-    def load(*index):
-        *outer, jo, ko, ji, ki = index
-        kk, jj = ko * KW + ki, jo * panel + ji
-        value = b(*outer, tirx.min(kk, k - 1), tirx.min(jj, n - 1))
-        value = (value.astype("int16") - tirx.const(shift, "int16")).astype("int8") if shift else value
-        if (kp, np_) == (k, n):
-            return value
-        return tirx.if_then_else(tirx.all(kk < k, jj < n), value, tirx.const(0, "int8"))
-
-    return te.compute((*outer_shape, np_ // panel, kp // KW, panel, KW), load, name="b_pack")
+    """Run-time B [*batch, K, N] -> int8 Bp [*batch, Np/P, Kp/4, P, 4] (B - shift): sdot's layout and packing."""
+    return _sdot_b_pack(b, np_, kp, panel, offset=b_shift(str(b.dtype)))
 
 
 def _weight_product(a_op: te.Tensor, n: int, panel: int, col_bias: bool, row_scale: bool):
