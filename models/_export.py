@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -216,20 +215,10 @@ def _quiet():
 def _native_stdout_to_debug_log():
     """Send what C++ code writes to file descriptor 1 to the debug log: the legacy exporter prints
     the whole TorchScript graph there (hundreds of lines) when an operator is not supported."""
-    try:
-        sys.stdout.flush()
-        saved = os.dup(1)
-    except (OSError, ValueError):  # no real stdout (embedded interpreters): nothing to redirect
+    from graphopt.native_output import captured_fd
+
+    with captured_fd(1) as captured:
         yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace").strip()
-            if text:
-                logger.debug("exporter output (%d lines): %s", text.count("\n") + 1, text[:4000])
+    text = "".join(captured).strip()
+    if text:
+        logger.debug("exporter output (%d lines): %s", text.count("\n") + 1, text[:4000])
