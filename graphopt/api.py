@@ -34,6 +34,11 @@ __all__ = ["CompileResult", "compile"]
 
 logger = logging.getLogger(__name__)
 INTEGER_ONLY_PRESET = "ivit"  # a pipeline naming it is verified integer-only unless told otherwise
+# Timed runs per model when the caller names none, for this function and `graphopt compile` alike:
+# none. Latency is best-effort and noisy, and an export script that calls compile() should not pay
+# seconds (minutes with TVM targets) for numbers it did not ask for; ask with bench_runs=10 /
+# --bench-runs 10.
+BENCH_RUNS = 0
 
 
 @dataclasses.dataclass
@@ -91,7 +96,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     synthetic_samples: int = 4,
     seed: int = 0,
     threads: int = 2,
-    bench_runs: int = 0,
+    bench_runs: int = BENCH_RUNS,
     ort_optimization: str = "all",
     progress: Callable[[Iterable], Iterable] | None = None,
     name: str | None = None,
@@ -109,7 +114,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ``model`` is anything ``graphopt.load`` accepts. ``calib`` is calibration/validation data in
     any form ``graphopt.data.load_samples`` accepts; without it seeded synthetic inputs are used
     and the report warns. ``bench_runs > 0`` times the original and every target (median), both
-    with ONNX Runtime graph optimization level ``ort_optimization`` (disable/basic/extended/all).
+    with ONNX Runtime graph optimization level ``ort_optimization`` (disable/basic/extended/all);
+    the default, ``BENCH_RUNS`` (0, shared with the CLI), times nothing: latency is opt-in.
     ``integer_only`` runs the integer-only verifier (``graphopt.integer_region``) on the result:
     a float op between QuantizeLinear and DequantizeLinear, or no such region at all, is a
     violation like a numeric one (``result.ok`` False, ``check()`` raises ``CheckFailedError``).

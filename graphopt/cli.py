@@ -90,7 +90,7 @@ def cmd_compile(args) -> int:
         tolerances=tolerances,
         seed=args.seed,
         threads=args.threads,
-        bench_runs=args.bench_runs,
+        **({} if args.bench_runs is None else {"bench_runs": args.bench_runs}),  # api.BENCH_RUNS otherwise
         ort_optimization=args.ort_optimization,
         progress=_progress(args),
         tune_budget=args.tune_budget,
@@ -113,6 +113,8 @@ def cmd_compile(args) -> int:
         result.print_report(console, verbose=args.verbose)
         from rich.markup import escape  # noqa: PLC0415
 
+        if args.bench_runs is None:
+            console.print("[dim]latency not timed: add --bench-runs 10 to time the original and each target[/dim]")
         console.print(f"wrote {escape(', '.join(written))}")
     if not result.ok:
         first = result.report.violations[0]
@@ -263,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: on when the pipeline names the ivit preset); a float op there, or no integer "
                         "region at all, is exit 1 (files still written)")
     c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
-    c.add_argument("--bench-runs", type=int, default=10, help="timed runs per model for latency, 0 to skip (default 10)")
+    c.add_argument("--bench-runs", type=int, metavar="N",
+                   help="time the original and each target over N runs (median), e.g. 10 (default: as graphopt.compile, "
+                        "no timing; latency is opt-in and best-effort)")
     c.add_argument("--profile", action="store_true",
                    help="time every kernel of each TVM target (report: slowest kernels, the schedule rule each got, "
                         "and the share of time in kernels that fell to the generic fallback)")
