@@ -1,8 +1,9 @@
 """The one driver that runs rewrite rules (pattern, replacement, check) over a model.
 
-Rules are ``onnxscript.rewriter`` rules. The driver applies them one rule at a time, in the order
-given, so every rule gets its own count; then it re-matches the rewritten model with onnxscript's
-``MatchingTracer`` to collect the candidates whose check declined, with the check's reason.
+Rules are ``onnxscript.rewriter`` rules. The driver applies a pass's rules as one onnxscript rule
+set, in one traversal, counting each rule's rewrites under the rule's own name; then it re-matches
+the rewritten model with onnxscript's ``MatchingTracer`` to collect the candidates whose check
+declined, with the check's reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import onnx_ir as ir
 from onnxscript.rewriter import _basics, _pattern_ir, pattern
 
-__all__ = ["Decline", "RuleOutcome", "applicable_rules", "apply_rules", "explain_rules"]
+__all__ = ["Decline", "RuleOutcome", "RuleSet", "applicable_rules", "apply_rules", "explain_rules", "rule_sets"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,75 +99,115 @@ def applicable_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule]) -> l
     return kept
 
 
-class _RootFiltered:
-    """A rule that declines at once on nodes whose op type is not its pattern's root op type.
+class _Driven:
+    """A rule as the driver runs it: filtered by root op type, counted under its own name.
 
     onnxscript's driver calls every rule's ``try_rewrite`` on every node, and each call builds a
-    match state before the op type fails (about 9 us); this check costs a string compare. Only
-    for single-output patterns with a constant root op: there the matcher starts by comparing
-    that node's op type, so the outcome is the same. Every other attribute is the rule's own,
-    and the tracer still logs under the rule itself.
+    match state before the op type fails (about 9 us); for single-output patterns with a constant
+    root op the matcher starts by comparing that node's op type, so comparing it here first gives
+    the same outcome for the cost of a string compare. onnxscript applies a returned replacement
+    unless a tracer is attached, so counting non-None results gives each rule's own count from
+    one traversal of the whole set. Every other attribute is the rule's own, and the tracer
+    still logs under the rule itself.
     """
 
-    def __init__(self, rule: pattern.RewriteRule, op_type: str) -> None:
+    def __init__(self, rule: pattern.RewriteRule, counts: collections.Counter | None = None) -> None:
         self._rule = rule
-        self._op_type = op_type
+        self._root = _root_op_type(rule)
+        self._counts = counts
+        self.rule_name = rule.name or type(rule).__name__
 
     def __getattr__(self, name: str):
         return getattr(self._rule, name)
 
     def try_rewrite(self, model, graph_or_function, node, *, verbose=None, tracer=None):
-        if node.op_type != self._op_type:
+        if self._root is not None and node.op_type != self._root:
             return None
-        return self._rule.try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+        delta = self._rule.try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+        if delta is not None and tracer is None and self._counts is not None:
+            self._counts[self.rule_name] += 1
+        return delta
 
 
-def _root_filtered(rule: pattern.RewriteRule):
+def _root_op_type(rule: pattern.RewriteRule) -> str | None:
     try:
         target = rule._target_pattern  # noqa: SLF001
         if not target.has_single_output_node:
-            return rule
+            return None
         identifier = target.output_node.op_identifier()
     except AttributeError:
-        return rule
-    return rule if identifier is None else _RootFiltered(rule, identifier[1])
+        return None
+    return None if identifier is None else identifier[1]
 
 
-def apply_rules(model: ir.Model, rules: Sequence[pattern.RewriteRule], *, explain: bool = True) -> RuleOutcome:
+RuleSet = tuple  # rules a pass lists as a tuple are alternatives: one rule set, one traversal
+
+
+def rule_sets(rules: Sequence) -> list[list[pattern.RewriteRule]]:
+    """The traversals a pass's ``rules`` take, in order.
+
+    A tuple in the list is one rule set. A run of consecutive rules with the same root op type is
+    one rule set too: at each node onnxscript tries a set's rules in order, which is the priority
+    the list gives, so these are alternatives of one rewrite. Any other rule gets a traversal of
+    its own, after the rules before it, since it may read what they made.
+    """
+    sets: list[list] = []
+    open_root = None  # root op type of the last set while consecutive rules may join it
+    for item in rules:
+        if isinstance(item, RuleSet):
+            sets.append(list(item))
+            open_root = None
+            continue
+        root = _root_op_type(item)
+        if root is not None and root == open_root:
+            sets[-1].append(item)
+        else:
+            sets.append([item])
+            open_root = root
+    return sets
+
+
+def flat_rules(rules: Sequence) -> list[pattern.RewriteRule]:
+    return [rule for group in rule_sets(rules) for rule in group]
+
+
+def apply_rules(model: ir.Model, rules: Sequence, *, explain: bool = True) -> RuleOutcome:
     """Rewrite ``model`` in place with ``rules``; count rewrites per rule and collect declines.
 
-    Rules needing an op type the model lacks are skipped (they cannot match); the model's op
-    types are re-read after every rule that rewrote something, since a rewrite can add op types.
+    Each rule set (see ``rule_sets``) is applied in one traversal and every rule is counted under
+    its own name. Rules needing an op type the model lacks are skipped (they cannot match); the
+    model's op types are re-read after every traversal that rewrote something, since a rewrite
+    can add op types.
     """
     outcome = RuleOutcome()
     present = _op_types(model)
-    for rule in rules:
-        required = _required_op_types(rule)
-        if required is not None and not required <= present:
+    for group in rule_sets(rules):
+        runnable = [rule for rule in group if (_required_op_types(rule) or frozenset()) <= present]
+        if not runnable:
             continue
-        count = pattern.RewriteRuleSet([_root_filtered(rule)]).apply_to_model(model)
+        count = pattern.RewriteRuleSet([_Driven(rule, outcome.rewrites) for rule in runnable]).apply_to_model(model)
         if count:
-            outcome.rewrites[rule.name] += count
-            logger.debug("rule %s rewrote %d site(s)", rule.name, count)
+            logger.debug("rule set %s rewrote %d site(s)", [rule.name for rule in runnable], count)
             present = _op_types(model)
+    outcome.rewrites = +outcome.rewrites  # no zero counts
     if explain:
         outcome.declines = explain_rules(model, rules)
     return outcome
 
 
 def explain_rules(
-    model: ir.Model, rules: Sequence[pattern.RewriteRule], *, near_misses: bool = False
+    model: ir.Model, rules: Sequence, *, near_misses: bool = False
 ) -> list[Decline]:
     """Match ``rules`` without rewriting; return candidates whose check failed.
 
     With ``near_misses`` also return the best partial pattern matches (the pattern itself failed),
     which is what `graphopt explain` shows when a rule fires nowhere.
     """
-    rules = applicable_rules(model, rules)  # a rule needing an absent op has no candidate, no near miss
+    rules = applicable_rules(model, flat_rules(rules))  # a rule needing an absent op has no candidate, no near miss
     if not rules:
         return []
     tracer = _basics.MatchingTracer()
-    ruleset = pattern.RewriteRuleSet([_root_filtered(rule) for rule in rules])
+    ruleset = pattern.RewriteRuleSet([_Driven(rule) for rule in rules])
     ruleset.remove_unused_nodes = False  # explaining must not change the model
     ruleset.apply_to_model(model, tracer=tracer)
     declines = []

@@ -46,7 +46,8 @@ def _identity(op, x, **_):
     return op.Identity(x)
 
 
-RULES = [
+# Exact no-ops with no order among them: one rule set, one traversal per iteration.
+RULES = [rewrite.RuleSet([
     *pattern.RewriteRule(lambda op, x: op.Add(x, _exactly(0.0)), _identity, name="add-zero").commute(),  # x+0 -> x
     pattern.RewriteRule(lambda op, x: op.Sub(x, _exactly(0.0)), _identity, name="sub-zero"),  # x-0 -> x
     *pattern.RewriteRule(lambda op, x: op.Mul(x, _exactly(1.0)), _identity, name="mul-one").commute(),  # x*1 -> x
@@ -63,7 +64,7 @@ RULES = [
     onnxscript_rules.unsqueeze_unsqueeze_rule,
     onnxscript_rules.materialize_reshape_shape_rule,
     pad_into_conv_rule,
-]
+])]
 
 
 def _fingerprint(model: ir.Model) -> tuple:

@@ -24,6 +24,12 @@ path is used elsewhere; a Mean / InvStdDev used before the fused node stays comp
 
 Why: I-LayerNorm and the backends match one ``LayerNormalization`` node (eight to ten nodes
 otherwise), and ONNX Runtime / TVM run it as one kernel with a float32 stash.
+
+Why not onnxscript's ``rules/fusion/_layer_norm.py``: it matches one spelling (ReduceMean over
+the constant axes input ``[-1]``, so no opset < 18 ``axes`` attribute and no multi-axis norms;
+``d / Sqrt(v + eps)`` only, no ``Reciprocal``, no E[x²] - E[x]² variance, no scale-first form,
+no bias-only absorption, no SkipLayerNormalization, no function expansion) and declines nothing
+with a reason; every exporter in the zoo writes at least one spelling it misses.
 """
 
 from __future__ import annotations

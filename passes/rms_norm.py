@@ -19,6 +19,11 @@ the normalized axes. The no-weight form also needs a static normalized shape.
 
 Why: LLaMA-style decoders have two RMSNorms per layer, eight to eleven nodes each; the technique
 passes and backends match one node, and runtimes run it as one kernel.
+
+Why not onnxscript's ``rules/fusion/_rms_normalization.py``: it matches ``Pow(x, 2)`` and
+``Reciprocal`` only (the ``x*x``, ``Div(1, r)`` and ``h / r`` spellings are missed), ReduceMean
+over the constant ``[-1]`` input only (opset < 18 ``axes`` attributes are missed, and so are
+multi-axis norms), always needs a weight and an ``Add(ms, eps)`` (eps first or no eps is missed).
 """
 
 from __future__ import annotations
