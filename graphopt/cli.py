@@ -31,32 +31,53 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _progress(args):
-    if args.quiet or not (sys.stderr.isatty() or args.progress):
+def _progress(args, terminal):
+    if args.quiet or not (terminal.isatty() or args.progress):
         return None
     from tqdm import tqdm  # noqa: PLC0415
 
-    return lambda items: tqdm(items, desc="passes", unit="pass", file=sys.stderr, leave=False)
+    return lambda items: tqdm(items, desc="passes", unit="pass", file=terminal, leave=False)
 
 
-def _phases(args, console):
+def _terminal():
+    """The user's stderr, for the spinner and progress bars: a stage may point file descriptor 2
+    elsewhere while it runs (``_native_log``), and they must still reach the terminal."""
+    try:
+        return os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):  # no real descriptor (embedded, pytest's capsys)
+        return sys.stderr
+
+
+def _native_log(targets: list[str]):
+    """Around each stage of a run with a TVM target: TVM's C++ log lines (written to stderr behind
+    Python's back, "Fast mode segfaults ...") go to the debug log (``--debug`` shows them)."""
+    import contextlib  # noqa: PLC0415
+
+    if all(t == "onnx" for t in targets):
+        return contextlib.nullcontext
+    from graphopt.backends.tvm._log import tvm_log_to_debug  # noqa: PLC0415
+
+    return tvm_log_to_debug
+
+
+def _phases(args, console, terminal, native_log):
     """Each compile stage by name with its time on stdout (not with --quiet or --json); on a
     terminal a spinner on stderr names the stage that is running."""
-    if args.quiet or getattr(args, "json", False):
-        return None
     import contextlib  # noqa: PLC0415
     import time  # noqa: PLC0415
 
     from rich.console import Console  # noqa: PLC0415
 
-    spinner = Console(stderr=True) if sys.stderr.isatty() else None
+    shown = not (args.quiet or getattr(args, "json", False))
+    spinner = Console(file=terminal) if shown and terminal.isatty() else None
 
     @contextlib.contextmanager
     def phase(name: str):
         start = time.perf_counter()
-        with spinner.status(f"{name} ...") if spinner else contextlib.nullcontext():
+        with spinner.status(f"{name} ...") if spinner else contextlib.nullcontext(), native_log():
             yield
-        console.print(f"[dim]phase[/dim] {name:<13} {time.perf_counter() - start:6.1f} s", highlight=False)
+        if shown:
+            console.print(f"[dim]phase[/dim] {name:<13} {time.perf_counter() - start:6.1f} s", highlight=False)
 
     return phase
 
@@ -68,6 +89,15 @@ def _console(args):
 
 
 def cmd_compile(args) -> int:
+    terminal = _terminal()
+    try:
+        return _compile(args, terminal)
+    finally:
+        if terminal is not sys.stderr:
+            terminal.close()
+
+
+def _compile(args, terminal) -> int:
     from graphopt import api, outdir, storage  # noqa: PLC0415
     from graphopt.metrics import Tolerances  # noqa: PLC0415
 
@@ -78,11 +108,12 @@ def cmd_compile(args) -> int:
                             allow_nonfinite=args.allow_nonfinite)
     calib = _data_argument(args.calib)
     console = _console(args)
+    targets = split_targets(args.targets)
     result = api.compile(
         args.model,
         args.passes,
         calib=calib,
-        targets=split_targets(args.targets),
+        targets=targets,
         input_shapes=args.input_shape,
         validate=not args.no_validate,
         validate_each=args.validate_each,
@@ -92,10 +123,10 @@ def cmd_compile(args) -> int:
         threads=args.threads,
         **({} if args.bench_runs is None else {"bench_runs": args.bench_runs}),  # api.BENCH_RUNS otherwise
         ort_optimization=args.ort_optimization,
-        progress=_progress(args),
+        progress=_progress(args, terminal),
         tune_budget=args.tune_budget,
         tune_database=args.tune_database,
-        phases=_phases(args, console),
+        phases=_phases(args, console, terminal, _native_log(targets)),
         mask=None if args.mask == "none" else args.mask,
         eval=_data_argument(args.eval),
         outputs=_names(args.outputs),
@@ -200,7 +231,7 @@ def cmd_inspect(args) -> int:
 def cmd_explain(args) -> int:
     from graphopt import inspection  # noqa: PLC0415
 
-    lines = inspection.explain(args.model, args.passes, input_shapes=args.input_shape)
+    lines = inspection.explain(args.model, args.passes, input_shapes=args.input_shape, calib=_data_argument(args.calib))
     print("\n".join(lines))
     return EXIT_OK
 
@@ -302,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--passes", default="canonicalize", help="pipeline to explain (default: canonicalize)")
     e.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
+    e.add_argument("--calib", action="append", metavar="DATA",
+                   help="calibration data for the passes that calibrate, as for compile: .npz, .npy, a folder, or name:file.npy "
+                        "(repeatable; default: seeded synthetic inputs)")
     e.set_defaults(run=cmd_explain)
     return parser
 

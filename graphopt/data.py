@@ -23,7 +23,8 @@ import onnx_ir as ir
 
 from graphopt.errors import DataError, UsageError
 
-__all__ = ["InputSpec", "apply_input_shapes", "input_specs", "load_samples", "parse_shape_overrides", "synthetic_inputs", "check_feeds"]
+__all__ = ["InputSpec", "apply_input_shapes", "check_feeds", "feed_dict", "input_specs", "load_samples", "parse_shape_overrides",
+           "synthetic_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +186,19 @@ def _only_input(specs: Sequence[InputSpec], what: str) -> str:
     if len(specs) != 1:
         raise DataError(f"{what} fits a one-input model, but the model has inputs {[s.name for s in specs]}; give dicts of name -> array")
     return specs[0].name
+
+
+def feed_dict(feeds: Any, names: Sequence[str], where: str = "run()") -> dict[str, np.ndarray]:
+    """The feed of one call to a compiled model: a dict of input name -> array, or, for a one-input
+    model, the bare array. A tuple, list or array for a model with more inputs names what to pass
+    (input order is not guessed at run time; calibration samples may be tuples, see ``load_samples``)."""
+    if isinstance(feeds, Mapping):
+        return dict(feeds)
+    if isinstance(feeds, np.ndarray) and len(names) == 1:
+        return {names[0]: feeds}
+    what = f"a {type(feeds).__name__}" + (f" of {len(feeds)}" if isinstance(feeds, (tuple, list)) else "")
+    example = ", ".join(f"'{n}': ..." for n in names)
+    raise DataError(f"{where} got {what}; pass a dict of input name -> array: {{{example}}}")
 
 
 def _as_feed(item: Any, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:

@@ -108,18 +108,32 @@ def render(info: dict[str, Any], console) -> None:
     console.print(_text(f"detected patterns: {patterns}"))
 
 
-def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = None) -> list[str]:
-    """Run ``passes`` on a copy; per pass: what it rewrote, what its checks declined, near misses."""
+def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = None, calib: Any = None) -> list[str]:
+    """Run ``passes`` on a copy; per pass: what it rewrote, what its checks declined, near misses.
+
+    Calibrating passes compute their statistics on ``calib`` (any form ``data.load_samples``
+    takes, as for compile); without it on seeded synthetic inputs, which the first line says once.
+    """
     model = _load(model_path, input_shapes)
     lines = []
     pipeline.infer_shapes(model)
-    for spec, options in pipeline.parse_pipeline(passes).expand():
+    steps = pipeline.parse_pipeline(passes).expand()
+    if calib is not None:
+        samples = data.load_samples(calib, model)
+    else:
+        calibrating = dict.fromkeys(spec.name for spec, options in steps if getattr(spec.cls(options), "needs_calibration", False))
+        samples = [data.synthetic_inputs(model, seed) for seed in range(4)] if calibrating else None
+        if calibrating:
+            lines.append(f"note: no calibration data: {', '.join(calibrating)} calibrate on seeded synthetic inputs, "
+                         "so their scales and thresholds are not your data's (pass --calib DATA)")
+    for spec, options in steps:
         the_pass = spec.cls(options)
         if isinstance(the_pass, RulePass):
             near = rewrite.explain_rules(model, the_pass.rules(), near_misses=True)
         else:
             near = []
-        records = pipeline.run_pipeline(model, pipeline.Pipeline((pipeline.Step(spec.name, tuple((k, str(v)) for k, v in options.__dict__.items())),)))
+        records = pipeline.run_pipeline(model, pipeline.Pipeline((pipeline.Step(spec.name, tuple((k, str(v)) for k, v in options.__dict__.items())),)),
+                                        samples=samples)
         record = records[0]
         done = ", ".join(f"{k} x{v}" for k, v in record.rewrites.items()) or "nothing"
         lines.append(f"{spec.name}: rewrote {done}")

@@ -20,6 +20,7 @@ import numpy as np
 
 from graphopt.backends.tvm._log import without_scope_log
 from graphopt.backends.tvm.targets import TargetSpec
+from graphopt.data import feed_dict
 from graphopt.errors import ModelError, UnsupportedError
 
 __all__ = ["TensorInfo", "TvmArtifact"]
@@ -101,7 +102,9 @@ class TvmArtifact:
         values = list(result) if not hasattr(result, "numpy") else [result]
         return {info.name: value.numpy() for info, value in zip(self.outputs, values)}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Run once: ``feeds`` is a dict of input name -> array (a one-input model also takes the bare array)."""
+        feeds = feed_dict(feeds, [i.name for i in self.inputs], "TvmArtifact.run()")
         if self.spec.is_aarch64 and not self.spec.runs_on_host:
             from graphopt.backends.tvm.edge import run_with_qemu  # noqa: PLC0415
 
