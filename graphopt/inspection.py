@@ -139,6 +139,11 @@ def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = N
         lines.append(f"{spec.name}: rewrote {done}")
         for decline in record.declines:
             lines.append(f"  declined: {decline}")
+        if spec.name == "integer-chain":  # the ops that still stop the integer region, with what to do
+            from graphopt import integer_region  # noqa: PLC0415
+
+            verdict = integer_region.verify(model)
+            lines += [f"  declined: {stop}" for stop in (verdict.stops if verdict.has_region and not verdict.ok else ())]
         shown = [m for m in near if m.matched >= _MIN_NEAR_MISS_NODES and not record.rewrites.get(m.rule)]
         for miss in shown[:_MAX_NEAR_MISSES]:
             lines.append(f"  {miss}")

@@ -31,6 +31,13 @@ Definitions (what ``graphopt inspect --integer-only`` and ``compile(integer_only
 ``ok`` is False when there is no integer region at all (no DequantizeLinear, or none that reads
 a computed value) or when the region has a float op. Nodes that came from inlining a function
 name the function and the calling node (``<call node>/<function>/<body node>``).
+
+**Where the region stops.** Of the float ops in the region, the ones to look at first (``stops``,
+each a ``Decline`` of rule ``integer-only`` with what to do): the ops ``integer-chain`` has no
+integer lowering for (the sdpa export's ``IsNaN`` guard, an ``Erf`` that no pass took); if there is
+none, the ops it lowers but did not here (its declines say why: GPT-2's fused QKV ``Split`` when
+one of its outputs reaches an op without a lowering); then the QuantizeLinear nodes left in
+float. The DequantizeLinear before such an op is where the float starts, never the reason.
 """
 
 from __future__ import annotations
@@ -47,9 +54,10 @@ import onnx.shape_inference
 import onnx_ir as ir
 
 from graphopt import ops
+from graphopt.rewrite import Decline
 from graphopt.validity import call_without_weights
 
-__all__ = ["FloatOp", "IntegerRegionReport", "verify"]
+__all__ = ["FloatOp", "IntegerRegionReport", "stops", "verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +111,11 @@ class IntegerRegionReport:
     def ok(self) -> bool:
         return self.has_region and not self.float_ops
 
+    @property
+    def stops(self) -> list[Decline]:
+        """The float ops that stopped the integer region, with what to do (module docstring)."""
+        return stops(self.float_ops)
+
     def summary(self) -> str:
         """One line: the verdict."""
         if not self.has_region:
@@ -112,12 +125,16 @@ class IntegerRegionReport:
         if self.float_ops:
             unknown = sum(any(d.startswith(UNKNOWN) for _, d in op.values) for op in self.float_ops)
             untyped = f", {unknown} with values of unknown type" if unknown else ""
-            return f"integer-only: {len(self.float_ops)} float ops in the integer region{untyped} ({span}); first: {self.float_ops[0]}"
+            first, more = self.stops[0], len(self.stops) - 1
+            return (f"integer-only: {len(self.float_ops)} float ops in the integer region{untyped} ({span}); "
+                    f"at '{first.node}'{f' (and {more} more)' if more else ''}: {first.reason}")
         return f"integer-only: {span}, no float op"
 
     def lines(self) -> list[str]:
-        """The verdict for people: one line per float op in the region, then the summary line."""
-        return [*(f"float op: {op}" for op in self.float_ops), self.summary(), *(f"note: {n}" for n in self.notes)]
+        """The verdict for people: one line per float op in the region, one per op that stopped it
+        (``declined: integer-only at ...``), then the summary line."""
+        return [*(f"float op: {op}" for op in self.float_ops), *(f"declined: {d}" for d in self.stops), self.summary(),
+                *(f"note: {n}" for n in self.notes)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -127,10 +144,55 @@ class IntegerRegionReport:
             "exits": list(self.exits),
             "nodes": self.nodes,
             "float_ops": [op.as_dict() for op in self.float_ops],
+            "stops": [{"node": d.node, "reason": d.reason} for d in self.stops],
             "outside_float_ops": [op.as_dict() for op in self.outside_float_ops],
             "functions": dict(self.functions),
             "notes": list(self.notes),
         }
+
+
+# ---- where the region stops ------------------------------------------------------------------
+
+# ops that an ivit pass replaces by an integer op: when one is left in float, that pass declined it
+_REPLACED_BY = {"Softmax": "shiftmax", "Gelu": "shiftgelu", "LayerNormalization": "ilayernorm", "RMSNormalization": "irmsnorm",
+                "MatMul": "int8-linear", "Gemm": "int8-linear"}
+_ADVICE = {
+    "IsNaN": "the sdpa export's NaN guard Where(IsNaN(p), 0, p) on float values (integer values are never NaN): shiftmax "
+             "absorbs it right after a Softmax; elsewhere rewrite it away before ivit, or export with attn_implementation='eager'",
+}
+_EXPLAIN = "graphopt explain MODEL --passes ivit"
+
+
+def stops(float_ops: list[FloatOp]) -> list[Decline]:
+    """The float ops that stopped the integer region, first the ones to fix (module docstring)."""
+    from graphopt.passes.integer_chain import LOWERINGS  # noqa: PLC0415 — the rules that decide what can be integer
+
+    compute = [op for op in float_ops if op.op_type not in _QUANTIZE | _DEQUANTIZE]
+    unlowerable = [op for op in compute if op.op_type not in LOWERINGS]
+    chosen = unlowerable or compute or [op for op in float_ops if op.op_type in _QUANTIZE] or float_ops[:1]
+    return [Decline("integer-only", op.node, f"{_what(op)} stops the integer region: {_advice(op, LOWERINGS)}") for op in chosen]
+
+
+def _what(op: FloatOp) -> str:
+    values = ", ".join(f"{name} {dtype}" for name, dtype in op.values[:3]) + (", ..." if len(op.values) > 3 else "")
+    return f"{op.op_type}{f' in {op.function}' if op.function else ''} ({values})"
+
+
+def _advice(op: FloatOp, lowerings) -> str:
+    if op.op_type in _ADVICE:
+        return _ADVICE[op.op_type]
+    if op.op_type in _QUANTIZE:
+        return f"integer-chain did not lower this QuantizeLinear's input; its declines say why ({_EXPLAIN})"
+    if op.op_type in _DEQUANTIZE:
+        return "a value leaves the region here and comes back in float"
+    if op.op_type in lowerings:
+        return f"integer-chain lowers {op.op_type}, but not here; its declines say why ({_EXPLAIN})"
+    if op.op_type in _REPLACED_BY:
+        return f"{_REPLACED_BY[op.op_type]} replaces {op.op_type} with integer ops but declined this one; its declines say why ({_EXPLAIN})"
+    if any(dtype.startswith(UNKNOWN) for _, dtype in op.values):
+        return "a value of unknown type cannot be proven integer: fix the model's types, or its shapes with --input-shape"
+    return (f"integer-chain has no integer lowering for {op.op_type}: compute it before the first QuantizeLinear or after "
+            "the last DequantizeLinear, or accept a float island (--no-integer-only)")
 
 
 def verify(model: ir.Model) -> IntegerRegionReport:

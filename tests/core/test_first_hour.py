@@ -117,3 +117,58 @@ def test_explain_without_data_warns_once_and_refuses_data_that_does_not_fit(mlp_
     np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
     assert cli.main(["explain", mlp_path, "--passes", "ivit", "--calib", str(tmp_path / "bad.npy")]) == 2
     assert "graphopt: error:" in capsys.readouterr().err
+
+
+# --- integer-only failures name the op that stopped the region ---------------------------------
+QDQ_HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
+# an integer region (quantize -> dequantize -> x3 -> quantize -> dequantize) with one op integer-chain cannot lower
+STOPPED = QDQ_HEADER + """
+g (float[2, 8] x) => (float[2, 8] y) <float s = {{0.05}}, int8 z = {{0}}, float zero = {{0.0}}, float three = {{3.0}}> {{
+    q = QuantizeLinear(x, s, z)
+    d = DequantizeLinear(q, s, z)
+    m = Mul(d, three)
+    {body}
+    q2 = QuantizeLinear(g, s, z)
+    y = DequantizeLinear(q2, s, z)
+}}
+"""
+ERF = STOPPED.format(body="g = Erf(m)")
+NAN_GUARD = STOPPED.format(body="nan = IsNaN(m)\n    g = Where(nan, zero, m)")
+
+
+def _named(text: str) -> onnx.ModelProto:
+    proto = onnx.parser.parse_model(text)
+    for node in proto.graph.node:
+        node.name = node.output[0]
+    return proto
+
+
+@pytest.mark.parametrize(("text", "op", "advice"), [
+    (ERF, "Erf", "integer-chain has no integer lowering for Erf"),
+    (NAN_GUARD, "IsNaN", "export with attn_implementation='eager'"),
+])
+def test_integer_only_failure_names_the_op_that_stopped_the_region(tmp_path, capsys, text, op, advice):
+    onnx.save(_named(text), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    code = cli.main(["compile", str(tmp_path / "m.onnx"), "--passes", "integer-chain", "--integer-only", "--no-validate", "-o", str(out)])
+    assert code == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    stop = "nan" if op == "IsNaN" else "g"
+    assert error.startswith("graphopt: integer-only check failed: ") and f"at '{stop}': {op} (" in error and advice in error
+    assert "(DequantizeLinear" not in error and "at 'd'" not in error  # where the float starts is not the reason
+    report = json.loads((out / "report.json").read_text())["integer_only"]
+    assert [s["node"] for s in report["stops"]] == [stop] and advice in report["stops"][0]["reason"]
+
+    assert cli.main(["explain", str(tmp_path / "m.onnx"), "--passes", "integer-chain"]) == 0
+    declined = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  declined: integer-only at ")]
+    assert len(declined) == 1 and declined[0].startswith(f"  declined: integer-only at {stop}: {op} (") and advice in declined[0]
+
+
+def test_ops_integer_chain_lowers_but_did_not_point_at_its_declines():
+    # integer-chain did not run: the float Mul between the dequantize and the quantize could have been lowered
+    result = graphopt.compile(_named(STOPPED.format(body="g = Neg(m)")), passes="cleanup", integer_only=True, validate=False)
+    assert not result.ok
+    stops = result.report.integer_only["stops"]
+    assert [s["node"] for s in stops] == ["m", "g"]
+    assert "integer-chain lowers Mul, but not here; its declines say why (graphopt explain MODEL --passes ivit)" in stops[0]["reason"]
+    assert "at 'm' (and 1 more): Mul (" in result.report.violations[0]
