@@ -80,6 +80,13 @@ def _inline_foreign_functions(model: ir.Model) -> None:
     model.functions.update(kept)
 
 
+def _initializer_shapes_from_data(model: ir.Model) -> None:
+    """A folded constant keeps the symbolic shape the exporter wrote on the value it replaced; its data says the real one."""
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            value.shape = ir.Shape(list(value.const_value.shape))
+
+
 @register_pass("cleanup", options=CleanupOptions, category="cleanup")
 class Cleanup(GraphoptPass):
     """Fold constants, drop dead code, identities and exact no-ops (Add 0, Mul 1, inference Dropout)."""
@@ -107,6 +114,7 @@ class Cleanup(GraphoptPass):
                 common_passes.CommonSubexpressionEliminationPass(),
             ):
                 cleanup(work)
+            _initializer_shapes_from_data(work)
         except Exception as e:  # the folder raises whatever its evaluators raise
             self.notes.append(f"constant folding skipped: {str(e).strip().splitlines()[0][:200]}")
             self.rewrites.clear()

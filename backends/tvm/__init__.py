@@ -1,6 +1,7 @@
 """The TVM backend (targets ``tvm-llvm``, ``tvm-aarch64``, ``tvm-cuda`` and JSON target dicts).
 
-    model (onnx_ir, rewritten) --prepare--> static shapes, folded shape arithmetic
+    model (onnx_ir, rewritten) --prepare--> registered passes (category "backend"): static shapes,
+        folded shape arithmetic, forms TVM's frontend reads right
         --importer--> Relax (graphopt ops as native TE kernels, int8 matmuls per target)
         --build--> graphopt's pipeline for the target (own CPU schedule rules / dlight on CUDA)
         --> TvmArtifact (run, time, save .so + metadata, load)
@@ -61,7 +62,7 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
     spec = targets.resolve(target)
     start = time.perf_counter()
     shapes = importer.static_shapes(model, example_inputs)
-    prepared = importer.prepare(model, shapes)
+    prepared, preparation = importer.prepare(model, shapes)
     mod = importer.to_relax(prepared, shapes, spec.tvm_target())
     imported = time.perf_counter()
     from graphopt.backends.tvm.build import build  # noqa: PLC0415
@@ -82,7 +83,8 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
         TensorInfo(v.name, v.dtype.numpy().name, tuple(v.shape) if v.shape is not None and all(isinstance(d, int) for d in v.shape) else ())
         for v in prepared.graph.outputs
     ]
-    details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - tuned, 3)}
+    details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - tuned, 3),
+               "prepare": [{"pass": r.name, "rewrites": r.rewrites, "notes": r.notes} for r in preparation if r.modified]}
     if database is not None:
         details.update(tune_seconds=round(tuned - imported, 3), tune_trials=tune_budget)
     return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details, tuning_dir=database,

@@ -20,16 +20,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.backends.tvm.fold import fold_static_values
 from graphopt import storage
 from graphopt.errors import UnsupportedError, UsageError
-from graphopt.shapes import infer_shapes
 
 __all__ = ["converters", "prepare", "preflight", "to_relax"]
 
 # modules that export CONVERTERS: {op_type: fn(bb, inputs, attrs) -> relax.Expr}; later ones win
 CONVERTER_MODULES = ("graphopt.backends.tvm.kernels", "graphopt.backends.tvm.int8")
-MATERIALIZE_LIMIT = 1 << 16  # elements: a ConstantOfShape up to this size becomes an initializer
 
 
 def converters() -> dict[str, Callable]:
@@ -343,7 +340,7 @@ def _static_inputs(model: ir.Model) -> bool:
 
 def _trial_import(model: ir.Model) -> list[str]:
     shapes = static_shapes(model)
-    prepared = prepare(model, shapes)
+    prepared, _ = prepare(model, shapes)
     problems = _missing_converters(prepared) or unsupported_forms(prepared)  # lines that name the op
     if problems:
         return problems
@@ -380,73 +377,32 @@ def static_shapes(model: ir.Model, example_inputs: Mapping[str, np.ndarray] | No
 PREPARE_FOLD_LIMIT = 1 << 28
 
 
-def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
-    """A copy of ``model`` with static input shapes, folded shape arithmetic and no ConstantOfShape of constants."""
+# The preparation, as registered passes: shapes pinned, then folding until nothing more folds (a
+# materialized constant lets folding go further, and the other way round), then TVM's import forms.
+FOLDING = (f"cleanup(fold_limit={PREPARE_FOLD_LIMIT}),fold-static-values,materialize-constant-of-shape,"
+           "resolve-expand-keep-dims")
+FOLDING_ROUNDS = 3
+
+
+def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[ir.Model, list]:
+    """A copy of ``model`` ready for TVM's frontend, and the records of the passes that made it.
+
+    Every step is a registered pass (``graphopt passes``, category "backend") run by the pipeline,
+    so each node it makes carries its provenance and the report lists what each did.
+    """
+    from graphopt.passes.static_shapes import format_shapes  # noqa: PLC0415
     from graphopt.pipeline import run_pipeline  # noqa: PLC0415
 
     work = model.clone()
-    for value in work.graph.inputs:
-        value.shape = ir.Shape(list(shapes[value.name]))
-    for node in work.graph:  # exporters' symbolic dims would shadow what the static inputs imply
-        for value in node.outputs:
-            if not value.is_graph_output():
-                value.shape = None
-    for _ in range(3):  # materializing a constant lets folding go further, and the other way round
-        with _quiet("onnxscript.optimizer._constant_folding"):  # its per-node evaluation warnings are not ours to show
-            run_pipeline(work, f"cleanup(fold_limit={PREPARE_FOLD_LIMIT})")
-        for value in work.graph.initializers.values():  # folded constants keep their exported symbolic shape
-            if value.const_value is not None:
-                value.shape = ir.Shape(list(value.const_value.shape))
-        infer_shapes(work)
-        if not (fold_static_values(work) | _materialize_constant_of_shape(work) | _resolve_expand_keep_dims(work)):
-            break
-    _drop_empty_resize_inputs(work)
-    _constant_values_as_tensors(work)
-    _widen_half_precision_contractions(work)
-    return work
-
-
-HALF_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
-CONTRACTIONS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
-def _widen_half_precision_contractions(model: ir.Model) -> bool:
-    """float16 Conv/MatMul/Gemm -> Cast to float32, the op, Cast back: TVM's converters accumulate
-    in float16 (measured: K=512 dot products 7 ulp off, ~0.01 absolute, where ONNX Runtime rounds
-    once: 0.5 ulp), which put the fp16 causal-conv + SiLU case past its rtol."""
-    changed = False
-    for node in list(model.graph):
-        if node.op_type not in CONTRACTIONS or node.domain not in ("", "ai.onnx") or node.inputs[0].dtype not in HALF_PRECISION:
-            continue
-        half = node.inputs[0].dtype
-        widened = [ir.node("Cast", [v], {"to": ir.DataType.FLOAT}) if v is not None else None for v in node.inputs]
-        wide = ir.node(node.op_type, [w.outputs[0] if w is not None else None for w in widened], dict(node.attributes), num_outputs=1)
-        narrow = ir.node("Cast", [wide.outputs[0]], {"to": half})
-        new_nodes = [w for w in widened if w is not None] + [wide, narrow]
-        narrow.outputs[0].dtype, narrow.outputs[0].shape = half, node.outputs[0].shape
-        ir.convenience.replace_nodes_and_values(model.graph, node, [node], new_nodes, [node.outputs[0]], [narrow.outputs[0]])
-        changed = True
-    return changed
-
-
-CONSTANT_LIST_ATTRIBUTES = {"value_int": np.int64, "value_ints": np.int64, "value_float": np.float32, "value_floats": np.float32}
-
-
-def _constant_values_as_tensors(model: ir.Model) -> bool:
-    """Constant(value_ints=[2, 3]) -> Constant(value=tensor): TVM's converter reads only ``value``
-    ("no value in Constant"); folding writes a graph output's Shape/Size as such a Constant."""
-    changed = False
-    for node in model.graph:
-        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or "value" in node.attributes:
-            continue
-        for name, dtype in CONSTANT_LIST_ATTRIBUTES.items():
-            if name in node.attributes:
-                array = np.asarray(node.attributes[name].value, dtype=dtype)
-                node.attributes.pop(name)
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(array, name=node.outputs[0].name))
-                changed = True
+    with _quiet("onnxscript.optimizer._constant_folding"):  # its per-node evaluation warnings are not ours to show
+        records = run_pipeline(work, f'static-shapes(shapes="{format_shapes(shapes)}")')
+        for _ in range(FOLDING_ROUNDS):
+            folding = run_pipeline(work, FOLDING)
+            records += folding
+            if not any(record.modified for record in folding[1:]):  # only cleanup changed: nothing new to fold
                 break
-    return changed
+        records += run_pipeline(work, "tvm-import-forms")
+    return work, records
 
 
 @contextlib.contextmanager
@@ -458,65 +414,6 @@ def _quiet(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _materialize_constant_of_shape(model: ir.Model) -> bool:
-    changed = False
-    for node in list(model.graph):
-        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
-            continue
-        shape = node.inputs[0].const_value if node.inputs[0] is not None else None
-        if shape is None or node.outputs[0].is_graph_output():  # TVM converts a graph output's ConstantOfShape itself
-            continue
-        dims = [int(d) for d in shape.numpy().reshape(-1)]
-        if int(np.prod(dims)) > MATERIALIZE_LIMIT:
-            continue
-        fill = node.attributes.get("value")
-        scalar = fill.as_tensor().numpy().reshape(-1)[0] if fill is not None else np.float32(0)
-        output = node.outputs[0]
-        constant = ir.Value(name=output.name + "_materialized", shape=ir.Shape(dims), type=ir.TensorType(ir.DataType.from_numpy(scalar.dtype)))
-        constant.const_value = ir.tensor(np.full(dims, scalar, dtype=scalar.dtype), name=constant.name)
-        model.graph.register_initializer(constant)
-        ir.convenience.replace_all_uses_with(output, constant)
-        model.graph.remove(node, safe=True)
-        changed = True
-    return changed
-
-
-def _drop_empty_resize_inputs(model: ir.Model) -> bool:
-    """Resize(x, roi, scales=[], sizes) -> Resize(x, roi, , sizes): opset 11-12 exporters fill the unused
-    ``scales`` with an empty constant; TVM's converter takes an empty ``scales`` for a given one and
-    refuses it next to ``sizes``."""
-    changed = False
-    for node in model.graph:
-        if node.op_type != "Resize" or node.domain not in ("", "ai.onnx"):
-            continue
-        scales = node.inputs[2] if len(node.inputs) > 3 else None  # with sizes given
-        if scales is not None and scales.const_value is not None and scales.const_value.size == 0:
-            node.replace_input_with(2, None)
-            changed = True
-    return changed
-
-
-def _resolve_expand_keep_dims(model: ir.Model) -> bool:
-    """Expand(x, [1, -1, 128, 128]) -> Expand(x, [1, d1, 128, 128]): the legacy exporter writes -1 for
-    "keep this dim" (ONNX Runtime accepts it), TVM's broadcast needs the number."""
-    changed = False
-    for node in model.graph:
-        if node.op_type != "Expand" or node.domain not in ("", "ai.onnx") or node.inputs[1].const_value is None:
-            continue
-        target = node.inputs[1].const_value.numpy().astype(np.int64).reshape(-1)
-        source = node.inputs[0].shape
-        if not (target < 0).any() or source is None or not all(isinstance(d, int) for d in source):
-            continue
-        aligned = [1] * (len(target) - len(source)) + list(source)
-        resolved = np.where(target < 0, np.asarray(aligned, dtype=np.int64), target)
-        value = ir.Value(name=node.inputs[1].name + "_resolved", shape=ir.Shape([len(resolved)]), type=ir.TensorType(ir.DataType.INT64))
-        value.const_value = ir.tensor(resolved, name=value.name)
-        model.graph.register_initializer(value)
-        node.replace_input_with(1, value)
-        changed = True
-    return changed
 
 
 def to_relax(model: ir.Model, shapes: Mapping[str, Sequence[int]], target=None):

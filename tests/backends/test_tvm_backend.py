@@ -91,8 +91,10 @@ def test_dynamic_input_without_shape_is_a_usage_error():
 
 
 def test_prepare_folds_legacy_shape_arithmetic():
-    prepared = importer.prepare(_model(LEGACY_SHAPES), {"x": [2, 3]})
+    prepared, records = importer.prepare(_model(LEGACY_SHAPES), {"x": [2, 3]})
     assert [n.op_type for n in prepared.graph] == ["Add"]  # Shape/ConstantOfShape/Expand all became constants
+    ran = [r.name for r in records]  # registered passes, each with its record
+    assert ran[0] == "static-shapes" and ran[-1] == "tvm-import-forms" and "fold-static-values" in ran
     feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
     artifact = tvm_backend.compile(_model(LEGACY_SHAPES), target="tvm-llvm", example_inputs=feeds)
     np.testing.assert_array_equal(artifact.run(feeds)["y"], feeds["x"] + np.array([1, 2, 3], np.float32))

@@ -457,7 +457,7 @@ def test_ivit_minilm_is_bit_exact_with_onnx_runtime():
     model = graphopt.compile(minilm.build(), "ivit", calib=samples[:2], validate=False, bench_runs=0).model
     held_out = samples[2]
     shapes = {k: list(v.shape) for k, v in held_out.items()}
-    prepared = importer.prepare(model, shapes)
+    prepared, _ = importer.prepare(model, shapes)
     vm = relax.VirtualMachine(tvm.compile(importer.to_relax(prepared, shapes), target=tvm.target.Target(LLVM)), tvm.cpu())
     got = vm["main"](*[tvm.runtime.tensor(held_out[v.name]) for v in prepared.graph.inputs])
     got = (got if hasattr(got, "numpy") else got[0]).numpy()
