@@ -65,7 +65,7 @@ def _compile_seconds(model: ir.Model, target: str, feeds) -> float:
 
 
 def _host_has_vnni() -> bool:
-    from graphopt.backends.tvm.int8 import vnni_isa  # noqa: PLC0415
+    from graphopt.backends.tvm.convert import vnni_isa  # noqa: PLC0415
 
     return vnni_isa(tvm_targets.resolve("tvm-llvm").tvm_target()) is not None
 

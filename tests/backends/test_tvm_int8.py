@@ -1,4 +1,4 @@
-"""graphopt's TVM int8 kernels (backends/tvm/int8): bit-exact MatMulInteger / ConvInteger on every path.
+"""graphopt's TVM int8 kernels (backends/tvm/convert, cpu/x86): bit-exact MatMulInteger / ConvInteger on every path.
 
 Each case builds a one-op Relax function through the converter (inside ``with target:``, as the
 importer does), compiles it and compares with numpy's int32 matmul (ConvInteger: with ONNX
@@ -19,7 +19,9 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from graphopt.backends.tvm.int8 import CONVERTERS, has_avx2, matmul_func, prepack
+from graphopt.backends.tvm.convert import CONVERTERS, has_avx2
+from graphopt.backends.tvm.cpu.x86 import avx2_weight_layout as prepack
+from graphopt.backends.tvm.cpu.x86.avx2_matmul import matmul_func
 
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 PLAIN = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: the generic kernels

@@ -1,4 +1,4 @@
-"""graphopt's aarch64 sdot int8 kernels (backends/tvm/int8/neon_*): cross-compiled, run under qemu, bit-exact.
+"""graphopt's aarch64 sdot int8 kernels (backends/tvm/cpu/arm/sdot_*): cross-compiled, run under qemu, bit-exact.
 
 Every MatMulInteger / ConvInteger case goes through the converter inside ``with target:`` (as the
 importer does) into one Relax function with one output per case, so a single cross-compile and a
@@ -23,7 +23,8 @@ from graphopt.backends import tvm as tvm_backend
 from graphopt.backends.tvm import edge, targets
 from graphopt.backends.tvm.artifact import TensorInfo, TvmArtifact
 from graphopt.backends.tvm.build import build
-from graphopt.backends.tvm.int8 import CONVERTERS, activation_matmul_func, has_dotprod, pack_weights, weight_matmul_func
+from graphopt.backends.tvm.convert import CONVERTERS, has_dotprod
+from graphopt.backends.tvm.cpu.arm.sdot_matmul import activation_matmul_func, pack_weights, weight_matmul_func
 
 DOTPROD = targets.resolve("tvm-aarch64")
 NEON_ONLY = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})

@@ -17,7 +17,8 @@ import pytest
 import tvm
 
 from graphopt.backends.tvm import targets
-from graphopt.backends.tvm.int8 import vnni_isa, vnni_matmul
+from graphopt.backends.tvm.convert import vnni_isa
+from graphopt.backends.tvm.cpu.x86 import vnni_matmul
 
 from test_tvm_int8 import _kernel_names, _module, _ort_conv_integer, _reference, _run
 

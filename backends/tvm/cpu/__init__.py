@@ -15,7 +15,7 @@ matching loop-nest structure rather than names) give fast code without a tuning 
 from .elementwise import Elementwise, Fallback
 from .matmul import Matmul
 from .pipeline import ApplyCpuSchedules, cpu_pipeline, default_rules, legalize_passes, lower_passes, schedule_passes
-from .prepack import PrepackMatmulWeights
+from .prepack_matmul_weights import PrepackMatmulWeights
 from .reduction import RowReduction
 from .window import WindowReduction
 

@@ -21,6 +21,11 @@ TASKS_PER_CORE = 4
 MIN_PARALLEL_ELEMENTS = 4096
 
 
+def pad_to(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (the padded extent of a tiled axis)."""
+    return -(-value // multiple) * multiple
+
+
 def is_scheduled(func: tirx.PrimFunc) -> bool:
     """True when the PrimFunc carries a truthy ``tirx.is_scheduled`` / ``tir.is_scheduled`` attribute."""
     attrs = func.attrs

@@ -5,7 +5,7 @@ Matches by structure, not by name: one reduction block whose body is ``C[...] +=
 operands. Spatial axes are sorted into batch (read by A and B), M (read by A only) and N (read by B
 only); the output's innermost axis must be an N axis so results are stored as whole vectors. That
 covers the ONNX importer's 2-D and 3-D dense forms ``[1,128,384] x [384,1536]``, batched
-``[1,12,128,32] x [1,12,32,128]``, B stored transposed, and B pre-packed by ``prepack.py`` as
+``[1,12,128,32] x [1,12,32,128]``, B stored transposed, and B pre-packed by ``prepack_matmul_weights.py`` as
 ``[N/nr, K, nr]``. Injective blocks around the matmul (bias, GELU, residual add, scale + mask) are
 inlined into one epilogue that runs on each register tile while it is still hot.
 
@@ -296,7 +296,7 @@ def _buffer_bytes(buffer: tirx.Buffer) -> int | None:
 
 
 def _is_prepacked(mm: MatmulBlock, nr: int) -> bool:
-    """B laid out ``[..., N/nr, K, nr]`` (see prepack.py): panels are already contiguous."""
+    """B laid out ``[..., N/nr, K, nr]`` (see prepack_matmul_weights.py): panels are already contiguous."""
     shape = [int(d) if isinstance(d, tirx.IntImm) else None for d in mm.b_buffer.shape]
     return len(shape) >= 3 and shape[-1] == nr and isinstance(mm.b_indices[-1], tirx.FloorMod)
 

@@ -27,7 +27,7 @@ from .common import is_scheduled
 from .elementwise import Elementwise, Fallback
 from .matmul import Matmul
 from .pad_weights import PadRaggedWeights
-from .prepack import PrepackMatmulWeights
+from .prepack_matmul_weights import PrepackMatmulWeights
 from .reduction import RowReduction
 from .window import WindowReduction
 

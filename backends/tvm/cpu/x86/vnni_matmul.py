@@ -1,6 +1,6 @@
 """Pre-scheduled int8 matmul kernels for x86 with VNNI (``vpdpbusd``), exact.
 
-The loop nest, packing and schedule are those of ``neon_matmul`` (``acc = A' · B'`` over an
+The loop nest, packing and schedule are those of ``arm/sdot_matmul`` (``acc = A' · B'`` over an
 ``mr × nv·L`` register tile, packed B panels, ``a_pack``/``b_pack``/``rowsum``/``colsum``/``out``
 stages); only the operand types and the instruction differ. ``vpdpbusd`` multiplies *unsigned* A
 by *signed* B, so A is made uint8 and B int8, exactly:
@@ -33,8 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 from tvm import te, tirx
 
-from . import vnni_intrin
-from .neon_matmul import (
+from graphopt.backends.tvm.cpu.arm.sdot_matmul import (
     PackedWeights,
     _accumulate,
     _batched,
@@ -45,7 +44,9 @@ from .neon_matmul import (
     conv_output_shape,
     schedule_dot_matmul,
 )
-from .prepack import pad_to
+from graphopt.backends.tvm.cpu.common import pad_to
+
+from . import vnni_intrin
 
 __all__ = ["ISAS", "MAX_K", "VnniIsa", "activation_matmul_func", "conv_func", "pack_weights", "weight_matmul_func"]
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fits_sign_trick", "pack_int8", "pack_int16", "pad_to", "packed_shape"]
+from graphopt.backends.tvm.cpu.common import pad_to
 
-
-def pad_to(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
+__all__ = ["fits_sign_trick", "pack_int8", "pack_int16", "packed_shape"]
 
 
 def packed_shape(k: int, n: int, kw: int) -> tuple[int, int, int, int]:

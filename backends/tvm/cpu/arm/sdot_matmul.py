@@ -1,7 +1,7 @@
 """Pre-scheduled int8 matmul kernels for aarch64 with the dot-product extension (``sdot``), exact.
 
 One loop nest serves every product: ``acc[b, i, j] = sum_k A'[b?, i, k] · Bp[b?, j/4, k/4, j%4, k%4]``
-(int32), tensorized with ``neon_intrin.DOT_4x4_S8``. ``sdot`` is signed × signed, so both operands
+(int32), tensorized with ``sdot_intrin.DOT_4x4_S8``. ``sdot`` is signed × signed, so both operands
 are made int8 first, exactly:
 
     X - zx = X' + dx       X' = X - 128 for uint8 (X unchanged for int8), dx = offset - zx
@@ -37,8 +37,9 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
-from .neon_intrin import DOT_4x4_S8, KW, LANES
-from .prepack import pad_to
+from graphopt.backends.tvm.cpu.common import pad_to
+
+from .sdot_intrin import DOT_4x4_S8, KW, LANES
 
 __all__ = [
     "MR",

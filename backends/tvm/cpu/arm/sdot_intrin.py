@@ -9,7 +9,7 @@ fits int16 and each 4-product sum is added in 32 bits, so every int8 value, -128
 
 TVM's own ``arm_cpu.get_dotprod_intrin`` has the same body but a global-scope C, which does not
 match a cache-written accumulator; uint8 operands are made int8 by the kernels
-(``neon_matmul``: value - 128 plus a correction term), so the signed instruction is the only one needed.
+(``sdot_matmul``: value - 128 plus a correction term), so the signed instruction is the only one needed.
 """
 
 from __future__ import annotations

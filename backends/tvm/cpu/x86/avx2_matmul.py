@@ -5,7 +5,7 @@ One loop nest serves every int8 product::
     acc[b, i, j] = sum_k A[b?, i, k] * Bp[b?, j/8, k/kw, j%8, k%kw]          (int32)
 
 ``A`` is read row-wise (kw values broadcast per step), ``Bp`` is B in the packed layout of
-``prepack.py`` — a relax constant (weights, packed in numpy at import) or a ``b_pack`` stage in the
+``avx2_weight_layout.py`` — a relax constant (weights, packed in numpy at import) or a ``b_pack`` stage in the
 same PrimFunc (activations: K of attention, im2col of a convolution). Two kinds:
 
 - ``"s8-sign"``: int8 A, int8 Bp in [-127, 127], kw = 4, intrinsic ``DOT_8x4_S8_SIGN``
@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 import tvm
 from tvm import te, tirx
 
+from graphopt.backends.tvm.cpu.common import pad_to
+
 from . import avx2_intrin
-from .prepack import pad_to
 
 __all__ = ["KINDS", "conv_func", "matmul_func", "schedule_packed_matmul"]
 
@@ -181,7 +182,7 @@ def matmul_func(
 ) -> tirx.PrimFunc:
     """Scheduled ``A[*batch, M, K] · B -> int32[*batch, M, N]``.
 
-    With ``packed_n`` (the true N), B is already in the kernel layout (``prepack.packed_shape``, a
+    With ``packed_n`` (the true N), B is already in the kernel layout (``avx2_weight_layout.packed_shape``, a
     constant whose zero point was applied in numpy). Otherwise B is ``[*batch, K, N]`` or ``[K, N]``,
     packed inside the function (minus ``b_zero``); batch dims of A and B must be equal when both have them.
     """
@@ -214,7 +215,7 @@ def conv_func(
 ) -> tirx.PrimFunc:
     """Scheduled 2-D ConvInteger (group 1) as ``W[M, C·kh·kw] · im2col(x)`` with the "i16" kernel.
 
-    ``weight_shape`` is the int16 ``[M, K2]`` weight minus its zero point (``prepack``-free: A rows
+    ``weight_shape`` is the int16 ``[M, K2]`` weight minus its zero point (not packed: A rows
     are read in place); im2col is packed straight from x (pads read as the zero point, i.e. 0
     after centering, as ONNX Runtime does) and the output is written as ``[N, M, OH, OW]``.
     """

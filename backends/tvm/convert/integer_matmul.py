@@ -1,17 +1,18 @@
 """ONNX ``MatMulInteger`` / ``ConvInteger`` -> Relax, choosing the kernel for the current target.
 
 The importer runs conversion inside ``with target:``. For x86 targets with AVX2 and static shapes
-the converter emits a pre-scheduled ``call_tir`` (``x86_matmul``): constant weights are packed here
-in numpy (int8 for the sign-trick kernel when A is int8 without zero points and the weights avoid
--128 — what ``int8-linear`` produces — else int16 minus the zero point), activation operands are
-packed inside the kernel. Everything else (CUDA, aarch64, other CPUs, dynamic shapes, zero points
-that are not constants) gets the plain int32-accumulating TE kernels of ``generic``, which dlight
-(CUDA) or graphopt's CPU rules schedule. aarch64 targets with the dot-product extension
-(``+dotprod``) get the sdot kernels of ``neon_matmul`` (weights packed here in numpy; the batch
-dims of a linear layer's A folded into M by a free reshape; ConvInteger as im2col rows × weights).
-x86 targets with VNNI (AVX-512 VNNI, or AVX-VNNI without AVX-512) get the ``vpdpbusd`` kernels of
-``vnni_matmul`` first, with the same structure as the sdot ones; what they decline (dynamic shapes,
-zero points that are not constants, K beyond ``vnni_matmul.MAX_K``) falls to the AVX2 kernels.
+the converter emits a pre-scheduled ``call_tir`` (``cpu/x86/avx2_matmul``): constant weights are
+packed here in numpy (int8 for the sign-trick kernel when A is int8 without zero points and the
+weights avoid -128 — what ``int8-linear`` produces — else int16 minus the zero point), activation
+operands are packed inside the kernel. Everything else (CUDA, aarch64, other CPUs, dynamic shapes,
+zero points that are not constants) gets the plain int32-accumulating TE kernels of
+``generic_integer_matmul``, which dlight (CUDA) or graphopt's CPU rules schedule. aarch64 targets
+with the dot-product extension (``+dotprod``) get the sdot kernels of ``cpu/arm/sdot_matmul``
+(weights packed here in numpy; the batch dims of a linear layer's A folded into M by a free
+reshape; ConvInteger as im2col rows × weights). x86 targets with VNNI (AVX-512 VNNI, or AVX-VNNI
+without AVX-512) get the ``vpdpbusd`` kernels of ``cpu/x86/vnni_matmul`` first, with the same
+structure as the sdot ones; what they decline (dynamic shapes, zero points that are not constants,
+K beyond ``vnni_matmul.MAX_K``) falls to the AVX2 kernels.
 The instruction set is read from the *target* (its ``mcpu``/``mattr``, through LLVM), never from the
 machine that compiles, so a cross build for an AVX2-only CPU gets AVX2 kernels on a VNNI host.
 ONNX's ConvInteger has no TVM converter; ours adds it.
@@ -28,7 +29,11 @@ import tvm
 from tvm import relax
 from tvm.target import codegen
 
-from . import generic, neon_matmul, prepack, vnni_matmul, x86_matmul
+from graphopt.backends.tvm.cpu.arm import sdot_matmul
+from graphopt.backends.tvm.cpu.common import pad_to
+from graphopt.backends.tvm.cpu.x86 import avx2_matmul, avx2_weight_layout, vnni_matmul
+
+from . import generic_integer_matmul as generic
 
 __all__ = [
     "CONVERTERS",
@@ -109,7 +114,7 @@ def _input(inputs: list, position: int):
 
 @functools.lru_cache(maxsize=256)
 def _cached_matmul_func(*args, **kwargs):
-    return x86_matmul.matmul_func(*args, **kwargs)
+    return avx2_matmul.matmul_func(*args, **kwargs)
 
 
 def _emit_scheduled(bb: relax.BlockBuilder, func, args: list, out_shape: list[int], name: str) -> relax.Expr:
@@ -133,10 +138,10 @@ def _avx2_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> rela
         if b_zero_value is None or b_zero_value.size not in (1, n):
             return None
         b_zero_vector = b_zero_value.reshape(-1).astype(np.int16)
-        if _dtype(a) == "int8" and a_zero == 0 and not b_zero_vector.any() and prepack.fits_sign_trick(weights):
-            kind, packed = "s8-sign", prepack.pack_int8(weights)
+        if _dtype(a) == "int8" and a_zero == 0 and not b_zero_vector.any() and avx2_weight_layout.fits_sign_trick(weights):
+            kind, packed = "s8-sign", avx2_weight_layout.pack_int8(weights)
         else:
-            kind, packed = "i16", prepack.pack_int16(weights, b_zero_vector)
+            kind, packed = "i16", avx2_weight_layout.pack_int16(weights, b_zero_vector)
         func = _cached_matmul_func(
             tuple(a_shape), _dtype(a), packed.shape, str(packed.dtype), kind=kind, a_zero=a_zero, packed_n=n
         )
@@ -181,8 +186,8 @@ def _cached(func: Callable) -> Callable:
     return functools.lru_cache(maxsize=256)(func)
 
 
-SDOT = _DotKernels("sdot", neon_matmul.pack_weights, _cached(neon_matmul.weight_matmul_func),
-                   _cached(neon_matmul.activation_matmul_func), neon_matmul.conv_func)
+SDOT = _DotKernels("sdot", sdot_matmul.pack_weights, _cached(sdot_matmul.weight_matmul_func),
+                   _cached(sdot_matmul.activation_matmul_func), sdot_matmul.conv_func)
 
 
 def _vnni_kernels(isa: str) -> _DotKernels:
@@ -293,7 +298,7 @@ def _dot_conv(
     func = kernels.conv(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
                         col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None)
     args = [x, relax.const(packed.packed)] + [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
-    out_shape = neon_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
+    out_shape = sdot_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
     return _emit_scheduled(bb, func, args, out_shape, f"graphopt_int8_conv_{kernels.name}")
 
 
@@ -335,10 +340,10 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
     ):
         m = w_shape[0]
         flat = weights.reshape(m, -1).astype(np.int16) - w_zero_value.reshape(-1, 1).astype(np.int16)
-        k2 = prepack.pad_to(flat.shape[1], 2)
+        k2 = pad_to(flat.shape[1], 2)
         a16 = np.zeros((m, k2), np.int16)
         a16[:, : flat.shape[1]] = flat
-        func = x86_matmul.conv_func(x_shape, _dtype(x), x_zero_value, a16.shape, m, kernel, strides, dilations, pads)
+        func = avx2_matmul.conv_func(x_shape, _dtype(x), x_zero_value, a16.shape, m, kernel, strides, dilations, pads)
         n, _, h, width = x_shape
         oh = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
         ow = (width + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
