@@ -1,7 +1,7 @@
 """AVX2 tensor intrinsics for exact int8/int16 matmuls (TVM ships only VNNI and AVX-512 ones).
 
-Both compute ``C[0:8] += A[0:kw] · B[0:8, 0:kw]`` (int32 accumulators, ``C`` in ``local`` scope so
-they match ``cache_write(..., "local")``), with ``A`` broadcast as one 32-bit word to every lane:
+Both compute ``C[0:8] += A[0:kw] · B[0:8, 0:kw]`` (int32 accumulators; the description and the
+buffers come from ``cpu/dot_intrin``), with ``A`` broadcast as one 32-bit word to every lane:
 
 ``DOT_8x4_S8_SIGN`` (kw = 4): int8 A · int8 B with B in [-127, 127]. ``vpmaddubsw`` wants an unsigned
 first operand and sums two products into a *saturating* int16, so it is fed |a| (``vpabsb``;
@@ -18,8 +18,9 @@ activation×activation products (both sides may hold -128), zero points and Conv
 
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+from graphopt.backends.tvm.cpu import dot_intrin
 
 __all__ = ["DOT_8x2_I16", "DOT_8x4_S8_SIGN", "LANES", "register"]
 
@@ -28,82 +29,36 @@ DOT_8x2_I16 = "graphopt_dot_8x2_i16_avx2"
 LANES = 8  # int32 accumulators in one ymm register
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_s8_desc(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+@T.macro
+def _sign_trick(A, B, C):
+    a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32")
+    a_abs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.abs"), a, T.bool(False), dtype="int8x32")
+    b_signed = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b"), B.vload([0, 0], dtype="int8x32"), a, dtype="int8x32"
+    )
+    pairs = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+        T.reinterpret(a_abs, dtype="uint8x32"),
+        b_signed,
+        dtype="int16x16",
+    )
+    C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8"
+    )
 
 
-@T.prim_func(s_tir=True)
-def _dot_8x4_s8_sign_impl(
-    A: T.Buffer((4,), "int8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 8), dtype="int8x32")
-        a_abs = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.abs"), a, T.bool(False), dtype="int8x32")
-        b_signed = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b"), B.vload([0, 0], dtype="int8x32"), a, dtype="int8x32"
-        )
-        pairs = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-            T.reinterpret(a_abs, dtype="uint8x32"),
-            b_signed,
-            dtype="int16x16",
-        )
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.int16x16(1), dtype="int32x8"
-        )
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x2_i16_desc(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-
-@T.prim_func(s_tir=True)
-def _dot_8x2_i16_impl(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
-        C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, B.vload([0, 0], dtype="int16x16"), dtype="int32x8"
-        )
+@T.macro
+def _pmaddwd(A, B, C):
+    a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
+    C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, B.vload([0, 0], dtype="int16x16"), dtype="int32x8"
+    )
 
 
 def register() -> None:
     """Register both intrinsics with TVM (idempotent: importing twice or re-registering is harmless)."""
-    TensorIntrin.register(DOT_8x4_S8_SIGN, _dot_8x4_s8_desc, _dot_8x4_s8_sign_impl, override=True)
-    TensorIntrin.register(DOT_8x2_I16, _dot_8x2_i16_desc, _dot_8x2_i16_impl, override=True)
+    dot_intrin.register(DOT_8x4_S8_SIGN, LANES, 4, "int8", "int8", _sign_trick)
+    dot_intrin.register(DOT_8x2_I16, LANES, 2, "int16", "int16", _pmaddwd)
 
 
 register()

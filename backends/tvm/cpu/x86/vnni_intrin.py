@@ -16,13 +16,16 @@ TVM ships the same 512-bit body (``s_tir/tensor_intrin/x86.py``, ``dot_16x4_vnni
 global-scope C; ours has C in ``local`` scope so it matches ``cache_write(..., "local")`` (the
 accumulators stay in registers), and adds the 256-bit form. LLVM lowers the 256-bit intrinsic to
 the VEX-encoded AVX-VNNI instruction on CPUs that have AVX-VNNI but no AVX-512 (Alder Lake).
+Both widths come from one template, the lane count its parameter: the description and the
+buffers from ``cpu/dot_intrin``, the body from ``_vpdpbusd``.
 """
 
 from __future__ import annotations
 
-from tvm.s_tir import TensorIntrin
-from tvm.target import codegen
 from tvm.script import tirx as T
+from tvm.target import codegen
+
+from graphopt.backends.tvm.cpu import dot_intrin
 
 __all__ = ["DOT_8x4_U8S8", "DOT_16x4_U8S8", "KW", "register"]
 
@@ -30,25 +33,6 @@ DOT_16x4_U8S8 = "graphopt_dot_16x4_u8s8_avx512vnni"
 DOT_8x4_U8S8 = "graphopt_dot_8x4_u8s8_avxvnni"
 KW = 4  # uint8 values of one A row that one vpdpbusd lane sums
 LLVM_INTRINSICS = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
-
-
-def _description(lanes: int):
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
-
-    return desc
 
 
 def _operand_types(lanes: int) -> tuple[str, str]:
@@ -59,33 +43,27 @@ def _operand_types(lanes: int) -> tuple[str, str]:
     return f"int32x{lanes}", f"int32x{lanes}"
 
 
-def _implementation(lanes: int):
+def _vpdpbusd(lanes: int):
+    """The implementation's body for ``lanes`` int32 lanes: one vpdpbusd."""
     intrinsic = LLVM_INTRINSICS[lanes]
     b_load, c_type = f"int8x{4 * lanes}", f"int32x{lanes}"
     a_type, b_type = _operand_types(lanes)
 
-    @T.prim_func(s_tir=True)
-    def impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
-        C: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes), dtype=a_type)
-            b = T.reinterpret(B.vload([0, 0], dtype=b_load), dtype=b_type)
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(intrinsic), C.vload([0], dtype=c_type), a, b, dtype=c_type
-            )
+    @T.macro
+    def body(A, B, C):
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), lanes), dtype=a_type)
+        b = T.reinterpret(B.vload([0, 0], dtype=b_load), dtype=b_type)
+        C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(intrinsic), C.vload([0], dtype=c_type), a, b, dtype=c_type
+        )
 
-    return impl
+    return body
 
 
 def register() -> None:
     """Register both intrinsics with TVM (idempotent)."""
     for name, lanes in ((DOT_16x4_U8S8, 16), (DOT_8x4_U8S8, 8)):
-        TensorIntrin.register(name, _description(lanes), _implementation(lanes), override=True)
+        dot_intrin.register(name, lanes, KW, "uint8", "int8", _vpdpbusd(lanes))
 
 
 register()
