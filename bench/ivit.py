@@ -26,7 +26,7 @@ import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
 import graphopt  # noqa: E402
-from bench._timing import interleaved_medians  # noqa: E402
+from ._timing import interleaved_medians  # noqa: E402
 from graphopt.backends import ort as ort_backend  # noqa: E402
 
 CALIB_SENTENCES = 28

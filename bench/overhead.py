@@ -34,7 +34,7 @@ from pathlib import Path
 TIME_TARGET_S = 20.0
 MEMORY_TARGET_RATIO = 2.5
 _SAMPLE_S = 0.01
-_REPO = Path(__file__).resolve().parent.parent
+_MODULE = __spec__.name  # "bench.overhead" in a checkout, "graphopt.bench.overhead" installed
 
 
 # -- the measured process -------------------------------------------------------------------
@@ -151,7 +151,9 @@ def _child_main(spec: str) -> int:
 
 
 def _builder_digest() -> str:
-    source = (_REPO / "models" / "synthetic_bert.py").read_bytes()
+    from graphopt.models import synthetic_bert  # noqa: PLC0415
+
+    source = Path(synthetic_bert.__file__).read_bytes()
     return hashlib.sha256(source).hexdigest()[:10]
 
 
@@ -201,9 +203,10 @@ def run_child(model: Path, pipeline: str, out_dir: str) -> dict:
     """Measure in a fresh interpreter; return its result dict (raises with its stderr on failure)."""
     spec = json.dumps({"model": str(model), "pipeline": pipeline, "out": out_dir})
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
+    if not _MODULE.startswith("graphopt."):  # a checkout's bench/: its folder must be importable from out_dir
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.overhead", "--child", spec],
+        [sys.executable, "-m", _MODULE, "--child", spec],  # this module, as imported: bench.overhead or graphopt.bench.overhead
         # Not the model's folder: external data must be found wherever the tool runs from.
         cwd=out_dir,
         env=env,

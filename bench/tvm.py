@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
 import graphopt  # noqa: E402
-from bench._timing import interleaved_medians  # noqa: E402
-from bench.ivit import CALIB_SENTENCES, _dynamic_int8  # noqa: E402
+from ._timing import interleaved_medians  # noqa: E402
+from .ivit import CALIB_SENTENCES, _dynamic_int8  # noqa: E402
 from graphopt.backends import ort as ort_backend  # noqa: E402
 from graphopt.backends import tvm as tvm_backend  # noqa: E402
 from graphopt.backends.tvm import targets as tvm_targets  # noqa: E402

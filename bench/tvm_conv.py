@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
-from bench._timing import interleaved_medians  # noqa: E402
-from bench.tvm import THREADS, _ort_runner, _tvm_runner  # noqa: E402
+from ._timing import interleaved_medians  # noqa: E402
+from .tvm import THREADS, _ort_runner, _tvm_runner  # noqa: E402
 from graphopt.backends import tvm as tvm_backend  # noqa: E402
 
 

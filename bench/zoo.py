@@ -159,7 +159,7 @@ def main(argv=None) -> int:
 
 
 def _targets(args) -> int:
-    from bench import zoo_tvm
+    from . import zoo_tvm
 
     if args.targets != "tvm-llvm":
         raise SystemExit(f"--targets {args.targets}: only tvm-llvm is benchmarked on this machine")

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
-from bench._timing import interleaved_medians  # noqa: E402
+from ._timing import interleaved_medians  # noqa: E402
 
 THREADS = 2
 SEQ = 128
@@ -113,7 +113,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fp32_row(model: Model, proto: onnx.ModelProto, feeds: dict, runs: int) -> tuple[dict, dict]:
-    from bench.tvm import _ort_runner, _tvm_runner  # noqa: PLC0415
+    from .tvm import _ort_runner, _tvm_runner  # noqa: PLC0415
     from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
 
     started = time.perf_counter()
@@ -130,8 +130,8 @@ def fp32_row(model: Model, proto: onnx.ModelProto, feeds: dict, runs: int) -> tu
 
 def ivit_row(model: Model, proto: onnx.ModelProto, samples: list[dict], runs: int, ort_fp32) -> dict:
     import graphopt  # noqa: PLC0415
-    from bench.ivit import _dynamic_int8  # noqa: PLC0415
-    from bench.tvm import _ort_runner, _tvm_runner  # noqa: PLC0415
+    from .ivit import _dynamic_int8  # noqa: PLC0415
+    from .tvm import _ort_runner, _tvm_runner  # noqa: PLC0415
     from graphopt.backends import ort as ort_backend  # noqa: PLC0415
 
     feeds = samples[0]

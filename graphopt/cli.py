@@ -236,6 +236,42 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args) -> int:
+    import subprocess  # noqa: PLC0415
+
+    from graphopt import bench  # noqa: PLC0415
+    from graphopt.errors import UnsupportedError  # noqa: PLC0415
+
+    if args.help and not args.names:
+        args.parser.print_help()
+        return EXIT_OK
+    if args.list:
+        for b in bench.BENCHMARKS.values():
+            missing = bench.missing_extras(b)
+            needs = f" [needs {', '.join(b.needs)}{': ' + ', '.join(missing) + ' not installed' if missing else ''}]" if b.needs else ""
+            print(f"{b.name:<18} {b.summary}{needs}")
+        print(f"\ndefault (no NAME): {' '.join(bench.DEFAULT)}; options after the names go to each (graphopt bench NAME --help)")
+        return EXIT_OK
+    names = args.names or list(bench.DEFAULT)
+    unknown = [n for n in names if n not in bench.BENCHMARKS]
+    if unknown:
+        raise UsageError(f"unknown benchmark {', '.join(unknown)} (valid: {', '.join(bench.BENCHMARKS)}; see `graphopt bench --list`)")
+    for name in names:
+        for extra, modules in bench.missing_extras(bench.BENCHMARKS[name]).items():
+            raise UnsupportedError(f"benchmark {name} needs the {extra} extra ({', '.join(modules)} not installed): "
+                                   f"pip install 'graphopt[{extra}]'")
+    options = [*args.options, *(["--help"] if args.help else [])]
+    failed = EXIT_OK
+    for name in names:
+        if not args.quiet:
+            print(f"== graphopt bench {name} {' '.join(options)}".rstrip(), flush=True)
+        code = subprocess.run([sys.executable, *bench.BENCHMARKS[name].argv(), *options], check=False).returncode
+        if code:
+            print(f"graphopt: benchmark {name} exited with {code}", file=sys.stderr)
+            failed = failed or code
+    return failed
+
+
 def _version() -> str:
     from importlib import metadata  # noqa: PLC0415 — the installed version, without importing graphopt's heavy parts
 
@@ -337,6 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration data for the passes that calibrate, as for compile: .npz, .npy, a folder, or name:file.npy "
                         "(repeatable; default: seeded synthetic inputs)")
     e.set_defaults(run=cmd_explain)
+
+    b = sub.add_parser("bench", parents=[common], add_help=False, help="run the benchmarks behind the README's numbers on this host",
+                       usage="graphopt bench [--list] [NAME ...] [BENCHMARK OPTIONS]",
+                       description="Each benchmark runs in a fresh process and prints its ratios against a baseline timed "
+                                   "in the same run. Options after the names go to each named benchmark.",
+                       epilog=EXIT_CODES_HELP + "; otherwise the first failing benchmark's own exit code")
+    b.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: overhead minilm-canonical ivit tvm; see --list)")
+    b.add_argument("--list", action="store_true", help="list the benchmarks, what each measures and the extras it needs")
+    b.add_argument("-h", "--help", action="store_true", help="this help; after a NAME, that benchmark's options")
+    b.set_defaults(run=cmd_bench, options=[], parser=b)
     return parser
 
 
@@ -360,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate)  # unwinds like Ctrl-C: staging folders are removed, nothing half-written stays
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "command", None) == "bench":
+            args.options = extra  # the benchmark's own options, checked by its parser
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not getattr(args, "run", None):
             build_parser().print_help()
             return 2

@@ -1,0 +1,58 @@
+"""The benchmarks behind the README's numbers, installed as ``graphopt.bench``.
+
+    graphopt bench --list                      # names, what each measures, the extras it needs
+    graphopt bench tvm --runs 60 --cross       # one benchmark; options after the names go to each
+    graphopt bench                             # DEFAULT: what `make bench` runs
+
+Each benchmark is a module with a command line of its own, run in a fresh interpreter
+(``python -m graphopt.bench.<module>``, or ``python -m bench.<module>`` in a checkout), and prints
+its ratios against a baseline timed in the same run, on this host. Only the standard library is
+imported here, so ``--list`` answers without torch or TVM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+__all__ = ["BENCHMARKS", "DEFAULT", "EXTRAS", "Benchmark", "missing_extras"]
+
+# pyproject's optional dependencies: extra -> the modules it provides
+EXTRAS = {"torch": ("torch", "transformers"), "tvm": ("tvm",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    name: str
+    module: str  # a module of this package
+    summary: str
+    needs: tuple[str, ...] = ()  # extras (EXTRAS keys)
+    args: tuple[str, ...] = ()  # arguments always given to the module
+
+    def argv(self, package: str = __name__) -> list[str]:
+        return ["-m", f"{package}.{self.module}", *self.args]
+
+
+BENCHMARKS = {b.name: b for b in (
+    Benchmark("overhead", "overhead", "graphopt's own cost: load + canonicalize + save of a BERT-large-sized graph (time, peak RSS)"),
+    Benchmark("minilm-canonical", "minilm_canonical", "all-MiniLM-L6-v2 canonicalized across exporters: fused ops, cosine, max abs",
+              ("torch",)),
+    Benchmark("ivit", "ivit", "integer-only MiniLM and digits ViT: accuracy, ORT latency vs FP32 and quantize_dynamic", ("torch",)),
+    Benchmark("tvm", "tvm", "tvm-llvm vs ONNX Runtime on MiniLM, FP32 and ivit: speed, exactness, compile times (--cross: "
+              "also aarch64, CUDA)", ("torch", "tvm")),
+    Benchmark("tvm-conv", "tvm_conv", "tvm-llvm vs ONNX Runtime FP32 on conv nets (DBNet-like, SVTR-like, ResNet-ish)", ("torch", "tvm")),
+    Benchmark("zoo", "zoo", "26 Hugging Face architectures: canonicalize, ivit integer-only, ORT optimization levels", ("torch",)),
+    Benchmark("zoo-tvm", "zoo", "the zoo at published sizes on tvm-llvm vs ONNX Runtime: parity, speed, compile seconds",
+              ("torch", "tvm"), ("--targets", "tvm-llvm")),
+    Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
+    Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
+    Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),
+)}
+
+DEFAULT = ("overhead", "minilm-canonical", "ivit", "tvm")  # the README's tables
+
+
+def missing_extras(benchmark: Benchmark) -> dict[str, list[str]]:
+    """The extras ``benchmark`` needs whose modules are not installed: extra -> missing modules."""
+    missing = {extra: [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None] for extra in benchmark.needs}
+    return {extra: modules for extra, modules in missing.items() if modules}
