@@ -3,14 +3,16 @@
 Targets: ``onnx`` (ONNX Runtime, always available) and the TVM targets ``tvm-llvm`` (host CPU),
 ``tvm-aarch64`` (cross-compiled edge build), ``tvm-cuda`` and any TVM target written as a JSON dict
 (``{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}``). Each backend module is imported only when
-one of its targets is asked for, and exposes ``compile(model, target=..., ...)`` and
-``preflight(model, target)``.
+one of its targets is asked for, and is a ``protocol.Backend``: ``preflight(model, target)``,
+``compile(model, *, target, options)`` with its own ``Options`` dataclass, returning a
+``protocol.Artifact`` (run, time, save).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from graphopt.backends.protocol import Backend
 from graphopt.errors import UsageError
 
 __all__ = ["TARGETS", "get_backend", "split_targets"]
@@ -24,7 +26,7 @@ TARGETS = {
 }
 
 
-def get_backend(target: str):
+def get_backend(target: str) -> Backend:
     if target.lstrip().startswith("{"):  # a TVM target as a JSON dict
         return importlib.import_module("graphopt.backends.tvm")
     if target not in TARGETS:

@@ -21,9 +21,10 @@ import onnxruntime as ort
 
 from graphopt import ops, storage
 from graphopt.backends import ort_kernels
+from graphopt.backends.protocol import BuildOptions, Timing
 from graphopt.errors import ModelError, UsageError
 
-__all__ = ["OPTIMIZATION_LEVELS", "OnnxArtifact", "Timing", "compile", "make_session", "run", "time_session"]
+__all__ = ["OPTIMIZATION_LEVELS", "OnnxArtifact", "Options", "Timing", "compile", "make_session", "preflight", "run", "time_session"]
 
 TARGET = "onnx"
 OPTIMIZATION_LEVELS = {
@@ -35,18 +36,6 @@ OPTIMIZATION_LEVELS = {
 _STATE = ort.capi.onnxruntime_pybind11_state
 RUN_ERRORS = (_STATE.Fail, _STATE.InvalidArgument, _STATE.RuntimeException, _STATE.NotImplemented, _STATE.InvalidGraph)
 _INLINE_LIMIT = 1 << 30  # bytes of weights above which the session is built from a file
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-    threads: int
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def make_session(model: ir.Model, *, optimization: str = "disable", threads: int = 2) -> ort.InferenceSession:
@@ -97,7 +86,12 @@ class OnnxArtifact:
     threads: int = 2
     optimization: str = "all"
     target: str = TARGET
+    details: dict = dataclasses.field(default_factory=dict)
     _session: ort.InferenceSession | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def can_time(self) -> bool:
+        return True
 
     @property
     def session(self) -> ort.InferenceSession:
@@ -121,10 +115,24 @@ class OnnxArtifact:
         return cls(load_path(os.path.join(folder, "model.onnx")), **kwargs)
 
 
-def compile(model: ir.Model, *, threads: int = 2, optimization: str = "all", **_: object) -> OnnxArtifact:
-    """Nothing to compile for ORT: attach graphopt function bodies and wrap the model."""
+@dataclasses.dataclass(frozen=True)
+class Options(BuildOptions):
+    optimization: str = "all"  # ORT graph optimization level of the session (OPTIMIZATION_LEVELS)
+
+    @classmethod
+    def from_settings(cls, settings, example_inputs=None) -> Options:
+        return cls(threads=settings.threads, example_inputs=example_inputs, progress=settings.progress is not None,
+                   optimization=settings.ort_optimization)
+
+
+def compile(model: ir.Model, *, target: str = TARGET, options: Options | None = None, **values) -> OnnxArtifact:  # noqa: A001
+    """Nothing to compile for ORT: attach graphopt function bodies and wrap the model.
+
+    ``options`` or its fields as keywords (``threads=1``); a name ``Options`` lacks is a TypeError.
+    """
+    options = options or Options(**values)
     ops.attach_functions(model)
-    return OnnxArtifact(model, threads=threads, optimization=optimization)
+    return OnnxArtifact(model, threads=options.threads, optimization=options.optimization, target=target)
 
 
 def preflight(model: ir.Model, target: str = TARGET) -> list[str]:

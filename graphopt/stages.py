@@ -147,7 +147,7 @@ def measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, 
     runners = {"original": lambda: ort.time_session(ort.make_session(original, optimization=optimization, threads=threads), feeds,
                                                     runs=runs, threads=threads)}
     for target, artifact in artifacts.items():
-        if not getattr(artifact, "can_time", True):  # cross builds (qemu) and GPU code without a GPU
+        if not artifact.can_time:  # cross builds (qemu) and GPU code without a GPU
             report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
             continue
         runners[target] = lambda artifact=artifact: artifact.time(feeds, runs=runs)
@@ -281,7 +281,7 @@ def _fastest_exact_runner(ctx: Context) -> tuple[Callable[[list], list], str]:
         return (lambda rest: run_rewritten(ctx.work, rest, ctx.settings.threads)), "onnx (samples of several shapes)"
     for target, parity in ctx.report.parity.items():
         artifact = ctx.artifacts[target]
-        if parity.get("ran") and parity.get("bit_exact_vs_onnx") and getattr(artifact, "can_time", True):
+        if parity.get("ran") and parity.get("bit_exact_vs_onnx") and artifact.can_time:
             return (lambda rest: [artifact.run(sample) for sample in rest]), f"{target} (bit-exact with onnx on {parity['samples']} samples)"
     return (lambda rest: run_rewritten(ctx.work, rest, ctx.settings.threads)), "onnx"
 
@@ -316,12 +316,9 @@ def _build(ctx: Context) -> None:
     s = ctx.settings
     for target, backend in ctx.backends.items():
         began = time.perf_counter()
-        ctx.artifacts[target] = artifact = backend.compile(
-            ctx.work, target=target, threads=s.threads, optimization=s.ort_optimization,
-            example_inputs=ctx.eval_samples[0] if ctx.eval_samples else None,
-            tune_budget=s.tune_budget, tune_database=s.tune_database, progress=s.progress is not None,
-        )
-        ctx.report.targets[target] = {"compile_seconds": time.perf_counter() - began, **getattr(artifact, "details", {})}
+        options = backend.Options.from_settings(s, example_inputs=ctx.eval_samples[0] if ctx.eval_samples else None)
+        ctx.artifacts[target] = artifact = backend.compile(ctx.work, target=target, options=options)
+        ctx.report.targets[target] = {"compile_seconds": time.perf_counter() - began, **artifact.details}
         if target != "onnx":  # the onnx target's files are model.onnx itself, not a folder
             ctx.report.targets[target]["folder"] = artifact.target
 
@@ -350,8 +347,10 @@ def _profile(ctx: Context) -> None:
     from graphopt.backends.tvm.profile import kernel_profile  # noqa: PLC0415
 
     profiles = ctx.report.data.setdefault("profile", {})
+    from graphopt.backends.tvm import TvmArtifact  # noqa: PLC0415
+
     for target, artifact in ctx.artifacts.items():
-        if not hasattr(artifact, "kernel_rules"):
+        if not isinstance(artifact, TvmArtifact):
             continue  # the onnx target: ONNX Runtime has its own profiler
         if not artifact.can_time:
             ctx.report.warnings.append(f"no profile for {target}: its code does not run natively on this machine")

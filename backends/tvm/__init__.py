@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -25,11 +26,12 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.backends.protocol import BuildOptions
 from graphopt.backends.tvm import importer, targets
 from graphopt.backends.tvm.artifact import TensorInfo, TvmArtifact
 from graphopt.errors import UnsupportedError
 
-__all__ = ["TvmArtifact", "compile", "load", "preflight"]
+__all__ = ["Options", "TvmArtifact", "compile", "load", "preflight"]
 
 
 def preflight(model: ir.Model, target: str = "tvm-llvm") -> list[str]:
@@ -41,39 +43,42 @@ def preflight(model: ir.Model, target: str = "tvm-llvm") -> list[str]:
     return [f"{target}: {p}" for p in importer.preflight(model)]
 
 
-def compile(  # noqa: A001 — the backend interface every backend module shares
-    model: ir.Model,
-    *,
-    target: str = "tvm-llvm",
-    threads: int = 2,
-    example_inputs: Mapping[str, np.ndarray] | None = None,
-    tune_budget: int = 0,
-    tune_database: str | None = None,
-    progress: bool = False,
-    **_: object,
-) -> TvmArtifact:
+@dataclasses.dataclass(frozen=True)
+class Options(BuildOptions):
+    tune_budget: int = 0  # MetaSchedule trials before the build (host targets only, minutes)
+    tune_database: str | None = None  # a folder of tuning records (an earlier run's tuning/) to apply and extend
+
+    @classmethod
+    def from_settings(cls, settings, example_inputs=None) -> Options:
+        return cls(threads=settings.threads, example_inputs=example_inputs, progress=settings.progress is not None,
+                   tune_budget=settings.tune_budget, tune_database=settings.tune_database)
+
+
+def compile(model: ir.Model, *, target: str = "tvm-llvm", options: Options | None = None, **values) -> TvmArtifact:  # noqa: A001
     """Import, schedule and compile ``model`` for ``target``; shapes come from ``example_inputs``
     (or the model's static input shapes).
 
-    ``tune_budget`` > 0 runs that many MetaSchedule trials first (host targets only, minutes);
-    ``tune_database`` is a folder of tuning records (from an earlier run's ``tuning/``) to apply and
-    extend. Without either, graphopt's schedule rules alone schedule every kernel.
+    ``options`` or its fields as keywords (``threads=1, example_inputs=feeds``); a name ``Options``
+    lacks is a TypeError. ``tune_budget`` > 0 runs that many MetaSchedule trials first;
+    ``tune_database`` applies (and extends) earlier records. Without either, graphopt's schedule
+    rules alone schedule every kernel.
     """
+    options = options or Options(**values)
     spec = targets.resolve(target)
     start = time.perf_counter()
-    shapes = importer.static_shapes(model, example_inputs)
+    shapes = importer.static_shapes(model, options.example_inputs)
     prepared, preparation = importer.prepare(model, shapes)
     mod = importer.to_relax(prepared, shapes, spec.tvm_target())
     imported = time.perf_counter()
     from graphopt.backends.tvm.build import build  # noqa: PLC0415
 
     database = None
-    if tune_budget > 0 or tune_database:
+    if options.tune_budget > 0 or options.tune_database:
         from graphopt.backends.tvm import tune  # noqa: PLC0415
 
-        database = tune_database or tempfile.mkdtemp(prefix="graphopt-tuning-")
-        if tune_budget > 0:
-            tune.tune(tune.fused_module(mod, spec), spec, database, tune_budget, progress=progress)
+        database = options.tune_database or tempfile.mkdtemp(prefix="graphopt-tuning-")
+        if options.tune_budget > 0:
+            tune.tune(tune.fused_module(mod, spec), spec, database, options.tune_budget, progress=options.progress)
     tuned = time.perf_counter()
     kernel_rules: dict[str, str] = {}
     executable = build(mod, spec, database=database, record=kernel_rules)
@@ -86,8 +91,8 @@ def compile(  # noqa: A001 — the backend interface every backend module shares
     details = {"import_seconds": round(imported - start, 3), "build_seconds": round(done - tuned, 3),
                "prepare": [{"pass": r.name, "rewrites": r.rewrites, "notes": r.notes} for r in preparation if r.modified]}
     if database is not None:
-        details.update(tune_seconds=round(tuned - imported, 3), tune_trials=tune_budget)
-    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=threads, details=details, tuning_dir=database,
+        details.update(tune_seconds=round(tuned - imported, 3), tune_trials=options.tune_budget)
+    return TvmArtifact(spec, inputs, outputs, executable=executable, threads=options.threads, details=details, tuning_dir=database,
                        kernel_rules=kernel_rules)
 
 
