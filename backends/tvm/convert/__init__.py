@@ -15,13 +15,6 @@ for bit.
 
 from __future__ import annotations
 
-from .integer_matmul import CONVERTERS, convert_conv_integer, convert_matmul_integer, has_avx2, has_dotprod, vnni_isa
+from .integer_matmul import CONVERTERS, has_avx2, has_dotprod, vnni_isa
 
-__all__ = [
-    "CONVERTERS",
-    "convert_conv_integer",
-    "convert_matmul_integer",
-    "has_avx2",
-    "has_dotprod",
-    "vnni_isa",
-]
+__all__ = ["CONVERTERS", "has_avx2", "has_dotprod", "vnni_isa"]

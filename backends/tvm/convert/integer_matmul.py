@@ -20,18 +20,18 @@ ONNX's ConvInteger has no TVM converter; ours adds it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.target import codegen
 
-from graphopt.backends.tvm.cpu.arm import sdot_matmul
+from graphopt.backends.tvm.cpu import dot_matmul
+from graphopt.backends.tvm.cpu.arm.sdot_matmul import SDOT
 from graphopt.backends.tvm.cpu.common import pad_to
-from graphopt.backends.tvm.cpu.x86 import avx2_matmul, avx2_weight_layout, vnni_matmul
+from graphopt.backends.tvm.cpu.x86 import avx2_matmul, avx2_weight_layout
+from graphopt.backends.tvm.cpu.x86.vnni_matmul import ISAS as VNNI
 
 from . import generic_integer_matmul as generic
 
@@ -122,14 +122,24 @@ def _emit_scheduled(bb: relax.BlockBuilder, func, args: list, out_shape: list[in
     return bb.emit(relax.call_tir(gvar, args, relax.TensorType(out_shape, "int32")))
 
 
-def _avx2_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> relax.Expr | None:
-    """The packed AVX2 kernel for this MatMulInteger, or None when its shapes/zero points are not covered."""
+def _static_int8_operands(a, b, a_zero_expr) -> tuple[list[int], list[int], int] | None:
+    """A's and B's static shapes and A's zero point as an int, when the pre-scheduled kernels can take
+    them (int8/uint8 operands of rank 2 or more, a scalar constant zero point); else None."""
     a_shape, b_shape = _static_shape(a), _static_shape(b)
     a_zero = _scalar_zero(a_zero_expr)
     if a_shape is None or b_shape is None or a_zero is None or len(a_shape) < 2 or len(b_shape) < 2:
         return None
     if _dtype(a) not in INT8_TYPES or _dtype(b) not in INT8_TYPES:
         return None
+    return a_shape, b_shape, a_zero
+
+
+def _avx2_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> relax.Expr | None:
+    """The packed AVX2 kernel for this MatMulInteger, or None when its shapes/zero points are not covered."""
+    operands = _static_int8_operands(a, b, a_zero_expr)
+    if operands is None:
+        return None
+    a_shape, b_shape, a_zero = operands
     *a_batch, m, _ = a_shape
     *b_batch, _, n = b_shape
     weights = _constant(b)
@@ -153,83 +163,41 @@ def _avx2_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr) -> rela
     return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], "graphopt_int8_batch_matmul_i16_avx2")
 
 
-@dataclasses.dataclass(frozen=True)
-class _DotKernels:
-    """One family of dot-product kernels (sdot or vpdpbusd): same packing scheme, same parameters.
-
-    ``options`` go to every function of the family (the VNNI width); ``max_k`` is the longest
-    reduction it keeps exact; ``name`` ends the kernel names ("sdot", "vnni").
-    """
-
-    name: str
-    pack_weights: Callable
-    weight_func: Callable
-    activation_func: Callable
-    conv_func: Callable
-    options: tuple = ()
-    max_k: int | None = None
-
-    def pack(self, weights: np.ndarray, b_zero, a_dtype: str, a_zero: int):
-        return self.pack_weights(weights, b_zero, a_dtype, a_zero, **dict(self.options))
-
-    def weight(self, *args, **kwargs):
-        return self.weight_func(*args, **kwargs, **dict(self.options))
-
-    def activation(self, *args, **kwargs):
-        return self.activation_func(*args, **kwargs, **dict(self.options))
-
-    def conv(self, *args, **kwargs):
-        return self.conv_func(*args, **kwargs, **dict(self.options))
+# The dot-product kernels depend only on their (hashable) arguments, and a model repeats its shapes.
+_weight_matmul_func = functools.lru_cache(maxsize=256)(dot_matmul.weight_matmul_func)
+_activation_matmul_func = functools.lru_cache(maxsize=256)(dot_matmul.activation_matmul_func)
 
 
-def _cached(func: Callable) -> Callable:
-    return functools.lru_cache(maxsize=256)(func)
-
-
-SDOT = _DotKernels("sdot", sdot_matmul.pack_weights, _cached(sdot_matmul.weight_matmul_func),
-                   _cached(sdot_matmul.activation_matmul_func), sdot_matmul.conv_func)
-
-
-def _vnni_kernels(isa: str) -> _DotKernels:
-    return _DotKernels("vnni", vnni_matmul.pack_weights, _cached(vnni_matmul.weight_matmul_func),
-                       _cached(vnni_matmul.activation_matmul_func), vnni_matmul.conv_func,
-                       options=(("isa", isa),), max_k=vnni_matmul.MAX_K)
-
-
-VNNI = {isa: _vnni_kernels(isa) for isa in vnni_matmul.ISAS}
-
-
-def _dot_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr, kernels: _DotKernels) -> relax.Expr | None:
+def _dot_matmul(bb: relax.BlockBuilder, a, b, a_zero_expr, b_zero_expr, isa: dot_matmul.DotInstruction) -> relax.Expr | None:
     """The sdot / vpdpbusd kernel for this MatMulInteger, or None when its shapes/zero points are not covered."""
-    a_shape, b_shape = _static_shape(a), _static_shape(b)
-    a_zero = _scalar_zero(a_zero_expr)
-    if a_shape is None or b_shape is None or a_zero is None or len(a_shape) < 2 or len(b_shape) < 2:
+    operands = _static_int8_operands(a, b, a_zero_expr)
+    if operands is None:
         return None
-    if _dtype(a) not in INT8_TYPES or _dtype(b) not in INT8_TYPES:
-        return None
+    a_shape, b_shape, a_zero = operands
     *a_batch, m, k = a_shape
     *b_batch, _, n = b_shape
-    if kernels.max_k is not None and k > kernels.max_k:
+    if isa.max_k is not None and k > isa.max_k:
         return None
     weights = _constant(b)
     if weights is not None and not b_batch:
         b_zero = np.zeros((), np.int64) if b_zero_expr is None else _constant(b_zero_expr)
         if b_zero is None or b_zero.size not in (1, n):
             return None
-        packed = kernels.pack(weights, b_zero, _dtype(a), a_zero)
+        packed = dot_matmul.pack_weights(weights, b_zero, _dtype(a), a_zero, isa=isa)
         rows = int(np.prod(a_batch, dtype=np.int64)) * m  # the weights are shared: batch dims are just more rows
-        func = kernels.weight(rows, k, n, _dtype(a), col_bias=packed.col_bias is not None,
-                              row_scale=packed.row_scale is not None)
+        func = _weight_matmul_func(rows, k, n, _dtype(a), col_bias=packed.col_bias is not None,
+                                   row_scale=packed.row_scale is not None, isa=isa)
         flat = bb.normalize(relax.op.reshape(a, [rows, k])) if a_batch else a
         args = [flat, relax.const(packed.packed)]
         args += [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
-        out = _emit_scheduled(bb, func, args, [rows, n], f"graphopt_int8_matmul_{kernels.name}")
+        out = _emit_scheduled(bb, func, args, [rows, n], f"graphopt_int8_matmul_{isa.name}")
         return bb.emit(relax.op.reshape(out, [*a_batch, m, n])) if a_batch else out
     b_zero = _scalar_zero(b_zero_expr)
     if b_zero is None or (a_batch and b_batch and a_batch != b_batch):
         return None
-    func = kernels.activation(tuple(a_shape), _dtype(a), tuple(b_shape), _dtype(b), a_zero=a_zero, b_zero=b_zero)
-    return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], f"graphopt_int8_batch_matmul_{kernels.name}")
+    func = _activation_matmul_func(tuple(a_shape), _dtype(a), tuple(b_shape), _dtype(b), a_zero=a_zero, b_zero=b_zero,
+                                   isa=isa)
+    return _emit_scheduled(bb, func, [a, b], [*(a_batch or b_batch), m, n], f"graphopt_int8_batch_matmul_{isa.name}")
 
 
 def _per_row(bb: relax.BlockBuilder, zero, a) -> relax.Expr | None:
@@ -290,16 +258,16 @@ def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], strides: list
 
 def _dot_conv(
     bb: relax.BlockBuilder, x, weights: np.ndarray, x_zero: int, w_zero: np.ndarray, kernel, strides, dilations, pads,
-    kernels: _DotKernels,
+    isa: dot_matmul.DotInstruction,
 ) -> relax.Expr:
     """ConvInteger with the sdot / vpdpbusd kernel: im2col rows × the weights as [C·kh·kw, M] columns."""
     m = weights.shape[0]
-    packed = kernels.pack(weights.reshape(m, -1).T, w_zero, _dtype(x), x_zero)
-    func = kernels.conv(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
-                        col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None)
+    packed = dot_matmul.pack_weights(weights.reshape(m, -1).T, w_zero, _dtype(x), x_zero, isa=isa)
+    func = dot_matmul.conv_func(_static_shape(x), _dtype(x), x_zero, m, kernel, strides, dilations, pads,
+                                col_bias=packed.col_bias is not None, row_scale=packed.row_scale is not None, isa=isa)
     args = [x, relax.const(packed.packed)] + [relax.const(v) for v in (packed.col_bias, packed.row_scale) if v is not None]
-    out_shape = sdot_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
-    return _emit_scheduled(bb, func, args, out_shape, f"graphopt_int8_conv_{kernels.name}")
+    out_shape = dot_matmul.conv_output_shape(_static_shape(x), m, kernel, strides, dilations, pads)
+    return _emit_scheduled(bb, func, args, out_shape, f"graphopt_int8_conv_{isa.name}")
 
 
 def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
@@ -317,9 +285,9 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
     x_zero_value = _scalar_zero(x_zero)
     w_zero_value = np.zeros(1, np.int16) if w_zero is None else _constant(w_zero)
     target = tvm.target.Target.current(allow_none=True)
-    dot_kernels = VNNI.get(vnni_isa(target)) or (SDOT if has_dotprod(target) else None)
+    dot_isa = VNNI.get(vnni_isa(target)) or (SDOT if has_dotprod(target) else None)
     if (
-        dot_kernels is not None
+        dot_isa is not None
         and group == 1
         and weights is not None
         and x_zero_value is not None
@@ -327,9 +295,9 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
         and w_zero_value.size in (1, w_shape[0])
         and _dtype(x) in INT8_TYPES
         and _dtype(w) in INT8_TYPES
-        and (dot_kernels.max_k is None or int(np.prod(w_shape[1:])) <= dot_kernels.max_k)
+        and (dot_isa.max_k is None or int(np.prod(w_shape[1:])) <= dot_isa.max_k)
     ):
-        return _dot_conv(bb, x, weights, x_zero_value, w_zero_value, kernel, strides, dilations, pads, dot_kernels)
+        return _dot_conv(bb, x, weights, x_zero_value, w_zero_value, kernel, strides, dilations, pads, dot_isa)
     if (
         has_avx2(target)
         and group == 1

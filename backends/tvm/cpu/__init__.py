@@ -9,7 +9,18 @@ matching loop-nest structure rather than names) give fast code without a tuning 
     Elementwise   injective chains, any dtype: inlined, parallel outer, vectorized inner
     Fallback      anything else: parallel leading spatial loops, vectorized where injective
 
-``cpu_pipeline(target)`` is the complete Relax pipeline that uses them.
+``cpu_pipeline(target)`` is the complete Relax pipeline that uses them; ``PrepackMatmulWeights``
+(``prepack_matmul_weights.py``) lays constant matmul weights out in the Matmul rule's panels and
+``PadRaggedWeights`` (``pad_weights.py``) pads ragged ones, once, at compile time.
+
+The int8 kernels that come pre-scheduled (the ONNX converters of ``graphopt.backends.tvm.convert``
+choose them per target) live in one subpackage per instruction set, on shared pieces here:
+
+    x86/            AVX2 (sign trick, vpmaddwd) and VNNI (vpdpbusd) intrinsics and kernels
+    arm/            aarch64 sdot intrinsic and kernels
+    dot_intrin.py   the one template of their tensor intrinsics (description and buffers)
+    dot_matmul.py   the kernels on a dot-product instruction (sdot, vpdpbusd): each target gives
+                    only its ``DotInstruction``
 """
 
 from .elementwise import Elementwise, Fallback

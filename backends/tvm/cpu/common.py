@@ -76,6 +76,15 @@ def num_cores(target: Target) -> int:
     return os.cpu_count() or 1
 
 
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
+    """Whether the schedule has a block named ``name`` (a pre-scheduled kernel's optional stages)."""
+    try:
+        sch.get_sblock(name)
+    except s_tir.ScheduleError:
+        return False
+    return True
+
+
 def static_extent(sch: s_tir.Schedule, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import tvm
 from tvm import te, tirx
 
-from graphopt.backends.tvm.cpu.common import pad_to
+from graphopt.backends.tvm.cpu.common import has_block, pad_to
 
 from . import avx2_intrin
 
@@ -109,14 +109,6 @@ def _tile(extent: int, options: Sequence[int]) -> int:
     return next(t for t in options if extent % t == 0)
 
 
-def _has_block(sch: tvm.s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except tvm.s_tir.ScheduleError:
-        return False
-    return True
-
-
 def _vectorize_inner(sch: tvm.s_tir.Schedule, loop, lanes: int) -> None:
     if int(sch.get(loop).extent) % lanes == 0:
         sch.vectorize(sch.split(loop, [None, lanes])[1])
@@ -144,7 +136,7 @@ def schedule_packed_matmul(func: tirx.PrimFunc, kind: str) -> tirx.PrimFunc:
     intrin, kw, _ = KINDS[kind]
     sch = tvm.s_tir.Schedule(func)
     for stage, scheduler in (("a_pack", _schedule_rows), ("b_pack", _schedule_b_pack), ("out", _schedule_rows)):
-        if _has_block(sch, stage):
+        if has_block(sch, stage):
             scheduler(sch, sch.get_sblock(stage))
 
     acc = sch.get_sblock("acc")
