@@ -190,51 +190,56 @@ def run_pipeline(
     resolved = parse_pipeline(pipeline).expand()
     records: list[PassRecord] = []
     infer_shapes(model)
-    steps = progress(resolved) if progress else resolved
-    for spec, options in steps:
-        before_nodes = _all_nodes(model)
-        for node in before_nodes:  # meta survives node clones, so copied nodes don't count as new
-            node.meta[_SEEN] = True
-        the_pass = spec.cls(options)
-        if getattr(the_pass, "needs_calibration", False):
-            the_pass.samples = samples or _synthetic_samples(model, the_pass)
-        start = time.perf_counter()
-        try:
-            modified = _run_one(the_pass, model, spec.fixed_point)
-        except GraphoptError:
-            raise
-        except Exception as e:
-            ran = [r.name for r in records]
-            raise PassFailedError(
-                f"pass '{spec.name}' failed after {ran}: {type(e).__name__}: {e}"
-            ) from e
-        if modified:
-            infer_shapes(model)  # the next pass's checks read shapes and dtypes
-        seconds = time.perf_counter() - start
-        after_nodes = _all_nodes(model)
-        tag = json.dumps(_options_dict(options), sort_keys=True, default=str)
-        # A node this pass made carries its name, even where the rewriter copied the matched nodes'
-        # metadata onto it; a pass that only rebuilds the existing nodes (opset-upgrade) stamps none.
-        for node in after_nodes if not getattr(the_pass, "rebuilds_nodes", False) else ():
-            if not node.meta.get(_SEEN):
-                node.metadata_props[PROVENANCE_PASS] = spec.name
-                node.metadata_props[PROVENANCE_OPTIONS] = tag
-        record = PassRecord(
-            name=spec.name,
-            options=_options_dict(options),
-            modified=modified,
-            seconds=seconds,
-            rewrites=dict(the_pass.rewrites) if hasattr(the_pass, "rewrites") else {},
-            declines=[str(d) for d in getattr(the_pass, "declines", [])],
-            notes=list(getattr(the_pass, "notes", [])),
-            nodes_before=len(before_nodes),
-            nodes_after=len(after_nodes),
-        )
-        records.append(record)
-        logger.info("%s: modified=%s rewrites=%s (%.2fs)", spec.name, modified, record.rewrites, seconds)
+    for spec, options in progress(resolved) if progress else resolved:
+        records.append(_run_step(model, spec, options, samples, ran=[r.name for r in records]))
         if after_each is not None:
             after_each(spec.name, model)
     return records
+
+
+def _run_step(model: ir.Model, spec: registry.PassSpec, options: object, samples: list[dict] | None, ran: list[str]) -> PassRecord:
+    """Run one pass in place: stamp what it made with its name, and return its record."""
+    before_nodes = _all_nodes(model)
+    for node in before_nodes:  # meta survives node clones, so copied nodes don't count as new
+        node.meta[_SEEN] = True
+    the_pass = spec.cls(options)
+    if getattr(the_pass, "needs_calibration", False):
+        the_pass.samples = samples or _synthetic_samples(model, the_pass)
+    start = time.perf_counter()
+    try:
+        modified = _run_one(the_pass, model, spec.fixed_point)
+    except GraphoptError:
+        raise
+    except Exception as e:
+        raise PassFailedError(f"pass '{spec.name}' failed after {ran}: {type(e).__name__}: {e}") from e
+    if modified:
+        infer_shapes(model)  # the next pass's checks read shapes and dtypes
+    seconds = time.perf_counter() - start
+    after_nodes = _all_nodes(model)
+    if not getattr(the_pass, "rebuilds_nodes", False):  # a pass that only rebuilds the nodes (opset-upgrade) stamps none
+        _stamp_provenance(after_nodes, spec.name, json.dumps(_options_dict(options), sort_keys=True, default=str))
+    record = PassRecord(
+        name=spec.name,
+        options=_options_dict(options),
+        modified=modified,
+        seconds=seconds,
+        rewrites=dict(the_pass.rewrites) if hasattr(the_pass, "rewrites") else {},
+        declines=[str(d) for d in getattr(the_pass, "declines", [])],
+        notes=list(getattr(the_pass, "notes", [])),
+        nodes_before=len(before_nodes),
+        nodes_after=len(after_nodes),
+    )
+    logger.info("%s: modified=%s rewrites=%s (%.2fs)", spec.name, modified, record.rewrites, seconds)
+    return record
+
+
+def _stamp_provenance(nodes: list[ir.Node], pass_name: str, options_tag: str) -> None:
+    """A node this pass made carries its name, even where the rewriter copied the matched nodes'
+    metadata onto it."""
+    for node in nodes:
+        if not node.meta.get(_SEEN):
+            node.metadata_props[PROVENANCE_PASS] = pass_name
+            node.metadata_props[PROVENANCE_OPTIONS] = options_tag
 
 
 def _synthetic_samples(model: ir.Model, the_pass) -> list[dict]:
