@@ -26,7 +26,7 @@ from graphopt.errors import UnsupportedError, UsageError
 __all__ = ["converters", "prepare", "preflight", "to_relax"]
 
 # modules that export CONVERTERS: {op_type: fn(bb, inputs, attrs) -> relax.Expr}; later ones win
-CONVERTER_MODULES = ("graphopt.backends.tvm.kernels", "graphopt.backends.tvm.int8")
+CONVERTER_MODULES = ("graphopt.backends.tvm.kernels", "graphopt.backends.tvm.convert")
 
 
 def converters() -> dict[str, Callable]:
