@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import abc
 import collections
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.rewriter import pattern
 
-from graphopt import registry, rewrite
+from graphopt import calibrate, registry, rewrite
 
 __all__ = ["GraphoptPass", "RulePass"]
 
@@ -25,9 +23,10 @@ __all__ = ["GraphoptPass", "RulePass"]
 class GraphoptPass(ir.passes.InPlacePass):
     """A registered pass: constructed from its options dataclass, records what it did.
 
-    A pass that needs statistics sets ``needs_calibration = True`` and calls ``self.stats(model,
-    value_names)``: the pipeline hands it the run's samples (the user's calibration data, or
-    seeded synthetic inputs with a loud note when there are none).
+    A pass that needs statistics sets ``needs_calibration = True``, inherits its options from
+    ``calibrate.CalibrationOptions`` and calls ``self.calibrate(model, value_names)``: the pipeline
+    hands it the run's samples (the user's calibration data, or seeded synthetic inputs with a loud
+    note when there are none).
     """
 
     pass_name = "unregistered"
@@ -49,33 +48,14 @@ class GraphoptPass(ir.passes.InPlacePass):
         self.rewrites, self.declines, self.notes = collections.Counter(), [], []
         return super().__call__(model)
 
+    def calibrate(self, model: ir.Model, names, **kwargs) -> calibrate.Calibration:
+        """One run of ``model`` (as it is now) over the run's samples, capturing ``names``: ranges,
+        scales, quantiles and histograms are read off the result (``graphopt.calibrate``)."""
+        return calibrate.calibrate(model, self.samples, names, pass_name=self.pass_name, **kwargs)
+
     def stats(self, model: ir.Model, names, **kwargs) -> dict:
-        """Statistics of intermediate values of ``model`` (as it is now) over the run's samples."""
-        from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only for passes that calibrate
-
-        if not self.samples:
-            raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
-        return Calibrator(model, self.samples).stats(list(names), **kwargs)
-
-    def symmetric_scales(self, model: ir.Model, names, calibration: str, percentile: float,
-                         bits: int) -> tuple[dict[str, float], dict[str, str]]:
-        """Per-tensor symmetric scales ``range / (2^(bits-1) - 1)`` of ``names`` (float32-representable),
-        the range from min/max or the ``percentile`` percentiles; and why a name got none."""
-        at = percentile if calibration == "percentile" else None
-        stats = self.stats(model, names, **({"percentiles": (100.0 - percentile, percentile)} if at is not None else {}))
-        qmax = 2 ** (bits - 1) - 1
-        scales, reasons = {}, {}
-        for name in names:
-            st = stats.get(name)
-            if st is None:
-                reasons[name] = f"no calibration statistics for {name}"
-                continue
-            bound = st.symmetric_range(at)
-            if not math.isfinite(bound) or bound <= 0.0:
-                reasons[name] = f"calibrated range of {name} is {bound!r}; cannot pick a scale"
-                continue
-            scales[name] = float(np.float32(bound / qmax))
-        return scales, reasons
+        """Statistics (``TensorStats``) of intermediate values of ``model`` over the run's samples."""
+        return self.calibrate(model, names).stats(**kwargs)
 
     def record(self, outcome: rewrite.RuleOutcome) -> bool:
         self.rewrites.update(outcome.rewrites)

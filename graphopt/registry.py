@@ -25,6 +25,8 @@ __all__ = [
     "NoOptions",
     "PassSpec",
     "Preset",
+    "check_option_range",
+    "check_options",
     "get_pass",
     "list_passes",
     "list_presets",
@@ -174,12 +176,29 @@ def parse_option_value(pass_name: str, key: str, hint: Any, raw: Any) -> Any:
         raise UsageError(f"{where} must be {hint.__name__}, got {raw!r}") from None
 
 
-def check_option_range(pass_name: str, field: dataclasses.Field, value: Any) -> None:
+def check_options(options: Any) -> None:
+    """Check every field of an options dataclass built in Python (not parsed from a pipeline string):
+    ``Literal`` choices, then ``check_option_range``; the message names the options class where a
+    parsed one names the pass. Options dataclasses call it from ``__post_init__``."""
+    cls = type(options)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        hint = hints.get(field.name)
+        if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
+            choices = ", ".join(repr(a) for a in typing.get_args(hint))
+            raise UsageError(f"option '{field.name}' of {cls.__name__} must be one of {choices}, got {value!r}")
+        check_option_range("", field, value, where=f"option '{field.name}' of {cls.__name__}")
+
+
+def check_option_range(pass_name: str, field: dataclasses.Field, value: Any, *, where: str | None = None) -> None:
     """Numbers are finite and non-negative unless the field says otherwise; a field narrows that with
     ``metadata={"range": (lo, hi)}`` (inclusive) or ``metadata={"choices": (...)}``."""
-    where = f"option '{field.name}' of pass '{pass_name}'"
+    where = where or f"option '{field.name}' of pass '{pass_name}'"
     if "choices" in field.metadata and value not in field.metadata["choices"]:
-        raise UsageError(f"{where} must be one of {', '.join(map(str, field.metadata['choices']))}, got {value!r}")
+        choices = field.metadata["choices"]
+        allowed = str(choices[0]) if len(choices) == 1 else f"one of {', '.join(map(str, choices))}"
+        raise UsageError(f"{where} must be {allowed}, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if not math.isfinite(value):

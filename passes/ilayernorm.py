@@ -5,8 +5,7 @@
         -> DequantizeLinear(·, s_out)
 
 ``s_in`` is symmetric per tensor, ``range / (2^(b-1) - 1)``, with ``range`` the calibrated
-max(|min|, |max|) of x (``calibration="minmax"``) or of its ``(100-p, p)`` percentiles
-(``"percentile"``, ``percentile=p``). ``input_bits=16`` by default: I-ViT feeds LayerNorm from the
+max|x| (``calibration="minmax"``) or a percentile of |x| (``CalibrationOptions``). ``input_bits=16`` by default: I-ViT feeds LayerNorm from the
 int16 residual stream, and the op's 10-step Newton square root (I-ViT's, started at 2^16) only
 converges for row sums of squares >= ~2^15. Measured on all-MiniLM-L6-v2 (13 LayerNorms, 32
 calibration sentences, mean-pooled embeddings of 100 other sentences): mean cosine 0.99999 at 16
@@ -41,37 +40,21 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
+from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import check_opset, constant
 from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
 from graphopt.registry import register_pass
 
-__all__ = ["ILayerNorm", "ILayerNormOptions", "INT_LAYER_NORM", "affine_plan", "input_scale"]
+__all__ = ["ILayerNorm", "ILayerNormOptions", "INT_LAYER_NORM", "affine_plan"]
 
-_CALIBRATIONS = ("minmax", "percentile")
 _MAX_MULT_BITS = 15
 _MAX_SHIFT = 46
 
 
 @dataclasses.dataclass(frozen=True)
-class ILayerNormOptions:
-    calibration: str = "minmax"  # "minmax" | "percentile"
-    percentile: float = 99.99  # with calibration="percentile": range = max(|p(100-q)|, |p(q)|)
-    input_bits: int = 16  # 8 or 16: the QuantizeLinear type of the LayerNorm input
-
-    def __post_init__(self) -> None:
-        if self.calibration not in _CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {_CALIBRATIONS}, got {self.calibration!r}")
-        if self.input_bits not in (8, 16):
-            raise ValueError(f"input_bits must be 8 or 16, got {self.input_bits}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
-
-
-def input_scale(stats, options: ILayerNormOptions) -> float:
-    """s_in = range / (2^(bits-1) - 1), symmetric; range from min/max or percentiles."""
-    value_range = stats.symmetric_range(options.percentile if options.calibration == "percentile" else None)
-    return value_range / (2 ** (options.input_bits - 1) - 1)
+class ILayerNormOptions(CalibrationOptions):
+    input_bits: int = bits_option(16, choices=(8, 16))  # the QuantizeLinear type of the LayerNorm input
 
 
 def affine_plan(gamma: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, float]:
@@ -104,10 +87,10 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
     CENTER = 1  # IntLayerNorm subtracts the row mean (0: RMSNorm, see irmsnorm.py)
     OP_NAME, MIN_OPSET = "LayerNormalization", 17  # the float op matched, and the opset that has it
 
-    def __init__(self, name: str, owner: ILayerNorm, with_bias: bool) -> None:
+    def __init__(self, name: str, scales: Scales[float], bits: int, with_bias: bool = False) -> None:
         super().__init__(name)
-        self.owner, self.with_bias = owner, with_bias
-        self._plan: dict | None = None
+        self.scales, self.bits, self.with_bias = scales, bits, with_bias
+        self._plan: dict | None = None  # check() -> rewrite(), as onnxscript's class-based rules do
 
     def pattern(self, op, x, gamma, beta):
         if self.with_bias:
@@ -153,25 +136,21 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
             return False
         if not check_opset(context, result, op_name, min_opset):
             return False
-        return self.owner.options.input_bits != 16 or check_opset(context, result, "int16 QuantizeLinear", 21)
+        return self.bits != 16 or check_opset(context, result, "int16 QuantizeLinear", 21)
 
     def _plan_island(self, result: pattern.MatchResult, node: ir.Node, x: ir.Value, g: np.ndarray,
                      b: np.ndarray) -> pattern.MatchResult:
         """The calibrated input scale and the integer affine for γ, β (or the reason there is none)."""
-        options = self.owner.options
-        stats = self.owner.scales.get(x.name)
-        if stats is None:
-            return result.fail(f"no calibration statistics for {x.name}", x)
-        s_in = input_scale(stats, options)
-        if not (math.isfinite(s_in) and s_in > 0.0):
-            return result.fail(f"calibrated range of {x.name} is {s_in * (2 ** (options.input_bits - 1) - 1)}, no scale", x)
+        s_in = self.scales.get(x.name)
+        if s_in is None:
+            return result.fail(self.scales.reason(x.name), x)
         mult, bias, shift, s_out = affine_plan(g, b)
         self._plan = {"s_in": s_in, "mult": mult, "bias": bias, "shift": shift, "s_out": s_out,
-                      "base": f"{self.owner.pass_name}_{node.name or x.name}", "graph": node.graph}
+                      "base": f"{self.name}_{node.name or x.name}", "graph": node.graph}
         return result
 
     def rewrite(self, op, x, **_):
-        plan, bits = self._plan, self.owner.options.input_bits
+        plan, bits = self._plan, self.bits
         graph = plan["graph"]
 
         def init(suffix: str, array: np.ndarray) -> ir.Value:
@@ -194,23 +173,22 @@ class ILayerNorm(RulePass):
 
     needs_calibration = True
 
-    def __init__(self, options=None) -> None:
-        super().__init__(options)
-        self.scales: dict = {}
-
-    def rules(self):
-        return [_ILayerNorm.rule("ilayernorm", owner=self, with_bias=True),
-                _ILayerNorm.rule("ilayernorm", owner=self, with_bias=False)]
-
     NORM_OP = "LayerNormalization"  # the float op whose input gets calibrated
 
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self._scales: Scales[float] = Scales()
+
+    def rules(self):
+        bits = self.options.input_bits
+        return [_ILayerNorm.rule("ilayernorm", self._scales, bits, with_bias=True),
+                _ILayerNorm.rule("ilayernorm", self._scales, bits, with_bias=False)]
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Calibrate every norm input (one run), then build and run the rules."""
         names = sorted({
             n.inputs[0].name for n in model.graph
             if n.op_type == self.NORM_OP and n.domain == "" and n.inputs and n.inputs[0] is not None and n.inputs[0].name
         })
-        if names:
-            p = self.options.percentile
-            kwargs = {"percentiles": (100.0 - p, p)} if self.options.calibration == "percentile" else {}
-            self.scales = self.stats(model, names, **kwargs)
+        self._scales = self.calibrate(model, names).symmetric_scales(names, self.options) if names else Scales()
         return super().call(model)

@@ -5,8 +5,8 @@
               Mul(Cast<int32>(QuantizeLinear(x, s_x, int16 0)), Cast<int32>(QuantizeLinear(y, s_y, int16 0))),
               s_x·s_y)
 
-``s_x``, ``s_y`` are symmetric per tensor from calibration (``max(|min|, |max|) / (2^(b-1) - 1)``,
-``minmax``, or the same on the ``(100-p, p)`` percentiles, ``percentile``). The int32 product is
+``s_x``, ``s_y`` are symmetric per tensor from calibration, ``range / (2^(b-1) - 1)`` with the
+range of ``CalibrationOptions`` (max|x| by default; a percentile of |x|). The int32 product is
 exact: int16 × int16 is at most 2^30 in magnitude. ``Mul(x, x)`` quantizes x once. The
 ``integer-chain`` pass then lowers both QuantizeLinear inputs to integer ops and requantizes the
 product where it is read, so in ``ivit`` this is a plain int32 ``Mul`` between two
@@ -35,6 +35,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
 from graphopt.passes.ilayernorm import _unique_name
 from graphopt.registry import register_pass
@@ -43,18 +44,8 @@ __all__ = ["IMulOptions", "IMulPass"]
 
 
 @dataclasses.dataclass(frozen=True)
-class IMulOptions:
-    calibration: str = "minmax"  # "minmax" | "percentile"
-    percentile: float = 99.99  # with calibration="percentile": range = max(|p(100-q)|, |p(q)|)
-    input_bits: int = 16  # 8 or 16: the QuantizeLinear type of each operand (the product fits int32 either way)
-
-    def __post_init__(self) -> None:
-        if self.calibration not in ("minmax", "percentile"):
-            raise ValueError(f"calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
-        if self.input_bits not in (8, 16):
-            raise ValueError(f"input_bits must be 8 or 16, got {self.input_bits}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+class IMulOptions(CalibrationOptions):
+    input_bits: int = bits_option(16, choices=(8, 16))  # the QuantizeLinear type of each operand (the product fits int32 either way)
 
 
 def _is_constant(value: ir.Value) -> bool:
@@ -84,11 +75,15 @@ def _downstream_of_dequantize(graph: ir.Graph) -> set[int]:
 
 
 class _IMulRule(pattern.RewriteRuleClassBase):
-    """Mul(x, y) of two calibrated float32 activations -> int16 × int16 -> int32 island."""
+    """Mul(x, y) of two calibrated float32 activations -> int16 × int16 -> int32 island.
 
-    def __init__(self, name: str, owner: IMulPass) -> None:
+    ``scales`` and ``dequantized`` (ids of the values downstream of a DequantizeLinear) are computed
+    by the pass before the rule is built. The check's plan reaches ``rewrite`` on the rule instance,
+    as onnxscript's own class-based rules do (its match context is read-only)."""
+
+    def __init__(self, name: str, scales: Scales[float], dequantized: frozenset[int], bits: int) -> None:
         super().__init__(name)
-        self.owner = owner
+        self.scales, self.dequantized, self.bits = scales, dequantized, bits
         self._plan: dict | None = None
 
     def pattern(self, op, x, y):
@@ -97,32 +92,31 @@ class _IMulRule(pattern.RewriteRuleClassBase):
     def check(self, context, x, y, z, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         self._plan = None
-        owner, options = self.owner, self.owner.options
         for name, value in (("x", x), ("y", y)):
             if _is_constant(value) and _constant_size(value) <= 1:
                 return result.fail(f"{name} is a constant: integer-chain folds a constant scaling into its requant", value)
             if value.dtype != ir.DataType.FLOAT:
                 dtype = value.dtype.name if value.dtype is not None else "of unknown type"
                 return result.fail(f"{name} is {dtype}, not float32", value)
-        if id(x) not in owner.dequantized and id(y) not in owner.dequantized:
+        if id(x) not in self.dequantized and id(y) not in self.dequantized:
             return result.fail("neither operand comes from a DequantizeLinear: float preprocessing, not an integer region", z)
         opset = context.model.opset_imports.get("", 0)
-        if options.input_bits == 16 and opset < 21:
+        if self.bits == 16 and opset < 21:
             return result.fail(f"int16 QuantizeLinear needs opset >= 21, model has {opset}", z)
         scales = []
         for value in (x, y):
-            scale = _constant_scale(value, options.input_bits) if _is_constant(value) else owner.scales.get(value.name)
+            scale = _constant_scale(value, self.bits) if _is_constant(value) else self.scales.get(value.name)
             if scale is None and _is_constant(value):
                 return result.fail(f"{value.name} is an all-zero or non-finite constant", value)
             if scale is None:
-                return result.fail(owner.reasons.get(value.name, f"no calibration statistics for {value.name}"), value)
+                return result.fail(self.scales.reason(value.name), value)
             scales.append(scale)
         self._plan = {"s_x": scales[0], "s_y": scales[1], "graph": z.producer().graph,
                       "base": f"imul_{z.producer().name or z.name}"}
         return result
 
     def rewrite(self, op, x, y, **_):
-        plan, bits = self._plan, self.owner.options.input_bits
+        plan, bits = self._plan, self.bits
         graph = plan["graph"]
 
         def init(suffix: str, array: np.ndarray) -> ir.Value:
@@ -150,29 +144,21 @@ class IMulPass(RulePass):
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self.scales: dict[str, float] = {}
-        self.reasons: dict[str, str] = {}
-        self.dequantized: set[int] = set()
+        self._scales: Scales[float] = Scales()
+        self._dequantized: frozenset[int] = frozenset()
 
     def rules(self):
-        return [_IMulRule.rule("imul", owner=self)]
+        return [_IMulRule.rule("imul", self._scales, self._dequantized, self.options.input_bits)]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.scales.clear()
-        self.reasons.clear()
-        self.dequantized = _downstream_of_dequantize(model.graph)
+        """Calibrate every activation operand of a candidate Mul (one run), then build and run the rule."""
+        dequantized = _downstream_of_dequantize(model.graph)
         names = sorted({
             i.name for n in model.graph if n.op_type == "Mul" and n.domain == "" and len(n.inputs) == 2
             and all(i is not None and i.dtype == ir.DataType.FLOAT for i in n.inputs)
-            and any(id(i) in self.dequantized for i in n.inputs)
+            and any(id(i) in dequantized for i in n.inputs)
             for i in n.inputs if not _is_constant(i)  # constants carry their own scale
         })
-        if names:
-            self._calibrate(model, names)
+        self._dequantized = frozenset(dequantized)
+        self._scales = self.calibrate(model, names).symmetric_scales(names, self.options) if names else Scales()
         return super().call(model)
-
-    def _calibrate(self, model: ir.Model, names: list[str]) -> None:
-        o = self.options
-        scales, reasons = self.symmetric_scales(model, names, o.calibration, o.percentile, o.input_bits)
-        self.scales.update(scales)
-        self.reasons.update(reasons)

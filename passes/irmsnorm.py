@@ -37,9 +37,6 @@ class _IRmsNorm(_ILayerNorm):
     CENTER = 0
     OP_NAME, MIN_OPSET = "RMSNormalization", 23
 
-    def __init__(self, name: str, owner: IRmsNorm) -> None:
-        super().__init__(name, owner, with_bias=False)
-
     def pattern(self, op, x, gamma):
         return op.RMSNormalization(x, gamma, _allow_other_attributes=True, _outputs=["y"])
 
@@ -51,4 +48,4 @@ class IRmsNorm(ILayerNorm):
     NORM_OP = "RMSNormalization"
 
     def rules(self):
-        return [_IRmsNorm.rule("irmsnorm", owner=self)]
+        return [_IRmsNorm.rule("irmsnorm", self._scales, self.options.input_bits)]

@@ -4,9 +4,9 @@
       ->  QuantizeLinear(x, s_in, int8 0) -> Cast(int32)
           -> pkg.graphopt.ShiftGelu(x0, n, out_bits) -> DequantizeLinear(y, s_in·2^-(out_bits-1))
 
-``s_in`` is per Gelu node, symmetric, from calibration: ``max(|min|, |max|) / (2^(b-1) - 1)``
-("minmax") or the same on the ``percentile``/``100-percentile`` percentiles ("percentile"), all
-nodes' statistics in one calibration run. The pass folds I-ViT's 1.702 into the scale and hands
+``s_in`` is per Gelu node, symmetric, from calibration: ``range / (2^(b-1) - 1)`` with the
+range of ``CalibrationOptions`` (max|x|, or a percentile of |x|), all nodes' statistics in one
+calibration run. The pass folds I-ViT's 1.702 into the scale and hands
 the op ``x0 = floor(-1/(1.702·s_in))``; ``n`` is the option, lowered where needed so that
 ``2·(-x0)·2^n < 2^31`` (the op's exp sum then never saturates; a note says so).
 
@@ -29,6 +29,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
+from graphopt.calibrate import CalibrationOptions, Scales
 from graphopt.pass_base import RulePass
 from graphopt.passes._shiftgelu_op import SHIFT_GELU
 from graphopt.registry import register_pass
@@ -40,12 +41,10 @@ _MS = "com.microsoft"
 
 
 @dataclasses.dataclass(frozen=True)
-class ShiftGeluOptions:
-    n: int = 23  # ShiftExp shift (I-ViT: 23); lowered per node where -x0·2^n would overflow the int32 sum
-    calibration: str = "minmax"  # "minmax" | "percentile"
-    percentile: float = 99.99  # with calibration="percentile": clip at this percentile of |x| on both sides
-    input_bits: int = 8  # 2..16: the Gelu input is quantized to this many bits (int8 container; int16 above 8)
-    out_bits: int = 8  # bits of the σ factor (I-ViT: 8, scale 2^-7)
+class ShiftGeluOptions(CalibrationOptions):
+    # calibration, percentile, input_bits (2..16: int8 container up to 8, int16 above): CalibrationOptions
+    n: int = dataclasses.field(default=23, metadata={"range": (1, 30)})  # ShiftExp shift (I-ViT: 23); lowered per node where -x0·2^n would overflow the int32 sum
+    out_bits: int = dataclasses.field(default=8, metadata={"range": (2, 16)})  # bits of the σ factor (I-ViT: 8, scale 2^-7)
     row_max: bool = True  # m = row max (I-ViT); False: m = max(x, 0) per element (exact for large row maxes)
 
 
@@ -70,9 +69,9 @@ class _Site:
 class _ShiftGeluRule(pattern.RewriteRuleClassBase):
     """Gelu(x) -> Q/Cast/ShiftGelu/DQ island with the node's calibrated constants."""
 
-    def __init__(self, name: str, sites: dict[str, _Site], reasons: dict[str, str], options: ShiftGeluOptions) -> None:
+    def __init__(self, name: str, sites: Scales[_Site], options: ShiftGeluOptions) -> None:
         super().__init__(name)
-        self.sites, self.reasons, self.options = sites, reasons, options
+        self.sites, self.options = sites, options
 
     def pattern(self, op, x):
         return op.Gelu(x)
@@ -89,8 +88,8 @@ class _ShiftGeluRule(pattern.RewriteRuleClassBase):
         if x.dtype != ir.DataType.FLOAT:
             dtype = x.dtype.name if x.dtype is not None else "of unknown type"
             return result.fail(f"ShiftGelu islands take float32 input; x is {dtype}", x)
-        if x.name not in self.sites:
-            return result.fail(self.reasons.get(x.name, f"no calibration statistics for {x.name}"), x)
+        if self.sites.get(x.name) is None:
+            return result.fail(self.sites.reason(x.name), x)
         opset = context.model.opset_imports.get("", 0)
         if opset < 18:  # the ShiftGelu body's ReduceMax takes axes as an input; an older model's opset would check it
             return result.fail(f"the ShiftGelu body needs opset >= 18 (ReduceMax axes input), model has {opset}; run opset-upgrade first", x)
@@ -99,7 +98,7 @@ class _ShiftGeluRule(pattern.RewriteRuleClassBase):
         return result
 
     def rewrite(self, op, x, **_):
-        site = self.sites[x.name]
+        site = self.sites.get(x.name)
         qmax = 2 ** (self.options.input_bits - 1) - 1
         container = np.int8 if self.options.input_bits <= 8 else np.int16
         scale = op.Constant(value=ir.tensor(np.array(site.scale, dtype=np.float32), name=None))
@@ -136,25 +135,14 @@ class ShiftGeluPass(RulePass):
 
     needs_calibration = True
     factor = _SIGMOID_FACTOR  # x·σ(factor·x); folded into x0
-    label = "shiftgelu"  # the pass name in option errors
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        o = self.options
-        if o.calibration not in ("minmax", "percentile"):
-            raise ValueError(f"{self.label}: calibration must be 'minmax' or 'percentile', got {o.calibration!r}")
-        if not 2 <= o.input_bits <= 16:
-            raise ValueError(f"{self.label}: input_bits must be in 2..16 (int8 container up to 8, int16 above), got {o.input_bits}")
-        if not 50.0 < o.percentile <= 100.0:
-            raise ValueError(f"{self.label}: percentile must be in (50, 100], got {o.percentile}")
-        if not 1 <= o.n <= 30 or not 2 <= o.out_bits <= 16:
-            raise ValueError(f"{self.label}: n must be in 1..30 and out_bits in 2..16, got n={o.n}, out_bits={o.out_bits}")
-        self._sites: dict[str, _Site] = {}
-        self._reasons: dict[str, str] = {}
+        self._sites: Scales[_Site] = Scales()
 
     def rules(self):
         return [
-            _ShiftGeluRule.rule("shiftgelu", self._sites, self._reasons, self.options),
+            _ShiftGeluRule.rule("shiftgelu", self._sites, self.options),
             _NotCanonical.rule("shiftgelu-not-canonical"),
         ]
 
@@ -164,8 +152,7 @@ class ShiftGeluPass(RulePass):
         return node.op_type == "Gelu" and node.domain in ("", "ai.onnx")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self._sites.clear()
-        self._reasons.clear()
+        """Calibrate every input of a matched node (one run) into its site constants, then run the rules."""
         names = sorted(
             {
                 node.inputs[0].name
@@ -174,19 +161,19 @@ class ShiftGeluPass(RulePass):
                 and node.inputs[0].dtype == ir.DataType.FLOAT
             }
         )
-        if names:
-            self._calibrate(model, names)
+        self._sites = self._plan_sites(model, names) if names else Scales()
         return super().call(model)
 
-    def _calibrate(self, model: ir.Model, names: list[str]) -> None:
+    def _plan_sites(self, model: ir.Model, names: list[str]) -> Scales[_Site]:
         o = self.options
-        scales, reasons = self.symmetric_scales(model, names, o.calibration, o.percentile, o.input_bits)
-        self._reasons.update(reasons)
-        for name, scale in scales.items():
+        scales = self.calibrate(model, names).symmetric_scales(names, o)
+        sites, reasons = {}, dict(scales.reasons)
+        for name, scale in scales.found.items():
             x0, n_eff = shiftgelu_constants(scale, o.n, self.factor)
             if 2 * (-x0) > 2**31 - 1:  # a range of ~0 (a dead activation): x0 itself would not fit int32
-                self._reasons[name] = f"calibrated range of {name} is too small for ShiftGelu's int32 constants (x0 = {x0})"
+                reasons[name] = f"calibrated range of {name} is too small for ShiftGelu's int32 constants (x0 = {x0})"
                 continue
             if n_eff < o.n:
                 self.notes.append(f"{name}: n lowered from {o.n} to {n_eff} (x0={x0}) so the exp sum fits int32")
-            self._sites[name] = _Site(scale, x0, n_eff)
+            sites[name] = _Site(scale, x0, n_eff)
+        return Scales(sites, reasons)

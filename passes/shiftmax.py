@@ -11,8 +11,9 @@ region.
 
 ``s_in`` is a per-tensor symmetric scale from calibration (``needs_calibration``): by default
 max(|min|, |max|) / (2^(input_bits-1) - 1) of x over the run's samples (``calibration="minmax"``),
-or the ``percentile``-th percentile of |x| (``calibration="percentile"``). Values at or below -1e30
-(additive attention masks: ``finfo.min``, ``-inf``) are left out of the statistics: they saturate
+or the ``percentile``-th percentile of |x| (``"percentile"``, ``"histogram"``: ``CalibrationOptions``).
+Values at or below -1e30 (additive attention masks: ``finfo.min``, ``-inf``) are left out of the
+statistics (``calibrate(..., ignore_below=MASK_FILL)``): they saturate
 to -128, which Shiftmax turns into probability ~0 as the float softmax does *provided* -128·s lies
 more than ~n/log2(e) real units (~10 for n=15) below the row max; with a narrow score range a
 saturated mask keeps a small weight. ``mask=true`` (the ``ivit`` preset) makes -128 mean -inf:
@@ -48,13 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops, rewrite
+from graphopt.calibrate import Calibration, CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import GraphoptPass
 from graphopt.passes._canonical_utils import constant, default_opset
 from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
@@ -67,33 +68,23 @@ _FLOATS = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16, ir.Da
 
 
 @dataclasses.dataclass(frozen=True)
-class ShiftmaxOptions:
-    n: int = DEFAULT_N  # halvings kept by ShiftExp (I-ViT PyTorch: 15, TVM: 16)
-    out_bits: int = DEFAULT_OUT_BITS  # output scale 2^-(out_bits-1); I-ViT PyTorch 16, TVM 8
-    calibration: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.99  # of |x|, with calibration="percentile"
-    input_bits: int = 8  # the island quantizes x to int8 (only 8 is supported)
+class ShiftmaxOptions(CalibrationOptions):
+    # calibration, percentile: CalibrationOptions (of |x|, mask fills left out)
+    input_bits: int = bits_option(8, choices=(8,))  # the island quantizes x to int8
+    n: int = dataclasses.field(default=DEFAULT_N, metadata={"range": (0, 30)})  # halvings kept by ShiftExp (I-ViT PyTorch: 15, TVM: 16)
+    out_bits: int = dataclasses.field(default=DEFAULT_OUT_BITS, metadata={"range": (2, 31)})  # output scale 2^-(out_bits-1); I-ViT PyTorch 16, TVM 8
     mask: bool = False  # True: -128 (only reached by saturation, i.e. a mask fill) gets probability 0 (mask_below=-127)
     fit_n: bool = False  # True: n lowered per node to the halvings an int8 row can span (keeps the normalizer's bits)
 
-    def __post_init__(self) -> None:  # checked when the pipeline is parsed: a bad value is a usage error (exit 2)
-        if self.input_bits != 8:
-            raise ValueError(f"input_bits={self.input_bits}; only 8 (int8 QuantizeLinear) is supported")
-        if not 0 <= self.n <= 30 or not 2 <= self.out_bits <= 31:
-            raise ValueError(f"need 0 <= n <= 30 and 2 <= out_bits <= 31, got n={self.n}, out_bits={self.out_bits}")
-        if self.calibration not in ("minmax", "percentile") or not 0 < self.percentile <= 100:
-            raise ValueError("calibration must be minmax|percentile with 0 < percentile <= 100")
 
-
-def input_scale(arrays: list[np.ndarray], options: ShiftmaxOptions) -> float | None:
-    """The symmetric input scale from calibration arrays (mask fills left out); None without data."""
-    flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
-    flat = np.abs(flat[np.isfinite(flat) & (flat > MASK_FILL)])
-    if flat.size == 0:
+def input_scale(calibration: Calibration, name: str, options: ShiftmaxOptions) -> float | None:
+    """The symmetric input scale of ``name`` (mask fills are left out by ``calibration``); None
+    without values. A constant-zero input gets range 1: any scale is exact."""
+    bound = calibration.symmetric_range(name, options)
+    if bound is None:
         return None
-    bound = float(flat.max()) if options.calibration == "minmax" else float(np.percentile(flat, options.percentile))
     if not bound > 0:
-        bound = 1.0  # a constant-zero input: any scale is exact
+        bound = 1.0
     return bound / (2 ** (options.input_bits - 1) - 1)
 
 
@@ -114,9 +105,10 @@ def _softmax_axis(node: ir.Node, opset: int) -> tuple[int | None, str | None]:
 class _Island(pattern.RewriteRuleClassBase):
     """Softmax(x) -> DequantizeLinear(Shiftmax(Cast(QuantizeLinear(x)))) with the node's calibrated scale."""
 
-    def __init__(self, name: str, scales: dict[str, float | None], options: ShiftmaxOptions) -> None:
+    def __init__(self, name: str, scales: Scales[float], options: ShiftmaxOptions) -> None:
         super().__init__(name)
         self.scales, self.options = scales, options
+        self._plan: tuple | None = None  # check() -> rewrite(), as onnxscript's class-based rules do
 
     def pattern(self, op, x):
         return op.Softmax(x, _allow_other_attributes=True, _outputs=["probs"])
@@ -137,7 +129,7 @@ class _Island(pattern.RewriteRuleClassBase):
             return result.fail(f"the Shiftmax body needs opset >= 18 (ReduceMax axes input), model has {opset}; run opset-upgrade first", x)
         scale = self.scales.get(x.name)
         if scale is None:
-            return result.fail(f"no calibration statistics for {x.name}", x)
+            return result.fail(self.scales.reason(x.name), x)
         x0 = math.floor(-1.0 / scale)
         n = min(self.options.n, -367 // x0 + 1) if self.options.fit_n else self.options.n
         length = x.shape[-1] if x.shape is not None and len(x.shape) else None
@@ -205,15 +197,12 @@ class ShiftmaxPass(GraphoptPass):
             if node.domain == "" and node.op_type == "Softmax" and node.inputs[0] is not None
             and node.inputs[0].dtype in _FLOATS and _softmax_axis(node, opset)[1] is None
         })
-        scales: dict[str, float | None] = {}
+        scales: Scales[float] = Scales()
         if names:
-            from graphopt.calibrate import Calibrator  # noqa: PLC0415 — ORT only when there is work
-
-            if not self.samples:
-                raise ValueError(f"pass '{self.pass_name}' needs calibration samples and got none")
-            # One run for all inputs. Raw values, not self.stats(): mask fills (finfo.min) must be
-            # left out, and they can be most of an attention row, so even percentiles hit them.
-            captured = Calibrator(model, self.samples).capture(names)
-            scales = {name: input_scale(arrays, self.options) for name, arrays in captured.items()}
+            # One run for all inputs, mask fills (finfo.min) left out: they can be most of an
+            # attention row, so even percentiles would hit them.
+            calibration = self.calibrate(model, names, ignore_below=MASK_FILL)
+            found = {name: input_scale(calibration, name, self.options) for name in names}
+            scales = Scales({name: scale for name, scale in found.items() if scale is not None})
         rules = [_GuardedIsland.rule("shiftmax-nan-guard", scales, self.options), _Island.rule("shiftmax", scales, self.options)]
         return ir.passes.PassResult(model, modified=self.record(rewrite.apply_rules(model, rules)))

@@ -41,11 +41,10 @@ class ShiftSiluPass(ShiftGeluPass):
     """Replace SiLU (SigmoidLinearUnit) by an integer-only ShiftGelu island with slope 1 (x·σ(x))."""
 
     factor = 1.0
-    label = "shiftsilu"
 
     @staticmethod
     def matches(node: ir.Node) -> bool:
         return node.op_type == "SigmoidLinearUnit" and node.domain == ops.DOMAIN
 
     def rules(self):
-        return [_ShiftSiluRule.rule("shiftsilu", self._sites, self._reasons, self.options)]
+        return [_ShiftSiluRule.rule("shiftsilu", self._sites, self.options)]

@@ -136,7 +136,7 @@ def test_does_not_fire(text, reason):
 
 def test_does_not_fire_without_a_calibrated_range():
     proto, model, record = _run(_model(), samples=[{"x": np.zeros((2, 7, D), np.float32)}])
-    assert not record.modified and any("no scale" in d for d in record.declines), record.declines
+    assert not record.modified and any("calibrated range of x is 0.0; cannot pick a scale" in d for d in record.declines), record.declines
 
 
 def test_after_rms_norm_canonicalization_on_a_decomposed_norm():

@@ -14,7 +14,9 @@ import pytest
 
 from graphopt import ops, testing
 from graphopt.passes._shiftmax_op import SHIFTMAX_OP, shiftmax_reference
-from graphopt.passes.shiftmax import ShiftmaxOptions, input_scale
+from graphopt.calibrate import Calibration
+from graphopt.errors import UsageError
+from graphopt.passes.shiftmax import MASK_FILL, ShiftmaxOptions, input_scale
 from graphopt.pipeline import run_pipeline
 
 INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
@@ -166,8 +168,9 @@ def test_mask_fills_are_left_out_of_calibration():
     x = (6 * rng.standard_normal((4, 16))).astype(np.float32)  # attention-score-like range
     x[:, 8:] = np.finfo(np.float32).min  # half of every row masked, as in padded attention
     options = ShiftmaxOptions()
-    assert input_scale([x], options) == pytest.approx(np.abs(x[:, :8]).max() / 127)
-    assert input_scale([np.full((2, 2), -np.inf, np.float32)], options) is None
+    calibration = Calibration({"x": [x], "inf": [np.full((2, 2), -np.inf, np.float32)]}, ignore_below=MASK_FILL)
+    assert input_scale(calibration, "x", options) == pytest.approx(np.abs(x[:, :8]).max() / 127)
+    assert input_scale(calibration, "inf", options) is None
     text = model("y = Softmax(x)", x="float[4, 16]")
     original, work, _ = rewrite(text, calib=[{"x": x}])
     (expected,), (got,) = testing.run_ort(original, {"x": x}), testing.run_ort(work, {"x": x})
@@ -254,9 +257,9 @@ def test_a_second_run_is_a_no_op():
 def test_bad_options_are_rejected():
     from graphopt.passes.shiftmax import ShiftmaxPass
 
-    with pytest.raises(ValueError, match="input_bits"):
+    with pytest.raises(UsageError, match="option 'input_bits' of ShiftmaxOptions must be 8, got 4"):
         ShiftmaxPass(ShiftmaxOptions(input_bits=4))
-    with pytest.raises(ValueError, match="n <= 30"):
+    with pytest.raises(UsageError, match="option 'n' of ShiftmaxOptions must be between 0 and 30, got 40"):
         ShiftmaxPass(ShiftmaxOptions(n=40))
 
 

@@ -109,5 +109,5 @@ def test_gelu_is_not_touched(check):
 
 
 def test_bad_options_name_the_pass(check):
-    with pytest.raises(Exception, match="shiftsilu: input_bits"):
+    with pytest.raises(Exception, match="option .input_bits. of pass .shiftsilu. must be between 2 and 16"):
         check.run(model(SILU), "silu,shiftsilu(input_bits=17)")
