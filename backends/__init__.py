@@ -11,9 +11,12 @@ one of its targets is asked for, and is a ``protocol.Backend``: ``preflight(mode
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from graphopt.backends.protocol import Backend
 from graphopt.errors import UsageError
+
+if TYPE_CHECKING:
+    from graphopt.backends.protocol import Backend
 
 __all__ = ["TARGETS", "get_backend", "split_targets"]
 

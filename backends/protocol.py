@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import numpy as np
-import onnx_ir as ir
+if TYPE_CHECKING:  # the CLI imports backends at start-up: annotations only, no numpy there
+    import numpy as np
+    import onnx_ir as ir
 
 __all__ = ["Artifact", "Backend", "BuildOptions", "Timing"]
 

@@ -26,7 +26,7 @@ from graphopt.metrics import Tolerances
 from graphopt.outdir import staged_output
 from graphopt.pipeline import Pipeline, parse_pipeline
 from graphopt.report import Report, render
-from graphopt.stages import COMPILE_STAGES, Context, Phases, Settings, run_stages
+from graphopt.stages import BENCH_RUNS, COMPILE_STAGES, Context, Phases, Settings, run_stages
 
 _apply_input_shapes = data.apply_input_shapes  # graphopt.inspection's name for it
 
@@ -34,11 +34,6 @@ __all__ = ["CompileResult", "compile"]
 
 logger = logging.getLogger(__name__)
 INTEGER_ONLY_PRESET = "ivit"  # a pipeline naming it is verified integer-only unless told otherwise
-# Timed runs per model when the caller names none, for this function and `graphopt compile` alike:
-# none. Latency is best-effort and noisy, and an export script that calls compile() should not pay
-# seconds (minutes with TVM targets) for numbers it did not ask for; ask with bench_runs=10 /
-# --bench-runs 10.
-BENCH_RUNS = 0
 
 
 @dataclasses.dataclass

@@ -33,6 +33,11 @@ __all__ = ["COMPILE_STAGES", "Context", "Settings", "Stage", "run_stages"]
 
 logger = logging.getLogger(__name__)
 SYNTHETIC_WARNING = "no calibration data given: using synthetic random inputs, so accuracy numbers say little about real data (pass --calib)"
+# Timed runs per model when the caller names none, for graphopt.compile and `graphopt compile` alike:
+# none. Latency is best-effort and noisy, and an export script that calls compile() should not pay
+# seconds (minutes with TVM targets) for numbers it did not ask for; ask with bench_runs=10 /
+# --bench-runs 10.
+BENCH_RUNS = 0
 PARITY_SAMPLES = 2  # samples each compiled target runs for the parity check (qemu runs are slow)
 
 
@@ -52,7 +57,7 @@ class Settings:
     synthetic_samples: int = 4
     seed: int = 0
     threads: int = 2
-    bench_runs: int = 0
+    bench_runs: int = BENCH_RUNS
     ort_optimization: str = "all"
     progress: Callable[[Iterable], Iterable] | None = None
     tune_budget: int = 0

@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from graphopt.backends.protocol import BuildOptions
 from graphopt.backends.tvm import importer, targets
+from graphopt.backends.tvm._log import tvm_log_to_debug
 from graphopt.backends.tvm.artifact import TensorInfo, TvmArtifact
 from graphopt.errors import UnsupportedError
 
@@ -65,6 +66,11 @@ def compile(model: ir.Model, *, target: str = "tvm-llvm", options: Options | Non
     """
     options = options or Options(**values)
     spec = targets.resolve(target)
+    with tvm_log_to_debug():  # TVM's C++ warnings ("Fast mode segfaults ...") are not the user's to read
+        return _compile(model, spec, options)
+
+
+def _compile(model: ir.Model, spec: targets.TargetSpec, options: Options) -> TvmArtifact:
     start = time.perf_counter()
     shapes = importer.static_shapes(model, options.example_inputs)
     prepared, preparation = importer.prepare(model, shapes)
