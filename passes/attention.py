@@ -32,7 +32,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops, rewrite
 from graphopt.pass_base import RulePass
-from graphopt.passes._attention_op import ATTENTION_OP, MIN_OPSET
+from graphopt.ops.attention import ATTENTION_OP, MIN_OPSET
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant, default_opset
 from graphopt.registry import register_pass
 

@@ -13,7 +13,7 @@ bits; 0.04 at 8 bits (minmax) and 0.88 (percentile 99.99): the residual stream's
 leave most int8 values near 0, so rows lose their content and the isqrt its convergence.
 
 The affine part is integer: ``Y = floor(n·Mult / 2^shift) + Bias`` where n is the normalized value
-in units of √d/2^30 (see ``_ilayernorm_op``), and one per-tensor output scale
+in units of √d/2^30 (see ``graphopt.ops.int_layer_norm``), and one per-tensor output scale
 ``s_out = max(2·(√d/2^30)·max|γ|, max|β| / 2^29)``, ``Mult = round(γ·(√d/2^30)/s_out · 2^shift)``
 (|Mult| <= 2^15, shift chosen for 15 bits), ``Bias = round(β / s_out)``: |Y| < 2^30 + 2^29, int32.
 I-ViT instead folds ``β/γ`` into an integer bias and γ into a per-channel output scale; that
@@ -43,7 +43,7 @@ from graphopt import ops
 from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import check_opset, constant
-from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
+from graphopt.ops.int_layer_norm import INT_LAYER_NORM
 from graphopt.registry import register_pass
 
 __all__ = ["ILayerNorm", "ILayerNormOptions", "INT_LAYER_NORM", "affine_plan"]

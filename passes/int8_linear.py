@@ -55,7 +55,6 @@ import onnx_ir as ir
 
 from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
-from graphopt.passes import _dyadic_op  # noqa: F401 — registers DyadicRequant, which `ivit` chaining uses
 from graphopt.passes._int8_activation_rules import MatMulActivations
 from graphopt.passes._int8_maths import QMAX, UQMAX, quantize_weight, smoothing_factors
 from graphopt.passes._int8_weight_rules import Calibrated, Conv, Gemm, MatMulWeight, is_constant

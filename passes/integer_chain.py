@@ -66,7 +66,7 @@ import onnx_ir.passes.common as common_passes
 from graphopt import ops, rewrite
 from graphopt.pass_base import GraphoptPass
 from graphopt.passes._canonical_utils import constant, default_opset
-from graphopt.passes._dyadic_op import DYADIC_REQUANT, dyadic_multiplier
+from graphopt.ops.dyadic_requant import DYADIC_REQUANT, dyadic_multiplier
 from graphopt.registry import register_pass
 
 __all__ = ["IntegerChainOptions", "IntegerChainPass", "LOWERINGS"]

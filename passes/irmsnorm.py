@@ -24,7 +24,7 @@ Pow/ReduceMean/Sqrt/Reciprocal spelling first, this removes the last float norm 
 
 from __future__ import annotations
 
-from graphopt.passes._ilayernorm_op import INT_LAYER_NORM
+from graphopt.ops.int_layer_norm import INT_LAYER_NORM
 from graphopt.passes.ilayernorm import ILayerNorm, ILayerNormOptions, _ILayerNorm
 from graphopt.registry import register_pass
 

@@ -31,7 +31,7 @@ from onnxscript.rewriter import pattern
 from graphopt import ops
 from graphopt.calibrate import CalibrationOptions, Scales
 from graphopt.pass_base import RulePass
-from graphopt.passes._shiftgelu_op import SHIFT_GELU
+from graphopt.ops.shift_gelu import SHIFT_GELU
 from graphopt.registry import register_pass
 
 __all__ = ["SHIFT_GELU", "ShiftGeluOptions", "ShiftGeluPass", "shiftgelu_constants"]

@@ -28,7 +28,7 @@ never bites, and the exponentials stay ``|x0|·2^n`` small, so the normalizer
 ``floor((2^31-1)/sum)`` keeps its bits. Small scales need it: a tiny-llama score range of ±0.1
 (x0 = -1278) with n = 15 sums 16 exponentials to ~2^29.3, f = 3, and rows summed to 0.75
 (logits cosine 0.998 with ``mask``; 0.99998 with ``fit_n`` too). With |x0| <= 26 (score ranges
-above ~5 real units) n stays 15. See ``passes/_shiftmax_op.py`` for the
+above ~5 real units) n stays 15. See ``graphopt/ops/shiftmax.py`` for the
 op, its defaults (n=15, out_bits=16) and why.
 
 All Softmax inputs are calibrated in one run of the model; then one rewrite rule replaces each
@@ -58,7 +58,7 @@ from graphopt import ops, rewrite
 from graphopt.calibrate import Calibration, CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import GraphoptPass
 from graphopt.passes._canonical_utils import constant, default_opset
-from graphopt.passes._shiftmax_op import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
+from graphopt.ops.shiftmax import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
 from graphopt.registry import register_pass
 
 __all__ = ["ShiftmaxOptions", "ShiftmaxPass", "input_scale"]

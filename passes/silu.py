@@ -17,7 +17,6 @@ finds the gate activation by op type, and backends run it as one kernel.
 
 from __future__ import annotations
 
-import numpy as np
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
@@ -25,38 +24,7 @@ from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import check_float, constant
 from graphopt.registry import register_pass
 
-__all__ = ["FuseSilu", "SILU"]
-
-
-def _silu_reference(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x) = x / (1 + exp(-x)), in x's dtype."""
-    with np.errstate(over="ignore"):
-        return (x / (1 + np.exp(-x))).astype(x.dtype)
-
-
-def _silu_examples():
-    rng = np.random.default_rng(20250621)
-    edge = np.array([0.0, -0.0, 1.0, -1.0, 30.0, -30.0, 88.0, -104.0], dtype=np.float32)
-    return [
-        ((rng.standard_normal((2, 3, 8)).astype(np.float32),), {}),
-        ((edge,), {}),
-        ((rng.standard_normal((4, 5)).astype(np.float16),), {}),
-    ]
-
-
-SILU = ops.declare_op(
-    ops.OpDef(
-        name="SigmoidLinearUnit",
-        doc="SiLU (Swish-1): Y = X * Sigmoid(X), elementwise, for float tensors.",
-        reference=_silu_reference,
-        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
-SigmoidLinearUnit (X) => (Y) {
-   S = Sigmoid(X)
-   Y = Mul(X, S)
-}""",
-        examples=_silu_examples,
-    )
-)
+__all__ = ["FuseSilu"]
 
 
 class _SiluFusion(pattern.RewriteRuleClassBase):

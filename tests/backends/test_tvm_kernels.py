@@ -24,7 +24,7 @@ from tvm import relax, te  # noqa: E402
 from graphopt import ops, testing  # noqa: E402
 from graphopt.backends.tvm import importer  # noqa: E402
 from graphopt.backends.tvm.kernels import CONVERTERS, TE_KERNELS  # noqa: E402
-from graphopt.passes._dyadic_op import dyadic_multiplier  # noqa: E402
+from graphopt.ops.dyadic_requant import dyadic_multiplier  # noqa: E402
 
 LLVM = {"kind": "llvm"}
 INTEGER_OPS = ["DyadicRequant", "Shiftmax", "ShiftGelu", "IntLayerNorm"]

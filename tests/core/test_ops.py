@@ -73,3 +73,22 @@ def test_op_names_are_not_onnx_names():
     assert not {op.name for op in ALL_OPS} & standard
     with pytest.raises(ValueError, match="reuses an ONNX op name"):
         ops.declare_op(ops.OpDef("Gelu", "x", reference=lambda x: x, body=""))
+
+
+@pytest.mark.parametrize("backend", sorted(ops.BACKENDS))
+def test_every_op_has_an_implementation_in_every_backend(backend):
+    """The registry's completeness check: a declared op without a kernel fails here, not in a user's build."""
+    pytest.importorskip("tvm")
+    names = {op.name for op in ALL_OPS}
+    assert set(ops.implementations(backend)) == names
+    assert set(ops.implementations(backend, part="te")) == names
+
+
+def test_the_core_declares_ops_without_importing_passes_or_backends():
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = ("import sys; from graphopt import ops; names = [op.name for op in ops.list_ops()]; "
+            "print(len(names), sorted(m for m in sys.modules if m.startswith(('graphopt.passes', 'graphopt.backends'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert int(out[0]) == len(ALL_OPS) and out[1].strip() == "[]"

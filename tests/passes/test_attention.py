@@ -19,7 +19,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import ops, testing
-from graphopt.passes._attention_op import ATTENTION_OP
+from graphopt.ops.attention import ATTENTION_OP
 from graphopt.pipeline import run_pipeline
 from graphopt.testing import SEED, run_ort
 

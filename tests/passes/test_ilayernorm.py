@@ -13,7 +13,7 @@ import pytest
 
 from graphopt import testing
 from graphopt.pipeline import run_pipeline
-from graphopt.passes import _ilayernorm_op as iln
+from graphopt.ops import int_layer_norm as iln
 from graphopt.passes.ilayernorm import affine_plan
 
 ISLAND = ["QuantizeLinear", "Cast", "IntLayerNorm", "DequantizeLinear"]

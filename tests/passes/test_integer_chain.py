@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import integer_region, testing
-from graphopt.passes._dyadic_op import dyadic_multiplier, dyadic_reference
+from graphopt.ops.dyadic_requant import dyadic_multiplier, dyadic_reference
 
 HEADER = '<ir_version: 10, opset_import: ["" : 21]>'
 

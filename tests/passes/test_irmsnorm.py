@@ -10,7 +10,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import testing
-from graphopt.passes import _ilayernorm_op as iln
+from graphopt.ops import int_layer_norm as iln
 from graphopt.passes.ilayernorm import affine_plan
 from graphopt.pipeline import run_pipeline
 

@@ -11,7 +11,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import ops, testing
-from graphopt.passes._shiftgelu_op import shift_gelu_reference
+from graphopt.ops.shift_gelu import shift_gelu_reference
 from graphopt.passes.shiftgelu import shiftgelu_constants
 
 HEADER = '<ir_version: 10, opset_import: ["" : 20, "com.microsoft" : 1]>'

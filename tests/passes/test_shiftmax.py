@@ -13,7 +13,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import ops, testing
-from graphopt.passes._shiftmax_op import SHIFTMAX_OP, shiftmax_reference
+from graphopt.ops.shiftmax import SHIFTMAX_OP, shiftmax_reference
 from graphopt.calibrate import Calibration
 from graphopt.errors import UsageError
 from graphopt.passes.shiftmax import MASK_FILL, ShiftmaxOptions, input_scale

@@ -11,7 +11,7 @@ import onnx.helper
 import pytest
 
 from graphopt import ops, testing
-from graphopt.passes.silu import SILU
+from graphopt.ops.silu import SILU
 
 
 def model(body: str, opset: int = 23, x: str = "float[2, 3, 8]", inputs: str = "") -> str:

@@ -1,5 +1,8 @@
 """Native TVM (TE) kernels for graphopt's ops, and the converter table the ONNX importer merges.
 
+One file per op; its converter is registered with ``@ops.implements(op, "tvm")`` beside the op's
+declaration in ``graphopt.ops`` (every file here is imported, so adding a kernel is adding a file).
+
 ``CONVERTERS[op_type](bb, inputs, attrs) -> relax.Expr`` (inputs: Relax exprs, None for a missing
 optional input; attrs: TVM's parsed ONNX attributes, without defaults). Each graphopt op becomes
 ``bb.emit_te`` of a TE compute, named ``graphopt_<op>``, so FuseOps and the CPU schedule rules see
@@ -14,32 +17,19 @@ its converter added to ``CONVERTERS`` here, which overrides TVM's.
 
 from __future__ import annotations
 
-from . import attention, dyadic_requant, int_layer_norm, shiftgelu, shiftmax, silu
-from .attention import dot_product_attention
-from .dyadic_requant import dyadic_requant as dyadic_requant_te
-from .int_layer_norm import int_layer_norm as int_layer_norm_te
-from .shiftgelu import shift_gelu
-from .shiftmax import shiftmax as shiftmax_te
-from .silu import silu as silu_te
+import importlib
+import pkgutil
+
+from graphopt import ops
 
 __all__ = ["CONVERTERS", "TE_KERNELS"]
 
-# graphopt op type -> converter
-CONVERTERS = {
-    "DyadicRequant": dyadic_requant.convert,
-    "Shiftmax": shiftmax.convert,
-    "ShiftGelu": shiftgelu.convert,
-    "IntLayerNorm": int_layer_norm.convert,
-    "DotProductAttention": attention.convert,
-    "SigmoidLinearUnit": silu.convert,
-}
+for _module in pkgutil.iter_modules(__path__):  # each kernel file registers itself (@ops.implements)
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+# graphopt op type -> converter, as each kernel file registered it
+CONVERTERS = ops.implementations("tvm")
 
 # graphopt op type -> TE compute taking the op's inputs as te.Tensors and its attributes as keywords
-TE_KERNELS = {
-    "DyadicRequant": dyadic_requant_te,
-    "Shiftmax": shiftmax_te,
-    "ShiftGelu": shift_gelu,
-    "IntLayerNorm": int_layer_norm_te,
-    "DotProductAttention": dot_product_attention,
-    "SigmoidLinearUnit": silu_te,
-}
+# (the kernel tests build each alone)
+TE_KERNELS = ops.implementations("tvm", part="te")

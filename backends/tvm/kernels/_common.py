@@ -52,7 +52,7 @@ def floor_shift(value: tirx.Expr, bits) -> tirx.Expr:
 
 
 def shift_exp(t: tirx.Expr, x0: int, n: int) -> tirx.Expr:
-    """I-ViT ShiftExp of int64 ``t <= 0``: ``((r >> 1) - x0) << (n - q)`` (see passes/_shiftgelu_op.py)."""
+    """I-ViT ShiftExp of int64 ``t <= 0``: ``((r >> 1) - x0) << (n - q)`` (see graphopt/ops/shift_gelu.py)."""
     t = t + floor_shift(t, 1) - floor_shift(t, 4)
     t = tirx.max(t, i64(n * x0))
     q = tirx.floordiv(t, i64(x0))  # x0 < 0: floor division by a negative constant, as numpy

@@ -4,7 +4,7 @@ Three PrimFuncs, not one, so each has a shape the CPU schedule rules know and Fu
 with: the score matmul (a batched matmul with a scale/softcap epilogue), the masked row softmax
 with the op's guards (reductions over the last axis, like TVM's softmax), and the output matmul.
 Leading (batch/head) axes broadcast as in MatMul; the mask broadcasts to [.., Sq, Sk].
-float16 is computed in float32 and rounded once at the end. Spec: ``passes/_attention_op.py``.
+float16 is computed in float32 and rounded once at the end. Spec: ``graphopt/ops/attention.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 
 from tvm import relax, te, tirx
+
+from graphopt import ops
 
 from ._common import broadcast_load, broadcast_shape, op_attributes
 
@@ -101,6 +103,7 @@ def attention_output(probs: te.Tensor, v: te.Tensor, out_dtype: str | None = Non
     return te.compute(out.shape, lambda *i: out(*i).astype(out_dtype), name="attention_out")
 
 
+@ops.implements("DotProductAttention", "tvm", part="te")
 def dot_product_attention(q: te.Tensor, k: te.Tensor, v: te.Tensor, mask: te.Tensor, scale: float = 1.0,
                           softcap: float = 0.0, causal: int = 0, nan_to_zero: int = 0,
                           zero_masked_rows: int = 0) -> te.Tensor:
@@ -110,6 +113,7 @@ def dot_product_attention(q: te.Tensor, k: te.Tensor, v: te.Tensor, mask: te.Ten
     return attention_output(probs, v, out_dtype=str(q.dtype))
 
 
+@ops.implements("DotProductAttention", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     a = op_attributes("DotProductAttention", attrs)
     q, k, v, mask = (list(inputs) + [None] * 4)[:4]

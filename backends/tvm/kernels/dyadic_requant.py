@@ -2,7 +2,7 @@
 
 One injective stage (numpy broadcasting of X, Multiplier and Shift), so FuseOps can fuse it into
 the int32 accumulator that feeds it. Product and rounding add are int64, as the spec
-(``passes/_dyadic_op.py``); the rounding term is ``(1 << K) >> 1`` so that K = 0 adds nothing.
+(``graphopt/ops/dyadic_requant.py``); the rounding term is ``(1 << K) >> 1`` so that K = 0 adds nothing.
 A per-tensor Multiplier / Shift that is a graph constant is baked into the kernel as an immediate
 (a shift by a constant instead of a per-element variable shift); per-channel ones stay tensors.
 
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax, te, tirx
+
+from graphopt import ops
 
 from ._common import (
     broadcast_load,
@@ -60,6 +62,7 @@ def _requant_high_word(product: tirx.Expr, k: tirx.Expr | int, half: tirx.Expr, 
     return tirx.min(tirx.max(q, i32(-limit)), i32(limit - 1))
 
 
+@ops.implements("DyadicRequant", "tvm", part="te")
 def dyadic_requant(x: te.Tensor, multiplier: te.Tensor | int, shift: te.Tensor | int, out_bits: int = 32,
                    min_shift: int = 0) -> te.Tensor:
     """``multiplier`` / ``shift``: tensors broadcasting against ``x``, or Python ints (per-tensor).
@@ -92,6 +95,7 @@ def dyadic_requant(x: te.Tensor, multiplier: te.Tensor | int, shift: te.Tensor |
     return te.compute(shape, requant, name="dyadic_requant")
 
 
+@ops.implements("DyadicRequant", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     x, multiplier, shift = inputs[:3]
     args = [x] + [_scalar_or_tensor(v) for v in (multiplier, shift)]

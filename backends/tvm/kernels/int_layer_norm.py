@@ -4,12 +4,14 @@ Stages: row sum (reduction), variance ``Σ(x - mean)²`` (reduction, mean recomp
 the per-row factor ``floor((2^31-1) / isqrt(var))`` (10 floor-Newton steps from 2^16, chained with
 ``Let`` so the expression stays linear in size), and the injective output
 ``floor(floor((x - mean)·f / 2)·Mult / 2^shift) + Bias``. ``center=0`` (integer RMSNorm) has no
-mean: no row-sum stage, ``Σx²`` and ``x·f``. Spec: ``passes/_ilayernorm_op.py``.
+mean: no row-sum stage, ``Σx²`` and ``x·f``. Spec: ``graphopt/ops/int_layer_norm.py``.
 """
 
 from __future__ import annotations
 
 from tvm import relax, te, tirx
+
+from graphopt import ops
 
 from ._common import INT64, broadcast_load, emit_kernel, floor_shift, i64, op_attributes, row_reduce_axis, to_i64
 
@@ -27,6 +29,7 @@ def _newton_isqrt(var: tirx.Expr) -> tirx.Expr:
     return tirx.Let(steps[0], i64(NEWTON_START), body)
 
 
+@ops.implements("IntLayerNorm", "tvm", part="te")
 def int_layer_norm(x: te.Tensor, mult: te.Tensor, bias: te.Tensor, shift: int = 16, center: int = 1) -> te.Tensor:
     shift = int(shift)
     rows = x.shape[:-1]
@@ -61,5 +64,6 @@ def int_layer_norm(x: te.Tensor, mult: te.Tensor, bias: te.Tensor, shift: int = 
     return te.compute(x.shape, affine, name="ilayernorm")
 
 
+@ops.implements("IntLayerNorm", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     return emit_kernel(bb, int_layer_norm, inputs[:3], "int_layer_norm", op_attributes("IntLayerNorm", attrs))

@@ -3,7 +3,7 @@
 ``row_max=1``: one row-max reduction (clamped at 0) then one injective stage; ``row_max=0``: a
 single injective stage with ``m = max(x, 0)``. Per element: two ShiftExps (of ``x - m`` and ``-m``),
 ``f = floor((2^31-1) / min(e_d + e_m, 2^31-1))``, ``σ = (e_d·f) >> (32 - out_bits)``, ``Y = x·σ``
-wrapped to int32 as the spec's ``astype`` does (``passes/_shiftgelu_op.py``).
+wrapped to int32 as the spec's ``astype`` does (``graphopt/ops/shift_gelu.py``).
 
 The spec computes in int64; on AVX2 that costs a scalar 64-bit division and two scalar magic
 multiplies per element. When ``shift_exp_fits_int32(x0, n, terms=2)`` (ivit's attributes always
@@ -14,6 +14,8 @@ The converter prefers the lookup table of ``shiftgelu_table`` for ``row_max=0`` 
 from __future__ import annotations
 
 from tvm import relax, te, tirx
+
+from graphopt import ops
 
 from . import shiftgelu_table
 from ._common import (
@@ -66,6 +68,7 @@ def _gelu_int32(x: tirx.Expr, m: tirx.Expr, x0: int, n: int, out_bits: int, row_
     return (to_i64(x) * to_i64(sigma)).astype("int32")
 
 
+@ops.implements("ShiftGelu", "tvm", part="te")
 def shift_gelu(x: te.Tensor, x0: int, n: int = 23, out_bits: int = 8, row_max: int = 1) -> te.Tensor:
     x0, n, out_bits, row_max = int(x0), int(n), int(out_bits), int(row_max)
     if x0 > -1:
@@ -91,6 +94,7 @@ def shift_gelu(x: te.Tensor, x0: int, n: int = 23, out_bits: int = 8, row_max: i
     return te.compute(x.shape, gelu, name="shiftgelu")
 
 
+@ops.implements("ShiftGelu", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     attrs = op_attributes("ShiftGelu", attrs, required=("x0",))
     table = shiftgelu_table.convert_with_table(bb, inputs[0], attrs)

@@ -19,7 +19,7 @@ import numpy as np
 from tvm import relax, te, tirx
 
 from graphopt import ops
-from graphopt.passes._shiftgelu_op import shift_exp
+from graphopt.ops.shift_gelu import shift_exp
 
 from ._common import INT31, i64, to_i64
 

@@ -3,7 +3,7 @@
 Stages, as TVM's own softmax: row max (reduction), the shift exponential ``e`` (injective), row sum
 (reduction), the per-row factor ``floor((2^31-1) / min(sum, 2^31-1))`` (one division per row,
 not per element), and the output ``(e · f) >> (32 - out_bits)`` (injective). The spec is
-``shiftmax_reference`` in ``passes/_shiftmax_op.py``; it computes in int64.
+``shiftmax_reference`` in ``graphopt/ops/shiftmax.py``; it computes in int64.
 
 AVX2 has no 64-bit vector multiply, shift-right or division, so when ``shift_exp_fits_int32(x0, n)``
 (ivit's attributes always do) the per-element stages run in int32, bit-exact (proofs inline); the
@@ -15,6 +15,8 @@ masked row is all zeros).
 from __future__ import annotations
 
 from tvm import relax, te, tirx
+
+from graphopt import ops
 
 from ._common import (
     INT31,
@@ -40,6 +42,7 @@ def _masked(x: te.Tensor, index, e, mask_below: int, zero):
     return tirx.Select(to_i64(x(*index)) >= i64(mask_below), e, zero)
 
 
+@ops.implements("Shiftmax", "tvm", part="te")
 def shiftmax(x: te.Tensor, x0: int, n: int = 15, out_bits: int = 16, mask_below: int = -(2**31)) -> te.Tensor:
     x0, n, out_bits, mask_below = int(x0), int(n), int(out_bits), int(mask_below)
     if x0 > -1 or not 0 <= n <= 30 or not 2 <= out_bits <= 31:
@@ -88,5 +91,6 @@ def _shiftmax_int64(x: te.Tensor, x0: int, n: int, out_bits: int, mask_below: in
                       name="shiftmax")
 
 
+@ops.implements("Shiftmax", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     return emit_kernel(bb, shiftmax, inputs[:1], "shiftmax", op_attributes("Shiftmax", attrs, required=("x0",)))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from tvm import relax, te, tirx
 
+from graphopt import ops
+
 from ._common import emit_kernel, op_attributes
 
 
+@ops.implements("SigmoidLinearUnit", "tvm", part="te")
 def silu(x: te.Tensor) -> te.Tensor:
     dtype = str(x.dtype)
     wide = "float32" if dtype in ("float16", "bfloat16") else dtype
@@ -22,5 +25,6 @@ def silu(x: te.Tensor) -> te.Tensor:
     return te.compute(x.shape, unit, name="silu")
 
 
+@ops.implements("SigmoidLinearUnit", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     return emit_kernel(bb, silu, inputs[:1], "silu", op_attributes("SigmoidLinearUnit", attrs))

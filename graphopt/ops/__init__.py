@@ -1,4 +1,5 @@
-"""graphopt ops: each declared once with its schema, numpy reference and ONNX function body.
+"""graphopt ops: each declared once with its schema, numpy reference and ONNX function body,
+and each backend's implementation registered beside it.
 
     declare_op(OpDef(
         name="DotProductAttention",
@@ -8,25 +9,34 @@
                 DotProductAttention <scale: float = 1.0> (Q, K, V) => (Y) { ... }''',
     ))
 
-Models that use graphopt ops carry the function definitions (``attach_functions``), so any ONNX
-runtime can run them. Backends look up ``get_op(name)`` to register native kernels. Op names never
-reuse an ONNX or contrib op name: TVM's ONNX importer dispatches on op type alone.
+One module per op in this package (``graphopt/ops/<op>.py``); every module is imported on first
+lookup, so adding an op is adding a file. Models that use graphopt ops carry the function
+definitions (``attach_functions``), so any ONNX runtime can run them. A backend registers its
+native implementation of an op with ``@implements(op_name, backend)`` in its own kernel file
+(``backends/tvm/kernels/<op>.py``); ``implementations(backend)`` is the table it reads, and
+``tests/core/test_ops.py`` checks that every declared op has one for every backend in
+``BACKENDS``. Op names never reuse an ONNX or contrib op name: TVM's ONNX importer dispatches on
+op type alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Callable
 
 import onnx
 import onnx.parser
 import onnx_ir as ir
 
-__all__ = ["DOMAIN", "OPSET_VERSION", "OpDef", "attach_functions", "declare_op", "get_op", "list_ops"]
+__all__ = ["BACKENDS", "DOMAIN", "OPSET_VERSION", "OpDef", "attach_functions", "declare_op", "get_op", "implementations",
+           "implements", "list_ops"]
 
 DOMAIN = "pkg.graphopt"
 OPSET_VERSION = 1
+# backend -> the package whose modules register its implementations (imported on first lookup)
+BACKENDS = {"tvm": "graphopt.backends.tvm.kernels"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,16 +86,50 @@ def _standard_op_names() -> set[str]:
     return {s.name for s in onnx.defs.get_all_schemas_with_history()}
 
 
+def _load_declarations() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
 def get_op(name: str) -> OpDef:
-    importlib.import_module("graphopt.passes")  # ops are declared next to the passes that make them
+    _load_declarations()
     if name not in _OPS:
         raise KeyError(f"unknown graphopt op {name!r}; declared: {sorted(_OPS)}")
     return _OPS[name]
 
 
 def list_ops() -> list[OpDef]:
-    importlib.import_module("graphopt.passes")
+    _load_declarations()
     return [_OPS[k] for k in sorted(_OPS)]
+
+
+_IMPLEMENTATIONS: dict[tuple[str, str], dict[str, Callable]] = {}  # (backend, part) -> op name -> fn
+
+
+def implements(op_name: str, backend: str, part: str = "convert") -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as ``backend``'s implementation of graphopt op ``op_name``.
+
+    For ``tvm``, part ``convert`` is the importer's converter ``fn(bb, inputs, attrs) -> relax.Expr``
+    and part ``te`` the TE compute it emits (the kernel tests build it alone).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (known: {sorted(BACKENDS)})")
+
+    def register(fn: Callable) -> Callable:
+        table = _IMPLEMENTATIONS.setdefault((backend, part), {})
+        if table.get(op_name, fn) is not fn:
+            raise ValueError(f"{backend} implements graphopt op {op_name} ({part}) twice")
+        table[op_name] = fn
+        return fn
+
+    return register
+
+
+def implementations(backend: str, part: str = "convert") -> dict[str, Callable]:
+    """Op name -> ``backend``'s implementation, after importing the backend's kernel package
+    (which needs the backend's own library, e.g. TVM)."""
+    importlib.import_module(BACKENDS[backend])
+    return dict(_IMPLEMENTATIONS.get((backend, part), {}))
 
 
 def _used_graphopt_ops(model: ir.Model) -> set[str]:
