@@ -85,7 +85,7 @@ def ort_levels(model, feeds) -> list[str]:
 def unexplained(result) -> dict[str, int]:
     """Exporter spellings still in the result whose pass recorded no decline (should be empty)."""
     left = collections.Counter(n.op_type for n in result.model.graph if n.op_type in CANDIDATES)
-    declined = {p["name"] for p in result.report.passes if p["declines"]}
+    declined = {p.name for p in result.report.passes if p.declines}
     return {op: n for op, n in left.items() if CANDIDATES[op][1] not in declined}
 
 
@@ -105,7 +105,7 @@ def canonicalize_row(entry) -> dict:
                                 if n.op_type in ("Gelu", "LayerNormalization", "RMSNormalization", "DotProductAttention"))
     return {**row, "status": "ok" if result.ok else "FAILED", "violations": result.report.violations,
             "cosine": worst["cosine"], "max_abs": worst["max_abs"], "fused": dict(fused), "unexplained": unexplained(result),
-            "declined": {p["name"]: len(p["declines"]) for p in result.report.passes if p["declines"]},
+            "declined": {p.name: len(p.declines) for p in result.report.passes if p.declines},
             "ort_levels": ort_levels(result.model, samples(entry, 1)[0]), "seconds": time.perf_counter() - start}
 
 

@@ -10,9 +10,12 @@ import collections
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import onnx_ir as ir
+
+from graphopt.pipeline import PassRecord
 
 __all__ = ["REPORT_SCHEMA_VERSION", "Report", "model_summary", "op_histogram", "render"]
 
@@ -63,7 +66,7 @@ class Report:
     schema_version: int = REPORT_SCHEMA_VERSION
     host: dict = dataclasses.field(default_factory=_host)  # CPU model, ISA features, cores: ratios depend on them
     versions: dict = dataclasses.field(default_factory=_versions)  # graphopt and the libraries behind the numbers
-    passes: list[dict] = dataclasses.field(default_factory=list)
+    passes: list[PassRecord] = dataclasses.field(default_factory=list)  # one per pass, in order
     before: dict = dataclasses.field(default_factory=dict)
     after: dict = dataclasses.field(default_factory=dict)
     ops_before: dict = dataclasses.field(default_factory=dict)
@@ -123,88 +126,112 @@ WORST_LAYERS = 10  # per-layer rows shown without --verbose: the verdict must st
 def render(report: Report, console=None, *, verbose: bool = False) -> None:
     """Print the report as tables (rich); the per-layer table shows the worst rows unless ``verbose``."""
     from rich.console import Console  # noqa: PLC0415 — rich only when printing
-    from rich.table import Table  # noqa: PLC0415
 
     console = console or Console()
     console.print(f"[bold]graphopt[/bold] {_user(report.model)}  pipeline: [cyan]{_user(report.pipeline)}[/cyan]")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {_user(warning)}")
-
-    passes = Table(title="passes", title_justify="left")
-    for column in ("pass", "rewrites", "nodes", "time", "declined / notes"):
-        passes.add_column(column)
-    for p in report.passes:
-        rewrites = ", ".join(f"{_user(k)} x{v}" for k, v in p["rewrites"].items()) or "-"
-        notes = [_user(n) for n in (*p["declines"][:3], *p["notes"])]
-        if len(p["declines"]) > 3:
-            notes.append(f"... {len(p['declines']) - 3} more declines in report.json")
-        passes.add_row(_user(p["name"]), rewrites, f"{p['nodes_before']} -> {p['nodes_after']}", f"{p['seconds']:.2f}s", "\n".join(notes))
-    console.print(passes)
-
-    ops = Table(title="ops before -> after (changed only)", title_justify="left")
-    for column in ("op", "before", "after"):
-        ops.add_column(column)
-    for op in sorted(set(report.ops_before) | set(report.ops_after)):
-        b, a = report.ops_before.get(op, 0), report.ops_after.get(op, 0)
-        if a != b:
-            ops.add_row(_user(op), str(b), str(a))
-    console.print(ops)
-    size = f"{report.before.get('weight_bytes', 0) / 1e6:.2f} MB -> {report.after.get('weight_bytes', 0) / 1e6:.2f} MB"
-    console.print(f"nodes {report.before.get('nodes')} -> {report.after.get('nodes')}; weights {size}")
-
+    _print_passes(console, report.passes)
+    _print_ops(console, report)
     if report.accuracy:
-        masked = f", padding left out by {_user(report.data['mask'])}" if report.data.get("mask") else ""
-        acc = Table(title=f"accuracy vs original ({report.data.get('kind')} data, {report.data.get('samples')} samples{masked})",
-                    title_justify="left")
-        for column in ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1", "checked"):
-            acc.add_column(column)
-        for name, m in report.accuracy.items():
-            top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
-            acc.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), _fixed(m["cosine"], 6), _num(m["sqnr_db"]), top1,
-                        "yes" if m.get("checked", True) else "ignored")
-        console.print(acc)
+        _print_accuracy(console, report)
     if report.layers:
         _print_layers(console, report.layers, WORST_LAYERS if not verbose else len(report.layers))
     if report.parity:
-        par = Table(title="backend parity (compiled target vs ONNX Runtime on the rewritten model, and vs the original)", title_justify="left")
-        for column in ("target", "output", "bit-exact vs onnx", "max abs vs onnx", "cosine vs original"):
-            par.add_column(column)
-        for target, p in report.parity.items():
-            if not p.get("ran"):
-                par.add_row(_user(target), "-", "not run", "-", _user(p.get("note", "")))
-                continue
-            for name, m in p["vs_onnx"].items():
-                original = p["vs_original"].get(name, {})
-                par.add_row(_user(target), _user(name), "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]), _fixed(original.get("cosine"), 6))
-        console.print(par)
+        _print_parity(console, report.parity)
         _print_target_pairs(console, report.parity)
     if report.latency:
-        shapes = ", ".join(f"{_user(k)}[{','.join(map(str, v))}]" for k, v in report.data.get("shapes", {}).items())
-        host = report.host
-        lat = Table(title=f"latency (median of runs; inputs {shapes}; {_user(host.get('cpu'))}, {' '.join(host.get('isa', [])[-3:])}, "
-                          f"{host.get('cores')} cores)", title_justify="left")
-        for column in ("run", "median ms", "p10-p90 ms", "threads", "vs original"):
-            lat.add_column(column)
-        base = report.latency.get("original", {}).get("median_ms")
-        for name, t in report.latency.items():
-            ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
-            lat.add_row(_user(name), f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
-        console.print(lat)
+        _print_latency(console, report)
     for target, profile in report.data.get("profile", {}).items():
         _print_profile(console, target, profile, shown=10)
     if report.integer_only:
-        verdict = report.integer_only
-        for op in verdict["float_ops"][:10]:
-            values = ", ".join(f"{v['name']} {v['dtype']}" for v in op["values"])
-            where = f", in {op['function']}" if op["function"] else ""
-            console.print(f"[red]float op[/red] {_user(op['node'])} ({_user(op['op_type'])}{_user(where)}): {_user(values)}")
-        if len(verdict["float_ops"]) > 10:
-            console.print(f"... {len(verdict['float_ops']) - 10} more float ops in report.json")
-        if verdict["ok"]:
-            console.print(f"[green]{_user(verdict['verdict'])}[/green]")
+        _print_integer_only(console, report.integer_only)
+    _print_verdict(console, report)
+
+
+def _table(title: str, columns: Sequence[str]):
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _print_passes(console, passes: Sequence[PassRecord]) -> None:
+    table = _table("passes", ("pass", "rewrites", "nodes", "time", "declined / notes"))
+    for p in passes:
+        rewrites = ", ".join(f"{_user(k)} x{v}" for k, v in p.rewrites.items()) or "-"
+        notes = [_user(n) for n in (*p.declines[:3], *p.notes)]
+        if len(p.declines) > 3:
+            notes.append(f"... {len(p.declines) - 3} more declines in report.json")
+        table.add_row(_user(p.name), rewrites, f"{p.nodes_before} -> {p.nodes_after}", f"{p.seconds:.2f}s", "\n".join(notes))
+    console.print(table)
+
+
+def _print_ops(console, report: Report) -> None:
+    table = _table("ops before -> after (changed only)", ("op", "before", "after"))
+    for op in sorted(set(report.ops_before) | set(report.ops_after)):
+        before, after = report.ops_before.get(op, 0), report.ops_after.get(op, 0)
+        if after != before:
+            table.add_row(_user(op), str(before), str(after))
+    console.print(table)
+    size = f"{report.before.get('weight_bytes', 0) / 1e6:.2f} MB -> {report.after.get('weight_bytes', 0) / 1e6:.2f} MB"
+    console.print(f"nodes {report.before.get('nodes')} -> {report.after.get('nodes')}; weights {size}")
+
+
+def _print_accuracy(console, report: Report) -> None:
+    masked = f", padding left out by {_user(report.data['mask'])}" if report.data.get("mask") else ""
+    table = _table(f"accuracy vs original ({report.data.get('kind')} data, {report.data.get('samples')} samples{masked})",
+                   ("output", "max abs", "mean abs", "cosine", "SQNR dB", "top-1", "checked"))
+    for name, m in report.accuracy.items():
+        top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
+        table.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), _fixed(m["cosine"], 6), _num(m["sqnr_db"]), top1,
+                      "yes" if m.get("checked", True) else "ignored")
+    console.print(table)
+
+
+def _print_parity(console, parity: dict) -> None:
+    table = _table("backend parity (compiled target vs ONNX Runtime on the rewritten model, and vs the original)",
+                   ("target", "output", "bit-exact vs onnx", "max abs vs onnx", "cosine vs original"))
+    for target, p in parity.items():
+        if not p.get("ran"):
+            table.add_row(_user(target), "-", "not run", "-", _user(p.get("note", "")))
+            continue
+        for name, m in p["vs_onnx"].items():
+            original = p["vs_original"].get(name, {})
+            table.add_row(_user(target), _user(name), "yes" if p["bit_exact_vs_onnx"] else "no", _num(m["max_abs"]),
+                          _fixed(original.get("cosine"), 6))
+    console.print(table)
+
+
+def _print_latency(console, report: Report) -> None:
+    shapes = ", ".join(f"{_user(k)}[{','.join(map(str, v))}]" for k, v in report.data.get("shapes", {}).items())
+    host = report.host
+    table = _table(f"latency (median of runs; inputs {shapes}; {_user(host.get('cpu'))}, {' '.join(host.get('isa', [])[-3:])}, "
+                   f"{host.get('cores')} cores)", ("run", "median ms", "p10-p90 ms", "threads", "vs original"))
+    base = report.latency.get("original", {}).get("median_ms")
+    for name, t in report.latency.items():
+        ratio = f"{base / t['median_ms']:.2f}x" if base and t["median_ms"] else "-"
+        table.add_row(_user(name), f"{t['median_ms']:.3f}", f"{t['p10_ms']:.3f}-{t['p90_ms']:.3f}", str(t["threads"]), ratio)
+    console.print(table)
+
+
+def _print_integer_only(console, verdict: dict) -> None:
+    for op in verdict["float_ops"][:10]:
+        values = ", ".join(f"{v['name']} {v['dtype']}" for v in op["values"])
+        where = f", in {op['function']}" if op["function"] else ""
+        console.print(f"[red]float op[/red] {_user(op['node'])} ({_user(op['op_type'])}{_user(where)}): {_user(values)}")
+    if len(verdict["float_ops"]) > 10:
+        console.print(f"... {len(verdict['float_ops']) - 10} more float ops in report.json")
+    if verdict["ok"]:
+        console.print(f"[green]{_user(verdict['verdict'])}[/green]")
+
+
+def _print_verdict(console, report: Report) -> None:
     if report.violations:
-        for v in report.violations:
-            console.print(f"[red]FAILED[/red] {_user(v)}")
+        for violation in report.violations:
+            console.print(f"[red]FAILED[/red] {_user(violation)}")
         for hint in report.hints:
             console.print(f"[yellow]hint:[/yellow] {_user(hint)}")
     elif report.accuracy:

@@ -240,7 +240,7 @@ def _rewrite(ctx: Context) -> None:
     interface.restore_interface(ctx.original, work)
     common_passes.RemoveUnusedNodesPass()(work)  # e.g. the Identity onnx_ir added for an input returned as output
     _stamp_producer(work, ctx.original)
-    report.passes = [dataclasses.asdict(r) for r in records]
+    report.passes = list(records)
     report.before, report.after = model_summary(ctx.original), model_summary(work)
     report.ops_before, report.ops_after = op_histogram(ctx.original), op_histogram(work)
     problems = [p for target, backend in ctx.backends.items() for p in backend.preflight(work, target)]

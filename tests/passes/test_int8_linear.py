@@ -508,8 +508,8 @@ def test_minilm_sentence_embeddings(exporter, opset):
     train = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(32)]
     held_out = minilm.tokenize(minilm.sentences()[100:200], seq_len=128)
     result = graphopt.compile(proto, passes="int8-linear(smoothing=0.8)", calib=train, validate=False)
-    record = next(p for p in result.report.passes if p["name"] == "int8-linear")
-    assert record["rewrites"] == {"int8-matmul": 36, "int8-matmul-activations": 12}, record
+    record = next(p for p in result.report.passes if p.name == "int8-linear")
+    assert record.rewrites == {"int8-matmul": 36, "int8-matmul-activations": 12}, record
     assert "MatMul" not in testing.op_types(result.model)
     before = minilm.mean_pool(testing.run_ort(proto, held_out)[0], held_out["attention_mask"])
     after = minilm.mean_pool(testing.run_ort(result.model, held_out)[0], held_out["attention_mask"])
@@ -529,9 +529,9 @@ def test_digits_vit_top1():
     idx = np.random.default_rng(testing.SEED).choice(len(x_train), 256, replace=False)
     calib = [{"pixels": x_train[np.sort(idx[i:i + 32])]} for i in range(0, 256, 32)]
     result = graphopt.compile(proto, passes="int8-linear", calib=calib, validate=False)
-    record = next(p for p in result.report.passes if p["name"] == "int8-linear")
+    record = next(p for p in result.report.passes if p.name == "int8-linear")
     # 8 linears (qkv, proj, fc1, fc2 x 2 layers), the head Gemm, 4 attention MatMuls, the patch Conv
-    assert record["rewrites"] == {"int8-matmul": 8, "int8-gemm": 1, "int8-matmul-activations": 4, "int8-conv": 1}, record
+    assert record.rewrites == {"int8-matmul": 8, "int8-gemm": 1, "int8-matmul-activations": 4, "int8-conv": 1}, record
     assert not {"MatMul", "Gemm", "Conv"} & set(testing.op_types(result.model))
     assert island_count(result.model) == 14
 

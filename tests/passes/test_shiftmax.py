@@ -286,8 +286,8 @@ def test_minilm_sentence_embeddings():
 
     base = embed(ir.serde.deserialize_model(proto))
     result = graphopt.compile(proto, passes="cleanup,opset-upgrade,shiftmax", calib=train, validate=False)
-    record = next(p for p in result.report.passes if p["name"] == "shiftmax")
-    assert record["rewrites"] == {"shiftmax": 6}, record  # one softmax per layer
+    record = next(p for p in result.report.passes if p.name == "shiftmax")
+    assert record.rewrites == {"shiftmax": 6}, record  # one softmax per layer
     assert "Softmax" not in testing.op_types(result.model)
     got = embed(result.model)
     cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
