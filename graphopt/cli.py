@@ -297,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    for add in (_add_compile, _add_passes, _add_inspect, _add_explain, _add_bench):
+        add(sub, common)
+    return parser
+
+
+def _add_compile(sub, common) -> None:
     c = sub.add_parser("compile", parents=[common], help="rewrite a model, validate it, build targets", epilog=EXIT_CODES_HELP)
     c.add_argument("model", help="an .onnx file")
     c.add_argument("-o", "--output", default="graphopt-out", help="output folder (default: graphopt-out)")
@@ -350,10 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     c.set_defaults(run=cmd_compile)
 
+
+def _add_passes(sub, common) -> None:
     p = sub.add_parser("passes", parents=[common], help="list passes, their options and presets")
     p.add_argument("--json", action="store_true", help="print the catalog as JSON")
     p.set_defaults(run=cmd_passes)
 
+
+def _add_inspect(sub, common) -> None:
     i = sub.add_parser("inspect", parents=[common], help="inputs, outputs, op histogram, parameters, detected patterns",
                        epilog=EXIT_CODES_HELP)
     i.add_argument("model")
@@ -365,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or when the model has no integer region at all")
     i.set_defaults(run=cmd_inspect)
 
+
+def _add_explain(sub, common) -> None:
     e = sub.add_parser("explain", parents=[common], help="what each pass would rewrite, and the near misses with reasons")
     e.add_argument("model")
     e.add_argument("--passes", default="canonicalize", help="pipeline to explain (default: canonicalize)")
@@ -374,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable; default: seeded synthetic inputs)")
     e.set_defaults(run=cmd_explain)
 
+
+def _add_bench(sub, common) -> None:
     b = sub.add_parser("bench", parents=[common], add_help=False, help="run the benchmarks behind the README's numbers on this host",
                        usage="graphopt bench [--list] [NAME ...] [BENCHMARK OPTIONS]",
                        description="Each benchmark runs in a fresh process and prints its ratios against a baseline timed "
@@ -385,7 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--list", action="store_true", help="list the benchmarks, what each measures and the extras it needs")
     b.add_argument("-h", "--help", action="store_true", help="this help; after a NAME, that benchmark's options")
     b.set_defaults(run=cmd_bench, options=[], parser=b)
-    return parser
 
 
 class _Terminated(BaseException):  # noqa: N818 — like KeyboardInterrupt, not an error

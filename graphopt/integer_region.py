@@ -419,10 +419,8 @@ def _float_values(node: onnx.NodeProto, ins: list[str], outs: list[str], types: 
     return list(found.items())
 
 
-def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> IntegerRegionReport:
-    nodes = list(graph.node)
-    types = _types(graph)
-    io = [_data_io(n) for n in nodes]
+def _edges(io: list[tuple[list[str], list[str]]]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Value name -> the node that writes it, and -> the nodes that read it."""
     producer: dict[str, int] = {}
     consumers: dict[str, list[int]] = collections.defaultdict(list)
     for i, (ins, outs) in enumerate(io):
@@ -430,8 +428,10 @@ def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> 
             producer[name] = i
         for name in ins:
             consumers[name].append(i)
+    return producer, consumers
 
-    # entries: quantizes with no dequantize upstream (float preprocessing ends there)
+
+def _downstream_of_dequantizes(nodes, io, consumers) -> set[int]:
     after_dq: set[int] = set()
     stack = [name for i, n in enumerate(nodes) if _is_dq(n) for name in io[i][1]]
     while stack:
@@ -439,8 +439,11 @@ def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> 
             if j not in after_dq:
                 after_dq.add(j)
                 stack.extend(io[j][1])
-    is_entry = [_is_q(n) and i not in after_dq for i, n in enumerate(nodes)]
-    # the region: everything a dequantize reads, directly or not, back to the entries
+    return after_dq
+
+
+def _region(nodes, io, producer, is_entry) -> tuple[set[int], list[int]]:
+    """Everything a dequantize reads, directly or not, back to the entries; and the entries reached."""
     region: set[int] = set()
     reached_entries: set[int] = set()
     stack = [name for i, n in enumerate(nodes) if _is_dq(n) for name in io[i][0]]
@@ -453,15 +456,11 @@ def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> 
             continue
         region.add(j)
         stack.extend(io[j][0])
-    entries = sorted(reached_entries)
-    exits = [i for i, n in enumerate(nodes) if _is_dq(n) and i not in region]
-    boundary = set(entries) | set(exits)
+    return region, sorted(reached_entries)
 
-    def float_op(i: int, values: list[tuple[str, str]]) -> FloatOp:
-        node, label = nodes[i], labels[i]
-        op_type = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        return FloatOp(label.node, op_type, tuple(values), label.function, label.call)
 
+def _classify(nodes, io, labels, types, region, boundary) -> tuple[list[FloatOp], list[FloatOp], collections.Counter]:
+    """Float ops inside the region, float ops outside it, and the functions the region calls."""
     float_ops, outside = [], []
     functions: collections.Counter = collections.Counter()
     seen_calls: set[str] = set()
@@ -478,7 +477,21 @@ def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> 
             functions[f"{node.domain}::{node.op_type}"] += 1
             values = [*values, *((name, f"{UNKNOWN} (function body not checked)") for name in io[i][1])]
         if values:
-            (float_ops if inside else outside).append(float_op(i, values))
+            op_type = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+            (float_ops if inside else outside).append(FloatOp(label.node, op_type, tuple(values), label.function, label.call))
+    return float_ops, outside, functions
+
+
+def _analyse(graph: onnx.GraphProto, labels: list[_Label], notes: list[str]) -> IntegerRegionReport:
+    nodes = list(graph.node)
+    io = [_data_io(n) for n in nodes]
+    producer, consumers = _edges(io)
+    after_dq = _downstream_of_dequantizes(nodes, io, consumers)
+    # entries: quantizes with no dequantize upstream (float preprocessing ends there)
+    is_entry = [_is_q(n) and i not in after_dq for i, n in enumerate(nodes)]
+    region, entries = _region(nodes, io, producer, is_entry)
+    exits = [i for i, n in enumerate(nodes) if _is_dq(n) and i not in region]
+    float_ops, outside, functions = _classify(nodes, io, labels, _types(graph), region, set(entries) | set(exits))
     return IntegerRegionReport(
         entries=[labels[i].node for i in entries],
         exits=[labels[i].node for i in exits],
