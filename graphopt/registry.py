@@ -4,7 +4,7 @@ A pass is an ``onnx_ir`` pass class registered under a kebab-case name with a da
 options. Presets are registry entries too: a name that expands to a pipeline string.
 
     @register_pass("gelu", options=GeluOptions)
-    class FuseGelu(GraphoptPass): ...
+    class GeluPass(GraphoptPass): ...
 
     register_preset("canonicalize", "cleanup,gelu,layer-norm,...", "Turn exporter spellings ...")
 """
@@ -97,6 +97,8 @@ def register_pass(
             raise ValueError(f"pass name {name!r} is registered twice")
         if not cls.__doc__:
             raise ValueError(f"pass {name!r} needs a docstring: its first line is its summary")
+        if cls.__name__.lstrip("_").lower() != name.replace("-", "") + "pass":  # one naming scheme: layer-norm <-> LayerNormPass
+            raise ValueError(f"pass {name!r} is class {cls.__name__}: name it <{name} in CamelCase>Pass")
         cls.pass_name = name
         _PASSES[name] = PassSpec(name, cls, options, fixed_point, category)
         return cls

@@ -36,7 +36,7 @@ from graphopt.ops.attention import ATTENTION_OP, MIN_OPSET
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant, default_opset
 from graphopt.registry import register_pass
 
-__all__ = ["AttentionOptions", "FuseAttention"]
+__all__ = ["AttentionOptions", "AttentionPass"]
 
 _MASKED = -1e30  # a Where-mask fill at or below this is minus infinity to softmax
 _MASK_LIMIT = 1 << 24  # largest constant mask (elements) inspected for zeros / causality
@@ -268,7 +268,7 @@ class _Attention(pattern.RewriteRuleClassBase):
 
 
 @register_pass("attention", options=AttentionOptions, category="canonicalize")
-class FuseAttention(RulePass):
+class AttentionPass(RulePass):
     """Fuse MatMul/scale/mask/Softmax/MatMul attention into pkg.graphopt DotProductAttention."""
 
     def rules(self):

@@ -29,7 +29,7 @@ from graphopt.pass_base import GraphoptPass
 from graphopt.passes._conv_pad_rule import pad_into_conv_rule
 from graphopt.registry import register_pass
 
-__all__ = ["Cleanup", "CleanupOptions"]
+__all__ = ["CleanupPass", "CleanupOptions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _initializer_shapes_from_data(model: ir.Model) -> None:
 
 
 @register_pass("cleanup", options=CleanupOptions, category="cleanup")
-class Cleanup(GraphoptPass):
+class CleanupPass(GraphoptPass):
     """Fold constants, drop dead code, identities and exact no-ops (Add 0, Mul 1, inference Dropout)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -27,7 +27,7 @@ from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import constant
 from graphopt.registry import register_pass
 
-__all__ = ["DropFakeQuant"]
+__all__ = ["DropFakeQuantPass"]
 
 
 def _same_constant(a, b) -> bool:
@@ -63,7 +63,7 @@ class _FakeQuant(pattern.RewriteRuleClassBase):
 
 
 @register_pass("drop-fake-quant", category="canonicalize")
-class DropFakeQuant(RulePass):
+class DropFakeQuantPass(RulePass):
     """Remove activation Quantize -> Dequantize pairs of QDQ models (weights keep theirs)."""
 
     def rules(self):

@@ -33,7 +33,7 @@ from onnx.reference import ReferenceEvaluator
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
-__all__ = ["FoldStaticValues", "FoldStaticValuesOptions", "fold_static_values"]
+__all__ = ["FoldStaticValuesPass", "FoldStaticValuesOptions", "fold_static_values"]
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 # never evaluate ops with state or randomness
@@ -110,7 +110,7 @@ class FoldStaticValuesOptions:
 
 
 @register_pass("fold-static-values", options=FoldStaticValuesOptions, category="cleanup")
-class FoldStaticValues(GraphoptPass):
+class FoldStaticValuesPass(GraphoptPass):
     """Evaluate values that follow from constants and static shapes (shape chains, Resize of constants) once."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

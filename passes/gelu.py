@@ -31,7 +31,7 @@ from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import check_float, check_opset, check_scalar, either
 from graphopt.registry import register_pass
 
-__all__ = ["FuseGelu", "GeluOptions"]
+__all__ = ["GeluPass", "GeluOptions"]
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -125,7 +125,7 @@ class _ContribGelu(pattern.RewriteRuleClassBase):
 
 
 @register_pass("gelu", options=GeluOptions, category="canonicalize")
-class FuseGelu(RulePass):
+class GeluPass(RulePass):
     """Fuse erf/tanh GELU arithmetic and com.microsoft Gelu ops into ONNX Gelu (opset 20)."""
 
     def rules(self):

@@ -46,7 +46,7 @@ from graphopt.passes._canonical_utils import check_opset, constant
 from graphopt.ops.int_layer_norm import INT_LAYER_NORM
 from graphopt.registry import register_pass
 
-__all__ = ["ILayerNorm", "ILayerNormOptions", "INT_LAYER_NORM", "affine_plan"]
+__all__ = ["ILayerNormPass", "ILayerNormOptions", "INT_LAYER_NORM", "affine_plan"]
 
 _MAX_MULT_BITS = 15
 _MAX_SHIFT = 46
@@ -168,7 +168,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
 
 
 @register_pass("ilayernorm", options=ILayerNormOptions, category="rewrite")
-class ILayerNorm(RulePass):
+class ILayerNormPass(RulePass):
     """Float LayerNormalization (last axis) -> integer-only I-ViT IntLayerNorm island, calibrated."""
 
     needs_calibration = True

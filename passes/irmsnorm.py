@@ -25,10 +25,10 @@ Pow/ReduceMean/Sqrt/Reciprocal spelling first, this removes the last float norm 
 from __future__ import annotations
 
 from graphopt.ops.int_layer_norm import INT_LAYER_NORM
-from graphopt.passes.ilayernorm import ILayerNorm, ILayerNormOptions, _ILayerNorm
+from graphopt.passes.ilayernorm import ILayerNormPass, ILayerNormOptions, _ILayerNorm
 from graphopt.registry import register_pass
 
-__all__ = ["INT_LAYER_NORM", "IRmsNorm"]
+__all__ = ["INT_LAYER_NORM", "IRmsNormPass"]
 
 
 class _IRmsNorm(_ILayerNorm):
@@ -42,7 +42,7 @@ class _IRmsNorm(_ILayerNorm):
 
 
 @register_pass("irmsnorm", options=ILayerNormOptions, category="rewrite")
-class IRmsNorm(ILayerNorm):
+class IRmsNormPass(ILayerNormPass):
     """Float RMSNormalization (last axis) -> integer-only IntLayerNorm(center=0) island, calibrated."""
 
     NORM_OP = "RMSNormalization"

@@ -53,7 +53,7 @@ from graphopt.passes._canonical_utils import (
 from graphopt.passes._layer_norm_rules import Expansion, Statistic, check_exponents, stash_type, variance
 from graphopt.registry import register_pass
 
-__all__ = ["FuseLayerNorm"]
+__all__ = ["LayerNormPass"]
 
 
 class _LayerNormDecomposed(pattern.RewriteRuleClassBase):
@@ -178,7 +178,7 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
 
 
 @register_pass("layer-norm", category="canonicalize")
-class FuseLayerNorm(RulePass):
+class LayerNormPass(RulePass):
     """Fuse decomposed LayerNorm (either variance, ONNX's own expansion; scale, bias) into LayerNormalization."""
 
     def rules(self):

@@ -22,7 +22,7 @@ from onnxscript.rewriter import pattern
 from graphopt.pass_base import RulePass
 from graphopt.registry import register_pass
 
-__all__ = ["MaterializeConstantOfShape", "MaterializeConstantOfShapeOptions"]
+__all__ = ["MaterializeConstantOfShapePass", "MaterializeConstantOfShapeOptions"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,7 @@ class _Materialize(pattern.RewriteRuleClassBase):
 
 
 @register_pass("materialize-constant-of-shape", options=MaterializeConstantOfShapeOptions, category="backend")
-class MaterializeConstantOfShape(RulePass):
+class MaterializeConstantOfShapePass(RulePass):
     """Turn ConstantOfShape of a constant shape into the constant (up to ``limit`` elements)."""
 
     def rules(self):

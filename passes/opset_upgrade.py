@@ -20,7 +20,7 @@ from graphopt import validity
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
-__all__ = ["OpsetUpgrade", "OpsetUpgradeOptions"]
+__all__ = ["OpsetUpgradePass", "OpsetUpgradeOptions"]
 
 @dataclasses.dataclass(frozen=True)
 class OpsetUpgradeOptions:
@@ -38,7 +38,7 @@ def default_opset(model: ir.Model) -> int:
 
 
 @register_pass("opset-upgrade", options=OpsetUpgradeOptions, category="cleanup")
-class OpsetUpgrade(GraphoptPass):
+class OpsetUpgradePass(GraphoptPass):
     """Convert the default-domain opset up to `opset` (onnx version converter) when it is older."""
 
     rebuilds_nodes = True  # the converter remakes every node: none of them is this pass's own (provenance)

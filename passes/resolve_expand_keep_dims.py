@@ -20,7 +20,7 @@ from onnxscript.rewriter import pattern
 from graphopt.pass_base import RulePass
 from graphopt.registry import register_pass
 
-__all__ = ["ResolveExpandKeepDims"]
+__all__ = ["ResolveExpandKeepDimsPass"]
 
 
 def _resolved(x: ir.Value, shape: ir.Value) -> np.ndarray:
@@ -51,7 +51,7 @@ class _ResolveKeepDims(pattern.RewriteRuleClassBase):
 
 
 @register_pass("resolve-expand-keep-dims", category="backend")
-class ResolveExpandKeepDims(RulePass):
+class ResolveExpandKeepDimsPass(RulePass):
     """Replace -1 ("keep this dim") in constant Expand shapes by the input's size."""
 
     def rules(self):

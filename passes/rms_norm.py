@@ -47,7 +47,7 @@ from graphopt.passes._canonical_utils import (
 )
 from graphopt.registry import register_pass
 
-__all__ = ["FuseRmsNorm"]
+__all__ = ["RmsNormPass"]
 
 _STASH_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 
@@ -145,7 +145,7 @@ class _SimplifiedLayerNorm(pattern.RewriteRuleClassBase):
 
 
 @register_pass("rms-norm", category="canonicalize")
-class FuseRmsNorm(RulePass):
+class RmsNormPass(RulePass):
     """Fuse decomposed RMSNorm (with the float32 Cast round trip) into RMSNormalization (opset 23)."""
 
     def rules(self):

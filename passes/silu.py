@@ -24,7 +24,7 @@ from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import check_float, constant
 from graphopt.registry import register_pass
 
-__all__ = ["FuseSilu"]
+__all__ = ["SiluPass"]
 
 
 class _SiluFusion(pattern.RewriteRuleClassBase):
@@ -54,7 +54,7 @@ class _SiluFusion(pattern.RewriteRuleClassBase):
 
 
 @register_pass("silu", category="canonicalize")
-class FuseSilu(RulePass):
+class SiluPass(RulePass):
     """Fuse x * Sigmoid(x) into the graphopt op SigmoidLinearUnit (ONNX Swish needs opset 24)."""
 
     def rules(self):

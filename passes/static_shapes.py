@@ -26,7 +26,7 @@ from graphopt import data
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
-__all__ = ["StaticShapes", "StaticShapesOptions", "format_shapes"]
+__all__ = ["StaticShapesPass", "StaticShapesOptions", "format_shapes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ def format_shapes(shapes) -> str:
 
 
 @register_pass("static-shapes", options=StaticShapesOptions, category="backend")
-class StaticShapes(GraphoptPass):
+class StaticShapesPass(GraphoptPass):
     """Fix input shapes to static sizes and drop the exporter's symbolic intermediate shapes."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -28,7 +28,7 @@ from onnxscript.rewriter import pattern
 from graphopt.pass_base import RulePass
 from graphopt.registry import register_pass
 
-__all__ = ["TvmImportForms"]
+__all__ = ["TvmImportFormsPass"]
 
 HALF_PRECISION = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 CONTRACTIONS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
@@ -91,7 +91,7 @@ class _WidenHalfContraction(pattern.RewriteRuleClassBase):
 
 
 @register_pass("tvm-import-forms", category="backend")
-class TvmImportForms(RulePass):
+class TvmImportFormsPass(RulePass):
     """Rewrite empty Resize scales, list-valued Constants and float16 contractions into forms TVM imports right."""
 
     def rules(self):

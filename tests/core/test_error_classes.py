@@ -26,7 +26,7 @@ def _relu_model() -> onnx.ModelProto:
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
 
 
-class _BreaksTypes(GraphoptPass):
+class _TestBreaksTypesPass(GraphoptPass):
     """Test only: writes a Relu over a string tensor, which no ORT kernel runs."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -40,7 +40,7 @@ class _BreaksTypes(GraphoptPass):
 
 @pytest.fixture
 def breaking_pass():
-    registry.register_pass("test-breaks-types")(_BreaksTypes)
+    registry.register_pass("test-breaks-types")(_TestBreaksTypesPass)
     yield "test-breaks-types"
     registry._PASSES.pop("test-breaks-types")
 

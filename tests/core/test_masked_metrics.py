@@ -33,7 +33,7 @@ def _encoder() -> onnx.ModelProto:
     return model
 
 
-class _DisturbRows(GraphoptPass):
+class _TestDisturbPaddingPass(GraphoptPass):
     """Test only: adds 100 to hidden rows 4 and 5 (padding in the test data) or, with rows=0, to row 0."""
 
     rows = (4, 5)
@@ -55,7 +55,7 @@ class _DisturbRows(GraphoptPass):
         return ir.passes.PassResult(model, True)
 
 
-class _DisturbRealRow(_DisturbRows):
+class _TestDisturbRealPass(_TestDisturbPaddingPass):
     """Test only: adds 100 to hidden row 0, a real token."""
 
     rows = (0,)
@@ -63,8 +63,8 @@ class _DisturbRealRow(_DisturbRows):
 
 @pytest.fixture
 def disturbing_passes():
-    registry.register_pass("test-disturb-padding")(_DisturbRows)
-    registry.register_pass("test-disturb-real")(_DisturbRealRow)
+    registry.register_pass("test-disturb-padding")(_TestDisturbPaddingPass)
+    registry.register_pass("test-disturb-real")(_TestDisturbRealPass)
     yield
     registry._PASSES.pop("test-disturb-padding")
     registry._PASSES.pop("test-disturb-real")

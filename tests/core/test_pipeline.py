@@ -88,7 +88,7 @@ class _BoomOptions:
     pass
 
 
-class _Boom(GraphoptPass):
+class _TestBoomPass(GraphoptPass):
     """A pass that always fails (tests the error wrapping)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -97,7 +97,7 @@ class _Boom(GraphoptPass):
 
 @pytest.fixture
 def boom_pass():
-    registry.register_pass("test-boom", options=_BoomOptions, category="test")(_Boom)
+    registry.register_pass("test-boom", options=_BoomOptions, category="test")(_TestBoomPass)
     yield
     registry._PASSES.pop("test-boom")
 
@@ -118,7 +118,7 @@ def test_catalog_lists_every_registered_pass():
     assert {"name": "fold_limit", "type": "int", "default": 65536} in cleanup["options"]
 
 
-class _CountDown(GraphoptPass):
+class _TestCountdownPass(GraphoptPass):
     """Removes one Identity per run: needs a fixed point to remove them all."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -132,7 +132,7 @@ class _CountDown(GraphoptPass):
 
 
 def test_fixed_point_passes_run_until_nothing_changes():
-    registry.register_pass("test-countdown", options=_BoomOptions, fixed_point=True, category="test")(_CountDown)
+    registry.register_pass("test-countdown", options=_BoomOptions, fixed_point=True, category="test")(_TestCountdownPass)
     try:
         model = ir.from_onnx_text(
             """<ir_version: 8, opset_import: ["" : 17]>
@@ -144,7 +144,7 @@ def test_fixed_point_passes_run_until_nothing_changes():
         registry._PASSES.pop("test-countdown")
 
 
-class _MeasureRelu(GraphoptPass):
+class _TestMeasurePass(GraphoptPass):
     """Records the calibrated max of the Relu input (tests the calibration hook)."""
 
     needs_calibration = True
@@ -152,20 +152,20 @@ class _MeasureRelu(GraphoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         relu = next(n for n in model.graph if n.op_type == "Relu")
-        _MeasureRelu.seen_max = self.stats(model, [relu.inputs[0].name])[relu.inputs[0].name].max
+        _TestMeasurePass.seen_max = self.stats(model, [relu.inputs[0].name])[relu.inputs[0].name].max
         return ir.passes.PassResult(model, modified=False)
 
 
 def test_calibrating_passes_get_the_run_samples_or_say_they_are_synthetic():
     import numpy as np
 
-    registry.register_pass("test-measure", options=_BoomOptions, category="test")(_MeasureRelu)
+    registry.register_pass("test-measure", options=_BoomOptions, category="test")(_TestMeasurePass)
     text = """<ir_version: 8, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] y) { two = Constant <value = float {2.0}> () h = Mul(x, two) y = Relu(h) }"""
     try:
         samples = [{"x": np.array([1.0, 3.0], np.float32)}, {"x": np.array([-1.0, 5.0], np.float32)}]
         (record,) = pipeline.run_pipeline(ir.from_onnx_text(text), "test-measure", samples=samples)
-        assert _MeasureRelu.seen_max == 10.0 and record.notes == []
+        assert _TestMeasurePass.seen_max == 10.0 and record.notes == []
         (record,) = pipeline.run_pipeline(ir.from_onnx_text(text), "test-measure")
         assert "synthetic" in record.notes[0]
     finally:
