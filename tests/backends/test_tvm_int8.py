@@ -210,3 +210,42 @@ def test_conv_integer_matches_onnxruntime(target, x_dtype, x_zero, attrs):
     np.testing.assert_array_equal(got, expected)
     if target is AVX2:
         assert any("conv_i16_avx2" in name for name in _kernel_names(mod)), _kernel_names(mod)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "x_dtype", "x_zero", "attrs"),
+    [
+        ((1, 8, 7, 6), (8, 1, 3, 3), "int8", 0, {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise (SegFormer, MobileViT)
+        ((2, 4, 9, 8), (8, 1, 3, 3), "uint8", 131, {"group": 4, "strides": [2, 2], "pads": [1, 0, 1, 2]}),  # multiplier 2
+        ((1, 6, 8, 8), (4, 3, 2, 2), "int8", 0, {"group": 2, "strides": [2, 1], "auto_pad": "SAME_UPPER"}),
+        ((2, 3, 20), (5, 3, 4), "int8", 0, {"strides": [2], "pads": [1, 2]}),  # Conv1d (Whisper's front-end)
+        ((1, 16, 19), (16, 4, 5), "uint8", 255, {"group": 4, "pads": [2, 2], "dilations": [2]}),  # grouped Conv1d (Wav2Vec2's positions)
+        ((1, 8, 11), (8, 1, 3), "int8", 0, {"group": 8, "strides": [2], "auto_pad": "SAME_LOWER"}),
+        ((1, 4, 5, 6, 7), (6, 2, 2, 3, 2), "int8", 0, {"group": 2, "strides": [1, 2, 1], "pads": [0, 1, 1, 1, 0, 0]}),  # 3-D
+    ],
+    ids=["depthwise", "grouped-u8-stride", "grouped-same-upper", "1d", "1d-grouped-u8", "1d-depthwise-same-lower", "3d-grouped"],
+)
+def test_grouped_and_nd_conv_integer_match_onnxruntime(target, x_shape, w_shape, x_dtype, x_zero, attrs):
+    """ConvInteger with group > 1 and with 1 or 3 spatial axes: bit for bit with ONNX Runtime, extremes included."""
+    rng = np.random.default_rng(6)
+    x = _ints(rng, x_shape, np.dtype(x_dtype))
+    w = _ints(rng, w_shape, np.int8, low=-127)
+    x.reshape(-1)[:7] = np.iinfo(x.dtype).min if x_zero == 0 else np.iinfo(x.dtype).max
+    w.reshape(-1)[:3] = -127
+    x_zero, w_zero = np.array(x_zero, x.dtype), np.array(0, np.int8)
+    expected = _ort_conv_integer(x, w, x_zero, w_zero, attrs)
+    got, mod = _run("ConvInteger", [(x, False), (w, True), (x_zero, True), (w_zero, True)], attrs, target)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not HOST_HAS_AVX2, reason="host CPU lacks AVX2")
+def test_conv1d_takes_the_packed_2d_kernel():
+    """A group-1 Conv1d is the 2-D ConvInteger over [N, C, 1, L]: the target's packed kernel, not the generic one."""
+    rng = np.random.default_rng(7)
+    x, w = _ints(rng, (1, 16, 30), np.int8), _ints(rng, (8, 16, 3), np.int8, low=-127)
+    zeros = [(np.array(0, np.int8), True), (np.array(0, np.int8), True)]
+    got, mod = _run("ConvInteger", [(x, False), (w, True), *zeros], {"strides": [2], "pads": [1, 1]}, AVX2)
+    np.testing.assert_array_equal(got, _ort_conv_integer(x, w, np.array(0, np.int8), np.array(0, np.int8),
+                                                         {"strides": [2], "pads": [1, 1]}))
+    assert any("conv_i16_avx2" in name for name in _kernel_names(mod)), _kernel_names(mod)

@@ -72,30 +72,29 @@ def conv_integer(
     pads: Sequence[int],
     group: int,
 ) -> te.Tensor:
-    """int32 2-D ``ConvInteger``: ``sum (x - x_zero) · (w - w_zero[m])``; padding reads as x_zero (adds 0).
+    """int32 N-D ``ConvInteger``: ``sum (x - x_zero) · (w - w_zero[m])``; padding reads as x_zero (adds 0).
 
-    ``pads`` = [top, left, bottom, right]; ``w_zero`` is a scalar or one per output channel [M].
+    Any number of spatial axes (1-D [N, C, L], 2-D, 3-D, ...) and any ``group``: output channel m
+    reads input channels ``(m // (M / group)) · C/group + ci``. ``pads`` = [begin..., end...] per
+    spatial axis (ONNX's order); ``w_zero`` is a scalar or one per output channel [M].
     """
-    n, _, h, width = (int(d) for d in x.shape)
-    m, c_per_group, kh, kw = (int(d) for d in w.shape)
-    sh, sw = strides
-    dh, dw = dilations
-    top, left, bottom, right = pads
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    n, _, *spatial = (int(d) for d in x.shape)
+    m, c_per_group, *kernel = (int(d) for d in w.shape)
+    rank = len(spatial)
+    begin, end = list(pads[:rank]), list(pads[rank:])
+    out = [(size + b + e - d * (k - 1) - 1) // s + 1
+           for size, b, e, d, k, s in zip(spatial, begin, end, dilations, kernel, strides, strict=True)]
     m_per_group = m // group
     ci = te.reduce_axis((0, c_per_group), name="ci")
-    r = te.reduce_axis((0, kh), name="r")
-    s = te.reduce_axis((0, kw), name="s")
+    taps = [te.reduce_axis((0, k), name=f"r{axis}") for axis, k in enumerate(kernel)]
 
-    def body(b, mm, oy, ox):
-        y = oy * sh + r * dh - top
-        z = ox * sw + s * dw - left
+    def body(b, mm, *o):
+        at = [o[a] * strides[a] + taps[a] * dilations[a] - begin[a] for a in range(rank)]
         channel = (mm // m_per_group) * c_per_group + ci
-        inside = tirx.all(y >= 0, y < h, z >= 0, z < width)
-        raw = x(b, channel, tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(z, width - 1), 0))
+        inside = tirx.all(*[cond for a in range(rank) for cond in (at[a] >= 0, at[a] < spatial[a])])
+        raw = x(b, channel, *[tirx.max(tirx.min(at[a], spatial[a] - 1), 0) for a in range(rank)])
         x_val = tirx.if_then_else(inside, _centered(raw, x_zero, []), tirx.const(0, "int32"))
-        w_val = _centered(w(mm, ci, r, s), w_zero, [mm])
-        return te.sum(x_val * w_val, axis=[ci, r, s])
+        w_val = _centered(w(mm, ci, *taps), w_zero, [mm])
+        return te.sum(x_val * w_val, axis=[ci, *taps])
 
-    return te.compute((n, m, oh, ow), body, name="conv_integer")
+    return te.compute((n, m, *out), body, name="conv_integer")

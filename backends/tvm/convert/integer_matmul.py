@@ -15,7 +15,8 @@ structure as the sdot ones; what they decline (dynamic shapes, zero points that 
 K beyond ``vnni_matmul.MAX_K``) falls to the AVX2 kernels.
 The instruction set is read from the *target* (its ``mcpu``/``mattr``, through LLVM), never from the
 machine that compiles, so a cross build for an AVX2-only CPU gets AVX2 kernels on a VNNI host.
-ONNX's ConvInteger has no TVM converter; ours adds it.
+ONNX's ConvInteger has no TVM converter; ours adds it, for any ``group`` and any number of spatial axes
+(a 1-D one runs as the 2-D one over [N, C, 1, L]; grouped and 3-D ones take the generic N-D kernel).
 """
 
 from __future__ import annotations
@@ -240,13 +241,14 @@ def _attr(attrs: dict, name: str, default):
 
 
 def _conv_pads(attrs: dict, spatial: list[int], kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
-    """[top, left, bottom, right] from ``pads`` or ``auto_pad`` (ONNX's SAME_UPPER / SAME_LOWER / VALID)."""
+    """[begin..., end...] per spatial axis (2-D: [top, left, bottom, right]) from ``pads`` or ``auto_pad``
+    (ONNX's SAME_UPPER / SAME_LOWER / VALID)."""
     auto_pad = _attr(attrs, "auto_pad", "NOTSET")
     if auto_pad in ("NOTSET", ""):
-        pads = [int(p) for p in _attr(attrs, "pads", [0, 0, 0, 0])]
+        pads = [int(p) for p in _attr(attrs, "pads", [0] * 2 * len(spatial))]
         return pads
     if auto_pad == "VALID":
-        return [0, 0, 0, 0]
+        return [0] * 2 * len(spatial)
     begin, end = [], []
     for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
         total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
@@ -270,17 +272,37 @@ def _dot_conv(
     return _emit_scheduled(bb, func, args, out_shape, f"graphopt_int8_conv_{isa.name}")
 
 
+def _conv_1d_as_2d(bb: relax.BlockBuilder, x, w, x_zero, w_zero, x_shape, w_shape, kernel, strides, dilations, pads,
+                   group: int) -> relax.Expr:
+    """A 1-D ConvInteger as the 2-D one over [N, C, 1, L] (free reshapes), so it gets the same kernels."""
+    weights, w2_shape = _constant(w), [w_shape[0], w_shape[1], 1, w_shape[2]]
+    w2 = relax.const(weights.reshape(w2_shape)) if weights is not None else bb.normalize(relax.op.reshape(w, w2_shape))
+    x2 = bb.normalize(relax.op.reshape(x, [x_shape[0], x_shape[1], 1, x_shape[2]]))
+    attrs2 = {"kernel_shape": [1, kernel[0]], "strides": [1, strides[0]], "dilations": [1, dilations[0]],
+              "pads": [0, pads[0], 0, pads[1]], "group": group}
+    out = convert_conv_integer(bb, [x2, w2, x_zero, w_zero], attrs2)
+    shape = _static_shape(out)
+    return bb.emit(relax.op.reshape(out, [shape[0], shape[1], shape[3]]))
+
+
 def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
-    """ONNX ConvInteger(x, w[, x_zero_point, w_zero_point]) -> int32, 2-D."""
+    """ONNX ConvInteger(x, w[, x_zero_point, w_zero_point]) -> int32: any ``group``, 1-D, 2-D, 3-D, ...
+
+    2-D with group 1 gets the target's packed kernels; 1-D goes through the 2-D path over [N, C, 1, L];
+    grouped (depthwise) and 3-D+ convolutions the generic N-D TE kernel.
+    """
     x, w, x_zero, w_zero = (_input(inputs, i) for i in range(4))
     x_shape, w_shape = _static_shape(x), _static_shape(w)
-    if x_shape is None or w_shape is None or len(x_shape) != 4:
-        raise ValueError(f"ConvInteger: only 2-D convolutions with static shapes are supported, got x {x.ty}")
+    if x_shape is None or w_shape is None or len(x_shape) < 3 or len(w_shape) != len(x_shape):
+        raise ValueError(f"ConvInteger: convolutions with static shapes and 1 or more spatial axes are supported, got x {x.ty}")
+    rank = len(x_shape) - 2
     kernel = [int(d) for d in _attr(attrs, "kernel_shape", w_shape[2:])]
-    strides = [int(d) for d in _attr(attrs, "strides", [1, 1])]
-    dilations = [int(d) for d in _attr(attrs, "dilations", [1, 1])]
+    strides = [int(d) for d in _attr(attrs, "strides", [1] * rank)]
+    dilations = [int(d) for d in _attr(attrs, "dilations", [1] * rank)]
     group = int(_attr(attrs, "group", 1))
     pads = _conv_pads(attrs, x_shape[2:], kernel, strides, dilations)
+    if rank == 1:
+        return _conv_1d_as_2d(bb, x, w, x_zero, w_zero, x_shape, w_shape, kernel, strides, dilations, pads, group)
     weights = _constant(w)
     x_zero_value = _scalar_zero(x_zero)
     w_zero_value = np.zeros(1, np.int16) if w_zero is None else _constant(w_zero)
@@ -289,6 +311,7 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
     if (
         dot_isa is not None
         and group == 1
+        and rank == 2
         and weights is not None
         and x_zero_value is not None
         and w_zero_value is not None
@@ -301,6 +324,7 @@ def convert_conv_integer(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> r
     if (
         has_avx2(target)
         and group == 1
+        and rank == 2
         and weights is not None
         and x_zero_value is not None
         and w_zero_value is not None
