@@ -99,13 +99,13 @@ def cmd_compile(args) -> int:
 
 def _compile(args, terminal) -> int:
     from graphopt import api, outdir, storage  # noqa: PLC0415
-    from graphopt.metrics import Tolerances  # noqa: PLC0415
+    from graphopt.metrics import AUTO, Tolerances  # noqa: PLC0415
 
     outdir.check_writable(args.output)  # fail before any work when -o is unusable (nothing is created yet)
     if args.report:
         _check_report_path(args.report, [args.model, *(args.calib or []), *(args.eval or [])])
-    tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine, min_sqnr=args.min_sqnr, min_top1=args.min_top1,
-                            allow_nonfinite=args.allow_nonfinite)
+    tolerances = Tolerances(atol=args.atol, rtol=args.rtol, min_cosine=AUTO if args.min_cosine is None else args.min_cosine,
+                            min_sqnr=args.min_sqnr, min_top1=args.min_top1, allow_nonfinite=args.allow_nonfinite)
     calib = _data_argument(args.calib)
     console = _console(args)
     targets = split_targets(args.targets)
@@ -321,7 +321,9 @@ def _add_compile(sub, common) -> None:
     c.add_argument("--verbose", action="store_true", help="print every per-layer error row (default: the worst 10)")
     c.add_argument("--atol", type=float, help="max abs error allowed (with --rtol)")
     c.add_argument("--rtol", type=float, help="relative error allowed, times the output's max magnitude")
-    c.add_argument("--min-cosine", type=float, default=0.999, help="minimum cosine vs the original (default 0.999)")
+    c.add_argument("--min-cosine", type=float, default=None,
+                   help="minimum cosine vs the original (default 0.999; 0.99 when the pipeline has an approximating pass: "
+                        "int8-linear, shiftmax, ivit, ...)")
     c.add_argument("--min-sqnr", type=float, help="minimum SQNR in dB")
     c.add_argument("--min-top1", type=float, help="minimum top-1 agreement for logits outputs")
     c.add_argument("--allow-nonfinite", action="store_true",

@@ -13,7 +13,8 @@ Every place where a graphopt pass turned a float value into integers is a probe 
 Each point is compared with the same-named value of the original model on the run's samples:
 cosine, SQNR and max abs error, in graph order, with the op that reads the integer tensor (or
 produced it). Entries at or below -1e30 in the original (additive attention masks) are left out:
-they saturate by design. The error is cumulative (each point sees every rewrite upstream of it),
+they saturate by design; so are padding positions when the run has a mask input (as in the
+accuracy check). The error is cumulative (each point sees every rewrite upstream of it),
 which is what tells where accuracy goes.
 """
 
@@ -108,23 +109,39 @@ def _value_names(model: ir.Model) -> set[str]:
     return names
 
 
+def _real_positions(array: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """``array`` without the padding positions ``keep`` ([batch, seq], True = real token) marks: the
+    first axis after the batch that has the sequence's length (rows of [batch, seq, ...], query rows
+    of [batch, heads, seq, ...], keys of a transposed [batch, heads, dim, seq]); any other value whole."""
+    if keep is None or array.ndim < 2 or array.shape[0] != keep.shape[0]:
+        return array.ravel()
+    axis = next((a for a in range(1, array.ndim) if array.shape[a] == keep.shape[1]), None)
+    if axis is None:
+        return array.ravel()
+    return np.moveaxis(array, axis, 1)[keep].ravel()
+
+
 def layer_errors(
-    original: ir.Model, rewritten: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], *, max_samples: int = 8, threads: int = 2
+    original: ir.Model, rewritten: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], *, max_samples: int = 8, threads: int = 2,
+    mask: str | None = None,
 ) -> list[LayerError]:
-    """The error at every probe point of ``rewritten`` (see the module docstring), in graph order."""
+    """The error at every probe point of ``rewritten`` (see the module docstring), in graph order;
+    with ``mask`` (an input marking real tokens), padding positions are left out as in the accuracy check."""
     probes = _probes(rewritten, _value_names(original))
     if not probes or not samples:
         return []
     samples = list(samples)[:max_samples]
     reference = Calibrator(original, samples, threads=threads).capture(sorted({p.original for p in probes}))
     test = Calibrator(rewritten, samples, threads=threads).capture(sorted({p.rewritten for p in probes}))
+    keeps = [np.asarray(s[mask]).astype(bool) if mask is not None and np.ndim(s[mask]) == 2 else None for s in samples]
     results = []
     for p in probes:
         if p.original not in reference or p.rewritten not in test:
             continue  # a value without an inferred type (after a custom-domain op) is not captured
         scale = 1.0 if p.scale is None else p.scale
-        ref = np.concatenate([np.asarray(a, np.float64).ravel() for a in reference[p.original]])
-        got = np.concatenate([((np.asarray(a, np.float64) - p.zero_point) * scale).ravel() for a in test[p.rewritten]])
+        ref = np.concatenate([_real_positions(np.asarray(a, np.float64), k) for a, k in zip(reference[p.original], keeps)])
+        got = np.concatenate([_real_positions((np.asarray(a, np.float64) - p.zero_point) * scale, k)
+                              for a, k in zip(test[p.rewritten], keeps)])
         if ref.shape != got.shape:
             continue
         keep = np.isfinite(ref) & (ref > MASK_FILL)

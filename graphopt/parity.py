@@ -6,16 +6,19 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt.errors import UnsupportedError
-from graphopt.metrics import Tolerances, compare_outputs
+from graphopt.metrics import Tolerances, apply_mask, compare_outputs
 from graphopt.report import Report
 
 __all__ = ["pairwise_parity", "target_parity"]
 
 
-def target_parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report) -> tuple[dict, list | None]:
+def target_parity(artifact, samples, reference, rewritten, tolerances: Tolerances, report: Report,
+                  mask: str | None = None) -> tuple[dict, list | None]:
     """``artifact``'s outputs on ``samples`` vs the original model and vs ONNX Runtime running the
-    rewritten model (an integer graph must match the latter bit for bit), and the outputs themselves
-    (None when the target cannot run here, e.g. a GPU target on a machine without one: noted, not failed)."""
+    rewritten model (an integer graph must match the latter bit for bit, padding included), and the
+    outputs themselves (None when the target cannot run here, e.g. a GPU target on a machine without
+    one: noted, not failed). Against the original, positions the ``mask`` input marks as padding are
+    left out, as in the accuracy check."""
     try:
         outputs = [artifact.run(s) for s in samples]
     except UnsupportedError as e:
@@ -30,8 +33,14 @@ def target_parity(artifact, samples, reference, rewritten, tolerances: Tolerance
         "samples": len(samples),
         "bit_exact_vs_onnx": bit_exact,
         "vs_onnx": {k: v.as_dict() for k, v in vs_onnx.items()},
-        "vs_original": {k: v.as_dict() for k, v in compare_outputs(reference[: len(samples)], outputs).items()},
+        "vs_original": {k: v.as_dict() for k, v in compare_outputs(*_masked(reference[: len(samples)], outputs, samples, mask)).items()},
     }, outputs
+
+
+def _masked(reference, outputs, samples, mask: str | None):
+    if mask is None:
+        return reference, outputs
+    return apply_mask(reference, samples, mask), apply_mask(outputs, samples, mask)
 
 
 def pairwise_parity(parity: dict, outputs: dict[str, list | None]) -> None:

@@ -303,7 +303,8 @@ def _failure_hint(ctx: Context, mask: str | None) -> str:
 def _layer_error(ctx: Context) -> None:
     from graphopt.layer_error import layer_errors  # noqa: PLC0415
 
-    ctx.report.layers = [e.as_dict() for e in layer_errors(ctx.original, ctx.work, ctx.eval_samples, threads=ctx.settings.threads)]
+    errors = layer_errors(ctx.original, ctx.work, ctx.eval_samples, threads=ctx.settings.threads, mask=mask_input(ctx))
+    ctx.report.layers = [e.as_dict() for e in errors]
 
 
 def _integer_only(ctx: Context) -> None:
@@ -336,7 +337,7 @@ def _parity(ctx: Context) -> None:
     for target, artifact in ctx.artifacts.items():
         if target != "onnx":
             ctx.report.parity[target], outputs[target] = target_parity(
-                artifact, samples, ctx.reference, ctx.rewritten, ctx.settings.tolerances, ctx.report
+                artifact, samples, ctx.reference, ctx.rewritten, ctx.settings.tolerances, ctx.report, mask=mask_input(ctx)
             )
     pairwise_parity(ctx.report.parity, outputs)
 

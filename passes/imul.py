@@ -157,6 +157,7 @@ class IMulPass(RulePass):
             i.name for n in model.graph if n.op_type == "Mul" and n.domain == "" and len(n.inputs) == 2
             and all(i is not None and i.dtype == ir.DataType.FLOAT for i in n.inputs)
             and any(id(i) in dequantized for i in n.inputs)
+            and not any(_is_constant(i) and _constant_size(i) <= 1 for i in n.inputs)  # the rule declines scalings: no run for them
             for i in n.inputs if not _is_constant(i)  # constants carry their own scale
         })
         self._dequantized = frozenset(dequantized)

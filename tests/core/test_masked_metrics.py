@@ -117,3 +117,40 @@ def test_unknown_output_or_mask_names_are_usage_errors(tmp_path, capsys):
     assert cli.main([*base, "--outputs", "nope"]) == 2
     assert cli.main([*base, "--mask", "nope"]) == 2
     assert "model's inputs" in capsys.readouterr().err
+
+
+def test_layer_error_leaves_padding_positions_out():
+    from graphopt.layer_error import _real_positions  # noqa: PLC0415
+
+    keep = np.array([[True, True, False]])
+    rows = np.arange(3 * 4.0).reshape(1, 3, 4)  # [batch, seq, hidden]
+    assert _real_positions(rows, keep).tolist() == list(range(8))
+    scores = np.arange(2 * 3 * 3.0).reshape(1, 2, 3, 3)  # [batch, heads, query, key]: query rows
+    assert _real_positions(scores, keep).size == 2 * 2 * 3
+    keys = np.arange(2 * 5 * 3.0).reshape(1, 2, 5, 3)  # [batch, heads, dim, key]: a transposed K
+    assert _real_positions(keys, keep).size == 2 * 5 * 2
+    pooled = np.ones((1, 4))
+    assert _real_positions(pooled, keep).size == 4 and _real_positions(rows, None).size == 12
+
+
+@pytest.mark.slow
+def test_parity_with_the_original_leaves_padding_out_too(tmp_path, disturbing_passes):
+    result = graphopt.compile(_encoder(), passes="test-disturb-padding", calib=_data(tmp_path), ignore_outputs=["pooled"],
+                              targets=["onnx", "tvm-llvm"])
+    assert result.ok
+    vs_original = result.report.parity["tvm-llvm"]["vs_original"]["hidden"]
+    assert vs_original["cosine"] == pytest.approx(result.report.accuracy["hidden"]["cosine"])
+
+
+def test_approximating_pipelines_get_the_looser_default_cosine_floor():
+    from graphopt.api import _settings  # noqa: PLC0415
+    from graphopt.metrics import MIN_COSINE_APPROXIMATE, MIN_COSINE_EXACT, Tolerances  # noqa: PLC0415
+
+    def floor(passes, tolerances=None):
+        return _settings(passes, targets=["onnx"], input_shapes={}, integer_only=None, tolerances=tolerances,
+                         ort_optimization="all", tune_budget=0, tune_database=None).tolerances.min_cosine
+
+    assert floor("canonicalize") == MIN_COSINE_EXACT == 0.999
+    assert floor("ivit") == floor("cleanup,int8-linear") == MIN_COSINE_APPROXIMATE == 0.99
+    assert floor("ivit", Tolerances(min_cosine=0.9999)) == 0.9999  # a floor the user gave is kept
+    assert floor("ivit", Tolerances(min_cosine=None)) is None
