@@ -47,6 +47,12 @@ lowered values are memoized per (value, scale); ``Shape`` of a dequantized value
 integer tensor instead; the float nodes nobody reads any more are removed. The result is integer between the entry quantizes and the output DequantizeLinear:
 ``graphopt inspect --integer-only`` checks it.
 
+A per-tensor DequantizeLinear whose only path to a graph output is layout ops (Reshape,
+Transpose, Squeeze, Unsqueeze, Flatten, Identity) moves below them (``sink-dequantize``): the
+integers are moved and the output is the DequantizeLinear's, the same floats. ONNX Runtime's
+optimizer (levels basic and up) would otherwise propagate an int32 DequantizeLinear through the
+layout ops as a QuantizeLinear to int32, which it has no kernel for (SegFormer's output).
+
 Numerics: the lowering rounds where the float graph would round once, at the QuantizeLinear
 (plus once per DyadicRequant, half up): per-element differences of a unit or two of the target
 int8/int16 scale.
@@ -79,6 +85,7 @@ _INTEGER_SOURCES = {ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.D
 _LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Slice", "Gather",
            "GatherElements", "Tile", "Identity")
 _MAX_SCALE_ELEMENTS = 1 << 16
+_SINK_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # one data input, values unchanged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,11 +370,60 @@ class IntegerChainPass(GraphoptPass):
                 continue
             self._replace(lowerer, q, integer, q.inputs[0].name, zero_point)
             lowered += 1
+        sunk = self._sink_output_dequantizes(graph)
+        if sunk:
+            self.rewrites["sink-dequantize"] += sunk
         if lowered:
             self.rewrites["integer-chain"] += lowered
+        if lowered or sunk:
             self._shapes_from_integers(graph)
             common_passes.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified=lowered > 0)
+        return ir.passes.PassResult(model, modified=lowered > 0 or sunk > 0)
+
+    @staticmethod
+    def _sink_output_dequantizes(graph: ir.Graph) -> int:
+        """A per-tensor DequantizeLinear whose only path to a graph output is layout ops (SegFormer's
+        Reshape -> Transpose back to [N, C, H, W]) moves below them: the layout ops carry the integers
+        and the output is the DequantizeLinear's. The float values are the same; ONNX Runtime's
+        optimizer (levels basic and up) would otherwise propagate the int32 DequantizeLinear through
+        the layout ops as a QuantizeLinear to int32, which it has no kernel for."""
+        sunk = 0
+        for dq in [n for n in graph if n.domain == "" and n.op_type == "DequantizeLinear"]:
+            scale = constant(dq.inputs[1], 1)
+            if scale is None or scale.size != 1 or (len(dq.inputs) > 2 and dq.inputs[2] is not None
+                                                    and np.size(constant(dq.inputs[2], 1)) != 1):
+                continue
+            chain, value = [], dq.outputs[0]
+            while not value.is_graph_output() and len(value.uses()) == 1:
+                user, index = value.uses()[0]
+                if user.domain != "" or user.op_type not in _SINK_LAYOUT or index != 0:
+                    break
+                chain.append(user)
+                value = user.outputs[0]
+            if not chain or not value.is_graph_output() or value.uses():
+                continue
+            integer = dq.inputs[0]
+            zero = dq.inputs[2] if len(dq.inputs) > 2 else None
+            producer = integer.producer()
+            graphopt_op = producer is not None and producer.domain == ops.DOMAIN  # returns int32, see _dequantize
+            dtype = integer.dtype or (zero.dtype if zero is not None else None) or (ir.DataType.INT32 if graphopt_op else None)
+            shape = ir.Shape(value.shape) if value.shape is not None else None
+            chain[0].replace_input_with(0, integer)
+            for node in chain:  # the integer type, where known (a graphopt op's output may not say)
+                if dtype is None:
+                    node.outputs[0].type, node.outputs[0].shape = None, None
+                else:
+                    node.outputs[0].dtype = dtype
+            name = value.name
+            value.name = f"{name}_integer"
+            moved = ir.node("DequantizeLinear", [value, *dq.inputs[1:]], attributes={a.name: a.value for a in dq.attributes.values()},
+                            name=f"{dq.name or name}_sunk")
+            out = moved.outputs[0]
+            out.name, out.dtype, out.shape = name, ir.DataType.FLOAT, shape
+            graph.insert_after(chain[-1], moved)
+            graph.outputs[graph.outputs.index(value)] = out
+            sunk += 1
+        return sunk
 
     @staticmethod
     def _shapes_from_integers(graph: ir.Graph) -> None:

@@ -234,3 +234,45 @@ g (int32[2, 4] acc) => (float[2, 6] y) <float s_acc = {0.01}, float s = {0.05}, 
 }"""
     _, model, record = _run(text)
     assert record.rewrites == {} and any("nonzero 'value'" in d for d in record.declines), record.declines
+
+
+# The region's last DequantizeLinear, then only layout ops to the graph output (SegFormer's
+# Reshape -> Transpose back to [N, C, H, W]); a per-channel one and one a float op also reads stay.
+OUTPUT_TAIL = HEADER + """
+g (int32[1, 6, 4] acc, int32[1, 6, 4] other) => (float[1, 4, 3, 2] y, float[1, 4, 6] z, float[1, 24] w) <float s = {0.02}, float[6] sc = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6}, int64[4] shape = {1, 3, 2, 4}> {
+    f = DequantizeLinear (acc, s)
+    r = Reshape (f, shape)
+    y = Transpose <perm = [0, 3, 1, 2]> (r)
+    g = DequantizeLinear <axis = 1> (other, sc)
+    z = Transpose <perm = [0, 2, 1]> (g)
+    h = DequantizeLinear (other, s)
+    w = Flatten (h)
+    n = Neg (h)
+}"""
+
+
+def test_output_dequantize_sinks_below_layout_ops():
+    """ORT's optimizer (levels basic and up) would turn DequantizeLinear(int32) -> Reshape into a QuantizeLinear
+    to int32, which it cannot run: the layout ops carry the integers and the output is the DequantizeLinear's."""
+    original, model, record = _run(OUTPUT_TAIL.replace("    n = Neg (h)\n", ""))
+    assert record.rewrites == {"sink-dequantize": 2}, record.rewrites
+    by_output = {v.name: v.producer() for v in model.graph.outputs}
+    assert by_output["y"].op_type == "DequantizeLinear" and by_output["y"].inputs[0].producer().op_type == "Transpose"
+    assert by_output["w"].op_type == "DequantizeLinear" and by_output["w"].inputs[0].producer().op_type == "Flatten"
+    assert by_output["z"].op_type == "Transpose"  # per-channel on axis 1: the Transpose would move its axis
+    testing.assert_valid(model)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {"acc": rng.integers(-2**20, 2**20, (1, 6, 4)).astype(np.int32),
+             "other": rng.integers(-2**20, 2**20, (1, 6, 4)).astype(np.int32)}
+    for got, expected in zip(testing.run_ort(model, feeds), testing.run_ort(original, feeds), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    from graphopt.backends import ort  # noqa: PLC0415
+
+    for level in ("basic", "all"):
+        ort.run(ort.make_session(model.clone(), optimization=level), feeds)
+
+
+def test_output_dequantize_also_read_by_a_float_op_stays():
+    original, model, record = _run(OUTPUT_TAIL.replace("float[1, 24] w) <", "float[1, 24] w, float[1, 6, 4] n) <"))
+    assert record.rewrites == {"sink-dequantize": 1}, record.rewrites  # y's tail only; h also feeds Neg
+    assert next(v for v in model.graph.outputs if v.name == "w").producer().op_type == "Flatten"
