@@ -220,7 +220,8 @@ class Int8Rule(pattern.RewriteRuleClassBase):
         else:
             acc = op.MatMulInteger(xq, wq)
         if plan.b_q is not None:
-            b_q = plan.b_q.reshape(-1, 1, 1) if plan.attributes is not None else plan.b_q
+            # a Conv's accumulator is [N, M, spatial...]: the bias [M, 1, ...] broadcasts over its spatial axes
+            b_q = plan.b_q.reshape((-1,) + (1,) * (plan.wq.ndim - 2)) if plan.attributes is not None else plan.b_q
             acc = op.Add(acc, island.init("bias_int32", b_q))
         return island.dequantize(acc, plan.s_out, plan.axis)
 
@@ -232,6 +233,9 @@ class Int8Rule(pattern.RewriteRuleClassBase):
         if s_x is None:
             return result
         q_scale: float | np.ndarray = s_x
+        # Conv inputs are not smoothed (any group): t per input channel would fold exactly into W[m, c', ...],
+        # but X/t needs a per-channel QuantizeLinear on axis 1, which integer-chain does not lower (last axis only);
+        # for a depthwise Conv it is per-channel activation scales (docs/int8-linear.md, SmoothQuant).
         smooth = options.smoothing > 0.0 and attributes is None and not transpose_x
         if smooth:  # SmoothQuant: X/t per tensor, diag(t)·W per column; t lives in the QuantizeLinear scale
             s_x, t, why = smoothed_scale(self.calibrated.values, x.name, w_kn, options, options.smoothing)
@@ -320,7 +324,7 @@ class Gemm(Int8Rule):
 
 
 class Conv(Int8Rule):
-    """Conv(X, W[, B]) 2-D, group 1, constant W."""
+    """Conv(X, W[, B]) with a constant W [M, C/group, k1, ..., kn]: any group, any number of spatial axes."""
 
     def pattern(self, op, x, w, b):
         if self.variant == "bias":
@@ -334,22 +338,25 @@ class Conv(Int8Rule):
         array = self._weight(result, w, "the Conv weight")
         if array is None:
             return result
-        if array.ndim != 4:
-            return result.fail(f"the Conv weight has rank {array.ndim}; int8-conv takes 2-D convolutions (rank 4)", w)
-        group = node.attributes.get_int("group", 1)
-        if group != 1:
-            return result.fail(f"Conv has group={group}; only group=1 is supported", node)
+        if array.ndim < 3:
+            return result.fail(f"the Conv weight has rank {array.ndim}; int8-conv takes [M, C/group, k1, ...] weights", w)
         unknown = sorted(set(node.attributes) - {*_CONV_ATTRIBUTES, "group"})
         if unknown:
             return result.fail(f"Conv has unsupported attributes {unknown}", node)
-        channels = array.shape[0]
+        channels, group = array.shape[0], node.attributes.get_int("group", 1)
+        inputs = static_dim(x, 1)
+        if group < 1 or channels % group or (inputs is not None and inputs != array.shape[1] * group):
+            return result.fail(f"Conv has group={group} with a weight of shape {list(array.shape)} "
+                               f"and {inputs if inputs is not None else 'unknown'} input channels: not a valid grouping", node)
         bias = None
         if b is not None:
             bias = self._bias(result, b, "the Conv bias", channels, 1)
             if bias is None:
                 return result
         attributes = {name: node.attributes[name].value for name in _CONV_ATTRIBUTES if name in node.attributes}
-        k = int(np.prod(array.shape[1:]))
+        if group != 1:
+            attributes["group"] = group
+        k = int(np.prod(array.shape[1:]))  # one output reads C/group input channels: the reduction length per group
         return self._plan_weight(context, result, node, x, array, bias, axis=0, k=k, attributes=attributes)
 
     def rewrite(self, op, x, **_):

@@ -18,25 +18,28 @@ Four rules (run in this order by the one driver; X may be N-D)::
           (``activation_matmuls=False`` leaves them float; a never-negative operand only
           activation MatMuls read is uint8 with scale max/255, ``unsigned_activations=True``)
 
-    int8-conv         Conv(X, W[, B]) 2-D, group 1, W a float32 constant [M, C, kH, kW]
-      ->  the same island with ConvInteger (the Conv's attributes), B_q int32 [M, 1, 1],
-          DequantizeLinear(acc, s_x·s_w, int32 0, axis=1)
+    int8-conv         Conv(X, W[, B]), W a float32 constant [M, C/group, k1, ..., kn]: any group
+                      (depthwise included), 1-D, 2-D, 3-D, ...
+      ->  the same island with ConvInteger (the Conv's attributes, group included), B_q int32
+          [M, 1, ..., 1], DequantizeLinear(acc, s_x·s_w, int32 0, axis=1); W per output channel m
 
 Weights are int8 symmetric per output channel (``per_channel``); activations int8 symmetric per
 tensor from one calibration run of the float model (``CalibrationOptions``: max|x|, or a
 percentile of |x|); the bias is int32 at the accumulator's scale. ``smoothing=α`` is SmoothQuant
-for the weight rules (the ``ivit`` preset uses 0.8). In ``ivit`` the ``integer-chain`` pass then
+for the MatMul/Gemm weight rules (the ``ivit`` preset uses 0.8); Conv inputs stay per tensor. In ``ivit`` the ``integer-chain`` pass then
 turns the DequantizeLinear -> float glue -> QuantizeLinear paths into integer requantization.
 The scale layout, the SmoothQuant measurements, the int32 ranges and the ONNX Runtime kernel
 notes are in ``docs/int8-linear.md``. The code: ``_int8_maths.py`` (scales, rounding, smoothing),
 ``_int8_weight_rules.py`` (the weight rules and the island builder), ``_int8_activation_rules.py``.
 
 Declined, with the reason: an input that is not float32; a weight (MatMul's B, Gemm's B, Conv's
-W) that is not a float32 constant, a MatMul weight that is not rank 2, a Conv that is not 2-D or
-has group != 1; a bias / C that is not a constant per-column vector; an activation without a
+W) that is not a float32 constant, a MatMul weight that is not rank 2, a Conv weight without a
+spatial axis or whose shape does not match its ``group``; a bias / C that is not a constant
+per-column vector; an activation without a
 calibration scale (not captured, or a zero or non-finite range); a per-channel scale on an
 opset < 13 model; an operand of an activation MatMul that is a constant; a matched node inside
-a function (initializers; inline first); a static K too large for int32 accumulation; with
+a function (initializers; inline first); a static K too large for int32 accumulation (a Conv's
+K is C/group·k1···kn, what one output reads); with
 smoothing, an input whose calibration values lack K channels on the last axis. Canonicalized
 attention (``pkg.graphopt`` DotProductAttention) holds its Q·Kᵀ and P·V inside the op, so
 ``int8-matmul-activations`` only sees attention MatMuls of un-canonicalized graphs.

@@ -24,7 +24,6 @@ B = RNG.standard_normal(8).astype(np.float32)
 W_CONV = RNG.standard_normal((4, 3, 2, 2)).astype(np.float32)
 B_CONV = RNG.standard_normal(4).astype(np.float32)
 W_CONV3 = RNG.standard_normal((3, 4, 3, 3)).astype(np.float32)  # module constants: test order does not matter
-W_DEPTHWISE = RNG.standard_normal((3, 1, 2, 2)).astype(np.float32)
 W_CONV1D = RNG.standard_normal((2, 3, 2)).astype(np.float32)
 
 
@@ -342,6 +341,82 @@ def test_padded_conv_without_bias():
     assert_close_to_float(original, work, samples({"x": (1, 4, 6, 6)}, count=1)[0])
 
 
+def grouped_conv_reference(xq: np.ndarray, wq: np.ndarray, group: int, strides, pads) -> np.ndarray:
+    """int64 N-D grouped convolution (zero padding = the zero point 0), the spec of ConvInteger with ``group``."""
+    rank = xq.ndim - 2
+    padded = np.pad(xq.astype(np.int64), [(0, 0), (0, 0)] + [(pads[a], pads[a + rank]) for a in range(rank)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, wq.shape[2:], axis=tuple(range(2, 2 + rank)))
+    windows = windows[(slice(None), slice(None), *[slice(None, None, s) for s in strides])]
+    c, m = xq.shape[1] // group, wq.shape[0] // group
+    spatial = "".join("xyz"[:rank])
+    taps = "".join("ijk"[:rank])
+    outs = [np.einsum(f"nc{spatial}{taps},mc{taps}->nm{spatial}", windows[:, g * c:(g + 1) * c], wq[g * m:(g + 1) * m].astype(np.int64))
+            for g in range(group)]
+    return np.concatenate(outs, axis=1)
+
+
+GROUPED_CONVS = {
+    # SegFormer's Mix-FFN / MobileViT's depthwise 3x3 (group = channels), with a bias
+    "depthwise": ((2, 6, 7, 7), (6, 1, 3, 3), {"group": 6, "pads": [1, 1, 1, 1]}, True),
+    "grouped-multiplier": ((1, 4, 8, 6), (8, 2, 2, 2), {"group": 2, "strides": [2, 2]}, False),
+    # Whisper's Conv1d front-end (k=3, pad 1, stride 2)
+    "1d": ((2, 5, 12), (8, 5, 3), {"strides": [2], "pads": [1, 1]}, True),
+    # Wav2Vec2's grouped positional Conv1d (k even, pad k/2)
+    "1d-grouped": ((1, 8, 10), (8, 2, 4), {"group": 4, "pads": [2, 2]}, True),
+    "3d-grouped": ((1, 4, 4, 5, 6), (4, 2, 2, 2, 3), {"group": 2, "pads": [0, 1, 0, 0, 1, 1]}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(GROUPED_CONVS))
+def test_grouped_and_nd_conv_becomes_conv_integer(case):
+    """Any group (weight per output channel) and 1-D / 3-D: ConvInteger with the Conv's attributes, the bias
+    [M, 1, ...] over the spatial axes, DequantizeLinear per channel on axis 1; integer part bit-exact."""
+    x_shape, w_shape, attrs, with_bias = GROUPED_CONVS[case]
+    rng = np.random.default_rng(testing.SEED + len(case))
+    weight = rng.standard_normal(w_shape).astype(np.float32)
+    inits = {"w": weight, **({"b": rng.standard_normal(w_shape[0]).astype(np.float32)} if with_bias else {})}
+    rank = len(x_shape) - 2
+    spelled = ", ".join(f"{k} = {v}" for k, v in attrs.items())
+    strides, pads = attrs.get("strides", [1] * rank), attrs.get("pads", [0] * 2 * rank)
+    y_shape = [x_shape[0], w_shape[0]] + [(x_shape[2 + a] + pads[a] + pads[a + rank] - w_shape[2 + a]) // strides[a] + 1
+                                          for a in range(rank)]
+    text = model(f"y = Conv<{spelled}>(x, w{', b' if with_bias else ''})", f"float{list(x_shape)} x", f"float{y_shape} y", inits)
+    calib = samples({"x": x_shape})
+    original, work, record = rewrite(text, calib)
+    assert record.rewrites == {"int8-conv": 1}, record.declines
+    assert testing.op_types(work) == ["QuantizeLinear", "ConvInteger", *(["Add"] if with_bias else []), "DequantizeLinear"]
+    testing.assert_valid(work)
+    q, conv, *rest = list(work.graph)
+    dq = rest[-1]
+    assert conv.attributes.get_int("group", 1) == attrs.get("group", 1)
+    assert dq.attributes.get_int("axis") == 1
+    wq = const(conv.inputs[1])
+    assert wq.dtype == np.int8 and wq.shape == w_shape
+    s_w = np.abs(weight).reshape(w_shape[0], -1).max(1) / 127
+    np.testing.assert_allclose(const(dq.inputs[1]), np.float32(const(q.inputs[1])) * s_w, rtol=1e-6)
+    if with_bias:
+        assert const(rest[0].inputs[1]).shape == (w_shape[0],) + (1,) * rank
+    feeds = samples({"x": x_shape}, count=1)[0]
+    assert_close_to_float(original, work, feeds)
+    y, xq, acc = run_with(work, feeds, q.outputs[0], (rest[0] if with_bias else conv).outputs[0])
+    expected = grouped_conv_reference(xq, wq, attrs.get("group", 1), strides, pads)
+    if with_bias:
+        expected = expected + const(rest[0].inputs[1])
+    np.testing.assert_array_equal(acc, expected)
+    np.testing.assert_array_equal(y, acc.astype(np.float32) * const(dq.inputs[1]).reshape((1, -1) + (1,) * rank))
+
+
+def test_conv_inputs_are_not_smoothed_for_any_group():
+    """smoothing applies to MatMul/Gemm inputs only: a Conv's QuantizeLinear stays per tensor (docs/int8-linear.md)."""
+    x_shape, w_shape, _, _ = GROUPED_CONVS["depthwise"]
+    text = model("y = Conv<group = 6, pads = [1, 1, 1, 1]>(x, w)", f"float{list(x_shape)} x", "float[2, 6, 7, 7] y",
+                 {"w": RNG.standard_normal(w_shape).astype(np.float32)})
+    original, work, record = rewrite(text, samples({"x": x_shape}), "int8-linear(smoothing=0.8)")
+    assert record.rewrites == {"int8-conv": 1}
+    (q,) = nodes(work, "QuantizeLinear")
+    assert const(q.inputs[1]).ndim == 0
+
+
 # ---- all four in one graph: only integers between QuantizeLinear and DequantizeLinear --------
 
 def test_saved_model_is_integer_between_quantize_and_dequantize(tmp_path):
@@ -454,6 +529,20 @@ def _big_k(k: int = 140_000) -> onnx.ModelProto:
     return proto
 
 
+def _grouped_big_k(k: int = 70_000) -> onnx.ModelProto:
+    """A grouped Conv1d with a bias: K = C/group·k = 70,000 per output (not C·k), over the 66,052 a biased
+    accumulator allows (K·128·127 + 2^30 > 2^31)."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], group=2)], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 1])],
+        [onnx.numpy_helper.from_array(np.full((2, 1, k), 0.5, np.float32), "w"),
+         onnx.numpy_helper.from_array(np.ones(2, np.float32), "b")])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    proto.ir_version = 10
+    return proto
+
+
 @pytest.mark.parametrize(
     ("text", "calib", "reason"),
     [
@@ -469,17 +558,14 @@ def _big_k(k: int = 140_000) -> onnx.ModelProto:
          samples({"x": (5, 16)}), "a per-axis QuantizeLinear / DequantizeLinear needs opset >= 13"),
         (model("y = Gemm(x, w, c)", "float[5, 16] x", "float[5, 8] y", {"w": W, "c": np.ones((5, 8), np.float32)}),
          samples({"x": (5, 16)}), "Gemm's C has shape [5, 8], not a per-channel [8] bias"),
-        (model("y = Conv<group = 3, kernel_shape = [2, 2]>(x, w)", "float[1, 3, 4, 4] x", "float[1, 3, 3, 3] y",
-               {"w": W_DEPTHWISE}),
-         samples({"x": (1, 3, 4, 4)}), "Conv has group=3; only group=1 is supported"),
-        (model("y = Conv<kernel_shape = [2]>(x, w)", "float[1, 3, 6] x", "float[1, 2, 5] y",
-               {"w": W_CONV1D}),
-         samples({"x": (1, 3, 6)}), "int8-conv takes 2-D convolutions"),
+        (_grouped_big_k(), [{"x": np.ones((1, 2, 70_000), np.float32)}], "reduction length K=70000"),
+        (model("y = Conv<kernel_shape = [2]>(x, w)", "float[1, 3, 6] x, float[2, 3, 2] w", "float[1, 2, 5] y"),
+         [dict(s, w=W_CONV1D) for s in samples({"x": (1, 3, 6)})], "the Conv weight is not a constant"),
         (model("y = MatMul(q, k)", "float16[2, 3, 5, 16] q, float16[2, 3, 16, 7] k", "float16[2, 3, 5, 7] y"),
          samples(ATTENTION_SHAPES, dtype=np.float16), "MatMul's A is FLOAT16, not float32"),
         (_big_k(), [{"x": np.ones((2, 140_000), np.float32)}], "reduction length K=140000"),
     ],
-    ids=["double", "gemm-weight-input", "rank-3-weight", "zero-range", "opset-12", "gemm-2d-bias", "conv-group", "conv-1d",
+    ids=["double", "gemm-weight-input", "rank-3-weight", "zero-range", "opset-12", "gemm-2d-bias", "conv-grouped-big-k", "conv-1d-weight-input",
          "float16-activations", "big-k"],
 )
 def test_declined_with_the_reason(text, calib, reason):

@@ -20,10 +20,12 @@ ENTRIES = zoo.entries()
 IVIT = [name for name, e in ENTRIES.items() if e.transformer and (e.exporter == "dynamo" or e.form not in ("plain",))]
 # Families ivit cannot make integer-only yet, and why (the zoo table in the README says the same).
 IVIT_KNOWN = {
-    "segformer": "its Mix-FFN depthwise Conv (group = channels) stays float: int8-linear takes group=1 convs only",
-    "mobilevit": "depthwise Convs stay float (group=1 only), and its ivit output is far off (cosine ~0): open",
-    "whisper-encoder": "its Conv1d front-end stays float: int8-linear takes 2-D convs only",
-    "wav2vec2": "its Conv1d feature extractor and grouped positional conv stay float: int8-linear takes 2-D group=1 convs",
+    "mobilevit": "the zoo's random MobileViT is degenerate: Hugging Face initializes its BatchNorm gammas and conv weights "
+                 "N(0, 0.02), so activations shrink ~10^3 per block and underflow (the FP32 output is all zeros: cosine 0); "
+                 "calibrated ranges are 0, so int8-linear, shiftsilu and integer-chain decline (no scale). With He-initialized "
+                 "weights its convs (depthwise too) are integer; its unfold/fold Resize (bilinear) has no integer lowering",
+    "wav2vec2": "its feature extractor's GroupNorm (groups = channels, exported as InstanceNormalization) stays float: "
+                "ilayernorm takes LayerNormalization only; its Conv1d front-end and grouped positional Conv are integer",
     "bert-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
     "vit-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
 }
