@@ -192,15 +192,29 @@ def cmd_passes(args) -> int:
 
         print(json.dumps(catalog, indent=2))
         return EXIT_OK
-    for p in catalog["passes"]:
-        print(f"{p['name']:<16} {p['summary']}")
-        if p["options"]:
-            options = ", ".join(f"{o['name']}: {o['type']} = {o['default']!r}" for o in p["options"])
-            print(f"{'':<16}   options: {options}")
-    print("\npresets:")
+    width = max(len(p["name"]) for p in [*catalog["passes"], *catalog["presets"]])
+    categories = {**PASS_CATEGORIES, **{p["category"]: p["category"] for p in catalog["passes"] if p["category"] not in PASS_CATEGORIES}}
+    for category, title in categories.items():
+        print(f"{title}:")
+        for p in (p for p in catalog["passes"] if p["category"] == category):
+            print(f"  {p['name']:<{width}} {p['summary']}")
+            if p["options"]:
+                options = ", ".join(f"{o['name']}: {o['type']} = {o['default']!r}" for o in p["options"])
+                print(f"  {'':<{width}}   options: {options}")
+        print()
+    print("presets:")
     for p in catalog["presets"]:
-        print(f"{p['name']:<16} {p['summary']}\n{'':<16}   = {p['pipeline']}")
+        print(f"  {p['name']:<{width}} {p['summary']}\n  {'':<{width}}   = {p['pipeline']}")
     return EXIT_OK
+
+
+# pass categories in the order `graphopt passes` lists them, with their headings
+PASS_CATEGORIES = {
+    "cleanup": "cleanup (exact, any pipeline)",
+    "canonicalize": "canonicalize (exporter spellings -> one canonical node each, exact)",
+    "rewrite": "rewrite (approximating: quantized, integer-only; the checks hold them to a 0.99 cosine floor)",
+    "backend": "backend (run by the TVM backend before import; usable in any pipeline)",
+}
 
 
 def cmd_inspect(args) -> int:

@@ -59,7 +59,7 @@ class _Materialize(pattern.RewriteRuleClassBase):
 
 @register_pass("materialize-constant-of-shape", options=MaterializeConstantOfShapeOptions, category="backend")
 class MaterializeConstantOfShapePass(RulePass):
-    """Turn ConstantOfShape of a constant shape into the constant (up to ``limit`` elements)."""
+    """Turn ConstantOfShape of a constant shape into the constant (up to `limit` elements)."""
 
     def rules(self):
         return [_Materialize.rule(self.options.limit)]

@@ -170,3 +170,14 @@ def test_calibrating_passes_get_the_run_samples_or_say_they_are_synthetic():
         assert "synthetic" in record.notes[0]
     finally:
         registry._PASSES.pop("test-measure")
+
+
+def test_graphopt_passes_lists_them_by_category_backend_ones_included(capsys):
+    from graphopt import cli  # noqa: PLC0415
+
+    assert cli.main(["passes"]) == 0
+    out = capsys.readouterr().out
+    backend = out[out.index("backend (run by the TVM backend"):out.index("presets:")]
+    for name in ("static-shapes", "materialize-constant-of-shape", "resolve-expand-keep-dims", "tvm-import-forms"):
+        assert f"  {name} " in backend
+    assert out.index("cleanup (exact") < out.index("canonicalize (exporter") < out.index("rewrite (approximating")
