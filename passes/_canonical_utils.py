@@ -17,6 +17,7 @@ from onnxscript.rewriter import pattern
 from graphopt.passes.opset_upgrade import default_opset
 
 __all__ = [
+    "unique_initializer_name",
     "FLOAT_TYPES",
     "check_affine",
     "check_float",
@@ -33,6 +34,15 @@ __all__ = [
 ]
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def unique_initializer_name(graph: ir.Graph, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first name no initializer of ``graph`` has."""
+    name, i = base, 0
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    return name
 
 
 def either(op_fn, a, b):

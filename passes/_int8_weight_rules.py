@@ -22,7 +22,13 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt.calibrate import Calibration, Scales
-from graphopt.passes._canonical_utils import constant, default_opset, dequantized_constant, is_dequantized_constant
+from graphopt.passes._canonical_utils import (
+    constant,
+    default_opset,
+    dequantized_constant,
+    is_dequantized_constant,
+    unique_initializer_name,
+)
 from graphopt.passes._int8_maths import ACC_LIMIT, BIAS_LIMIT, QMAX, bias_vector, quantize_weight, smoothed_scale
 
 if TYPE_CHECKING:
@@ -61,14 +67,6 @@ def _dtype_name(value: ir.Value) -> str:
     return value.dtype.name if value.dtype is not None else "of unknown type"
 
 
-def _unique_name(graph: ir.Graph, base: str) -> str:
-    name, i = base, 0
-    while name in graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    return name
-
-
 def static_dim(value: ir.Value, index: int) -> int | None:
     if value.shape is None or len(value.shape) == 0:
         return None
@@ -98,7 +96,7 @@ class Island:
         self.zeros: dict[str, ir.Value] = {}
 
     def init(self, suffix: str, array: np.ndarray) -> ir.Value:
-        name = _unique_name(self.plan.graph, f"{self.plan.base}_{suffix}")
+        name = unique_initializer_name(self.plan.graph, f"{self.plan.base}_{suffix}")
         array = array if array.flags.c_contiguous else array.copy()  # (np.ascontiguousarray makes scalars 1-D)
         return self.op.initializer(ir.tensor(array, name=name), name=name)
 

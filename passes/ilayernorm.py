@@ -42,7 +42,7 @@ from onnxscript.rewriter import pattern
 from graphopt import ops
 from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
-from graphopt.passes._canonical_utils import check_opset, constant
+from graphopt.passes._canonical_utils import check_opset, constant, unique_initializer_name
 from graphopt.ops.int_layer_norm import INT_LAYER_NORM
 from graphopt.registry import register_pass
 
@@ -71,14 +71,6 @@ def affine_plan(gamma: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.nda
     mult = np.clip(np.round(ratio * 2.0**shift), -limit, limit).astype(np.int32)
     bias = np.round(beta / s_out).astype(np.int32)
     return mult, bias, shift, s_out
-
-
-def _unique_name(graph: ir.Graph, base: str) -> str:
-    name, i = base, 0
-    while name in graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    return name
 
 
 class _ILayerNorm(pattern.RewriteRuleClassBase):
@@ -154,7 +146,7 @@ class _ILayerNorm(pattern.RewriteRuleClassBase):
         graph = plan["graph"]
 
         def init(suffix: str, array: np.ndarray) -> ir.Value:
-            name = _unique_name(graph, f"{plan['base']}_{suffix}")
+            name = unique_initializer_name(graph, f"{plan['base']}_{suffix}")
             return op.initializer(ir.tensor(array, name=name), name=name)
 
         zero = np.zeros((), np.int16 if bits == 16 else np.int8)

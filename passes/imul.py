@@ -37,7 +37,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
-from graphopt.passes.ilayernorm import _unique_name
+from graphopt.passes._canonical_utils import unique_initializer_name
 from graphopt.registry import register_pass
 
 __all__ = ["IMulOptions", "IMulPass"]
@@ -120,7 +120,7 @@ class _IMulRule(pattern.RewriteRuleClassBase):
         graph = plan["graph"]
 
         def init(suffix: str, array: np.ndarray) -> ir.Value:
-            name = _unique_name(graph, f"{plan['base']}_{suffix}")
+            name = unique_initializer_name(graph, f"{plan['base']}_{suffix}")
             return op.initializer(ir.tensor(array, name=name), name=name)
 
         zero = init("zero", np.zeros((), np.int16 if bits == 16 else np.int8))
