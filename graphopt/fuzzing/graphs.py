@@ -253,6 +253,15 @@ def build_case(choose) -> Case | None:
             if step == "linear" and rank == 3 and shape[1] != 4 and "Conv" in b.nodes[-1].op_type:
                 return None
         y = x
+    model = _checked_model(b, inputs, y, elem, opset)
+    if model is None:
+        return None
+    feeds = {n: rng.standard_normal(s).astype(dtype) for n, s in feeds_shapes.items()}
+    return Case(model, feeds, f"{pattern} {dtype} opset {opset}{' dynamic' if dynamic else ''} ops={[n.op_type for n in b.nodes]}")
+
+
+def _checked_model(b: _Builder, inputs: list, y: str, elem: int, opset: int) -> onnx.ModelProto | None:
+    """The built graph as a model with inferred output types, or None when ONNX's checker refuses it."""
     outputs = [helper.make_tensor_value_info("y", elem, None)]
     b.nodes.append(helper.make_node("Identity", [y], ["y"]))
     outputs += [helper.make_tensor_value_info(name, elem, None) for name in dict.fromkeys(b.extra_outputs)]
@@ -269,8 +278,7 @@ def build_case(choose) -> Case | None:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError):
         return None
-    feeds = {n: rng.standard_normal(s).astype(dtype) for n, s in feeds_shapes.items()}
-    return Case(model, feeds, f"{pattern} {dtype} opset {opset}{' dynamic' if dynamic else ''} ops={[n.op_type for n in b.nodes]}")
+    return model
 
 
 class _NoMask:
