@@ -1,9 +1,9 @@
 """The one driver that runs rewrite rules (pattern, replacement, check) over a model.
 
-Rules are ``onnxscript.rewriter`` rules. The driver applies a pass's rules as one onnxscript rule
-set, in one traversal, counting each rule's rewrites under the rule's own name; then it re-matches
-the rewritten model with onnxscript's ``MatchingTracer`` to collect the candidates whose check
-declined, with the check's reason.
+Rules are ``onnxscript.rewriter`` rules. The driver groups a pass's rules into rule sets
+(``rule_sets``) and applies each set in one onnxscript traversal, counting each rule's rewrites
+under the rule's own name; then it re-matches the rewritten model with onnxscript's
+``MatchingTracer`` to collect the candidates whose check declined, with the check's reason.
 """
 
 from __future__ import annotations
