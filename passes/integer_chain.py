@@ -26,6 +26,9 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
   GatherElements, Tile, Identity) and ``Concat``, ``Where``, ``Split`` (one integer Split for all
   its outputs: GPT-2's fused QKV), ``Pad`` (its constant value lowered too) -> the same op on the
   lowered data
+- ``Resize`` (static shapes; nearest, or linear whose weights are multiples of 2^-12: power-of-two
+  ratios, MobileViT's unfold/fold) -> per resized axis a Gather of the taps, for linear
+  ``Σ (w·2^k)·x`` in int32, then one ``DyadicRequant`` by ``2^-Σk``; other weights decline
 - a float constant c                 -> the int32 constant ``round(c / s)`` (clipped to ±2^24:
   a value beyond that saturates every int8/int16 target; e.g. an additive mask's finfo.min)
 - ``Cast<float>(i)`` of an integer   -> ``DyadicRequant(Cast<int32>(i), 1/s)``
@@ -85,6 +88,7 @@ _INTEGER_SOURCES = {ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.D
 _LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Slice", "Gather",
            "GatherElements", "Tile", "Identity")
 _MAX_SCALE_ELEMENTS = 1 << 16
+_RESIZE_SHIFT_LIMIT = 12  # a linear Resize's weights: multiples of 2^-12 at most, all axes together
 _SINK_LAYOUT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # one data input, values unchanged
 
 
@@ -308,6 +312,78 @@ def _cast(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Valu
     return lw.requant(lw.cast32(source), ratio, source, node.name or "cast")
 
 
+def _resize_taps(size_in: int, size_out: int, mode: str, transform: str, nearest: str) -> tuple[np.ndarray, ...]:
+    """One axis of a Resize, as ONNX Runtime computes it: per output index the two input indices it
+    reads and the weight of the second (0 for nearest); coordinates beyond the edges clamp to them."""
+    ratio, x = size_out / size_in, np.arange(size_out, dtype=np.float64)
+    if transform == "half_pixel" or (transform == "pytorch_half_pixel" and size_out > 1):
+        origin = (x + 0.5) / ratio - 0.5
+    elif transform == "align_corners" and size_out > 1:
+        origin = x * (size_in - 1) / (size_out - 1)
+    elif transform == "asymmetric":
+        origin = x / ratio
+    elif transform in ("pytorch_half_pixel", "align_corners"):  # one output: the first input
+        origin = np.zeros_like(x)
+    else:
+        raise Unlowerable(f"coordinate_transformation_mode={transform}")
+    if mode == "nearest":
+        half = origin - np.floor(origin) == 0.5
+        rounded = {"floor": np.floor(origin), "ceil": np.ceil(origin),
+                   "round_prefer_floor": np.where(half, np.floor(origin), np.floor(origin + 0.5)),
+                   "round_prefer_ceil": np.where(half, np.ceil(origin), np.floor(origin + 0.5))}.get(nearest)
+        if rounded is None:
+            raise Unlowerable(f"nearest_mode={nearest}")
+        index = np.clip(rounded, 0, size_in - 1).astype(np.int64)
+        return index, index, np.zeros(size_out)
+    origin = np.clip(origin, 0, size_in - 1)
+    low = np.floor(origin).astype(np.int64)
+    return low, np.minimum(low + 1, size_in - 1), origin - low
+
+
+def _resize(lw: _Lowerer, node: ir.Node, value: ir.Value, scale: float) -> ir.Value:
+    """Resize (nearest, or linear with dyadic weights: MobileViT's unfold/fold) of static shapes, one
+    axis at a time: Gather of the taps, and for linear ``Σ w·2^k · x`` then one DyadicRequant by
+    ``2^-(Σk)`` (the weights exact, one rounding). Other weights (a non-power-of-two ratio) decline."""
+    attrs, data = node.attributes, node.inputs[0]
+    mode = attrs.get_string("mode", "nearest")
+    plain = not attrs.get_int("antialias", 0) and "axes" not in attrs and attrs.get_string("keep_aspect_ratio_policy", "stretch") == "stretch"
+    if mode not in ("nearest", "linear") or not plain:
+        raise Unlowerable(f"{node.name}: Resize mode={mode} (antialias, axes, aspect policies) has no integer lowering")
+    shape = list(data.shape) if data.shape is not None else None
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        raise Unlowerable(f"{node.name}: Resize of a value without a static shape")
+    inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
+    scales_in, sizes_in = (inputs[1], None) if len(node.inputs) == 2 else (inputs[2], inputs[3])  # opset 10: (X, scales)
+    sizes, scales = constant(sizes_in, 16), constant(scales_in, 16)
+    if sizes is None and (scales is None or scales.size != len(shape)):
+        raise Unlowerable(f"{node.name}: Resize sizes/scales are not constants")
+    out = [int(d) for d in sizes] if sizes is not None else [int(np.floor(d * f)) for d, f in zip(shape, scales.astype(np.float64), strict=True)]
+    transform = attrs.get_string("coordinate_transformation_mode", "half_pixel")
+    x, shift = lw.lower(data, scale), 0
+    for axis, (size_in, size_out) in enumerate(zip(shape, out, strict=True)):
+        if size_in == size_out:
+            continue  # every transform above maps an unresized axis onto itself
+        try:
+            low, high, weight = _resize_taps(size_in, size_out, mode, transform, attrs.get_string("nearest_mode", "round_prefer_floor"))
+        except Unlowerable as why:
+            raise Unlowerable(f"{node.name}: Resize {why}") from None
+        gathered = lw.add("Gather", [x, lw.const(low, "resize_index")], attributes={"axis": axis}).outputs[0]
+        if not weight.any():
+            x = gathered
+            continue
+        k = next((k for k in range(_RESIZE_SHIFT_LIMIT - shift + 1) if np.all(weight * 2**k == np.rint(weight * 2**k))), None)
+        if k is None:
+            raise Unlowerable(f"{node.name}: Resize weights are not multiples of 2^-{_RESIZE_SHIFT_LIMIT - shift}")
+        broadcast = [1] * len(shape)
+        broadcast[axis] = size_out
+        w_low = lw.const(np.rint((1 - weight) * 2**k).astype(np.int32).reshape(broadcast), "resize_weight")
+        w_high = lw.const(np.rint(weight * 2**k).astype(np.int32).reshape(broadcast), "resize_weight")
+        other = lw.add("Gather", [x, lw.const(high, "resize_index")], attributes={"axis": axis}).outputs[0]
+        x = lw.add("Add", [lw.add("Mul", [gathered, w_low]).outputs[0], lw.add("Mul", [other, w_high]).outputs[0]]).outputs[0]
+        shift += k
+    return lw.requant(x, np.array(2.0**-shift), value, node.name or "resize") if shift else x
+
+
 LOWERINGS: dict[str, Callable[[_Lowerer, ir.Node, ir.Value, float], ir.Value]] = {
     "DequantizeLinear": _dequantize,
     "Add": _elementwise,
@@ -320,6 +396,7 @@ LOWERINGS: dict[str, Callable[[_Lowerer, ir.Node, ir.Value, float], ir.Value]] =
     "Cast": _cast,
     "Split": _split,
     "Pad": _pad,
+    "Resize": _resize,
     **{op: _data_first for op in _LAYOUT},
 }
 

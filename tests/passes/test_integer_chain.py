@@ -276,3 +276,47 @@ def test_output_dequantize_also_read_by_a_float_op_stays():
     original, model, record = _run(OUTPUT_TAIL.replace("float[1, 24] w) <", "float[1, 24] w, float[1, 6, 4] n) <"))
     assert record.rewrites == {"sink-dequantize": 1}, record.rewrites  # y's tail only; h also feeds Neg
     assert next(v for v in model.graph.outputs if v.name == "w").producer().op_type == "Flatten"
+
+
+def _resize_model(attrs: str, out_shape: str, sizes: str) -> str:
+    return HEADER + f"""
+g (int32[1, 2, 3, 4] acc) => (float{out_shape} y) <float s = {{0.02}}, float t = {{0.03}}, int8 z = {{0}}, int64[4] sizes = {sizes}> {{
+    f = DequantizeLinear (acc, s)
+    r = Resize <{attrs}> (f, , , sizes)
+    q = QuantizeLinear (r, t, z)
+    y = DequantizeLinear (q, t)
+}}"""
+
+
+@pytest.mark.parametrize(
+    ("attrs", "out_shape", "sizes", "gathers"),
+    [
+        ('mode = "linear"', "[1, 2, 6, 8]", "{1, 2, 6, 8}", 4),  # 2x bilinear (half_pixel): weights 1/4, 3/4
+        ('mode = "linear"', "[1, 2, 1, 2]", "{1, 2, 1, 2}", 3),  # MobileViT's fold back: a 2x2 -> 1x1 average
+        ('mode = "linear", coordinate_transformation_mode = "align_corners"', "[1, 2, 5, 7]", "{1, 2, 5, 7}", 4),
+        ('mode = "nearest", coordinate_transformation_mode = "asymmetric", nearest_mode = "floor"', "[1, 2, 6, 2]",
+         "{1, 2, 6, 2}", 2),
+    ],
+    ids=["bilinear-up", "bilinear-down", "align-corners", "nearest"],
+)
+def test_resize_lowers_to_gathers_and_one_requant(attrs, out_shape, sizes, gathers):
+    """Resize is linear: Gather the taps per axis, Σ w·2^k·x in int32, one DyadicRequant by 2^-Σk (exact
+    dyadic weights): two roundings where the float graph has one, so within 1.5 units of t."""
+    original, model, record = _run(_resize_model(attrs, out_shape, sizes))
+    assert record.rewrites == {"integer-chain": 1}, record.declines
+    ops = testing.op_types(model)
+    assert "Resize" not in ops and ops.count("Gather") == gathers, ops
+    # the dequantize's rescale to t (read by the Gathers), and for linear the weights' 2^-Σk
+    assert ops.count("DyadicRequant") == (2 if "linear" in attrs else 1)
+    testing.assert_valid(model)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {"acc": rng.integers(-200, 200, (1, 2, 3, 4)).astype(np.int32)}
+    np.testing.assert_allclose(testing.run_ort(model, feeds)[0], testing.run_ort(original, feeds)[0], atol=1.51 * 0.03)
+    assert integer_region.verify(model).ok
+
+
+def test_resize_with_non_dyadic_weights_declines():
+    """3 -> 5 rows (half_pixel): weights in fifths are not multiples of a power of two."""
+    original, model, record = _run(_resize_model('mode = "linear"', "[1, 2, 5, 4]", "{1, 2, 5, 4}"))
+    assert not record.rewrites
+    assert any("Resize weights are not multiples of 2^-12" in d for d in record.declines), record.declines
