@@ -11,13 +11,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "load", "run_pipeline", "save", "__version__"]
+__all__ = ["check", "compile", "load", "run_pipeline", "save", "__version__"]
 
 
 def __getattr__(name: str):
     # Lazy: `graphopt --help` must not pay for onnx/onnxruntime imports.
     if name == "compile":
         from graphopt.api import compile as value
+    elif name == "check":
+        from graphopt.gate import check as value  # not graphopt/check.py: that module would shadow the function
     elif name == "load":
         from graphopt.capture import load as value
     elif name == "save":

@@ -1,7 +1,9 @@
-"""The `graphopt` command line: compile, passes, inspect, explain, bench.
+"""The `graphopt` command line: compile, check, passes, inspect, explain, bench.
 
 Exit codes (BRIEF §4): 0 ok; 1 a numeric check failed, or the integer-only check did (a float op
-between QuantizeLinear and DequantizeLinear, or no integer region at all); 2 usage error;
+between QuantizeLinear and DequantizeLinear, or no integer region at all), or `check` found a
+regression against its baseline; 2 usage error (for `check` also: no baseline without --update,
+a baseline of another model or pipeline);
 3 unreadable or invalid model; 4 unsupported op or target; 5 internal error. Errors print one
 line; ``--debug`` adds the traceback. Only the standard library loads at start-up, so
 `graphopt --help` and `graphopt passes` answer fast; each command imports what it needs.
@@ -183,6 +185,39 @@ def _check_report_path(path: str, inputs) -> None:
             raise UsageError(f"--report {path} is this run's input {item}; choose another report path")
 
 
+def cmd_check(args) -> int:
+    terminal = _terminal()
+    try:
+        return _check(args, terminal)
+    finally:
+        if terminal is not sys.stderr:
+            terminal.close()
+
+
+def _check(args, terminal) -> int:
+    from graphopt import gate, storage  # noqa: PLC0415
+
+    if args.junit:
+        _check_report_path(args.junit, [args.model, args.baseline, *(args.calib or [])])
+    console = _console(args)
+    targets = split_targets(args.targets)
+    result = gate.check(args.model, args.passes, baseline=args.baseline, calib=_data_argument(args.calib), targets=targets,
+                         input_shapes=args.input_shape, bench_runs=args.bench_runs, update=args.update, seed=args.seed,
+                         threads=args.threads, phases=_phases(args, console, terminal, _native_log(targets)))
+    if args.junit:
+        storage.atomic_write_text(args.junit, result.junit())
+    if args.json:
+        sys.stdout.write(result.to_json())
+    else:
+        gate.render(result, console)
+    if not result.ok:
+        first, more = result.failures[0], len(result.failures) - 1
+        also = f" (and {more} more)" if more else ""
+        print(f"graphopt: check failed: {first.message()}{also}; if the change is intended, record it with --update", file=sys.stderr)
+        return 1
+    return EXIT_OK
+
+
 def cmd_passes(args) -> int:
     from graphopt import registry  # noqa: PLC0415
 
@@ -311,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    for add in (_add_compile, _add_passes, _add_inspect, _add_explain, _add_bench):
+    for add in (_add_compile, _add_check, _add_passes, _add_inspect, _add_explain, _add_bench):
         add(sub, common)
     return parser
 
@@ -371,6 +406,28 @@ def _add_compile(sub, common) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs")
     c.add_argument("--progress", action="store_true", help="show progress bars even when stderr is not a terminal")
     c.set_defaults(run=cmd_compile)
+
+
+def _add_check(sub, common) -> None:
+    c = sub.add_parser("check", parents=[common], help="run a pipeline and compare it with a committed baseline (CI gate)",
+                       epilog="exit codes: 0 the baseline holds, 1 a field regressed beyond its tolerance, 2 usage error "
+                              "(also: no baseline without --update, a baseline of another model or pipeline), 3 bad model, "
+                              "4 unsupported op/target, 5 internal error")
+    c.add_argument("model", help="an .onnx file")
+    c.add_argument("--passes", default="canonicalize", help="pipeline, e.g. 'canonicalize' (as recorded in the baseline)")
+    c.add_argument("--baseline", required=True, metavar="PATH", help="the baseline file, e.g. graphopt.lock.json")
+    c.add_argument("--update", action="store_true",
+                   help="write the baseline from this run (atomically; its tolerances are kept) and print what changed")
+    c.add_argument("--calib", action="append", metavar="DATA", help=".npz, .npy, a folder, or name:file.npy (repeatable)")
+    c.add_argument("--input-shape", action="append", metavar="NAME:D0,D1", help="fix an input's shape (repeatable)")
+    c.add_argument("--targets", default="onnx", help="comma-separated targets, as for compile (default: onnx)")
+    c.add_argument("--bench-runs", type=int, default=0, metavar="N",
+                   help="time the original and each target over N runs and check the ratios (default 0: no latency)")
+    c.add_argument("--junit", metavar="PATH", help="also write JUnit XML: one test case per checked field group")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON instead of tables")
+    c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (without --calib)")
+    c.set_defaults(run=cmd_check)
 
 
 def _add_passes(sub, common) -> None:
