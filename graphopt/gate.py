@@ -502,34 +502,50 @@ def junit_xml(result: CheckResult) -> str:
 def render(result: CheckResult, console) -> None:
     """The human table: what changed against the baseline (or, with --update, in it) and the verdict."""
     from rich.markup import escape  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
 
     path = escape(result.baseline_path)
     if result.updated:
-        title = f"{path} written: changes against the old file" if result.baseline is not None else f"{path} created"
-        rows = [("", c, "") for c in result.diff] if result.baseline is not None else []
-    else:
-        title = f"changes against {path}"
-        rows = [(g.name, c, "ok" if c.ok else "[red]REGRESSION[/red]") for g in result.groups for c in g.changes]
-        rows += [("run", c, "info") for c in result.notes]
+        _render_update(result, console, path)
+        return
+    rows = [(g.name, c, "ok" if c.ok else "[red]REGRESSION[/red]") for g in result.groups for c in g.changes]
+    rows += [("run", c, "info") for c in result.notes]
     if rows:
-        table = Table(title=title, title_justify="left")
-        for column in ("group", "field", "baseline", "now", "allowed", "verdict"):
-            table.add_column(column)
+        table = _table(f"changes against {path}", ("group", "field", "baseline", "now", "allowed", "verdict"))
         for group, c, verdict in rows:
             table.add_row(escape(group), escape(c.field), escape(_show(c.baseline)), escape(_show(c.now)), escape(c.allowed), verdict)
         console.print(table)
-    elif result.updated:
-        console.print(title if result.baseline is None else f"{path} written: no change against the old file")
     else:
         console.print(f"no change against {path}")
     for group in result.groups:
         if group.skipped:
             console.print(f"[yellow]skipped[/yellow] {escape(group.name)}: {escape(group.skipped)}")
-    if not result.updated:
-        failed = f"[red]check failed[/red]: {len(result.failures)} field(s) beyond tolerance"
-        verdict = "[green]check holds[/green]" if result.ok else failed
-        console.print(f"{verdict} ({len(result.groups)} groups against {path})")
+    failed = f"[red]check failed[/red]: {len(result.failures)} field(s) beyond tolerance"
+    console.print(f"{'[green]check holds[/green]' if result.ok else failed} ({len(result.groups)} groups against {path})")
+
+
+def _render_update(result: CheckResult, console, path: str) -> None:
+    from rich.markup import escape  # noqa: PLC0415
+
+    if result.baseline is None:
+        console.print(f"{path} created ({len(result.record['passes'])} passes, {len(result.record['accuracy'])} outputs recorded)")
+        return
+    if not result.diff:
+        console.print(f"{path} written: no change against the old file")
+        return
+    console.print(f"{path} written; what changed against the old file:")
+    table = _table(None, ("field", "old", "new"))
+    for c in result.diff:
+        table.add_row(escape(c.field), escape(_show(c.baseline)), escape(_show(c.now)))
+    console.print(table)
+
+
+def _table(title: str | None, columns: Sequence[str]):
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
 def _show(value: Any) -> str:
