@@ -126,7 +126,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ``profile`` times every kernel of each TVM target that runs here (``report.data["profile"]``),
     with the schedule rule each one got; ``fallback_share`` is the time in kernels no fast rule took.
     """
-    settings = _settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
+    settings = checked_settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
                          ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database,
@@ -134,14 +134,14 @@ def compile(  # noqa: A001 — mirrors the CLI command name
                          profile=profile)
     from graphopt import backends  # noqa: PLC0415
 
-    ctx = Context(model, settings, Report(model=name or _describe(model), pipeline=str(settings.pipeline)),
+    ctx = Context(model, settings, Report(model=name or describe_model(model), pipeline=str(settings.pipeline)),
                   {t: backends.get_backend(t) for t in settings.targets})
     run_stages(ctx, COMPILE_STAGES, phases)
     return CompileResult(ctx.work, ctx.original, ctx.artifacts, ctx.report, ctx.samples,
                          input_files=_input_files(model, ctx.original, calib, eval))
 
 
-def _settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_optimization, tune_budget, tune_database,
+def checked_settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_optimization, tune_budget, tune_database,
               **rest) -> Settings:
     """Every option checked before any work: a bad one is a UsageError (exit 2)."""
     pipeline = parse_pipeline(passes)
@@ -200,7 +200,7 @@ def _names_preset(pipeline: Pipeline, name: str) -> bool:
     return False
 
 
-def _describe(model: Any) -> str:
+def describe_model(model: Any) -> str:
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
     return type(model).__name__

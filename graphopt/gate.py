@@ -174,26 +174,24 @@ def _stages():
 
 
 def _context(model, passes, *, calib, targets, input_shapes, bench_runs, seed, threads, name):
-    """Settings checked as compile checks them (``api._settings``); integer-only status always recorded."""
+    """Settings checked as compile checks them (``api.checked_settings``); integer-only status always recorded."""
     from graphopt import backends  # noqa: PLC0415
-    from graphopt.api import _describe, _settings  # noqa: PLC0415
+    from graphopt.api import checked_settings, describe_model  # noqa: PLC0415
     from graphopt.report import Report  # noqa: PLC0415
     from graphopt.stages import Context  # noqa: PLC0415
 
     if bench_runs < 0:
         raise UsageError(f"--bench-runs must be 0 or more, got {bench_runs}")
-    settings = _settings(passes, calib=calib, targets=targets, input_shapes=input_shapes, integer_only=True, tolerances=None,
+    settings = checked_settings(passes, calib=calib, targets=targets, input_shapes=input_shapes, integer_only=True, tolerances=None,
                          ort_optimization="all", tune_budget=0, tune_database=None, bench_runs=bench_runs, seed=seed, threads=threads)
-    report = Report(model=name or _describe(model), pipeline=str(settings.pipeline))
+    report = Report(model=name or describe_model(model), pipeline=str(settings.pipeline))
     return Context(model, settings, report, {t: backends.get_backend(t) for t in settings.targets})
 
 
 def _run(ctx, names: tuple[str, ...], phases) -> None:
     from graphopt.stages import run_stages  # noqa: PLC0415
 
-    seconds = ctx.report.seconds.get("total", 0.0)
     run_stages(ctx, [s for s in _stages() if s.name in names], phases)
-    ctx.report.seconds["total"] += seconds
 
 
 def model_hash(source: Any, loaded: Any) -> str:

@@ -97,7 +97,8 @@ Phases = Callable[[str], ContextManager]
 
 
 def run_stages(ctx: Context, stages: Sequence[Stage], phases: Phases | None = None) -> None:
-    """Run the stages that apply, each timed into ``report.seconds`` and shown through ``phases``."""
+    """Run the stages that apply, each timed into ``report.seconds`` and shown through ``phases``;
+    ``seconds["total"]`` adds up over calls (a command may run the stages in parts)."""
     phases = phases or (lambda name: contextlib.nullcontext())
     start = time.perf_counter()
     for stage in stages:
@@ -107,7 +108,7 @@ def run_stages(ctx: Context, stages: Sequence[Stage], phases: Phases | None = No
         with phases(stage.name):
             stage.run(ctx)
         ctx.report.seconds[stage.name] = time.perf_counter() - began
-    ctx.report.seconds["total"] = time.perf_counter() - start
+    ctx.report.seconds["total"] = ctx.report.seconds.get("total", 0.0) + time.perf_counter() - start
 
 
 def run_on_ort(model: ir.Model, samples: Sequence[Mapping[str, np.ndarray]], threads: int) -> list[dict[str, np.ndarray]]:

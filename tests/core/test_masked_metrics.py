@@ -143,11 +143,11 @@ def test_parity_with_the_original_leaves_padding_out_too(tmp_path, disturbing_pa
 
 
 def test_approximating_pipelines_get_the_looser_default_cosine_floor():
-    from graphopt.api import _settings  # noqa: PLC0415
+    from graphopt.api import checked_settings  # noqa: PLC0415
     from graphopt.metrics import MIN_COSINE_APPROXIMATE, MIN_COSINE_EXACT, Tolerances  # noqa: PLC0415
 
     def floor(passes, tolerances=None):
-        return _settings(passes, targets=["onnx"], input_shapes={}, integer_only=None, tolerances=tolerances,
+        return checked_settings(passes, targets=["onnx"], input_shapes={}, integer_only=None, tolerances=tolerances,
                          ort_optimization="all", tune_budget=0, tune_database=None).tolerances.min_cosine
 
     assert floor("canonicalize") == MIN_COSINE_EXACT == 0.999

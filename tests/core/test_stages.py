@@ -58,7 +58,7 @@ def test_validation_moves_to_a_target_that_matched_ort_bit_for_bit(mlp_proto):
 
 
 def test_a_stage_list_can_be_run_by_other_commands(mlp_proto):
-    settings = graphopt.api._settings("cleanup", targets=None, input_shapes=None, integer_only=False, tolerances=None,
+    settings = graphopt.api.checked_settings("cleanup", targets=None, input_shapes=None, integer_only=False, tolerances=None,
                                       ort_optimization="all", tune_budget=0, tune_database=None)
     ctx = stages.Context(mlp_proto, settings, graphopt.api.Report(model="m", pipeline="cleanup"), {})
     load, samples = stages.COMPILE_STAGES[:2]
