@@ -103,6 +103,7 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     outputs: Sequence[str] | None = None,
     ignore_outputs: Sequence[str] = (),
     profile: bool = False,
+    budget: str | None = None,
 ) -> CompileResult:
     """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
 
@@ -125,13 +126,16 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     Validation runs on a compiled target once it matched ORT bit for bit on the first samples.
     ``profile`` times every kernel of each TVM target that runs here (``report.data["profile"]``),
     with the schedule rule each one got; ``fallback_share`` is the time in kernels no fast rule took.
+    ``budget`` (``"cosine=0.995"``, ``"sqnr=30"``, ``"top1=0.99"``) is a floor on the worst checked
+    output: when the rewrite misses it, the rewrites to blame are found by bisection and rolled back
+    (``graphopt.budget``; ``report.data["budget"]``), and a floor that cannot be kept is a violation.
     """
     settings = checked_settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
                          ort_optimization=ort_optimization, progress=progress, tune_budget=tune_budget, tune_database=tune_database,
                          mask=mask, eval=eval, outputs=tuple(outputs) if outputs is not None else None, ignore_outputs=tuple(ignore_outputs),
-                         profile=profile)
+                         profile=profile, budget=budget)
     from graphopt import backends  # noqa: PLC0415
 
     ctx = Context(model, settings, Report(model=name or describe_model(model), pipeline=str(settings.pipeline)),
@@ -162,6 +166,12 @@ def checked_settings(passes, *, targets, input_shapes, integer_only, tolerances,
         raise UsageError("--profile times the kernels of TVM code: add a TVM target, e.g. --targets onnx,tvm-llvm")
     if (tune_budget or tune_database) and not any(t != "onnx" for t in targets):
         raise UsageError("--tune-budget / --tune-database tune TVM code: add a TVM target, e.g. --targets tvm-llvm")
+    if rest.get("budget") is not None:
+        from graphopt.budget import parse_budget  # noqa: PLC0415
+
+        rest["budget"] = parse_budget(rest["budget"])
+        if not rest.get("validate", True):
+            raise UsageError("--budget measures the rewritten model against the original: drop --no-validate")
     shapes = dict(input_shapes) if isinstance(input_shapes, Mapping) else data.parse_shape_overrides(input_shapes)
     return Settings(
         pipeline=pipeline, targets=tuple(targets), input_shapes={k: tuple(v) for k, v in shapes.items()},

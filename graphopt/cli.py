@@ -134,6 +134,7 @@ def _compile(args, terminal) -> int:
         outputs=_names(args.outputs),
         ignore_outputs=tuple(_names(args.ignore_output) or ()),
         profile=args.profile,
+        budget=args.budget,
     )
     if args.report:
         _check_report_path(args.report, result.input_files)
@@ -146,6 +147,7 @@ def _compile(args, terminal) -> int:
         result.print_report(console, verbose=args.verbose)
         from rich.markup import escape  # noqa: PLC0415
 
+        _print_budget(console, result.report.data.get("budget"))
         if args.bench_runs is None:
             console.print("[dim]latency not timed: add --bench-runs 10 to time the original and each target[/dim]")
         console.print(f"wrote {escape(', '.join(written))}")
@@ -156,6 +158,25 @@ def _compile(args, terminal) -> int:
         print(f"graphopt: {what}: {first.removeprefix(INTEGER_ONLY_PREFIX)}{hint}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _print_budget(console, budget: dict | None) -> None:
+    """What --budget did: the metric before and after, what was rolled back, what the search cost."""
+    if not budget:
+        return
+    from rich.markup import escape  # noqa: PLC0415
+
+    def number(value):
+        return "inf" if value is None else f"{value:.6g}"
+
+    verdict = "kept" if budget["met"] else "[red]missed[/red]"
+    rolled = budget["rolled_back"]
+    console.print(f"budget {budget['metric']}>={budget['floor']:g} {verdict}: {number(budget['initial'])} -> {number(budget['final'])}, "
+                  f"{len(rolled)} rewrite(s) rolled back, {budget['validation_runs']} validation run(s)")
+    for site in rolled:
+        console.print(f"  rolled back {escape(site['pass'])} / {escape(site['rule'])} at node {escape(site['node'])}")
+    if not budget["met"]:
+        console.print(f"  [red]{escape(budget['problem'])}[/red]")
 
 
 def _data_argument(values: list[str] | None):
@@ -389,6 +410,9 @@ def _add_compile(sub, common) -> None:
                         "(default: on when the pipeline names the ivit preset); a float op there, or no integer "
                         "region at all, is exit 1 (files still written)")
     c.add_argument("--validate-each", action="store_true", help="compare with the original after every pass")
+    c.add_argument("--budget", metavar="METRIC=FLOOR",
+                   help="a floor on the worst checked output (cosine=0.995, sqnr=30, top1=0.99): the rewrites that miss it are "
+                        "found by bisection and rolled back; exit 1 when it cannot be kept (docs/check.md)")
     c.add_argument("--bench-runs", type=int, metavar="N",
                    help="time the original and each target over N runs (median), e.g. 10 (default: as graphopt.compile, "
                         "no timing; latency is opt-in and best-effort)")

@@ -71,7 +71,9 @@ class RulePass(GraphoptPass):
         """The rules, in the order they are tried."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = self.record(rewrite.apply_rules(model, self.rules()))
+        outcome = rewrite.apply_rules(model, self.rules(), skip=rewrite.skipped_sites(self.pass_name))
+        rewrite.note_sites(self.pass_name, outcome)  # for graphopt.budget's bisection, when it listens
+        modified = self.record(outcome)
         if modified:  # what the replaced subgraphs read (constants, shape chains) is now dead
             common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)

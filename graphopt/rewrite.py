@@ -4,19 +4,27 @@ Rules are ``onnxscript.rewriter`` rules. The driver groups a pass's rules into r
 (``rule_sets``) and applies each set in one onnxscript traversal, counting each rule's rewrites
 under the rule's own name; then it re-matches the rewritten model with onnxscript's
 ``MatchingTracer`` to collect the candidates whose check declined, with the check's reason.
+
+A run can leave chosen sites alone: ``apply_rules(..., skip=names)`` does not rewrite at a node
+whose name is in ``names`` (the node a rule's pattern is rooted at), and every rewrite is recorded
+in ``RuleOutcome.sites``. Rule passes honour ``site_filter`` (the numeric budget's bisection,
+``graphopt.budget``, sets it around a pipeline run) and report their sites to it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import onnx_ir as ir
 from onnxscript.rewriter import _basics, _pattern_ir, pattern
 
-__all__ = ["Decline", "RuleOutcome", "RuleSet", "applicable_rules", "apply_rules", "explain_rules", "rule_sets"]
+__all__ = ["Decline", "RuleOutcome", "RuleSet", "Site", "applicable_rules", "apply_rules", "explain_rules", "rule_sets",
+           "note_sites", "site_filter", "skipped_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +42,23 @@ class Decline:
         return f"{self.rule} at {self.node}: {self.reason}"
 
 
+@dataclasses.dataclass(frozen=True, order=True)
+class Site:
+    """Where a rule rewrote: the pass, the rule and the name of the node its pattern is rooted at."""
+
+    pass_name: str
+    rule: str
+    node: str
+
+    def __str__(self) -> str:
+        return f"{self.pass_name}/{self.rule} at {self.node or '(unnamed node)'}"
+
+
 @dataclasses.dataclass
 class RuleOutcome:
     rewrites: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     declines: list[Decline] = dataclasses.field(default_factory=list)
+    sites: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (rule, root node name) of each rewrite
 
     @property
     def total(self) -> int:
@@ -111,10 +132,13 @@ class _Driven:
     still logs under the rule itself.
     """
 
-    def __init__(self, rule: pattern.RewriteRule, counts: collections.Counter | None = None) -> None:
+    def __init__(self, rule: pattern.RewriteRule, counts: collections.Counter | None = None,
+                 sites: list[tuple[str, str]] | None = None, skip: Collection[str] = ()) -> None:
         self._rule = rule
         self._root = _root_op_type(rule)
         self._counts = counts
+        self._sites = sites
+        self._skip = skip
         self.rule_name = rule.name or type(rule).__name__
 
     def __getattr__(self, name: str):
@@ -123,9 +147,13 @@ class _Driven:
     def try_rewrite(self, model, graph_or_function, node, *, verbose=None, tracer=None):
         if self._root is not None and node.op_type != self._root:
             return None
+        if self._skip and node.name in self._skip:
+            return None
         delta = self._rule.try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
         if delta is not None and tracer is None and self._counts is not None:
             self._counts[self.rule_name] += 1
+            if self._sites is not None:
+                self._sites.append((self.rule_name, node.name or ""))
         return delta
 
 
@@ -171,13 +199,14 @@ def flat_rules(rules: Sequence) -> list[pattern.RewriteRule]:
     return [rule for group in rule_sets(rules) for rule in group]
 
 
-def apply_rules(model: ir.Model, rules: Sequence, *, explain: bool = True) -> RuleOutcome:
+def apply_rules(model: ir.Model, rules: Sequence, *, explain: bool = True, skip: Collection[str] = ()) -> RuleOutcome:
     """Rewrite ``model`` in place with ``rules``; count rewrites per rule and collect declines.
 
     Each rule set (see ``rule_sets``) is applied in one traversal and every rule is counted under
     its own name. Rules needing an op type the model lacks are skipped (they cannot match); the
     model's op types are re-read after every traversal that rewrote something, since a rewrite
-    can add op types.
+    can add op types. No rule rewrites at a node named in ``skip`` (its pattern's root node);
+    ``outcome.sites`` lists where each rewrite was rooted.
     """
     outcome = RuleOutcome()
     present = _op_types(model)
@@ -185,7 +214,8 @@ def apply_rules(model: ir.Model, rules: Sequence, *, explain: bool = True) -> Ru
         runnable = [rule for rule in group if (_required_op_types(rule) or frozenset()) <= present]
         if not runnable:
             continue
-        count = pattern.RewriteRuleSet([_Driven(rule, outcome.rewrites) for rule in runnable]).apply_to_model(model)
+        driven = [_Driven(rule, outcome.rewrites, outcome.sites, skip) for rule in runnable]
+        count = pattern.RewriteRuleSet(driven).apply_to_model(model)
         if count:
             logger.debug("rule set %s rewrote %d site(s)", [rule.name for rule in runnable], count)
             present = _op_types(model)
@@ -193,6 +223,45 @@ def apply_rules(model: ir.Model, rules: Sequence, *, explain: bool = True) -> Ru
     if explain:
         outcome.declines = explain_rules(model, rules)
     return outcome
+
+
+@dataclasses.dataclass
+class _SiteFilter:
+    skip: Mapping[str, frozenset[str]]  # pass name -> root node names its rules leave alone
+    rewritten: list[Site]
+
+
+_FILTER: contextvars.ContextVar[_SiteFilter | None] = contextvars.ContextVar("graphopt_site_filter", default=None)
+
+
+@contextlib.contextmanager
+def site_filter(skip: Collection[Site] = ()) -> Iterator[list[Site]]:
+    """Within the block, rule passes leave the ``skip`` sites alone (matched by pass name and root
+    node name; an unnamed node cannot be named) and every site they rewrite is added to the list
+    this yields."""
+    by_pass: dict[str, set[str]] = collections.defaultdict(set)
+    for site in skip:
+        if site.node:
+            by_pass[site.pass_name].add(site.node)
+    active = _SiteFilter({name: frozenset(nodes) for name, nodes in by_pass.items()}, [])
+    token = _FILTER.set(active)
+    try:
+        yield active.rewritten
+    finally:
+        _FILTER.reset(token)
+
+
+def skipped_sites(pass_name: str) -> frozenset[str]:
+    """The root node names pass ``pass_name`` must not rewrite at (``site_filter``); usually none."""
+    active = _FILTER.get()
+    return active.skip.get(pass_name, frozenset()) if active else frozenset()
+
+
+def note_sites(pass_name: str, outcome: RuleOutcome) -> None:
+    """Add the sites ``outcome`` rewrote to the active ``site_filter``'s list (none active: nothing)."""
+    active = _FILTER.get()
+    if active is not None:
+        active.rewritten.extend(Site(pass_name, rule, node) for rule, node in outcome.sites)
 
 
 def explain_rules(

@@ -1,5 +1,5 @@
-"""Compile as named stages over one context: load, samples, reference, rewrite, validate,
-layer-error, integer-only, build, parity, latency.
+"""Compile as named stages over one context: load, samples, reference, rewrite, budget,
+integer-only, build, parity, validate, layer-error, latency.
 
 Each stage reads what earlier stages left in the ``Context`` and fills its own part of the
 report; ``run_stages`` times every stage with one instrument (``report.seconds[stage]``) and
@@ -67,6 +67,7 @@ class Settings:
     outputs: tuple[str, ...] | None = None  # outputs the checks gate (None: all)
     ignore_outputs: tuple[str, ...] = ()  # outputs measured and reported but not checked
     profile: bool = False  # per-kernel times of every TVM target that runs here
+    budget: Any = None  # graphopt.budget.Budget: a floor kept by rolling back the rewrites that break it
 
 
 @dataclasses.dataclass
@@ -249,6 +250,14 @@ def _rewrite(ctx: Context) -> None:
         raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(ctx.backends)}: " + "; ".join(problems[:5]))
 
 
+def _budget(ctx: Context) -> None:
+    """The numeric budget (``graphopt.budget``), right after the rewrite: a rollback re-runs the
+    rewrite stage, and every later stage sees the model that keeps the budget."""
+    from graphopt import budget  # noqa: PLC0415
+
+    budget.enforce(ctx, ctx.settings.budget, rerun=_rewrite)
+
+
 def _stamp_producer(work: ir.Model, original: ir.Model) -> None:
     """graphopt wrote this model; the exporter that made the original stays on record."""
     from graphopt.host import library_versions  # noqa: PLC0415
@@ -378,6 +387,7 @@ COMPILE_STAGES = (
     Stage("preflight", _preflight_original, lambda ctx: _validating(ctx) or ctx.settings.bench_runs > 0),
     Stage("reference", _reference, _validating),
     Stage("rewrite", _rewrite),
+    Stage("budget", _budget, lambda ctx: ctx.settings.budget is not None and _validating(ctx)),
     Stage("integer-only", _integer_only, lambda ctx: ctx.settings.integer_only),
     Stage("build", _build),
     Stage("parity", _parity, _validating),
