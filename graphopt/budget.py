@@ -154,6 +154,23 @@ def _first_failing(models: Sequence[ir.Model], names: Sequence[str], measure: Ca
     return high
 
 
+def _culprit_pass(ctx, rolled: list[rewrite.Site], measure: _Measure, budget: Budget, trace: list) -> tuple[str, int, list[rewrite.Site]]:
+    """The first pass after which ``budget`` is missed (its name and place in the pipeline) and the
+    sites it rewrote: one more pipeline run keeps the model after every pass, and a bisection
+    measures a few of them."""
+    models, names, sites_after = [], [], []
+
+    def keep(name: str, model: ir.Model, sites: list) -> None:
+        models.append(model.clone())
+        names.append(name)
+        sites_after.append(sites)
+
+    _run(ctx, rolled, keep=keep)
+    index = _first_failing(models, names, measure, budget, trace)
+    before = len(sites_after[index - 1]) if index > 0 else 0
+    return names[index], index, [s for s in sites_after[index][before:] if s.pass_name == names[index]]
+
+
 def enforce(ctx, budget: Budget, rerun: Callable) -> None:
     """Keep ``budget`` on ``ctx.work``: measure it, and when it is missed find and roll back the
     sites to blame, re-running the rewrite stage (``rerun(ctx)``) with them left alone. Fills
@@ -167,25 +184,15 @@ def enforce(ctx, budget: Budget, rerun: Callable) -> None:
     for _ in range(MAX_ROUNDS):
         if budget.met(value):
             break
-        models, names, sites_after = [], [], []
-
-        def keep(name: str, model: ir.Model, sites: list) -> None:
-            models.append(model.clone())
-            names.append(name)
-            sites_after.append(sites)
-
-        _run(ctx, rolled, keep=keep)
-        index = _first_failing(models, names, measure, budget, trace)
-        name = names[index]
-        del models
-        before = len(sites_after[index - 1]) if index > 0 else 0
-        sites = [s for s in sites_after[index][before:] if s.pass_name == name and s.node and s not in rolled]
+        name, index, sites = _culprit_pass(ctx, rolled, measure, budget, trace)
+        sites = [s for s in sites if s.node and s not in rolled]
         culprits.append(name)
         if not sites:
-            problem = f"pass '{name}' (#{index + 1}) breaks it and has no rewrite at a named node to roll back"
+            problem = (f"pass '{name}' (#{index + 1}) breaks it and has no rewrite that can be rolled back alone "
+                       "(its rewrites are at unnamed nodes, or it does not run through the rule driver)")
             break
 
-        def meets(skip: list, index: int = index) -> bool:
+        def meets(skip: list, index: int = index, name: str = name) -> bool:
             model, _ = _run(ctx, rolled + skip, upto=index)
             probe = measure(model)
             trace.append({"probe": "sites", "pass": name, "skipped": len(skip), "value": probe, "met": budget.met(probe)})

@@ -107,7 +107,7 @@ def test_a_budget_that_cannot_be_kept_exits_1_with_the_reason(tmp_path, capsys):
                      "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1
-    assert "budget cosine>=0.999 missed" in captured.out and "no rewrite at a named node to roll back" in captured.out
+    assert "budget cosine>=0.999 missed" in captured.out and "has no rewrite that can be rolled back alone" in captured.out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
     assert report["data"]["budget"]["met"] is False and report["data"]["budget"]["rolled_back"] == []
