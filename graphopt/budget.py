@@ -5,8 +5,8 @@ When the rewritten model misses it:
 
 1. the pass: the pipeline runs once more, keeping the model after every pass, and a bisection
    over those models finds the first pass after which the floor is missed;
-2. its sites: every rewrite of that pass is rooted at a named node (``rewrite.site_filter``
-   records them); repeated bisections over the list find a small set whose rollback meets the
+2. its sites: every rewrite of that pass is rooted at a node, named by its name (nodes of the
+   original without a unique name get one first; ``rewrite.site_filter`` records the sites); repeated bisections over the list find a small set whose rollback meets the
    floor, each probe re-running the pipeline up to that pass with those sites left alone;
 3. the rollback: the rewrite stage runs again with the sites left alone; when the floor is still
    missed, the next pass is searched the same way.
@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from graphopt import rewrite
 from graphopt.errors import UsageError
@@ -43,7 +44,7 @@ class Budget:
     floor: float
 
     def __str__(self) -> str:
-        return f"{self.metric}={self.floor:g}"
+        return f"{self.metric}={self.floor:.10g}"
 
     def met(self, value: float) -> bool:
         return value >= self.floor  # NaN misses
@@ -181,6 +182,8 @@ def enforce(ctx, budget: Budget, rerun: Callable) -> None:
     rolled: list[rewrite.Site] = []
     culprits: list[str] = []
     problem = None
+    if not budget.met(value):
+        common_passes.NameFixPass()(ctx.original)  # a rewrite is rolled back by its root node's name: every node gets a unique one
     for _ in range(MAX_ROUNDS):
         if budget.met(value):
             break
@@ -189,7 +192,7 @@ def enforce(ctx, budget: Budget, rerun: Callable) -> None:
         culprits.append(name)
         if not sites:
             problem = (f"pass '{name}' (#{index + 1}) breaks it and has no rewrite that can be rolled back alone "
-                       "(its rewrites are at unnamed nodes, or it does not run through the rule driver)")
+                       "(it does not run its rules through the rule driver, graphopt.pass_base.RulePass)")
             break
 
         def meets(skip: list, index: int = index, name: str = name) -> bool:
@@ -216,7 +219,7 @@ def enforce(ctx, budget: Budget, rerun: Callable) -> None:
     if not met:
         why = problem or f"still missed after {MAX_ROUNDS} passes were searched"
         ctx.report.data["budget"]["problem"] = why
-        ctx.report.violations.append(f"budget {budget}: {budget.metric} {value:.6g} < {budget.floor:g}: {why}")
+        ctx.report.violations.append(f"budget {budget}: {budget.metric} {value:.10g} < {budget.floor:.10g}: {why}")
     logger.info("budget %s: %s -> %s, %d site(s) rolled back, %d validation run(s)", budget, initial, value, len(rolled), measure.runs)
 
 

@@ -167,11 +167,11 @@ def _print_budget(console, budget: dict | None) -> None:
     from rich.markup import escape  # noqa: PLC0415
 
     def number(value):
-        return "inf" if value is None else f"{value:.6g}"
+        return "inf" if value is None else f"{value:.8g}"
 
     verdict = "kept" if budget["met"] else "[red]missed[/red]"
     rolled = budget["rolled_back"]
-    console.print(f"budget {budget['metric']}>={budget['floor']:g} {verdict}: {number(budget['initial'])} -> {number(budget['final'])}, "
+    console.print(f"budget {budget['metric']}>={budget['floor']:.10g} {verdict}: {number(budget['initial'])} -> {number(budget['final'])}, "
                   f"{len(rolled)} rewrite(s) rolled back, {budget['validation_runs']} validation run(s)")
     for site in rolled:
         console.print(f"  rolled back {escape(site['pass'])} / {escape(site['rule'])} at node {escape(site['node'])}")

@@ -98,20 +98,37 @@ def test_no_budget_no_stage():
     assert "budget" not in result.report.data and "budget" not in result.report.seconds
 
 
+def test_unnamed_nodes_get_names_and_are_rolled_back():
+    result = graphopt.compile(outlier_model(names=False), passes="int8-linear", calib=calib(), budget="cosine=0.999")
+    budget = result.report.data["budget"]
+    assert budget["met"] and len(budget["rolled_back"]) == 1 and budget["rolled_back"][0]["node"]
+    assert len(_float_matmuls(result)) == 1 and result.report.ops_after["MatMulInteger"] == 2
+
+
+def softmax_model() -> onnx.ModelProto:
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Softmax", ["x"], ["y"], name="softmax", axis=-1)], "g",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 16])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 16])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=10)
+
+
 def test_a_budget_that_cannot_be_kept_exits_1_with_the_reason(tmp_path, capsys):
-    model = tmp_path / "unnamed.onnx"
-    onnx.save(outlier_model(names=False), model)  # rewrites at unnamed nodes cannot be named, so none can be rolled back
+    """shiftmax applies its rules itself (not through RulePass): its rewrites cannot be rolled back one by one."""
+    model = tmp_path / "softmax.onnx"
+    onnx.save(softmax_model(), model)
     data = tmp_path / "calib.npz"
     np.savez(data, x=np.stack([s["x"] for s in calib()]))
-    code = cli.main(["compile", str(model), "--passes", "int8-linear", "--calib", str(data), "--budget", "cosine=0.999",
+    code = cli.main(["compile", str(model), "--passes", "shiftmax", "--calib", str(data), "--budget", "cosine=0.9999999",
                      "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1
-    assert "budget cosine>=0.999 missed" in captured.out and "has no rewrite that can be rolled back alone" in captured.out
+    assert "budget cosine>=0.9999999 missed" in captured.out and "has no rewrite that can be rolled back alone" in captured.out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
-    assert report["data"]["budget"]["met"] is False and report["data"]["budget"]["rolled_back"] == []
-    assert any(v.startswith("budget cosine=0.999: cosine 0 < 0.999: pass 'int8-linear' (#1)") for v in report["violations"])
+    budget = report["data"]["budget"]
+    assert budget["met"] is False and budget["rolled_back"] == [] and budget["culprit_passes"] == ["shiftmax"]
+    assert any(v.startswith("budget cosine=0.9999999: cosine") and "pass 'shiftmax' (#1)" in v for v in report["violations"])
 
 
 def test_cli_prints_what_was_rolled_back(tmp_path, capsys):
