@@ -23,12 +23,12 @@ from graphopt.pipeline import run_pipeline
 SCHEMA = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
 
 
-def outlier_model(outlier: float = 1000.0, names: bool = True) -> onnx.ModelProto:
+def outlier_model(outlier: float = 1000.0, names: bool = True, twice: bool = False) -> onnx.ModelProto:
     """x -> MatMul 'first' -> Mul (channel 3 times ``outlier``) -> MatMul 'outlier' -> Relu -> MatMul 'last'.
 
     The middle MatMul's input has one huge channel that its weights cancel: one int8 scale for
     the whole tensor rounds every other channel to zero, so quantizing that MatMul ruins the
-    output while the other two quantize fine.
+    output while the other two quantize fine. ``twice``: the last MatMul's input gets the same outlier.
     """
     rng = np.random.default_rng(testing.SEED)
     wa, wb = (rng.standard_normal((16, 16)).astype(np.float32) / 4 for _ in range(2))
@@ -39,7 +39,10 @@ def outlier_model(outlier: float = 1000.0, names: bool = True) -> onnx.ModelProt
     h = onnx.helper
     nodes = [h.make_node("MatMul", ["x", "wa"], ["a"], name="first"), h.make_node("Mul", ["a", "scale"], ["a2"], name="spread"),
              h.make_node("MatMul", ["a2", "wb"], ["b"], name="outlier"), h.make_node("Relu", ["b"], ["r"], name="relu"),
-             h.make_node("MatMul", ["r", "wc"], ["y"], name="last")]
+             h.make_node("MatMul", ["r2" if twice else "r", "wc"], ["y"], name="last")]
+    if twice:
+        nodes.insert(4, h.make_node("Mul", ["r", "scale"], ["r2"], name="spread_again"))
+        wc[3] /= outlier
     if not names:
         for node in nodes:
             node.name = ""
@@ -70,6 +73,14 @@ def test_the_outlier_layer_is_found_and_rolled_back_the_others_stay_int8():
     assert _float_matmuls(result) == ["outlier"] and result.report.ops_after["MatMulInteger"] == 2
     assert result.ok and result.report.accuracy["y"]["cosine"] == pytest.approx(budget["final"])
     jsonschema.validate(json.loads(result.report.to_json()), SCHEMA)
+
+
+def test_two_broken_layers_are_both_found():
+    result = graphopt.compile(outlier_model(twice=True), passes="int8-linear", calib=calib(), budget="cosine=0.999")
+    budget = result.report.data["budget"]
+    assert budget["met"] and sorted(s["node"] for s in budget["rolled_back"]) == ["last", "outlier"]
+    assert sorted(_float_matmuls(result)) == ["last", "outlier"] and result.report.ops_after["MatMulInteger"] == 1
+    assert budget["validation_runs"] == len(budget["trace"])
 
 
 def test_the_pass_is_found_by_bisection_in_a_longer_pipeline():
