@@ -60,7 +60,8 @@ def test_static_shapes_without_sizes_notes_the_dynamic_input():
     assert record.rewrites == {} and "input 'x' keeps its dynamic shape" in record.notes[0]
 
 
-@pytest.mark.parametrize(("shapes", "message"), [("y:2,3", "model's inputs are"), ("x:2", "rank 1 given"), ("x:0,3", "positive")])
+@pytest.mark.parametrize(("shapes", "message"), [("y:2,3", "model's inputs are"), ("x:2", "rank 1 given"), ("x:-1,3", "negative"),
+                                                   ("x2,3", "bad shapes entry")])
 def test_static_shapes_bad_sizes_are_usage_errors(shapes, message):
     _, work = _load(SYMBOLIC)
     with pytest.raises(UsageError, match=message):
@@ -189,3 +190,11 @@ def test_preparation_stamps_provenance_on_what_it_makes():
     prepared, records = importer.prepare(work, {"a": [2, 64], "b": [64, 3]})
     assert {n.metadata_props.get(PROVENANCE_PASS) for n in prepared.graph} == {"tvm-import-forms"}
     assert "tvm-import-forms" in [r.name for r in records if r.modified]
+
+
+def test_static_shapes_takes_an_empty_dimension():
+    """Real inputs can be empty (an ``axes`` input of shape [0]): the backend's sizes come from them."""
+    _, work = _load(SYMBOLIC)
+    record = run_pipeline(work, 'static-shapes(shapes="x:0,3")')[0]
+    assert record.modified and list(work.graph.inputs[0].shape) == [0, 3]
+
