@@ -57,6 +57,13 @@ class GraphoptPass(ir.passes.InPlacePass):
         """Statistics (``TensorStats``) of intermediate values of ``model`` over the run's samples."""
         return self.calibrate(model, names).stats(**kwargs)
 
+    def apply_rules(self, model: ir.Model, rules, *, explain: bool = True) -> rewrite.RuleOutcome:
+        """The one driver on ``rules``, leaving alone the sites the numeric budget's bisection rolled
+        back (``rewrite.site_filter``, ``graphopt.budget``) and telling it where this pass rewrote."""
+        outcome = rewrite.apply_rules(model, rules, explain=explain, skip=rewrite.skipped_sites(self.pass_name))
+        rewrite.note_sites(self.pass_name, outcome)
+        return outcome
+
     def record(self, outcome: rewrite.RuleOutcome) -> bool:
         self.rewrites.update(outcome.rewrites)
         self.declines.extend(outcome.declines)
@@ -71,9 +78,7 @@ class RulePass(GraphoptPass):
         """The rules, in the order they are tried."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        outcome = rewrite.apply_rules(model, self.rules(), skip=rewrite.skipped_sites(self.pass_name))
-        rewrite.note_sites(self.pass_name, outcome)  # for graphopt.budget's bisection, when it listens
-        modified = self.record(outcome)
+        modified = self.record(self.apply_rules(model, self.rules()))
         if modified:  # what the replaced subgraphs read (constants, shape chains) is now dead
             common_passes.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=modified)

@@ -278,7 +278,7 @@ class AttentionPass(RulePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         rules = self.rules()
-        outcome = rewrite.apply_rules(model, rules, explain=False)
+        outcome = self.apply_rules(model, rules, explain=False)
         if outcome.total:  # the rules keep the matched nodes (remove_nodes=False): drop the dead ones
             common_passes.RemoveUnusedNodesPass()(model)
         outcome.declines = rewrite.explain_rules(model, rules)

@@ -54,11 +54,11 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from graphopt import ops, rewrite
+from graphopt import ops
 from graphopt.calibrate import Calibration, CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import GraphoptPass
 from graphopt.passes._canonical_utils import constant, default_opset
-from graphopt.ops.shiftmax import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK, SHIFTMAX_OP
+from graphopt.ops.shiftmax import DEFAULT_N, DEFAULT_OUT_BITS, INT31, NO_MASK
 from graphopt.registry import register_pass
 
 __all__ = ["ShiftmaxOptions", "ShiftmaxPass", "input_scale"]
@@ -205,4 +205,4 @@ class ShiftmaxPass(GraphoptPass):
             found = {name: input_scale(calibration, name, self.options) for name in names}
             scales = Scales({name: scale for name, scale in found.items() if scale is not None})
         rules = [_GuardedIsland.rule("shiftmax-nan-guard", scales, self.options), _Island.rule("shiftmax", scales, self.options)]
-        return ir.passes.PassResult(model, modified=self.record(rewrite.apply_rules(model, rules)))
+        return ir.passes.PassResult(model, modified=self.record(self.apply_rules(model, rules)))

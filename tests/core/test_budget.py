@@ -18,6 +18,7 @@ import graphopt
 from graphopt import cli, rewrite, testing
 from graphopt.budget import Budget, minimal_sites, parse_budget
 from graphopt.errors import UsageError
+from graphopt.pass_base import GraphoptPass
 from graphopt.pipeline import run_pipeline
 
 SCHEMA = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
@@ -124,13 +125,36 @@ def softmax_model() -> onnx.ModelProto:
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=10)
 
 
-def test_a_budget_that_cannot_be_kept_exits_1_with_the_reason(tmp_path, capsys):
-    """shiftmax applies its rules itself (not through RulePass): its rewrites cannot be rolled back one by one."""
+class _TestOffsetOutputPass(GraphoptPass):
+    """Adds 1 to the output: an approximation with a hand-written call, so no rewrite of it can be rolled back alone."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        output = model.graph.outputs[0]
+        one = ir.Value(name="offset_one", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.FLOAT))
+        one.const_value = ir.tensor(np.float32(1.0), name="offset_one")
+        model.graph.register_initializer(one)
+        node = ir.node("Add", [output, one])
+        model.graph.append(node)
+        node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = "offset_y", output.dtype, output.shape
+        model.graph.outputs[0] = node.outputs[0]
+        return ir.passes.PassResult(model, modified=True)
+
+
+@pytest.fixture
+def offset_pass():
+    from graphopt import registry  # noqa: PLC0415
+
+    registry.register_pass("test-offset-output")(_TestOffsetOutputPass)
+    yield "test-offset-output"
+    registry._PASSES.pop("test-offset-output")
+
+
+def test_a_budget_that_cannot_be_kept_exits_1_with_the_reason(tmp_path, capsys, offset_pass):
     model = tmp_path / "softmax.onnx"
     onnx.save(softmax_model(), model)
     data = tmp_path / "calib.npz"
     np.savez(data, x=np.stack([s["x"] for s in calib()]))
-    code = cli.main(["compile", str(model), "--passes", "shiftmax", "--calib", str(data), "--budget", "cosine=0.9999999",
+    code = cli.main(["compile", str(model), "--passes", offset_pass, "--calib", str(data), "--budget", "cosine=0.9999999",
                      "-o", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert code == 1
@@ -138,8 +162,15 @@ def test_a_budget_that_cannot_be_kept_exits_1_with_the_reason(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     jsonschema.validate(report, SCHEMA)
     budget = report["data"]["budget"]
-    assert budget["met"] is False and budget["rolled_back"] == [] and budget["culprit_passes"] == ["shiftmax"]
-    assert any(v.startswith("budget cosine=0.9999999: cosine") and "pass 'shiftmax' (#1)" in v for v in report["violations"])
+    assert budget["met"] is False and budget["rolled_back"] == [] and budget["culprit_passes"] == [offset_pass]
+    assert any(v.startswith("budget cosine=0.9999999: cosine") and f"pass '{offset_pass}' (#1)" in v for v in report["violations"])
+
+
+def test_shiftmax_rewrites_roll_back_too(tmp_path):
+    """shiftmax and attention apply their rules themselves, through GraphoptPass.apply_rules: the site filter reaches them."""
+    result = graphopt.compile(ir.serde.deserialize_model(softmax_model()), "shiftmax", calib=calib(), budget="cosine=0.9999999")
+    budget = result.report.data["budget"]
+    assert budget["met"] and [r["pass"] for r in budget["rolled_back"]] == ["shiftmax"]
 
 
 def test_cli_prints_what_was_rolled_back(tmp_path, capsys):
