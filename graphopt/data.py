@@ -50,8 +50,9 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
 MAX_INPUT_ELEMENTS = 1 << 31  # an input shape beyond this is a typo, not a model input
 
 
-def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["input_ids:1,128"]`` -> ``{"input_ids": (1, 128)}``; every dimension a positive size."""
+def parse_shape_overrides(items: Sequence[str] | None, *, smallest: int = 1, what: str = "--input-shape") -> dict[str, tuple[int, ...]]:
+    """``["input_ids:1,128"]`` -> ``{"input_ids": (1, 128)}``; every dimension at least ``smallest``
+    (1 for a user's --input-shape; 0 where the sizes are those of real, possibly empty, inputs)."""
     shapes = {}
     for item in items or ():
         name, sep, dims = item.rpartition(":")
@@ -60,11 +61,11 @@ def parse_shape_overrides(items: Sequence[str] | None) -> dict[str, tuple[int, .
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
         except ValueError:
-            raise UsageError(f"bad --input-shape {item!r}: write name:d0,d1,... e.g. input_ids:1,128") from None
-        if any(d <= 0 for d in shapes[name]):
-            raise UsageError(f"bad --input-shape {item!r}: every dimension must be a positive size")
+            raise UsageError(f"bad {what} {item!r}: write name:d0,d1,... e.g. input_ids:1,128") from None
+        if any(d < smallest for d in shapes[name]):
+            raise UsageError(f"bad {what} {item!r}: every dimension must be a {'positive' if smallest > 0 else 'non-negative'} size")
         if np.prod(shapes[name], dtype=object) > MAX_INPUT_ELEMENTS:
-            raise UsageError(f"bad --input-shape {item!r}: more than {MAX_INPUT_ELEMENTS} elements; check the dimensions")
+            raise UsageError(f"bad {what} {item!r}: more than {MAX_INPUT_ELEMENTS} elements; check the dimensions")
     return shapes
 
 

@@ -23,7 +23,6 @@ import dataclasses
 import onnx_ir as ir
 
 from graphopt import data
-from graphopt.errors import UsageError
 from graphopt.pass_base import GraphoptPass
 from graphopt.registry import register_pass
 
@@ -40,29 +39,13 @@ def format_shapes(shapes) -> str:
     return ";".join(f"{name}:{','.join(str(d) for d in dims)}" for name, dims in shapes.items())
 
 
-def _parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    """``"x:1,128;axes:0"`` -> ``{"x": (1, 128), "axes": (0,)}``: sizes of real inputs, so an empty
-    dimension is allowed (unlike ``--input-shape``, which fixes a model's dynamic dims)."""
-    shapes = {}
-    for item in (item for item in text.split(";") if item.strip()):
-        name, sep, dims = item.rpartition(":")
-        try:
-            if not sep or not name:
-                raise ValueError
-            shapes[name] = tuple(int(d) for d in dims.split(",") if d.strip())
-        except ValueError:
-            raise UsageError(f"static-shapes: bad shapes entry {item!r}: write name:d0,d1,...;name2:...") from None
-        if any(d < 0 for d in shapes[name]):
-            raise UsageError(f"static-shapes: bad shapes entry {item!r}: a dimension cannot be negative")
-    return shapes
-
-
 @register_pass("static-shapes", options=StaticShapesOptions, category="backend")
 class StaticShapesPass(GraphoptPass):
     """Fix input shapes to static sizes and drop the exporter's symbolic intermediate shapes."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        shapes = _parse_shapes(self.options.shapes)
+        items = [item for item in self.options.shapes.split(";") if item.strip()]
+        shapes = data.parse_shape_overrides(items, smallest=0, what="static-shapes entry")  # real inputs may be empty
         before = [(v.name, v.shape) for v in model.graph.inputs]
         data.apply_input_shapes(model, shapes)
         for value in model.graph.inputs:

@@ -60,8 +60,8 @@ def test_static_shapes_without_sizes_notes_the_dynamic_input():
     assert record.rewrites == {} and "input 'x' keeps its dynamic shape" in record.notes[0]
 
 
-@pytest.mark.parametrize(("shapes", "message"), [("y:2,3", "model's inputs are"), ("x:2", "rank 1 given"), ("x:-1,3", "negative"),
-                                                   ("x2,3", "bad shapes entry")])
+@pytest.mark.parametrize(("shapes", "message"), [("y:2,3", "model's inputs are"), ("x:2", "rank 1 given"), ("x:-1,3", "non-negative"),
+                                                   ("x2,3", "bad static-shapes entry")])
 def test_static_shapes_bad_sizes_are_usage_errors(shapes, message):
     _, work = _load(SYMBOLIC)
     with pytest.raises(UsageError, match=message):
