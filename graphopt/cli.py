@@ -224,13 +224,14 @@ def _check(args, terminal) -> int:
     targets = split_targets(args.targets)
     result = gate.check(args.model, args.passes, baseline=args.baseline, calib=_data_argument(args.calib), targets=targets,
                          input_shapes=args.input_shape, bench_runs=args.bench_runs, update=args.update, seed=args.seed,
-                         threads=args.threads, phases=_phases(args, console, terminal, _native_log(targets)))
+                         threads=args.threads, phases=_phases(args, console, terminal, _native_log(targets)), budget=args.budget)
     if args.junit:
         storage.atomic_write_text(args.junit, result.junit())
     if args.json:
         sys.stdout.write(result.to_json())
     else:
         gate.render(result, console)
+        _print_budget(console, result.report.data.get("budget"))
     if not result.ok:
         first, more = result.failures[0], len(result.failures) - 1
         also = f" (and {more} more)" if more else ""
@@ -448,6 +449,9 @@ def _add_check(sub, common) -> None:
     c.add_argument("--bench-runs", type=int, default=0, metavar="N",
                    help="time the original and each target over N runs and check the ratios (default 0: no latency)")
     c.add_argument("--junit", metavar="PATH", help="also write JUnit XML: one test case per checked field group")
+    c.add_argument("--budget", metavar="METRIC=FLOOR",
+                   help="roll back the rewrites that miss this floor (as compile --budget) before comparing; a floor that "
+                        "cannot be kept fails the check")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON instead of tables")
     c.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     c.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs (without --calib)")

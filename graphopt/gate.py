@@ -136,6 +136,7 @@ def check(
     threads: int = 2,
     phases: Any = None,
     name: str | None = None,
+    budget: str | None = None,
 ) -> CheckResult:
     """Run ``passes`` on ``model`` (as ``graphopt.compile`` does) and compare with ``baseline``.
 
@@ -143,11 +144,13 @@ def check(
     is a UsageError; a field beyond its tolerance makes ``result.ok`` False. With ``update`` the
     baseline is (re)written atomically with this run, keeping the old file's tolerances, and
     ``result.diff`` lists what changed. ``bench_runs > 0`` records and checks latency ratios.
+    ``budget`` (``"cosine=0.995"``) rolls back the rewrites that miss it before the comparison, as
+    ``graphopt.compile`` does; a budget that cannot be kept is a failed group of its own.
     """
     path = os.fspath(baseline)
     old = read_baseline(path, update=update)
     ctx = _context(model, passes, calib=calib, targets=targets, input_shapes=input_shapes, bench_runs=bench_runs,
-                   seed=seed, threads=threads, name=name)
+                   seed=seed, threads=threads, name=name, budget=budget)
     if old is not None and not update:
         _same_pipeline(old, ctx.report.pipeline, path)
     _run(ctx, ("load",), phases)
@@ -161,7 +164,18 @@ def check(
         write_baseline(path, record)
         return CheckResult(path, record, old, [], ctx.report, updated=True, diff=baseline_diff(old or {}, record))
     groups, notes = compare(old, record, tolerances)
+    if budget is not None:
+        groups.append(_budget_group(ctx.report.data.get("budget")))
     return CheckResult(path, record, old, groups, ctx.report, notes=notes)
+
+
+def _budget_group(kept: dict | None) -> Group:
+    """--budget as a checked group: held when the floor was met (after any rollback)."""
+    if not kept:
+        return Group("budget", skipped="not measured (no validation ran)")
+    floor = f"{kept['metric']} >= {kept['floor']:.10g}"
+    rolled = ", ".join(f"{r['pass']}/{r['rule']} at {r['node']}" for r in kept["rolled_back"]) or "nothing rolled back"
+    return Group("budget", [Change(f"budget.{kept['metric']}", kept["initial"], kept["final"], f"{floor}; {rolled}", bool(kept["met"]))])
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -173,7 +187,7 @@ def _stages():
     return COMPILE_STAGES
 
 
-def _context(model, passes, *, calib, targets, input_shapes, bench_runs, seed, threads, name):
+def _context(model, passes, *, calib, targets, input_shapes, bench_runs, seed, threads, name, budget=None):
     """Settings checked as compile checks them (``api.checked_settings``); integer-only status always recorded."""
     from graphopt import backends  # noqa: PLC0415
     from graphopt.api import checked_settings, describe_model  # noqa: PLC0415
@@ -183,7 +197,8 @@ def _context(model, passes, *, calib, targets, input_shapes, bench_runs, seed, t
     if bench_runs < 0:
         raise UsageError(f"--bench-runs must be 0 or more, got {bench_runs}")
     settings = checked_settings(passes, calib=calib, targets=targets, input_shapes=input_shapes, integer_only=True, tolerances=None,
-                         ort_optimization="all", tune_budget=0, tune_database=None, bench_runs=bench_runs, seed=seed, threads=threads)
+                         ort_optimization="all", tune_budget=0, tune_database=None, bench_runs=bench_runs, seed=seed, threads=threads,
+                         budget=budget)
     report = Report(model=name or describe_model(model), pipeline=str(settings.pipeline))
     return Context(model, settings, report, {t: backends.get_backend(t) for t in settings.targets})
 

@@ -275,3 +275,34 @@ def test_the_docs_ci_snippets_run(ci, model, tmp_path):
     assert result.returncode == 0, result.stderr
     suite = ET.parse(tmp_path / "graphopt-junit.xml").getroot().find("testsuite")
     assert suite.get("failures") == "0" and int(suite.get("tests")) == 4
+
+
+def test_check_with_a_budget_rolls_back_before_comparing_and_fails_when_it_cannot_keep_it(tmp_path):
+    from tests.core.test_budget import calib, outlier_model  # noqa: PLC0415
+
+    path = tmp_path / "outlier.onnx"
+    onnx.save(outlier_model(), path)
+    lock = tmp_path / "lock.json"
+    samples = calib()
+    gate.check(str(path), "int8-linear", baseline=lock, calib=samples, update=True, budget="cosine=0.999")
+    result = gate.check(str(path), "int8-linear", baseline=lock, calib=samples, budget="cosine=0.999")
+    group = next(g for g in result.groups if g.name == "budget")
+    assert result.ok and group.ok and "int8-linear/int8-matmul at outlier" in group.changes[0].allowed
+    assert result.record["passes"]["int8-linear"]["rewrites"] == {"int8-matmul": 2}  # the rolled-back site stays float
+
+
+def test_check_fails_when_the_budget_cannot_be_kept(tmp_path):
+    from tests.core.test_budget import _TestOffsetOutputPass, calib, softmax_model  # noqa: PLC0415
+
+    registry.register_pass("test-offset-output")(_TestOffsetOutputPass)  # an approximation no rollback can undo
+    try:
+        path = tmp_path / "softmax.onnx"
+        onnx.save(softmax_model(), path)
+        lock = tmp_path / "lock.json"
+        gate.check(str(path), "test-offset-output", baseline=lock, calib=calib(), update=True)
+        result = gate.check(str(path), "test-offset-output", baseline=lock, calib=calib(), budget="cosine=0.9999")
+    finally:
+        registry._PASSES.pop("test-offset-output")
+    group = next(g for g in result.groups if g.name == "budget")
+    assert not result.ok and not group.ok and group.changes[0].field == "budget.cosine"
+    assert "nothing rolled back" in group.changes[0].allowed
