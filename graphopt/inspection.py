@@ -14,7 +14,6 @@ from typing import Any
 import onnx_ir as ir
 
 from graphopt import capture, data, pipeline, rewrite
-from graphopt.pass_base import RulePass
 from graphopt.report import model_summary, op_histogram
 
 __all__ = ["explain", "inspect", "integer_only", "render"]
@@ -128,10 +127,10 @@ def explain(model_path: str, passes: str, input_shapes: Sequence[str] | None = N
                          "so their scales and thresholds are not your data's (pass --calib DATA)")
     for spec, options in steps:
         the_pass = spec.cls(options)
-        if isinstance(the_pass, RulePass):
-            near = rewrite.explain_rules(model, the_pass.rules(), near_misses=True)
-        else:
-            near = []
+        # every pass that is made of rules shows its near misses (RulePass, and shiftmax/attention,
+        # which run their rules themselves); passes without rules (cleanup, integer-chain) have none
+        rules = getattr(the_pass, "rules", None)
+        near = rewrite.explain_rules(model, rules(), near_misses=True) if callable(rules) else []
         records = pipeline.run_pipeline(model, pipeline.Pipeline((pipeline.Step(spec.name, tuple((k, str(v)) for k, v in options.__dict__.items())),)),
                                         samples=samples)
         record = records[0]

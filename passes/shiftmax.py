@@ -190,6 +190,11 @@ class ShiftmaxPass(GraphoptPass):
 
     needs_calibration = True
 
+    def rules(self, scales: Scales[float] | None = None):
+        """The island rules with these input scales (none: the patterns alone, for ``explain``)."""
+        scales = scales if scales is not None else Scales()
+        return [_GuardedIsland.rule("shiftmax-nan-guard", scales, self.options), _Island.rule("shiftmax", scales, self.options)]
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = default_opset(model)
         names = sorted({
@@ -204,5 +209,4 @@ class ShiftmaxPass(GraphoptPass):
             calibration = self.calibrate(model, names, ignore_below=MASK_FILL)
             found = {name: input_scale(calibration, name, self.options) for name in names}
             scales = Scales({name: scale for name, scale in found.items() if scale is not None})
-        rules = [_GuardedIsland.rule("shiftmax-nan-guard", scales, self.options), _Island.rule("shiftmax", scales, self.options)]
-        return ir.passes.PassResult(model, modified=self.record(self.apply_rules(model, rules)))
+        return ir.passes.PassResult(model, modified=self.record(self.apply_rules(model, self.rules(scales))))

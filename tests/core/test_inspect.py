@@ -67,3 +67,23 @@ def test_explain_shows_declines(gelu_path):
     assert result.returncode == 0, result.stderr
     assert "gelu: rewrote nothing" in result.stdout
     assert "opset" in result.stdout and "declined" in result.stdout
+
+
+ALMOST_ATTENTION = """
+<ir_version: 10, opset_import: ["" : 23]>
+g (float[1, 2, 4, 8] q, float[1, 2, 8, 4] kt, float[1, 2, 4, 8] v) => (float[1, 2, 4, 8] y) {
+    scores = MatMul (q, kt)
+    gated = Relu (scores)
+    probs = Softmax <axis = -1> (gated)
+    y = MatMul (probs, v)
+}"""
+
+
+def test_explain_shows_near_misses_of_passes_that_run_their_rules_themselves(tmp_path):
+    """attention (and shiftmax) are not RulePasses; their rules' near misses show all the same."""
+    path = tmp_path / "almost.onnx"
+    onnx.save(onnx.parser.parse_model(ALMOST_ATTENTION), path)
+    result = run("explain", str(path), "--passes", "attention")
+    assert result.returncode == 0, result.stderr
+    assert "attention: rewrote nothing" in result.stdout
+    assert "near miss" in result.stdout, result.stdout
