@@ -7,7 +7,8 @@ is false, so NaN becomes 0). With T = 0 the op is the identity up to the sign of
 
 Made by the activation-sparsity passes (``cats``: the gate activation of an MLP; ``teal``: the
 input of every linear layer), which stamp the sparsity they calibrated T for on the node
-(``TARGET_KEY`` in its ``metadata_props``; ``graphopt.sparsity`` reads it back). The zeros are what
+(``TARGET_KEY`` in its ``metadata_props``, and ``SITE_KEY``: the tensor it thresholds, by its
+name in the original graph; ``graphopt.sparsity`` reads both back). The zeros are what
 a sparse kernel skips: a zero input channel of a linear layer is a weight row it need not load.
 """
 
@@ -17,10 +18,11 @@ import numpy as np
 
 from graphopt import ops
 
-__all__ = ["ACTIVATION_THRESHOLD", "OP_NAME", "TARGET_KEY", "threshold_reference"]
+__all__ = ["ACTIVATION_THRESHOLD", "OP_NAME", "SITE_KEY", "TARGET_KEY", "threshold_reference"]
 
 OP_NAME = "ActivationThreshold"
 TARGET_KEY = "pkg.graphopt.sparsity.target"  # node metadata: the sparsity T was calibrated for
+SITE_KEY = "pkg.graphopt.sparsity.site"  # node metadata: the thresholded tensor, as the original graph named it
 
 
 def threshold_reference(x: np.ndarray, t: np.ndarray) -> np.ndarray:

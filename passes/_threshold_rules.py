@@ -1,0 +1,106 @@
+"""What the activation-sparsity passes (``cats``, ``teal``) share: options, calibrated thresholds,
+and the one way a threshold is inserted.
+
+A threshold for value x at target sparsity s is the s-quantile of |x| over the calibration
+samples (``Calibration.quantile``, numpy's exact quantile, not a histogram: CATS reads it off a
+histogram only because its tensors are too big to sort), so that ``P(|x| <= t) ≈ s`` on data like
+the samples. s = 0 gives t = 0: the op is then the identity, not "drop the smallest value seen".
+
+The rewrite inserts ``pkg.graphopt.ActivationThreshold(x, t)`` with t a ``Constant`` of x's type
+(works inside functions too; ``cleanup`` lifts it) and stamps the target on the node
+(``TARGET_KEY``), which is how ``graphopt.sparsity`` finds what each threshold was meant to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import ops, registry
+from graphopt.calibrate import Calibration, Scales
+from graphopt.ops.threshold import OP_NAME, SITE_KEY, TARGET_KEY
+from graphopt.passes._canonical_utils import is_dequantized_constant
+
+__all__ = ["LINEAR_OPS", "Threshold", "ThresholdOptions", "float_value", "insert_threshold", "is_thresholded", "linear_weight_shape",
+           "plan_thresholds"]
+
+LINEAR_OPS = ("MatMul", "Gemm")
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdOptions:
+    """``sparsity``: the fraction of each thresholded tensor's entries to zero, on data like the samples.
+
+    Not ``CalibrationOptions``: those pick a quantization range (min/max, percentile, bits), and a
+    threshold has no range; it is the ``sparsity``-quantile of |x|."""
+
+    sparsity: float = dataclasses.field(default=0.5, metadata={"range": (0.0, 0.99)})
+
+    def __post_init__(self) -> None:
+        registry.check_options(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Threshold:
+    value: float  # t, as stored (rounded to the tensor's float type)
+    target: float  # the sparsity t was calibrated for
+
+
+def plan_thresholds(calibration: Calibration, names: Iterable[str], dtypes: dict[str, ir.DataType],
+                    sparsity: float) -> Scales[Threshold]:
+    """Each value's threshold (the ``sparsity``-quantile of its |values|), and why a value got none."""
+    found, reasons = {}, {}
+    for name in names:
+        quantile = calibration.quantile(name, sparsity, absolute=True)
+        if quantile is None:  # not captured, or no finite value (the engine leaves those out)
+            reasons[name] = f"no calibration statistics for {name}"
+            continue
+        t = 0.0 if sparsity == 0.0 else quantile
+        found[name] = Threshold(float(np.asarray(t, dtype=dtypes[name].numpy())), sparsity)
+    return Scales(found, reasons)
+
+
+def float_value(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype in _FLOATS
+
+
+def insert_threshold(op, x: ir.Value, threshold: Threshold, like: ir.Value, site: str) -> ir.Value:
+    """``ActivationThreshold(x, t)``, t a constant of x's type, with the target and the site (what
+    the original graph called the thresholded tensor; the rewrite's own values are fresh) stamped
+    on the new node. ``like``: the original value x stands for, whose type and shape x and the
+    output share (a value the rewrite just made has none yet)."""
+    t = op.Constant(value=ir.tensor(np.asarray(threshold.value, dtype=like.dtype.numpy())))
+    y = op.ActivationThreshold(x, t, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+    for value in (x, y):
+        value.type = value.type or like.type
+        value.shape = value.shape or like.shape
+    y.producer().metadata_props[TARGET_KEY] = repr(threshold.target)
+    y.producer().metadata_props[SITE_KEY] = site
+    return y
+
+
+def is_thresholded(value: ir.Value | None) -> bool:
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type == OP_NAME and producer.domain == ops.DOMAIN
+
+
+def linear_weight_shape(node: ir.Node) -> tuple[int, int] | None:
+    """The (in, out)-like 2-D shape of a linear layer's constant weight (``MatMul(x, W)``, ``Gemm(x, W, ...)``;
+    W an initializer, a Constant, or integers dequantized in the graph), else None."""
+    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None or weight.is_graph_input():  # a graph input can be fed at run time: not a constant
+        return None
+    tensor = ir.convenience.get_const_tensor(weight)
+    if tensor is not None:
+        shape = tuple(tensor.shape)
+    elif is_dequantized_constant(weight) and weight.shape is not None and weight.shape.is_static():
+        shape = tuple(weight.shape)
+    else:
+        return None
+    return shape if len(shape) == 2 else None
