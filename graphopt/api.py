@@ -26,6 +26,7 @@ from graphopt.metrics import Tolerances
 from graphopt.outdir import staged_output
 from graphopt.pipeline import Pipeline, parse_pipeline
 from graphopt.report import Report, render
+from graphopt.report_html import write_html
 from graphopt.stages import BENCH_RUNS, COMPILE_STAGES, Context, Phases, Settings, run_stages
 
 _apply_input_shapes = data.apply_input_shapes  # graphopt.inspection's name for it
@@ -59,7 +60,7 @@ class CompileResult:
         render(self.report, console, verbose=verbose)
 
     def save(self, outdir: str | os.PathLike, *, force: bool = False) -> list[str]:
-        """Write model.onnx, report.json and per-target artifacts atomically into ``outdir``.
+        """Write model.onnx, report.json, report.html and per-target artifacts atomically into ``outdir``.
 
         Files there that this run read, or that graphopt did not write, are not replaced unless
         ``force`` (a UsageError says so); see ``graphopt.outdir``.
@@ -72,6 +73,7 @@ class CompileResult:
             if "onnx" not in self.artifacts:
                 storage.save_model(self.model, os.path.join(staging, "model.onnx"))
             storage.atomic_write_text(os.path.join(staging, "report.json"), self.report.to_json())
+            write_html(os.path.join(staging, "report.html"), self.report)
             written = sorted(os.listdir(staging))
         return [os.path.join(os.fspath(outdir), name) for name in written]
 

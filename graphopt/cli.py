@@ -191,19 +191,20 @@ def _names(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(n.strip() for v in values for n in v.split(",") if n.strip()) if values else None
 
 
-def _check_report_path(path: str, inputs) -> None:
-    """``--report`` must name a file in a writable folder, and none of the run's inputs."""
+def _check_report_path(path: str, inputs, flag: str = "--report") -> None:
+    """A report path (``--report``, ``--junit``, ``--html``) must name a file in a writable folder, and none of the run's inputs."""
     from graphopt.outdir import same_file  # noqa: PLC0415
 
     if os.path.isdir(path):
-        raise UsageError(f"--report {path} is a folder; give a file path such as {os.path.join(path, 'report.json')}")
+        example = {"--junit": "results.xml", "--html": "report.html"}.get(flag, "report.json")
+        raise UsageError(f"{flag} {path} is a folder; give a file path such as {os.path.join(path, example)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"--report {path}: folder {folder} does not exist or is not writable")
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist or is not writable")
     for item in inputs:
         candidate = item if os.path.exists(item) else item.partition(":")[2]
         if candidate and os.path.exists(path) and os.path.exists(candidate) and same_file(path, candidate):
-            raise UsageError(f"--report {path} is this run's input {item}; choose another report path")
+            raise UsageError(f"{flag} {path} is this run's input {item}; choose another path")
 
 
 def cmd_check(args) -> int:
@@ -218,8 +219,9 @@ def cmd_check(args) -> int:
 def _check(args, terminal) -> int:
     from graphopt import gate, storage  # noqa: PLC0415
 
-    if args.junit:
-        _check_report_path(args.junit, [args.model, args.baseline, *(args.calib or [])])
+    for flag, path in (("--junit", args.junit), ("--html", args.html)):
+        if path:
+            _check_report_path(path, [args.model, args.baseline, *(args.calib or [])], flag)
     console = _console(args)
     targets = split_targets(args.targets)
     result = gate.check(args.model, args.passes, baseline=args.baseline, calib=_data_argument(args.calib), targets=targets,
@@ -227,6 +229,10 @@ def _check(args, terminal) -> int:
                          threads=args.threads, phases=_phases(args, console, terminal, _native_log(targets)), budget=args.budget)
     if args.junit:
         storage.atomic_write_text(args.junit, result.junit())
+    if args.html:
+        from graphopt.report_html import write_html  # noqa: PLC0415
+
+        write_html(args.html, result.report, check=result)
     if args.json:
         sys.stdout.write(result.to_json())
     else:
@@ -449,6 +455,7 @@ def _add_check(sub, common) -> None:
     c.add_argument("--bench-runs", type=int, default=0, metavar="N",
                    help="time the original and each target over N runs and check the ratios (default 0: no latency)")
     c.add_argument("--junit", metavar="PATH", help="also write JUnit XML: one test case per checked field group")
+    c.add_argument("--html", metavar="PATH", help="also write the HTML report of the run with the comparison (self-contained)")
     c.add_argument("--budget", metavar="METRIC=FLOOR",
                    help="roll back the rewrites that miss this floor (as compile --budget) before comparing; a floor that "
                         "cannot be kept fails the check")

@@ -107,6 +107,14 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """The report that ``as_dict`` wrote (``report.json`` read back), e.g. to render it again."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        values["passes"] = [PassRecord(**p) for p in data.get("passes", [])]
+        return cls(**values)
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):

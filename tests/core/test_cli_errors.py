@@ -221,7 +221,7 @@ def test_validity_messages_are_single_lines():
 def test_ok_run_writes_model_and_report(mlp_path, out):
     result = graphopt("compile", mlp_path, "--passes", "cleanup", "-o", out, "--bench-runs", "2")
     assert result.returncode == 0, result.stderr
-    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == ["model.onnx", "report.json"]
+    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == ["model.onnx", "report.html", "report.json"]
     assert "Traceback" not in result.stderr
 
 
@@ -230,4 +230,4 @@ def test_numeric_check_failure_exits_1(mlp_path, out):
     result = graphopt("compile", mlp_path, "--passes", "cleanup", "-o", out, "--min-cosine", "1.5", "--bench-runs", "0")
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("graphopt: numeric check failed: y: cosine 1.000000 < 1.5")
-    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == ["model.onnx", "report.json"]
+    assert sorted(f for f in os.listdir(out) if not f.startswith(".")) == ["model.onnx", "report.html", "report.json"]

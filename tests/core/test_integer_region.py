@@ -214,7 +214,7 @@ def test_compile_integer_only_fails_like_a_numeric_check(tmp_path):
     with pytest.raises(CheckFailedError, match="float ops in the integer region"):
         result.check()
     written = result.save(tmp_path / "out")  # files are still written whole
-    assert sorted(os.path.basename(p) for p in written) == ["model.onnx", "report.json"]
+    assert sorted(os.path.basename(p) for p in written) == ["model.onnx", "report.html", "report.json"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["integer_only"]["ok"] is False
 
 
@@ -269,5 +269,5 @@ def test_cli_compile_integer_only(paths, tmp_path):
     assert result.returncode == 1, result.stderr
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("graphopt: integer-only check failed: 4 float ops"), result.stderr
-    assert sorted(f for f in os.listdir(tmp_path / "out") if not f.startswith(".")) == ["model.onnx", "report.json"]
+    assert sorted(f for f in os.listdir(tmp_path / "out") if not f.startswith(".")) == ["model.onnx", "report.html", "report.json"]
     assert "float op" in result.stdout

@@ -154,7 +154,7 @@ def test_stale_outputs_of_an_earlier_run_are_removed(tmp_path):
     manifest = json.loads((out / ".graphopt-manifest.json").read_text())
     (out / ".graphopt-manifest.json").write_text(json.dumps({"files": [*manifest["files"], "tvm-llvm"]}))
     assert run_cli("compile", str(tmp_path / "in.onnx"), "-o", str(out), "--quiet").returncode == 0
-    assert _manifest_names(out) == ["model.onnx", "report.json"]
+    assert _manifest_names(out) == ["model.onnx", "report.html", "report.json"]
 
 
 def test_report_path_may_not_be_an_input_or_a_folder(tmp_path):
