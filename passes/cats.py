@@ -27,6 +27,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops
 from graphopt.calibrate import Scales
+from graphopt.ops.threshold import SITE_KEY
 from graphopt.pass_base import RulePass
 from graphopt.passes._threshold_rules import (
     Threshold,
@@ -34,7 +35,7 @@ from graphopt.passes._threshold_rules import (
     float_value,
     insert_threshold,
     linear_weight_shape,
-    plan_thresholds,
+    calibrated_thresholds,
 )
 from graphopt.registry import register_pass
 
@@ -133,12 +134,9 @@ class CatsPass(RulePass):
         return cats_rules(self._thresholds)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        """Calibrate every float activation output (one run) into its threshold, then run the rules."""
+        """Calibrate every float activation output into its threshold (``calibrated_thresholds``), then run the rules."""
         gates = {node.outputs[0].name: node.outputs[0].dtype for node in model.graph
                  if _is_activation(node) and float_value(node.outputs[0])}
-        if gates:
-            calibration = self.calibrate(model, sorted(gates))
-            self._thresholds = plan_thresholds(calibration, sorted(gates), gates, self.options.sparsity)
-        else:
-            self._thresholds = Scales()
+        self._thresholds = (calibrated_thresholds(self, model, gates, cats_rules, key_of=lambda n: n.metadata_props[SITE_KEY])
+                            if gates else Scales())
         return super().call(model)
