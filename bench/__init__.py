@@ -44,6 +44,8 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("zoo", "zoo", "26 Hugging Face architectures: canonicalize, ivit integer-only, ORT optimization levels", ("torch",)),
     Benchmark("zoo-tvm", "zoo", "the zoo at published sizes on tvm-llvm vs ONNX Runtime: parity, speed, compile seconds",
               ("torch", "tvm"), ("--targets", "tvm-llvm")),
+    Benchmark("check-zoo", "check_zoo", "graphopt check on every zoo model: unchanged holds; a removed pass, a tightened tolerance, a "
+              "slower target fail naming the field; JUnit; HTML in Chromium (--browser)", ("torch",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),

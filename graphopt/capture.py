@@ -38,7 +38,11 @@ def load(
     if isinstance(source, (str, os.PathLike)):
         return load_path(source)
     if isinstance(source, onnx.ModelProto):
-        model = ir.serde.deserialize_model(source)
+        # onnx_ir wraps the proto's tensors without copying, and naming a Constant's tensor (as
+        # folding does) would write into the caller's proto: deserialize a copy instead
+        private = onnx.ModelProto()
+        private.CopyFrom(source)
+        model = ir.serde.deserialize_model(private)
         validity.check_model(model)
         return model
     if isinstance(source, ir.Model):

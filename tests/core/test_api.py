@@ -30,7 +30,7 @@ def test_compile_returns_model_artifacts_and_report(mlp_proto, tmp_path):
     assert report.data["kind"] == "synthetic" and report.warnings  # says loudly that data is synthetic
     assert set(report.latency) == {"original", "onnx"} and report.latency["onnx"]["threads"] == 2
     written = result.save(tmp_path / "out")
-    assert sorted(os.path.basename(p) for p in written) == ["model.onnx", "report.json"]
+    assert sorted(os.path.basename(p) for p in written) == ["model.onnx", "report.html", "report.json"]
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["pipeline"] == "cleanup" and saved["ok"] is True
     loaded = ort.OnnxArtifact.load(str(tmp_path / "out"))
@@ -48,6 +48,19 @@ def test_accepts_ir_model_and_does_not_modify_it(mlp_proto):
     before = [n.op_type for n in model.graph]
     graphopt.compile(model, passes="cleanup", validate=False)
     assert [n.op_type for n in model.graph] == before
+
+
+def test_a_model_proto_is_not_modified():
+    """onnx_ir wraps a proto's tensors without copying: folding that names a Constant's tensor must not reach the caller."""
+    helper = onnx.helper
+    scale = helper.make_node("Constant", [], ["c"], value=helper.make_tensor("", onnx.TensorProto.FLOAT, [], [2.0]))
+    graph = helper.make_graph([scale, helper.make_node("Mul", ["x", "c"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = proto.SerializeToString()
+    graphopt.compile(proto, "canonicalize")
+    assert proto.SerializeToString() == before
 
 
 def test_accepts_torch_module():

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import onnx
 import pytest
 
 import graphopt
+from bench import _browser
 from graphopt import gate, report_html
 from graphopt.pipeline import PassRecord
 from graphopt.report import Report
@@ -28,28 +26,8 @@ SECTIONS = ("check", "pipeline", "ops", "accuracy", "layers", "parity", "latency
             "environment")
 
 
-class _Page(HTMLParser):
-    """What the browser would fetch or run: tags, ids, and every URL-carrying attribute."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
-        self.ids: list[str] = []
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        for name, value in attrs:
-            if name == "id":
-                self.ids.append(value)
-            if name in ("src", "href", "xlink:href", "action", "data"):
-                self.urls.append(value)
-
-
-def _parse(text: str) -> _Page:
-    page = _Page()
-    page.feed(text)
-    return page
+def _parse(text: str):
+    return _browser.parse_page(text)
 
 
 def full_report() -> Report:
@@ -131,18 +109,8 @@ def test_check_html_shows_the_comparison_and_a_folder_is_refused(model, tmp_path
     assert code == 2 and "--html" in err and "report.html" in err
 
 
-def chromium() -> str | None:
-    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-
-
-def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-             "--no-first-run", "--disable-background-networking"]
-    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(chromium() is None, reason="no Chromium on this host (.ci/run installs Debian's chromium)")
+@pytest.mark.skipif(_browser.chromium() is None, reason="no Chromium on this host (.ci/run installs Debian's chromium)")
 def test_the_demo_report_renders_in_headless_chromium(tmp_path):
     """The digits ViT under ivit (layer error, integer-only) rendered by a real browser: DOM complete, no console error."""
     from graphopt.models import digits_vit  # noqa: PLC0415
@@ -153,10 +121,8 @@ def test_the_demo_report_renders_in_headless_chromium(tmp_path):
     result = graphopt.compile(str(path), "ivit", calib={"pixels": x.astype(np.float32)})
     result.save(tmp_path / "out")
     url = (tmp_path / "out" / "report.html").as_uri()
-    dom = _headless(chromium(), "--dump-dom", url)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert {"pipeline", "ops", "accuracy", "layers", "integer-only", "environment"} <= set(_parse(dom.stdout).ids)
-    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Failed to load" in line or "Uncaught" in line]
-    assert console == []
-    shot = _headless(chromium(), f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1200,2400", url)
+    rendered = _browser.render(tmp_path / "out" / "report.html")
+    assert rendered.ok, rendered.errors
+    assert {"pipeline", "ops", "accuracy", "layers", "integer-only", "environment"} <= rendered.ids
+    shot = _browser.headless(f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1200,2400", url)
     assert shot.returncode == 0 and (tmp_path / "shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
