@@ -16,8 +16,8 @@ Contract:
   (what a sparse kernel skips; natural zeros count too; None when the output could not be
   captured); ``weight``: the parameters of the linear
   layers whose work those zeros let a kernel skip, read off the graph: every linear layer
-  (MatMul/Gemm with a constant 2-D weight) that reads the output directly, and, when the output
-  is a factor of an elementwise Mul (a gated MLP's gate), the linear layers reading the product
+  (MatMul/Gemm with a constant 2-D weight) that reads the output (directly or through a Reshape),
+  and, when the output is a factor of an elementwise Mul (a gated MLP's gate), the linear layers reading the product
   (W_down's columns) and the one making the other factor (W_up's rows).
 - ``SparsityReport.model_wide``: achieved sparsity averaged with those weights (TEAL's
   "model-wide sparsity"; thresholds without a measurement left out), ``target_model_wide`` the same for the targets; None when no threshold
@@ -110,13 +110,19 @@ def _weight_size(node: ir.Node) -> int:
     return int(np.prod(tuple(shape)))
 
 
+def _readers(value: ir.Value) -> list[ir.Node]:
+    """The nodes reading ``value``, looking through a Reshape (exporters flatten to 2-D before a Gemm)."""
+    direct = list(value.consumers())
+    return direct + [n for r in direct if r.op_type == "Reshape" and r.outputs for n in r.outputs[0].consumers()]
+
+
 def skipped_weight(value: ir.Value) -> int:
     """The parameters a kernel could skip where ``value`` is zero (see the module docstring)."""
     total = 0
-    for consumer in value.consumers():
+    for consumer in _readers(value):
         total += _weight_size(consumer)
         if consumer.op_type == "Mul" and consumer.domain in ("", "ai.onnx"):
-            total += sum(_weight_size(reader) for reader in consumer.outputs[0].consumers())
+            total += sum(_weight_size(reader) for reader in _readers(consumer.outputs[0]))
             others = [v for v in consumer.inputs if v is not value and v is not None and v.producer() is not None]
             total += sum(_weight_size(v.producer()) for v in others)
     return total

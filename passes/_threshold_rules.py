@@ -35,6 +35,7 @@ __all__ = [
     "is_thresholded",
     "linear_weight_shape",
     "plan_thresholds",
+    "readers",
 ]
 
 LINEAR_OPS = ("MatMul", "Gemm")
@@ -127,6 +128,12 @@ def is_threshold(node: ir.Node) -> bool:
 def is_thresholded(value: ir.Value | None) -> bool:
     producer = value.producer() if value is not None else None
     return producer is not None and is_threshold(producer)
+
+
+def readers(value: ir.Value) -> list[ir.Node]:
+    """The nodes reading ``value``, looking through a Reshape (exporters flatten to 2-D before a Gemm)."""
+    direct = list(value.consumers())
+    return direct + [n for r in direct if r.op_type == "Reshape" and r.outputs for n in r.outputs[0].consumers()]
 
 
 def linear_weight_shape(node: ir.Node) -> tuple[int, int] | None:

@@ -2,8 +2,8 @@
 
     Mul(act(g), u)            gated MLP (SwiGLU: down(silu(gate(x)) * up(x)); GeGLU with a Gelu gate)
       ->  Mul(pkg.graphopt.ActivationThreshold(act(g), t), u)
-    MatMul(act(h), W)         plain MLP (BERT/ViT: fc2(gelu(fc1(x)))); also Gemm(act(h), W, ...)
-      ->  MatMul(pkg.graphopt.ActivationThreshold(act(h), t), W)
+    MatMul(act(h), W)         plain MLP (BERT/ViT: fc2(gelu(fc1(x)))); also Gemm(act(h), W, ...), and
+      ->  MatMul(pkg.graphopt.ActivationThreshold(act(h), t), W)         either behind a Reshape (GPT-2)
 
 ``act`` is the canonical SiLU (``pkg.graphopt.SigmoidLinearUnit``, from the ``silu`` pass) or the
 ONNX ``Gelu`` (from the ``gelu`` pass): run ``canonicalize`` first. ``t`` is per activation node
@@ -11,7 +11,8 @@ ONNX ``Gelu`` (from the ``gelu`` pass): run ``canonicalize`` first. ``t`` is per
 ``sparsity`` of the gate's entries become 0 (``_threshold_rules``). The node carries its target.
 
 Declined, with the reason: the activation has no statistics (not captured, or no finite value
-over the samples); a gated product that feeds no linear layer with a constant weight (a
+over the samples); a gated product that feeds no linear layer with a constant weight (directly or
+through a Reshape) (a
 Mul of a SiLU that is not an MLP's gate); a plain MLP whose second linear layer's weight is not a
 constant.
 
@@ -35,6 +36,7 @@ from graphopt.passes._threshold_rules import (
     float_value,
     insert_threshold,
     linear_weight_shape,
+    readers,
     calibrated_thresholds,
 )
 from graphopt.registry import register_pass
@@ -76,7 +78,7 @@ class _GatedMlpRule(_GateRule):
         return op.Mul(self.activation(op, g), up, _outputs=["product"])
 
     def check(self, context, g, up, gate, product, **_) -> pattern.MatchResult:
-        if not any(linear_weight_shape(consumer) for consumer in product.consumers()):
+        if not any(linear_weight_shape(reader) for reader in readers(product)):
             return pattern.MatchResult().fail(
                 f"{product.name} = {self.op_type}(..) * {up.name} feeds no linear layer with a constant weight: not a gated MLP", product)
         return self.check_gate(gate)
@@ -86,25 +88,36 @@ class _GatedMlpRule(_GateRule):
 
 
 class _PlainMlpRule(_GateRule):
-    """linear(act(h), W, ...) -> linear(ActivationThreshold(act(h), t), W, ...), linear MatMul or Gemm."""
+    """linear([Reshape](act(h)), W, ...) -> linear([Reshape](ActivationThreshold(act(h), t)), W, ...),
+    linear MatMul or Gemm; the Reshape (the exporters' 3-D -> 2-D before a Gemm) kept when there."""
 
-    def __init__(self, name: str, thresholds: Scales[Threshold], op_type: str, domain: str, linear: str) -> None:
+    def __init__(self, name: str, thresholds: Scales[Threshold], op_type: str, domain: str, linear: str,
+                 reshaped: bool) -> None:
         super().__init__(name, thresholds, op_type, domain)
-        self.linear = linear
+        self.linear, self.reshaped = linear, reshaped
 
     def pattern(self, op, h):
-        return getattr(op, self.linear)(self.activation(op, h), _allow_other_inputs=True, _allow_other_attributes=True,
-                                        _outputs=["out"])
+        gate = self.activation(op, h)
+        if self.reshaped:
+            gate = op.Reshape(gate, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["flat"])
+        return getattr(op, self.linear)(gate, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["out"])
 
     def check(self, context, h, gate, out, **_) -> pattern.MatchResult:
         if linear_weight_shape(out.producer()) is None:
             return pattern.MatchResult().fail(f"the weight of {self.linear} {out.producer().name} is not a 2-D constant", out)
         return self.check_gate(gate)
 
-    def rewrite(self, op, h, gate, out, **_):
-        node = out.producer()
-        attributes = {name: attr.value for name, attr in node.attributes.items()}
-        return getattr(op, self.linear)(self.thresholded_gate(op, h, gate), *node.inputs[1:], **attributes)
+    def rewrite(self, op, h, gate, out, flat=None, **_):
+        sparse = self.thresholded_gate(op, h, gate)
+        if flat is not None:
+            sparse = _same_node(op, flat.producer(), sparse)
+        return _same_node(op, out.producer(), sparse)
+
+
+def _same_node(op, node: ir.Node, first: ir.Value) -> ir.Value:
+    """``node`` again (same op, attributes and other inputs) with ``first`` as its first input."""
+    attributes = {name: attr.value for name, attr in node.attributes.items()}
+    return getattr(op, node.op_type)(first, *node.inputs[1:], **attributes)
 
 
 def _is_activation(node: ir.Node) -> bool:
@@ -115,8 +128,8 @@ def _is_activation(node: ir.Node) -> bool:
 def cats_rules(thresholds: Scales[Threshold]) -> list:
     gated = [rule for op_type, domain, tag in ACTIVATIONS
              for rule in _GatedMlpRule.rule(f"cats-{tag}-gated-mlp", thresholds, op_type, domain).commute()]
-    plain = [_PlainMlpRule.rule(f"cats-{tag}-mlp-{linear.lower()}", thresholds, op_type, domain, linear)
-             for linear in ("MatMul", "Gemm") for op_type, domain, tag in ACTIVATIONS]
+    plain = [_PlainMlpRule.rule(f"cats-{tag}-mlp-{linear.lower()}", thresholds, op_type, domain, linear, reshaped)
+             for linear in ("MatMul", "Gemm") for reshaped in (False, True) for op_type, domain, tag in ACTIVATIONS]
     return [tuple(gated), tuple(plain)]
 
 

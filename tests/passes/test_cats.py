@@ -40,6 +40,8 @@ GEGLU = mlp('g = MatMul(x, wg)\n a = Gelu <approximate = "tanh"> (g)\n u = MatMu
 PLAIN = {"w1": (8, 16), "w2": (16, 8)}
 GELU_MLP = mlp("h = MatMul(x, w1)\n a = Gelu(h)\n y = MatMul(a, w2)", PLAIN)
 GELU_GEMM = mlp("h = MatMul(x, w1)\n a = Gelu(h)\n y = Gemm <transB = 0> (a, w2, b)", PLAIN | {"b": (1, 8)})
+GELU_RESHAPE_GEMM = mlp('h = MatMul(x, w1)\n a = Gelu <approximate = "tanh"> (h)\n two = Constant <value = int64[2] {-1, 16}> ()\n'
+                        " f = Reshape(a, two)\n y = Gemm(f, w2)", PLAIN)  # GPT-2's Conv1D: flattened to 2-D
 NO_ACTIVATION = mlp("h = MatMul(x, w1)\n y = MatMul(h, w2)", PLAIN)
 SWIGLU_OUT = ('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
               "glu (float[N, 8] g, float[N, 8] u) => (float[N, 8] y) <float[N, 8] a> {\n a = pkg.graphopt.SigmoidLinearUnit(g)\n y = Mul(a, u)\n}")
@@ -59,6 +61,7 @@ def _thresholds(model: ir.Model) -> list[ir.Node]:
     (GEGLU, "cats-gelu-gated-mlp", ["MatMul", "MatMul", "Gelu", "Constant", "ActivationThreshold", "Mul", "MatMul"]),
     (GELU_MLP, "cats-gelu-mlp-matmul", ["MatMul", "Gelu", "Constant", "ActivationThreshold", "MatMul"]),
     (GELU_GEMM, "cats-gelu-mlp-gemm", ["MatMul", "Gelu", "Constant", "ActivationThreshold", "Gemm"]),
+    (GELU_RESHAPE_GEMM, "cats-gelu-mlp-gemm", ["MatMul", "Constant", "Gelu", "Constant", "ActivationThreshold", "Reshape", "Gemm"]),
 ])
 def test_gate_is_thresholded(check, source, rule, after):
     result = check.run(source, "silu,cats")
@@ -78,7 +81,7 @@ def test_rebuilt_gelu_keeps_its_approximation(check):
     assert gelu.attributes.get_string("approximate") == "tanh"
 
 
-@pytest.mark.parametrize("source", [SWIGLU, SWIGLU_COMMUTED, GEGLU, GELU_MLP, GELU_GEMM])
+@pytest.mark.parametrize("source", [SWIGLU, SWIGLU_COMMUTED, GEGLU, GELU_MLP, GELU_GEMM, GELU_RESHAPE_GEMM])
 def test_sparsity_zero_is_the_original_model(check, source):
     result = check.fires(source, "silu,cats(sparsity=0)", None, rtol=0, atol=0)
     assert all(float(n.inputs[1].const_value.numpy()) == 0.0 for n in _thresholds(result.model))
