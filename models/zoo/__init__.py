@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from graphopt.models import _export
-from graphopt.models.zoo.architectures import ARCHITECTURES, Architecture, make_inputs
+from graphopt.models.zoo.architectures import ARCHITECTURES, Architecture, initialize, make_inputs
 
 __all__ = ["Entry", "ExportUnsupported", "entries", "get", "names", "torch_module"]
 
@@ -64,6 +64,7 @@ def _module(arch: Architecture, config, graph: str = "plain"):
 
     torch.manual_seed(0)
     model = getattr(transformers, arch.model_class)(config).eval()
+    initialize(model, arch.init, seed=0)
     if arch.name == "whisper-encoder":
         return recipes.encoder(model.get_encoder(), ["input_features"])
     if arch.family == "decoder":

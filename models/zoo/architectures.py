@@ -4,6 +4,13 @@ random weights (seeded), each with the inputs its family takes.
 ``ARCHITECTURES[name]`` is an ``Architecture``: the family, a ``config(size)`` factory (``"small"``
 for tests: 2 layers, hidden 64; ``"full"``: the published size, for benchmarks), the model class,
 the kind of inputs, and for decoders the causal-LM class whose cache the decode graph carries.
+
+``init`` names how the random weights are drawn. ``"hf"`` keeps Hugging Face's own init. Where
+that init is degenerate at random weights, ``"he-normal"`` redraws them (``initialize``): Hugging
+Face draws every conv/linear weight N(0, 0.02) and, for MobileViT, the BatchNorm gammas too, so
+without pretrained weights a deep conv stack shrinks activations ~10^3 per block and its output
+underflows to zeros (MobileViT: all zeros; MobileNetV2: max |y| 5e-25). A model whose FP32 output
+is zero tells nothing about a rewrite (every calibrated range is 0, every cosine is 0 or undefined).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "Architecture", "make_inputs"]
+__all__ = ["ARCHITECTURES", "Architecture", "initialize", "make_inputs"]
 
 SMALL = {"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "vocab": 512, "image": 32}
 
@@ -29,6 +36,7 @@ class Architecture:
     output: str = "last_hidden_state"
     image: int = 32
     channels: int = 3
+    init: str = "hf"  # "hf" or "he-normal" (see ``initialize``)
 
 
 def _t(cls_name: str, **small):
@@ -76,11 +84,13 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
                  _t("SegformerConfig", num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
                     num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2]), "image"),
     Architecture("mobilevit", "vision", "MobileViTModel",
-                 _t("MobileViTConfig", image_size=32, hidden_sizes=[32, 40, 48], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]), "image"),
+                 _t("MobileViTConfig", image_size=32, hidden_sizes=[32, 40, 48], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64]), "image",
+                 init="he-normal"),
     # conv nets
     Architecture("resnet", "conv", "ResNetModel", _t("ResNetConfig", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]), "image"),
     Architecture("convnext", "conv", "ConvNextModel", _t("ConvNextConfig", num_stages=2, hidden_sizes=[16, 32], depths=[1, 1]), "image"),
-    Architecture("mobilenet-v2", "conv", "MobileNetV2Model", _t("MobileNetV2Config", image_size=32, depth_multiplier=0.35), "image"),
+    Architecture("mobilenet-v2", "conv", "MobileNetV2Model", _t("MobileNetV2Config", image_size=32, depth_multiplier=0.35), "image",
+                 init="he-normal"),
     Architecture("regnet", "conv", "RegNetModel", _t("RegNetConfig", embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8), "image"),
     # audio
     Architecture("whisper-encoder", "audio", "WhisperModel",
@@ -91,6 +101,32 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in [
                  _t("Wav2Vec2Config", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                     conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), "audio-wave"),
 ]}
+
+
+def initialize(model, recipe: str, seed: int = 0) -> None:
+    """Redraw ``model``'s weights by ``recipe`` (seeded; ``"hf"`` leaves them as built).
+
+    ``"he-normal"``: every Conv and Linear weight N(0, 2 / fan_in) (He, for ReLU-like activations:
+    the activation scale is kept from layer to layer), their biases 0; every BatchNorm gamma 1,
+    beta 0, running mean 0 and variance 1 (an identity at eval time). LayerNorms keep Hugging
+    Face's ones and zeros; embeddings keep their draw.
+    """
+    import torch
+
+    if recipe == "hf":
+        return
+    if recipe != "he-normal":
+        raise ValueError(f"unknown init recipe {recipe!r}: 'hf' or 'he-normal'")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+                fan_in = module.weight[0].numel()  # what one output reads: in/group x kernel taps
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()  # gamma 1, beta 0, running stats 0 / 1
 
 
 def make_inputs(arch: Architecture, config: Any, seed: int = 0, batch: int = 1, seq: int = 16) -> dict[str, np.ndarray]:
