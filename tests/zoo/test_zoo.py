@@ -20,11 +20,6 @@ ENTRIES = zoo.entries()
 IVIT = [name for name, e in ENTRIES.items() if e.transformer and (e.exporter == "dynamo" or e.form not in ("plain",))]
 # Families ivit cannot make integer-only yet, and why (the zoo table in the README says the same).
 IVIT_KNOWN = {
-    "mobilevit": "the zoo's random MobileViT is degenerate: Hugging Face initializes its BatchNorm gammas and conv weights "
-                 "N(0, 0.02), so activations shrink ~10^3 per block and underflow (the FP32 output is all zeros: cosine 0); "
-                 "calibrated ranges are 0, so int8-linear, shiftsilu and integer-chain decline (no scale). Re-initialized "
-                 "(BatchNorm gammas 1, He-normal conv/linear weights) the same model is integer-only under ivit and "
-                 "bit-exact on tvm-llvm, cosine 0.957 vs FP32 (per-tensor int8 over ~30 conv layers); the zoo builder needs that init",
     "wav2vec2": "its feature extractor's GroupNorm (groups = channels, exported as InstanceNormalization) stays float: "
                 "ilayernorm takes LayerNormalization only; its Conv1d front-end and grouped positional Conv are integer",
     "bert-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
