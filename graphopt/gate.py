@@ -44,6 +44,7 @@ DEFAULT_TOLERANCES = {
     "max_abs_growth": None,  # factor by which the max abs error may grow (null: not checked)
     "integer_only": True,  # true: a model that was integer-only must stay so
     "latency_worsening": 0.25,  # how much a target's time ratio to the original may grow (0.25: 25% slower)
+    "sparsity_change": 0.02,  # how far a thresholded tensor's (and the model-wide) achieved sparsity may move (absolute)
 }
 INTEGER_ONLY_PREFIX = "integer-only: "  # the integer-only verifier's violation (graphopt.integer_region)
 SKIPPED_STAGES = ("layer-error", "profile")  # compile's stages the gate records nothing of
@@ -270,8 +271,16 @@ def make_record(ctx, digest: str, tolerances: dict) -> dict:
         "accuracy": {out: _metrics(m) for out, m in report.accuracy.items()},
         "integer_only": bool(report.integer_only.get("ok")) if report.integer_only else None,
         "latency": latency,
+        "sparsity": _sparsity(report.data.get("sparsity")),
         "tolerances": tolerances,
     }
+
+
+def _sparsity(measured: dict | None) -> dict | None:
+    """Achieved sparsity per thresholded tensor and model-wide (cats, teal, ...); None without thresholds."""
+    if not measured:
+        return None
+    return {"model_wide": measured["model_wide"], "tensors": {t["site"]: t["achieved"] for t in measured["tensors"]}}
 
 
 def _passes(records) -> dict:
@@ -379,7 +388,7 @@ def _same_model(baseline: dict, digest: str, path: str) -> None:
 
 
 def compare(baseline: dict, record: dict, tol: dict) -> tuple[list[Group], list[Change]]:
-    """The checked groups (ops, rewrites, accuracy/<output>, integer-only, latency/<target>) and
+    """The checked groups (ops, rewrites, accuracy/<output>, integer-only, latency/<target>, sparsity) and
     the changes that are information only (library versions, data, targets)."""
     groups = [
         Group("ops", _counts("ops_before", baseline.get("ops_before", {}), record["ops_before"], tol["ops"])
@@ -391,6 +400,8 @@ def compare(baseline: dict, record: dict, tol: dict) -> tuple[list[Group], list[
         groups.append(Group(f"accuracy/{output}", _compare_accuracy(output, old_accuracy.get(output), record["accuracy"].get(output), tol)))
     groups.append(Group("integer-only", _compare_integer_only(baseline.get("integer_only"), record["integer_only"], tol)))
     groups += _compare_latency(baseline.get("latency", {}), record["latency"], tol)
+    if baseline.get("sparsity") or record.get("sparsity"):
+        groups.append(Group("sparsity", _compare_sparsity(baseline.get("sparsity") or {}, record.get("sparsity") or {}, tol)))
     notes = [c for key in ("versions", "data") for c in _counts(key, baseline.get(key, {}), record[key], None, missing=None)]
     if baseline.get("targets") != record["targets"]:
         notes.append(Change("targets", baseline.get("targets"), record["targets"]))
@@ -457,6 +468,21 @@ def _compare_integer_only(old, new, tol: dict) -> list[Change]:
         return []
     ok = not (tol["integer_only"] and old is True)
     return [Change("integer_only", old, new, "must stay true" if tol["integer_only"] else "", ok)]
+
+
+def _compare_sparsity(old: dict, new: dict, tol: dict) -> list[Change]:
+    limit = tol["sparsity_change"]
+    allowed = "" if limit is None else f"may move by {limit:g}"
+    pairs = [("sparsity.model_wide", old.get("model_wide"), new.get("model_wide"))]
+    old_tensors, new_tensors = old.get("tensors", {}), new.get("tensors", {})
+    pairs += [(f"sparsity.{site}", old_tensors.get(site), new_tensors.get(site)) for site in sorted(set(old_tensors) | set(new_tensors))]
+    changes = []
+    for field, before, after in pairs:
+        if before == after:
+            continue
+        ok = limit is None or (before is not None and after is not None and abs(after - before) <= limit)
+        changes.append(Change(field, before, after, allowed, ok))
+    return changes
 
 
 def _compare_latency(old: dict, new: dict, tol: dict) -> list[Group]:

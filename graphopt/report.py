@@ -145,6 +145,8 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
         _print_accuracy(console, report)
     if report.layers:
         _print_layers(console, report.layers, WORST_LAYERS if not verbose else len(report.layers))
+    if report.data.get("sparsity"):
+        _print_sparsity(console, report.data["sparsity"], WORST_LAYERS if not verbose else None)
     if report.parity:
         _print_parity(console, report.parity)
         _print_target_pairs(console, report.parity)
@@ -196,6 +198,21 @@ def _print_accuracy(console, report: Report) -> None:
         top1 = "-" if m.get("top1") is None else f"{m['top1']:.4f}"
         table.add_row(_user(name), _num(m["max_abs"]), _num(m["mean_abs"]), _fixed(m["cosine"], 6), _num(m["sqnr_db"]), top1,
                       "yes" if m.get("checked", True) else "ignored")
+    console.print(table)
+
+
+def _print_sparsity(console, sparsity: dict, shown: int | None) -> None:
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    tensors = sparsity["tensors"]
+    title = (f"activation sparsity on the validation samples: model-wide {percent(sparsity['model_wide'])} "
+             f"(target {percent(sparsity.get('target_model_wide'))}, weighted by the parameters each zero skips)")
+    if shown is not None and len(tensors) > shown:
+        title += f"; the first {shown} of {len(tensors)} (--verbose for all)"
+    table = _table(title, ("thresholded tensor", "target", "achieved", "params skipped where zero"))
+    for t in tensors[:shown]:
+        table.add_row(_user(t["site"]), percent(t["target"]), percent(t["achieved"]), str(t["weight"]))
     console.print(table)
 
 

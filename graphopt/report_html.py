@@ -181,12 +181,16 @@ def _profile_section(profiles: Mapping) -> str:
 
 def _sparsity_section(sparsity: Mapping) -> str:
     tensors = sparsity.get("tensors", [])
-    rows = [(t["name"], _fixed(None if t.get("target") is None else 100 * t["target"], 1),
-             _fixed(None if t.get("achieved") is None else 100 * t["achieved"], 1), t.get("weight", "")) for t in tensors]
-    overall = sparsity.get("model_wide")
-    caption = f"<p>parameter-weighted model-wide sparsity: {_fixed(None if overall is None else 100 * overall, 1)}%</p>"
+    rows = [(t["site"], _percent(t.get("target")), _percent(t.get("achieved")), t.get("weight", "")) for t in tensors]
+    overall, target = sparsity.get("model_wide"), sparsity.get("target_model_wide")
+    caption = (f"<p>parameter-weighted model-wide sparsity on the validation samples: {_percent(overall)} "
+               f"(target {_percent(target)})</p>")
     return _section("sparsity", "activation sparsity per thresholded tensor", caption, report_plots.sparsity_svg(tensors),
-                    _table(("tensor", "target %", "achieved %", "weight (params)"), rows, numeric=(1, 2, 3)))
+                    _table(("thresholded tensor", "target", "achieved", "weight (params skipped where zero)"), rows, numeric=(1, 2, 3)))
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _budget_section(budget: Mapping) -> str:

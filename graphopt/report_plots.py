@@ -99,7 +99,7 @@ def sparsity_svg(tensors: Sequence[Mapping]) -> str:
     targets = [(y, 100 * float(row["target"])) for y, row in enumerate(rows) if row.get("target") is not None]
     if targets:
         axes.scatter([t for _, t in targets], [y for y, _ in targets], marker="|", s=120, color=COLORS["bad"], label="target", zorder=3)
-    axes.set_yticks(range(len(rows)), [_short(str(row["name"]), 40) for row in rows], fontsize=7)
+    axes.set_yticks(range(len(rows)), [_short(str(row["site"]), 40) for row in rows], fontsize=7)
     axes.invert_yaxis()
     axes.set_xlim(0, 100)
     axes.set_xlabel("zeros in the tensor on the validation samples (%)")

@@ -1,5 +1,5 @@
 """Compile as named stages over one context: load, samples, reference, rewrite, budget,
-integer-only, build, parity, validate, layer-error, latency.
+integer-only, build, parity, validate, layer-error, sparsity, latency, profile.
 
 Each stage reads what earlier stages left in the ``Context`` and fills its own part of the
 report; ``run_stages`` times every stage with one instrument (``report.seconds[stage]``) and
@@ -377,6 +377,19 @@ def _profile(ctx: Context) -> None:
             ctx.report.warnings.append(f"no profile for {target}: {type(e).__name__}: {str(e).strip()[:200]}")
 
 
+def _sparsity(ctx: Context) -> None:
+    """What each activation threshold (cats, teal, ...) zeroes on the validation samples, against its target."""
+    from graphopt.sparsity import measure_sparsity  # noqa: PLC0415
+
+    ctx.report.data["sparsity"] = measure_sparsity(ctx.work, ctx.eval_samples).as_dict()
+
+
+def _has_thresholds(ctx: Context) -> bool:
+    from graphopt.ops.threshold import OP_NAME  # noqa: PLC0415
+
+    return bool(ctx.eval_samples) and any(n.op_type == OP_NAME and n.domain == ops.DOMAIN for n in ctx.work.graph)
+
+
 def _validating(ctx: Context) -> bool:
     return ctx.settings.validate and bool(ctx.eval_samples)
 
@@ -393,6 +406,7 @@ COMPILE_STAGES = (
     Stage("parity", _parity, _validating),
     Stage("validate", _validate, _validating),
     Stage("layer-error", _layer_error, _validating),
+    Stage("sparsity", _sparsity, _has_thresholds),
     Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.eval_samples)),
     Stage("profile", _profile, lambda ctx: ctx.settings.profile and bool(ctx.eval_samples)),
 )

@@ -42,7 +42,8 @@ def full_report() -> Report:
         ops_before={"MatMul": 3}, ops_after={"MatMulInteger": 3}, data={
             "kind": "user", "samples": 4, "profile": {"tvm-llvm": {"total_ms": 1.0, "fallback_share": 0.1, "kernels": [
                 {"kernel": "fused_matmul", "calls": 3, "ms": 0.9, "share": 0.9, "rule": "matmul"}]}},
-            "sparsity": {"model_wide": 0.48, "tensors": [{"name": "mlp.act", "target": 0.5, "achieved": 0.48, "weight": 4096}]},
+            "sparsity": {"model_wide": 0.48, "target_model_wide": 0.5,
+                         "tensors": [{"site": "mlp.act", "node": "t0", "target": 0.5, "achieved": 0.48, "weight": 4096}]},
             "budget": {"metric": "cosine", "floor": 0.999, "met": True, "initial": 0.2, "final": 0.9999, "validation_runs": 6,
                        "rolled_back": [{"pass": "int8-linear", "rule": "int8-matmul", "node": "outlier"}],
                        "trace": [{"probe": "rewritten", "value": 0.2, "met": False}, {"probe": "rolled back", "value": 0.9999, "met": True}]}},
