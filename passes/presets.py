@@ -1,7 +1,8 @@
 """Named pipelines (presets). Each is a registry entry that expands to a pipeline string.
 
 Order matters in `canonicalize`: the opset upgrade comes first so the canonical ops exist; the
-norms and GELU are fused before attention so attention's Q/K/V producers are already clean;
+norms and GELU are fused before attention so attention's Q/K/V producers are already clean
+(instance-norm first: InstanceNormalization becomes a LayerNormalization and a per-channel affine);
 cleanup runs last to drop what the fusions left unused.
 """
 
@@ -11,7 +12,7 @@ from graphopt.registry import register_preset
 
 register_preset(
     "canonicalize",
-    "cleanup,opset-upgrade,gelu,layer-norm,rms-norm,silu,attention,cleanup",
+    "cleanup,opset-upgrade,gelu,instance-norm,layer-norm,rms-norm,silu,attention,cleanup",
     "Turn exporter spellings of GELU, norms, SiLU and attention into one canonical node each.",
 )
 
@@ -33,13 +34,15 @@ register_preset(
 # keep the normalizer's bits (0.998 -> 0.99998 for the shiftmax islands alone). Whole preset: 0.9993.
 # fold-static-values: with static input shapes (--input-shape, dynamo exports), shape arithmetic and a
 # ViT's Resize of its position embedding become constants instead of float ops in the integer region.
+# instance-norm: InstanceNormalization (Wav2Vec2's GroupNorm, groups = channels) as a last-axis
+# LayerNormalization and a per-channel Mul/Add, which ilayernorm, imul and integer-chain make integer.
 # Pre-quantized inputs: drop-fake-quant removes a QDQ model's activation Quantize->Dequantize pairs
 # (int8-linear quantizes with its own calibrated scales) before opset-upgrade, which would otherwise
 # stop a QDQ model at opset 20 (ONNX Runtime's QDQ optimizer bug at >= 21, see opset_upgrade.py); weights stored as int8 (DequantizeLinear,
 # Cast + Mul) are read by int8-linear as they are.
 register_preset(
     "ivit",
-    "cleanup,drop-fake-quant,opset-upgrade,fold-static-values(limit=1048576),cleanup,gelu,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
+    "cleanup,drop-fake-quant,opset-upgrade,fold-static-values(limit=1048576),cleanup,gelu,instance-norm,layer-norm,rms-norm,silu,int8-linear(smoothing=0.8),shiftmax(mask=true,fit_n=true),"
     "shiftgelu(row_max=false,n=8,input_bits=16),shiftsilu(row_max=false,n=8,input_bits=16),ilayernorm,irmsnorm,imul,"
     "integer-chain,cleanup",
     "I-ViT integer-only inference: int8 linear layers, Shiftmax, ShiftGELU/SiLU, I-LayerNorm/RMSNorm, integer products, chained.",

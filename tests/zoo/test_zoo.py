@@ -20,8 +20,6 @@ ENTRIES = zoo.entries()
 IVIT = [name for name, e in ENTRIES.items() if e.transformer and (e.exporter == "dynamo" or e.form not in ("plain",))]
 # Families ivit cannot make integer-only yet, and why (the zoo table in the README says the same).
 IVIT_KNOWN = {
-    "wav2vec2": "its feature extractor's GroupNorm (groups = channels, exported as InstanceNormalization) stays float: "
-                "ilayernorm takes LayerNormalization only; its Conv1d front-end and grouped positional Conv are integer",
     "bert-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
     "vit-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
 }
