@@ -1,0 +1,75 @@
+"""cats and teal on every zoo model they apply to (one test id per model, small dims).
+
+Each built model is canonicalized (QDQ forms: their activation fake-quantization dropped first, as
+``ivit`` does, since a QuantizeLinear/DequantizeLinear pair between GELU and fc2 hides the MLP),
+then each pass runs on two seeded samples: it fires, the result passes the full ONNX checker, and
+ONNX Runtime loads and runs it at all four optimization levels. Convolution-only backbones have no
+MLP and no linear layer: neither pass applies, and both must leave them alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from bench import zoo as matrix
+from graphopt import testing
+from graphopt.backends import ort as ort_backend
+from graphopt.models import zoo
+from graphopt.pipeline import run_pipeline
+
+ENTRIES = zoo.entries()
+# convolutions only (the zoo builds these backbones without a classifier): no MLP, no MatMul/Gemm
+NOT_APPLICABLE = ("resnet", "mobilenet-v2", "regnet")
+
+
+# canonicalize's own result for this model does not load in ONNX Runtime at levels basic and up (the
+# open item in tests/zoo/test_zoo.py's CANONICALIZE_KNOWN: ORT's MatMulAddFusion names a new
+# initializer gemm_input_shape* that collides with one cleanup kept); the passes add nothing to that
+KNOWN = {"bert-ort-opt": "canonicalize's output already fails to load in ORT at level basic and up "
+                         "('AddInitializedOrtValue: Attempt to replace the existing tensor'), see tests/zoo/test_zoo.py"}
+
+
+def _applies(name: str) -> bool:
+    return not name.startswith(NOT_APPLICABLE)
+
+
+@pytest.fixture(scope="module")
+def canonical():
+    """name -> (canonicalized model, samples), built once per model for both passes."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            entry = ENTRIES[name]
+            try:
+                proto = entry.build()
+            except zoo.ExportUnsupported as e:
+                pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
+            model = ir.serde.deserialize_model(proto)
+            prefix = "drop-fake-quant," if entry.form == "qdq" else ""
+            samples = matrix.samples(entry, 2)
+            run_pipeline(model, prefix + "canonicalize", samples=samples)
+            built[name] = (model, samples)
+        return built[name]
+
+    return get
+
+
+@pytest.mark.parametrize("method", ["cats", "teal"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
+                                  for n in ENTRIES])
+def test_pass_on_zoo_model(canonical, name, method):
+    model, samples = canonical(name)
+    model = model.clone()
+    record = run_pipeline(model, f"{method}(sparsity=0.5)", samples=samples)[-1]
+    if not _applies(name):
+        assert not record.modified and not record.declines
+        return
+    assert record.modified, f"{method} did not fire on {name}; declines: {record.declines}"
+    testing.assert_valid(model)
+    feeds = samples[0]
+    for level in ort_backend.OPTIMIZATION_LEVELS:
+        outputs = ort_backend.run(ort_backend.make_session(model.clone(), optimization=level, threads=1), feeds)
+        assert all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"), level
