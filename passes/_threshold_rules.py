@@ -36,6 +36,7 @@ __all__ = [
     "linear_weight_shape",
     "plan_thresholds",
     "readers",
+    "same_node",
 ]
 
 LINEAR_OPS = ("MatMul", "Gemm")
@@ -119,6 +120,13 @@ def insert_threshold(op, x: ir.Value, threshold: Threshold, like: ir.Value, site
     y.producer().metadata_props[TARGET_KEY] = repr(threshold.target)
     y.producer().metadata_props[SITE_KEY] = site
     return y
+
+
+def same_node(op, node: ir.Node, first: ir.Value) -> ir.Value:
+    """``node`` again (op, domain, attributes, other inputs) with ``first`` as its first input: a
+    matched node rebuilt around a threshold (the rewrite removes the matched nodes)."""
+    attributes = {name: attr.value for name, attr in node.attributes.items()}
+    return getattr(op, node.op_type)(first, *node.inputs[1:], _domain=node.domain, **attributes)
 
 
 def is_threshold(node: ir.Node) -> bool:

@@ -33,11 +33,12 @@ from graphopt.pass_base import RulePass
 from graphopt.passes._threshold_rules import (
     Threshold,
     ThresholdOptions,
+    calibrated_thresholds,
     float_value,
     insert_threshold,
     linear_weight_shape,
     readers,
-    calibrated_thresholds,
+    same_node,
 )
 from graphopt.registry import register_pass
 
@@ -65,9 +66,7 @@ class _GateRule(pattern.RewriteRuleClassBase):
 
     def thresholded_gate(self, op, x: ir.Value, gate: ir.Value) -> ir.Value:
         """The activation rebuilt with its own attributes, then thresholded (the matched node is removed)."""
-        node = gate.producer()
-        attributes = {name: attr.value for name, attr in node.attributes.items()}
-        rebuilt = getattr(op, self.op_type)(x, _domain=self.domain, **attributes)
+        rebuilt = same_node(op, gate.producer(), x)
         return insert_threshold(op, rebuilt, self.thresholds.get(gate.name), like=gate, site=gate.name)
 
 
@@ -110,14 +109,8 @@ class _PlainMlpRule(_GateRule):
     def rewrite(self, op, h, gate, out, flat=None, **_):
         sparse = self.thresholded_gate(op, h, gate)
         if flat is not None:
-            sparse = _same_node(op, flat.producer(), sparse)
-        return _same_node(op, out.producer(), sparse)
-
-
-def _same_node(op, node: ir.Node, first: ir.Value) -> ir.Value:
-    """``node`` again (same op, attributes and other inputs) with ``first`` as its first input."""
-    attributes = {name: attr.value for name, attr in node.attributes.items()}
-    return getattr(op, node.op_type)(first, *node.inputs[1:], **attributes)
+            sparse = same_node(op, flat.producer(), sparse)
+        return same_node(op, out.producer(), sparse)
 
 
 def _is_activation(node: ir.Node) -> bool:

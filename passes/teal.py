@@ -34,11 +34,12 @@ from graphopt.passes._threshold_rules import (
     LINEAR_OPS,
     Threshold,
     ThresholdOptions,
+    calibrated_thresholds,
     float_value,
     insert_threshold,
     is_thresholded,
     linear_weight_shape,
-    calibrated_thresholds,
+    same_node,
 )
 from graphopt.registry import register_pass
 
@@ -88,9 +89,8 @@ class _LinearInputRule(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, x, out, **_):
         node = out.producer()
-        attributes = {name: attr.value for name, attr in node.attributes.items()}
         sparse = insert_threshold(op, x, self.thresholds.get(x.name), like=x, site=f"{x.name} -> {node.name or out.name}")
-        return getattr(op, self.linear)(sparse, *node.inputs[1:], **attributes)
+        return same_node(op, node, sparse)
 
 
 @register_pass("teal", options=TealOptions, category="rewrite")
