@@ -54,11 +54,15 @@ class TealOptions(ThresholdOptions):
 
 
 def _is_head(out: ir.Value) -> bool:
-    """Whether ``out`` is a graph output, or its only consumer adds a bias and that is one."""
+    """Whether ``out`` is a graph output, or its only consumer adds a constant bias and that is one
+    (a residual Add into the output is not a head: its other operand is not a constant)."""
     if out.is_graph_output():
         return True
     consumers = out.consumers()
-    return len(consumers) == 1 and consumers[0].op_type == "Add" and consumers[0].outputs[0].is_graph_output()
+    if len(consumers) != 1 or consumers[0].op_type != "Add" or not consumers[0].outputs[0].is_graph_output():
+        return False
+    other = [v for v in consumers[0].inputs if v is not out]
+    return len(other) == 1 and other[0] is not None and ir.convenience.get_const_tensor(other[0]) is not None
 
 
 class _LinearInputRule(pattern.RewriteRuleClassBase):

@@ -36,6 +36,9 @@ def graph(body: str, weights: dict[str, tuple[int, int]], out: str = "float[N, 8
 TWO_PROJECTIONS = graph("q = MatMul(x, wq)\n k = MatMul(x, wk)\n y = Relu(q)\n z = Relu(k)", {"wq": (8, 8), "wk": (8, 8)})
 CHAIN = graph("h = MatMul(x, w1)\n r = Relu(h)\n o = MatMul(r, w2)\n y = Relu(o)\n z = Neg(o)", {"w1": (8, 16), "w2": (16, 8)})
 GEMM = graph("g = Gemm <transB = 1> (x, w)\n y = Relu(g)\n z = Neg(g)", {"w": (8, 8)})
+HEAD_WITH_BIAS = graph("h = MatMul(x, w1)\n m = MatMul(h, w2)\n y = Add(m, b)", {"w1": (8, 8), "w2": (8, 8), "b": (1, 8)},
+                       out="float[N, 8] y")
+RESIDUAL_OUT = graph("h = MatMul(x, w1)\n y = Add(h, x)", {"w1": (8, 8)}, out="float[N, 8] y")
 HEAD = graph("h = MatMul(x, w1)\n y = MatMul(h, w2)", {"w1": (8, 8), "w2": (8, 8)}, out="float[N, 8] y")
 RUNTIME_WEIGHT = ('<ir_version: 10, opset_import: ["" : 20]>\n'
                   "g (float[N, 8] x, float[8, 8] w) => (float[N, 8] y) {\n m = MatMul(x, w)\n y = Add(m, x)\n}")
@@ -105,6 +108,13 @@ def test_head_is_declined_unless_asked_for(check):
     assert result.last.rewrites == {"teal-matmul": 1}
     assert any("is the model's head" in d for d in result.last.declines), result.last.declines
     assert check.run(HEAD, "teal(head=true)").last.rewrites == {"teal-matmul": 2}
+
+
+def test_head_with_a_bias_is_declined_but_a_residual_output_is_not(check):
+    result = check.run(HEAD_WITH_BIAS, "teal")
+    assert result.last.rewrites == {"teal-matmul": 1} and any("is the model's head" in d for d in result.last.declines)
+    result = check.run(RESIDUAL_OUT, "teal")
+    assert result.last.rewrites == {"teal-matmul": 1} and not result.last.declines
 
 
 def test_input_thresholded_by_cats_is_declined(check):
