@@ -14,7 +14,7 @@ constant operand anyway. ``greedy=true`` (TEAL's per-layer allocation) is not im
 Declined, with the reason: the weight is not a constant 2-D matrix (attention's Q·Kᵀ and P·V, a
 weight fed at run time); x is not float; x has no usable statistics; x is already thresholded
 (``cats`` on a GELU MLP's fc2 input); the layer is the model's head (its output, or its output
-plus a bias, is a graph output: TEAL keeps lm_head dense, ``head=true`` thresholds it too).
+plus a constant bias, is a graph output: TEAL keeps lm_head dense, ``head=true`` thresholds it too).
 
 Why: a zero input channel of a linear layer is a weight row a decode-time GEMV need not load; TEAL
 reaches 40-50% model-wide sparsity with little degradation and 1.53x / 1.8x single-batch decode

@@ -28,7 +28,7 @@ def _floats(shape, seed):
 
 def graph(body: str, weights: dict[str, tuple[int, int]], out: str = "float[N, 8] y, float[N, 8] z") -> str:
     """``x`` through linear layers; the outputs ``y``, ``z`` come from an elementwise op, so no linear
-    layer here is a head (makes a graph output, alone or plus a bias) unless the test makes it one."""
+    layer here is a head (makes a graph output, alone or plus a constant bias) unless the test makes it one."""
     inits = ", ".join(f"float[{a}, {b}] {name} = {_floats((a, b), i)}" for i, (name, (a, b)) in enumerate(weights.items()))
     return f'<ir_version: 10, opset_import: ["" : 20]>\ng (float[N, 8] x) => ({out}) <{inits}> {{\n{body}\n}}'
 
