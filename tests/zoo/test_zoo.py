@@ -19,10 +19,7 @@ from graphopt.models import zoo
 ENTRIES = zoo.entries()
 IVIT = [name for name, e in ENTRIES.items() if e.transformer and (e.exporter == "dynamo" or e.form not in ("plain",))]
 # Families ivit cannot make integer-only yet, and why (the zoo table in the README says the same).
-IVIT_KNOWN = {
-    "bert-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
-    "vit-fp16": "float16 models: the integer islands take float32 inputs; float16 ops stay float",
-}
+IVIT_KNOWN: dict[str, str] = {}
 
 
 def _build(entry):
