@@ -17,7 +17,7 @@ ENTRIES = zoo.entries()
 # legacy exports: their attention masks are Shape/Expand arithmetic that only folds once shapes are static
 FP32 = [n for n, e in ENTRIES.items() if e.exporter == "dynamo" or e.form != "plain"] + ["bert-legacy14", "bert-legacy17", "vit-legacy17"]
 IVIT = ["bert", "distilbert", "deberta-v2", "gpt2", "llama", "llama-decode", "gemma", "vit", "beit", "swin",
-        "wav2vec2", "bert-int8-dql", "vit-qdq", "minilm-qdq", "minilm-int8-castmul"]
+        "wav2vec2", "bert-int8-dql", "vit-qdq", "minilm-qdq", "minilm-int8-castmul", "bert-fp16"]
 
 
 def _built(name: str):
