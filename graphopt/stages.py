@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -146,25 +148,40 @@ def keep_for_report(model: ir.Model) -> str:
     return f"the rewritten model is kept at {folder}/model.onnx for a report"
 
 
+LATENCY_ROUNDS = 3  # timed runs are split into rounds alternating between runners: a machine's drift hits all alike
+
+
 def measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, *, runs: int, optimization: str, threads: int) -> None:
-    """Median latency of the original (ORT) and of every target, best-effort: a runtime that cannot
-    load or run a model here is a warning in the report, and every output is still written."""
+    """Median latency of the original (ORT) and of every target, timed in interleaved rounds;
+    best-effort: a runtime that cannot load or run a model here is a warning in the report, and
+    every output is still written."""
     from graphopt.backends import ort  # noqa: PLC0415
 
-    runners = {"original": lambda: ort.time_session(ort.make_session(original, optimization=optimization, threads=threads), feeds,
-                                                    runs=runs, threads=threads)}
+    session = functools.cache(lambda: ort.make_session(original, optimization=optimization, threads=threads))
+    runners = {"original": lambda n: ort.time_session(session(), feeds, runs=n, threads=threads)}
     for target, artifact in artifacts.items():
         if not artifact.can_time:  # cross builds (qemu) and GPU code without a GPU
             report.warnings.append(f"no latency for {target}: its code does not run natively on this machine")
             continue
-        runners[target] = lambda artifact=artifact: artifact.time(feeds, runs=runs)
-    for name, measure in runners.items():
-        try:
-            report.latency[name] = measure().as_dict()
-        except Exception as e:  # noqa: BLE001 — latency is a measurement, not a verdict
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            report.warnings.append(f"no latency for {name} (ORT optimization {optimization}): {first}")
-            logger.warning("latency of %s failed: %s", name, first)
+        runners[target] = lambda n, artifact=artifact: artifact.time(feeds, runs=n)
+    rounds = max(1, min(LATENCY_ROUNDS, runs))
+    timings: dict[str, list] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name in [n for n in runners if timings[n] is not None]:
+            try:
+                timings[name].append(runners[name](-(-runs // rounds)))
+            except Exception as e:  # noqa: BLE001 — latency is a measurement, not a verdict
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                report.warnings.append(f"no latency for {name} (ORT optimization {optimization}): {first}")
+                logger.warning("latency of %s failed: %s", name, first)
+                timings[name] = None
+    report.latency.update({name: _merged(parts) for name, parts in timings.items() if parts})
+
+
+def _merged(parts: list) -> dict:
+    """One runner's rounds as one timing: the median of the round medians, the widest p10-p90."""
+    return {"median_ms": statistics.median(t.median_ms for t in parts), "p10_ms": min(t.p10_ms for t in parts),
+            "p90_ms": max(t.p90_ms for t in parts), "runs": sum(t.runs for t in parts), "threads": parts[0].threads}
 
 
 def _load(ctx: Context) -> None:
