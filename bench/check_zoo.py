@@ -86,7 +86,7 @@ def _slower_target(record: dict) -> dict:
 
 def _junit_names_failure(text: str, field: str) -> bool:
     cases = list(ET.fromstring(text.split("?>", 1)[1]).iter("testcase"))
-    return any(c.find("failure") is not None and field in c.find("failure").get("message", "") for c in cases)
+    return any(c.find("failure") is not None and field in (c.find("failure").text or "") for c in cases)
 
 
 def _browser_renders(path: str) -> bool:
