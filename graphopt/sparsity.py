@@ -4,15 +4,17 @@
 
 Contract:
 
-- ``model``: an ``ir.Model`` (or ``onnx.ModelProto``) rewritten by ``cats`` / ``teal`` (any pass that
-  inserts ``pkg.graphopt.ActivationThreshold`` and stamps ``TARGET_KEY`` on it). It is not changed.
+- ``model``: an ``ir.Model`` (or ``onnx.ModelProto``) rewritten by ``cats`` / ``teal`` / ``chess`` /
+  ``relufy`` (any pass that inserts ``pkg.graphopt.ActivationThreshold``, or stamps ``SITE_KEY`` on a
+  node whose output carries its zeros: ``relufy``'s ``Relu``). It is not changed.
 - ``samples``: feed dicts, run once each through ONNX Runtime with graph optimizations off (the
   calibration engine's ``Calibrator``, which captures each threshold's output).
-- One ``ThresholdedTensor`` per threshold node, in graph order:
+- One ``ThresholdedTensor`` per threshold node (an ``ActivationThreshold``, or any node stamped
+  with ``SITE_KEY``), in graph order:
   ``site``: the thresholded tensor as the original graph named it (``cats``: the activation
   output; ``teal``: ``"x -> linear node"``), the output value name when the node has none;
   ``node``: the threshold node's name; ``target``: the stamped target sparsity (None when the node
-  has none); ``achieved``: the fraction of exact zeros in the threshold's output over all samples
+  has none: ``relufy``); ``achieved``: the fraction of exact zeros in the threshold's output over all samples
   (what a sparse kernel skips; natural zeros count too; None when the output could not be
   captured); ``weight``: the parameters of the linear
   layers whose work those zeros let a kernel skip, read off the graph: every linear layer
@@ -129,7 +131,9 @@ def skipped_weight(value: ir.Value) -> int:
 
 
 def _thresholds(model: ir.Model) -> list[ir.Node]:
-    return [node for node in model.graph if node.op_type == OP_NAME and node.domain == ops.DOMAIN]
+    """Every ActivationThreshold, and every node a pass stamped with a site (relufy's ReLU)."""
+    return [node for node in model.graph
+            if (node.op_type == OP_NAME and node.domain == ops.DOMAIN) or SITE_KEY in node.metadata_props]
 
 
 def measure_sparsity(model: ir.Model | onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]]) -> SparsityReport:

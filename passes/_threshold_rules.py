@@ -59,7 +59,7 @@ class ThresholdOptions:
 @dataclasses.dataclass(frozen=True)
 class Threshold:
     value: float  # t, as stored (rounded to the tensor's float type)
-    target: float  # the sparsity t was calibrated for
+    target: float | None  # the sparsity t was calibrated for (None: no target, relufy's FATReLU)
 
 
 def plan_thresholds(calibration: Calibration, names: Iterable[str], dtypes: dict[str, ir.DataType],
@@ -110,14 +110,15 @@ def float_value(value: ir.Value | None) -> bool:
 def insert_threshold(op, x: ir.Value, threshold: Threshold, like: ir.Value, site: str) -> ir.Value:
     """``ActivationThreshold(x, t)``, t a constant of x's type, with the target and the site (what
     the original graph called the thresholded tensor; the rewrite's own values are fresh) stamped
-    on the new node. ``like``: the original value x stands for, whose type and shape x and the
+    on the new node (no target stamped when ``threshold.target`` is None). ``like``: the original value x stands for, whose type and shape x and the
     output share (a value the rewrite just made has none yet)."""
     t = op.Constant(value=ir.tensor(np.asarray(threshold.value, dtype=like.dtype.numpy())))
     y = op.ActivationThreshold(x, t, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
     for value in (x, y):
         value.type = value.type or like.type
         value.shape = value.shape or like.shape
-    y.producer().metadata_props[TARGET_KEY] = repr(threshold.target)
+    if threshold.target is not None:
+        y.producer().metadata_props[TARGET_KEY] = repr(threshold.target)
     y.producer().metadata_props[SITE_KEY] = site
     return y
 
