@@ -17,6 +17,8 @@ use), so one dict drives all three. Importing this package does not import torch
   or ``graph="decode"`` (one token + KV cache in, logits + updated cache out).
 - ``minilm``: the pretrained all-MiniLM-L6-v2 (``tokenize``, ``mean_pool``, ``sentences``);
   input_ids, attention_mask -> last_hidden_state.
+- ``stdlib-llama``: 4-layer ``LlamaForCausalLM`` trained on the Python standard library's source
+  (shipped weights, byte vocabulary, ``perplexity()`` on held-out files); tiny-llama's two graphs.
 
 ``synthetic_bert`` (numpy-built BERT graphs of any size for the overhead benchmark) lives here too
 but is not a registry entry: it has no torch module.
@@ -27,7 +29,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from graphopt.errors import UsageError
-from graphopt.models import digits_vit, minilm, tiny_bert, tiny_llama
+from graphopt.models import digits_vit, minilm, stdlib_llama, tiny_bert, tiny_llama
 
 __all__ = ["DEFAULT", "MODELS", "default", "get_model"]
 
@@ -36,6 +38,7 @@ MODELS: dict[str, ModuleType] = {
     "tiny-bert": tiny_bert,
     "tiny-llama": tiny_llama,
     "minilm": minilm,
+    "stdlib-llama": stdlib_llama,
 }
 DEFAULT = "digits-vit"  # the demo's model: builds in seconds from shipped weights, no network
 default = DEFAULT

@@ -2,7 +2,8 @@
 
 Produces ``OUTDIR/NAME.onnx`` and ``OUTDIR/NAME.calib.npz`` (arrays keyed by input name, stacked
 over samples — the form ``graphopt compile --calib`` reads). Real data where the model has it:
-the digits test split for ``digits-vit``, tokenized sentences for ``minilm``.
+the digits test split for ``digits-vit``, tokenized sentences for ``minilm``, train-split windows
+of the standard library's source for ``stdlib-llama``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def samples(name: str, count: int) -> list[dict[str, np.ndarray]]:
     if name == "minilm":
         batch = module.tokenize(module.sentences()[:count], seq_len=128)
         return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(count)]
+    if name == "stdlib-llama":
+        return module.calibration_samples(count)
     return [module.example_inputs(seed=i) for i in range(count)]
 
 

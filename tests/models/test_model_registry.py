@@ -8,8 +8,8 @@ from graphopt import models
 from graphopt.errors import UsageError
 
 
-def test_registry_lists_the_four_models_and_the_demo_default():
-    assert set(models.MODELS) == {"digits-vit", "tiny-bert", "tiny-llama", "minilm"}
+def test_registry_lists_the_models_and_the_demo_default():
+    assert set(models.MODELS) == {"digits-vit", "tiny-bert", "tiny-llama", "minilm", "stdlib-llama"}
     assert models.DEFAULT == models.default == "digits-vit"
     for name, builder in models.MODELS.items():
         assert models.get_model(name) is builder
