@@ -402,6 +402,7 @@ def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[ir.Mo
             if not any(record.modified for record in folding[1:]):  # only cleanup changed: nothing new to fold
                 break
         records += run_pipeline(work, "tvm-import-forms")
+        records += run_pipeline(work, "sparse-linear")  # thresholded linear layers -> the sparse kernels
     return work, records
 
 

@@ -1,0 +1,283 @@
+"""Native kernels for ``SparseInputMatMul`` and ``SparseGatedMatMul``: weight rows of zero activations skipped.
+
+``SparseInputMatMul`` (Y = X @ W, W [K, N] constant), X flattened to M rows:
+
+1. count and compact: ``idx[0:cnt]`` = the channels k where some row of X is nonzero (one branch-free
+   pass over K: ``idx[cnt] = k; cnt += any(x[:, k] != 0)``);
+2. if ``cnt`` is above the crossover (sparsity below ``dense_below``), the dense loop over every row
+   of W, else only the rows ``idx[0:cnt]``: Y is cut into blocks of ``vectors`` SIMD vectors of N,
+   blocks in parallel (the runtime's threads); each block keeps ``M × vectors`` accumulators in
+   registers and adds ``x[m, k] · W[k, block]`` for each selected row: FMAs over one contiguous
+   stretch of each selected row of W.
+
+W is padded with zero columns to whole blocks at compile time (it is a constant); the result is
+sliced back. ``SparseGatedMatMul`` (Y = A · (X @ Wtᵀ) where A != 0, Wt [N, K] constant) compacts the
+columns n whose gate A[:, n] is nonzero and computes only those outputs, in parallel over the
+compacted list: each a dot product of X's rows with the contiguous row n of Wt, reduced in vector
+lanes (K's remainder scalar); Y is zero elsewhere.
+
+The SIMD width comes from the target (``cpu.common.vector_lanes``: AVX-512 16 fp32 lanes, AVX2 8,
+NEON and other LLVM targets 4), the register budget from its ISA (32 vector registers with AVX-512
+and on aarch64, 16 otherwise). CUDA targets get one thread per output column (``_cuda_input_func``,
+``_cuda_gated_func``): a warp reads a row of W coalesced, and the skip test on x[k] is uniform across
+the warp, so skipped rows cost no memory traffic and no divergence.
+
+``DENSE_BELOW``: the sparsity below which the input kernel takes its dense loop; measured by
+``python -m bench.sparsity_kernel`` (see docs/sparse-kernels.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from graphopt import ops
+from graphopt.backends.tvm.cpu.common import num_cores, vector_lanes
+from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP
+
+__all__ = ["DENSE_BELOW", "MAX_ROWS", "gated_func", "input_func"]
+
+DENSE_BELOW = 0.05  # sparsity under which the dense loop wins (bench.sparsity_kernel: docs/sparse-kernels.md)
+GROUP = 8  # selected rows accumulated per pass over a part of Y (8 read streams; 4 and 16 measured slower)
+VECTORS = 4  # SIMD vectors per step of a part (the accumulators of one pass)
+MAX_ROWS = 8  # rows of X (batch × sequence) the kernels are for: decode and small batches
+DTYPE = "float32"
+
+
+def input_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseInputMatMul`` for X [rows, k], W [k, n]; n a multiple of ``parts × lanes × 4``."""
+    chunk = lanes * VECTORS
+    assert n % (parts * chunk) == 0, f"N={n} is not padded to {parts} parts of whole chunks of {chunk}"
+    part = n // parts
+    padded = (k + GROUP - 1) // GROUP * GROUP
+    dense_count = int((1.0 - dense_below) * k)  # more nonzero channels than this: every row, in order
+
+    @T.prim_func
+    def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), DTYPE), y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        idx = T.decl_buffer((padded,), "int32")
+        xs = T.decl_buffer((rows, padded), DTYPE)
+        nonzero = T.decl_buffer((k,), "int32")
+        cnt = T.decl_buffer((1,), "int32")
+        cnt[0] = 0
+        for c in range(k):  # count: channel c is nonzero when some row is
+            nonzero[c] = 0
+            for m in range(rows):
+                nonzero[c] = T.max(nonzero[c], T.Cast("int32", x[m, c] != T.float32(0)))
+            cnt[0] = cnt[0] + nonzero[c]
+        if cnt[0] > dense_count:  # dense: every row in order
+            cnt[0] = 0
+            for c in range(k):
+                nonzero[c] = 1
+        else:
+            cnt[0] = 0
+        for c in range(k):  # compact (branch-free): idx[0:cnt] the selected rows, xs their x
+            idx[cnt[0]] = c
+            for m in range(rows):
+                xs[m, cnt[0]] = x[m, c]
+            cnt[0] = cnt[0] + nonzero[c]
+        for g in range(padded - cnt[0]):  # the last group's missing rows: row 0 times 0
+            idx[cnt[0] + g] = 0
+            for m in range(rows):
+                xs[m, cnt[0] + g] = T.float32(0)
+        for t in T.parallel(parts):  # each part a contiguous stretch of every selected row
+            for m in range(rows):
+                for c in range(part // chunk):
+                    for v in T.vectorized(chunk):
+                        y[m, t * part + c * chunk + v] = T.float32(0)
+            for j in range((cnt[0] + GROUP - 1) // GROUP):
+                for m in range(rows):
+                    for c in range(part // chunk):
+                        acc = T.decl_buffer((chunk,), DTYPE, scope="local")
+                        for v in T.vectorized(chunk):
+                            acc[v] = y[m, t * part + c * chunk + v]
+                        for g in T.unroll(GROUP):
+                            for v in T.vectorized(chunk):
+                                acc[v] = acc[v] + xs[m, j * GROUP + g] * w[idx[j * GROUP + g], t * part + c * chunk + v]
+                        for v in T.vectorized(chunk):
+                            y[m, t * part + c * chunk + v] = acc[v]
+
+    return func
+
+
+def gated_func(rows: int, k: int, n: int, lanes: int) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseGatedMatMul`` for A [rows, n], X [rows, k], Wt [n, k]."""
+    width = 2 * lanes  # two vectors of partial sums: two FMA chains in flight
+    full = k // width * width
+
+    @T.prim_func
+    def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), DTYPE),
+             y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        idx = T.decl_buffer((n,), "int32")
+        cnt = T.decl_buffer((1,), "int32")
+        cnt[0] = 0
+        for c in range(n):
+            nonzero = T.decl_buffer((1,), "int32", scope="local")
+            nonzero[0] = 0
+            for m in range(rows):
+                y[m, c] = T.float32(0)
+                nonzero[0] = T.max(nonzero[0], T.Cast("int32", a[m, c] != T.float32(0)))
+            idx[cnt[0]] = c
+            cnt[0] = cnt[0] + nonzero[0]
+        for j in T.parallel(cnt[0]):
+            acc = T.decl_buffer((rows, width), DTYPE, scope="local")
+            total = T.decl_buffer((rows,), DTYPE, scope="local")
+            for m in range(rows):
+                for v in T.vectorized(width):
+                    acc[m, v] = T.float32(0)
+            for kk in range(full // width):
+                for m in range(rows):
+                    for v in T.vectorized(width):
+                        acc[m, v] = acc[m, v] + x[m, kk * width + v] * wt[idx[j], kk * width + v]
+            for m in range(rows):
+                total[m] = T.float32(0)
+                for v in range(width):
+                    total[m] = total[m] + acc[m, v]
+                for r in range(k - full):
+                    total[m] = total[m] + x[m, full + r] * wt[idx[j], full + r]
+                if a[m, idx[j]] != T.float32(0):
+                    y[m, idx[j]] = a[m, idx[j]] * total[m]
+
+    return func
+
+
+def _cuda_input_func(rows: int, k: int, n: int, block: int = 128) -> tirx.PrimFunc:
+    """CUDA ``SparseInputMatMul``: a thread per column; the test on x[:, c] is the same for every thread."""
+
+    @T.prim_func
+    def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), DTYPE), y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for bx in T.thread_binding((n + block - 1) // block, thread="blockIdx.x"):
+            for tx in T.thread_binding(block, thread="threadIdx.x"):
+                acc = T.decl_buffer((rows,), DTYPE, scope="local")
+                nonzero = T.decl_buffer((1,), "int32", scope="local")
+                for m in range(rows):
+                    acc[m] = T.float32(0)
+                for c in range(k):
+                    nonzero[0] = 0
+                    for m in range(rows):
+                        nonzero[0] = T.max(nonzero[0], T.Cast("int32", x[m, c] != T.float32(0)))
+                    if nonzero[0] > 0 and bx * block + tx < n:
+                        for m in range(rows):
+                            acc[m] = acc[m] + x[m, c] * w[c, bx * block + tx]
+                if bx * block + tx < n:
+                    for m in range(rows):
+                        y[m, bx * block + tx] = acc[m]
+
+    return func
+
+
+def _cuda_gated_func(rows: int, k: int, n: int, block: int = 128) -> tirx.PrimFunc:
+    """CUDA ``SparseGatedMatMul``: a thread per output column, skipping columns whose gate is zero."""
+
+    @T.prim_func
+    def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), DTYPE),
+             y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for bx in T.thread_binding((n + block - 1) // block, thread="blockIdx.x"):
+            for tx in T.thread_binding(block, thread="threadIdx.x"):
+                if bx * block + tx < n:
+                    for m in range(rows):
+                        acc = T.decl_buffer((1,), DTYPE, scope="local")
+                        acc[0] = T.float32(0)
+                        if a[m, bx * block + tx] != T.float32(0):
+                            for c in range(k):
+                                acc[0] = acc[0] + x[m, c] * wt[bx * block + tx, c]
+                        y[m, bx * block + tx] = a[m, bx * block + tx] * acc[0]
+
+    return func
+
+
+# --- the dense meaning as TE (kernel tests; TVM's own schedules) --------------------------------
+
+
+@ops.implements(INPUT_OP, "tvm", part="te")
+def sparse_input_matmul(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+    r = te.reduce_axis((0, x.shape[-1]), name="k")
+    shape = [*x.shape[:-1], w.shape[1]]
+    return te.compute(shape, lambda *i: te.sum(x(*i[:-1], r) * w[r, i[-1]], axis=r), name="sparse_input_matmul")
+
+
+@ops.implements(GATED_OP, "tvm", part="te")
+def sparse_gated_matmul(a: te.Tensor, x: te.Tensor, wt: te.Tensor) -> te.Tensor:
+    r = te.reduce_axis((0, x.shape[-1]), name="k")
+    product = te.compute(a.shape, lambda *i: te.sum(x(*i[:-1], r) * wt[i[-1], r], axis=r), name="product")
+    zero = tirx.const(0, DTYPE)
+    return te.compute(a.shape, lambda *i: tirx.Select(a(*i) != zero, a(*i) * product(*i), zero), name="sparse_gated_matmul")
+
+
+# --- converters ------------------------------------------------------------------------------------
+
+
+def _static_shape(expr) -> list[int] | None:
+    values = getattr(expr.ty.shape, "values", None)
+    if values is None or not all(isinstance(d, tirx.IntImm) for d in values):
+        return None
+    return [int(d) for d in values]
+
+
+def _weight(expr) -> np.ndarray | None:
+    """The constant float32 2-D weight, or None (the dense TVM path then)."""
+    if not isinstance(expr, tvm.ir.GenericConst):
+        return None
+    array = expr.value.numpy()
+    return array if array.ndim == 2 and array.dtype == np.float32 else None
+
+
+def _rows(x, k: int) -> tuple[list[int], int] | None:
+    """X's static shape and its rows (the product of its leading axes) when the kernels take it."""
+    shape = _static_shape(x)
+    if shape is None or not shape or shape[-1] != k or str(x.ty.dtype) != DTYPE:
+        return None
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    return (shape, rows) if 1 <= rows <= MAX_ROWS else None
+
+
+def _call(bb: relax.BlockBuilder, func, name: str, args: list, rows: int, width: int, shape: list[int], n: int):
+    gvar = bb.add_func(func.without_attr("global_symbol"), f"graphopt_{name}")
+    y = bb.emit(relax.call_tir(gvar, args, relax.TensorType([rows, width], DTYPE)))
+    if width != n:
+        y = bb.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
+    return bb.emit(relax.op.reshape(y, [*shape[:-1], n]))
+
+
+@ops.implements(INPUT_OP, "tvm")
+def convert_input(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
+    x, w = inputs[:2]
+    weight = _weight(w)
+    taken = _rows(x, weight.shape[0]) if weight is not None else None
+    target = Target.current(allow_none=True)
+    if taken is None or target is None:  # dynamic shapes, a run-time or non-fp32 weight, many rows
+        return bb.emit(relax.op.matmul(x, w))
+    (shape, rows), (k, n) = taken, weight.shape
+    x2 = bb.emit(relax.op.reshape(x, [rows, k]))
+    if target.kind.name == "cuda":
+        return _call(bb, _cuda_input_func(rows, k, n), "sparse_input_matmul", [x2, w], rows, n, shape, n)
+    lanes, parts = vector_lanes(target, DTYPE), max(1, min(num_cores(target), 8))
+    step = parts * lanes * VECTORS
+    width = (n + step - 1) // step * step
+    padded = relax.const(np.pad(weight, ((0, 0), (0, width - n))), DTYPE) if width != n else w
+    func = input_func(rows, k, width, lanes, parts)
+    return _call(bb, func, "sparse_input_matmul", [x2, padded], rows, width, shape, n)
+
+
+@ops.implements(GATED_OP, "tvm")
+def convert_gated(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
+    a, x, wt = inputs[:3]
+    weight = _weight(wt)
+    taken = _rows(x, weight.shape[1]) if weight is not None else None
+    target = Target.current(allow_none=True)
+    if taken is None or target is None or _static_shape(a) != [*taken[0][:-1], weight.shape[0]]:
+        return bb.emit_te(sparse_gated_matmul, a, x, wt, primfunc_name_hint="graphopt_sparse_gated_matmul")
+    (shape, rows), (n, k) = taken, weight.shape
+    x2 = bb.emit(relax.op.reshape(x, [rows, k]))
+    a2 = bb.emit(relax.op.reshape(a, [rows, n]))
+    if target.kind.name == "cuda":
+        func = _cuda_gated_func(rows, k, n)
+    else:
+        func = gated_func(rows, k, n, vector_lanes(target, DTYPE))
+    return _call(bb, func, "sparse_gated_matmul", [a2, x2, wt], rows, n, shape, n)

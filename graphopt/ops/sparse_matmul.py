@@ -1,0 +1,106 @@
+"""The graphopt ops that let a kernel skip weight rows whose activation is zero.
+
+``SparseInputMatMul(X, W) -> Y``: ``Y = X @ W`` for X ``[..., K]`` and a constant W ``[K, N]``. Row k
+of W is contiguous, so where ``x[k] == 0`` (in every row of X) a kernel skips one contiguous row: the
+down projection of a thresholded MLP, every TEAL-thresholded linear layer.
+
+``SparseGatedMatMul(A, X, Wt) -> Y``: ``Y = A * (X @ Wtᵀ)`` where ``A != 0``, else 0, for a gate A
+``[..., N]`` (X's batch shape), X ``[..., K]`` and a constant Wt ``[N, K]`` (the up projection stored
+transposed, row n contiguous). Where the gate is zero (every row), a kernel skips row n of Wt: the
+up projection of a CATS MLP, whose product with the thresholded gate is zero there anyway. The one
+difference from ``Mul(A, MatMul(X, W))``: an infinite or NaN ``X @ W`` under a zero gate gives 0
+here and NaN there.
+
+Both are made by the ``sparse-linear`` pass from what ``cats`` / ``teal`` leave
+(``pkg.graphopt.ActivationThreshold``); the ONNX bodies are the dense computation, so any runtime
+runs them and only a backend with a sparse kernel (``backends/tvm/kernels/sparse_matmul.py``) is
+faster for it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt import ops
+
+__all__ = ["GATED_OP", "INPUT_OP", "SPARSE_GATED_MATMUL", "SPARSE_INPUT_MATMUL", "gated_reference", "input_reference"]
+
+INPUT_OP = "SparseInputMatMul"
+GATED_OP = "SparseGatedMatMul"
+
+
+def input_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The spec: ``x @ w`` (float32 accumulation order is the kernel's own: compare at float rounding)."""
+    return np.matmul(x, w).astype(x.dtype)
+
+
+def gated_reference(a: np.ndarray, x: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """The spec: ``a * (x @ wt.T)`` where ``a != 0``, else 0."""
+    product = np.matmul(x, np.swapaxes(wt, -1, -2)).astype(x.dtype)
+    with np.errstate(invalid="ignore"):  # 0 · inf under a closed gate: replaced by 0 below
+        return np.where(a != 0, a * product, np.zeros((), x.dtype)).astype(x.dtype)
+
+
+def _sparse_rows(rng, shape, sparsity: float) -> np.ndarray:
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[..., rng.random(shape[-1]) < sparsity] = 0
+    return x
+
+
+def _input_examples():
+    rng = np.random.default_rng(20250621)
+    w = rng.standard_normal((24, 19)).astype(np.float32)
+    return [
+        ((_sparse_rows(rng, (1, 24), 0.5), w), {}),  # decode: one row, half the channels zero
+        ((_sparse_rows(rng, (2, 1, 24), 0.9), w), {}),  # batch dims
+        ((np.zeros((4, 24), np.float32), w), {}),  # every channel zero
+        ((rng.standard_normal((4, 24)).astype(np.float32), w), {}),  # dense
+    ]
+
+
+def _gated_examples():
+    rng = np.random.default_rng(20250621)
+    wt = rng.standard_normal((19, 24)).astype(np.float32)
+    x = rng.standard_normal((1, 24)).astype(np.float32)
+    inf_x = np.full((1, 24), np.inf, np.float32)
+    return [
+        ((_sparse_rows(rng, (1, 19), 0.5), x, wt), {}),
+        ((_sparse_rows(rng, (2, 1, 19), 0.9), rng.standard_normal((2, 1, 24)).astype(np.float32), wt), {}),
+        ((np.zeros((1, 19), np.float32), x, wt), {}),
+        ((_sparse_rows(rng, (1, 19), 0.5), inf_x, np.abs(wt)), {}),  # inf under a zero gate: 0
+    ]
+
+
+SPARSE_INPUT_MATMUL = ops.declare_op(
+    ops.OpDef(
+        name=INPUT_OP,
+        doc=("Y = X @ W for a constant W [K, N] whose rows a kernel skips where X's channel k is zero "
+             "(in every row of X)."),
+        reference=input_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+SparseInputMatMul (X, W) => (Y) {
+   Y = MatMul (X, W)
+}""",
+        examples=_input_examples,
+    )
+)
+
+SPARSE_GATED_MATMUL = ops.declare_op(
+    ops.OpDef(
+        name=GATED_OP,
+        doc=("Y = A * (X @ Wtᵀ) where A != 0, else 0, for a constant Wt [N, K] whose rows a kernel skips "
+             "where the gate A is zero (in every row)."),
+        reference=gated_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+SparseGatedMatMul (A, X, Wt) => (Y) {
+   w = Transpose <perm = [1, 0]> (Wt)
+   product = MatMul (X, w)
+   gated = Mul (A, product)
+   zero_f = Constant <value = float {0}> ()
+   zero = CastLike (zero_f, A)
+   closed = Equal (A, zero)
+   Y = Where (closed, zero, gated)
+}""",
+        examples=_gated_examples,
+    )
+)

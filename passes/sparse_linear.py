@@ -1,0 +1,153 @@
+"""Hand the linear layers that read thresholded activations to the sparse-kernel ops.
+
+    Mul(a, MatMul(x, W_up))          a = ActivationThreshold(...) (``cats``: the gated SwiGLU/GeGLU product)
+      ->  pkg.graphopt.SparseGatedMatMul(a, x, W_upᵀ)           W_upᵀ a new constant [N, K]
+    MatMul(s, W)                     s = ActivationThreshold(...) (``teal``), a SparseGatedMatMul,
+      ->  pkg.graphopt.SparseInputMatMul(s, W)                  or Mul(a, u) with a thresholded
+
+W is a constant float32 2-D weight in both. The threshold nodes themselves stay (their target and
+site metadata are what ``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
+so a down projection reading it skips the same rows.
+
+Declined, with the reason: the weight is not a constant float32 2-D matrix; the activation is not
+float32; its shape is not static; it has more than ``max_rows`` rows (batch × sequence: prefill is
+compute-bound and the dense matmul is faster there); the input is not thresholded (or not a
+product with a thresholded factor); the up projection's MatMul has other readers.
+
+Why: where ``x[k]`` is 0 the row ``W[k, :]`` need not be loaded, and decode (one row) is bound by
+loading W. The ops' ONNX bodies are the dense computation; the speed is in the TVM kernels
+(``backends/tvm/kernels/sparse_matmul.py``). A backend pass: the TVM backend's preparation runs it
+once shapes are static (``backends/tvm/importer.py``), so a model rewritten by ``cats``/``teal``
+gets the kernels on ``tvm-*`` targets and stays plain MatMuls for ONNX Runtime, which has no
+sparse kernel and would only run the bodies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import ops
+from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP
+from graphopt.ops.threshold import OP_NAME as THRESHOLD_OP
+from graphopt.pass_base import RulePass
+from graphopt.registry import register_pass
+from graphopt.shapes import infer_shapes
+
+__all__ = ["SparseLinearOptions", "SparseLinearPass"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseLinearOptions:
+    max_rows: int = dataclasses.field(default=8, metadata={"range": (1, 4096)})
+
+
+def _made_by(value: ir.Value | None, op_type: str) -> bool:
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type == op_type and producer.domain == ops.DOMAIN
+
+
+def _sparse_source(value: ir.Value) -> bool:
+    """Zero where a threshold is: the threshold's output, a SparseGatedMatMul, or a product with one."""
+    if _made_by(value, THRESHOLD_OP) or _made_by(value, GATED_OP):
+        return True
+    producer = value.producer()
+    return (producer is not None and producer.op_type == "Mul" and producer.domain in ("", "ai.onnx")
+            and any(_made_by(v, THRESHOLD_OP) for v in producer.inputs))
+
+
+def _weight(w: ir.Value) -> np.ndarray | None:
+    if w.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(w)
+    if tensor is None or len(tensor.shape) != 2 or tensor.dtype != ir.DataType.FLOAT:
+        return None
+    return tensor.numpy()
+
+
+def _decline(x: ir.Value, w: ir.Value, max_rows: int) -> str | None:
+    """Why the kernels do not take ``MatMul(x, w)`` (None: they do)."""
+    if _weight(w) is None:
+        return f"the weight '{w.name}' is not a constant float32 2-D matrix"
+    if x.dtype != ir.DataType.FLOAT:
+        return f"the activation '{x.name}' is {x.dtype}, not float32"
+    if x.shape is None or not x.shape.is_static():
+        return f"the activation's shape {x.shape} is not static"
+    rows = int(np.prod(list(x.shape)[:-1], dtype=np.int64))
+    if rows > max_rows:
+        return f"the activation has {rows} rows (> max_rows={max_rows}): the dense matmul is faster there"
+    return None
+
+
+def _infer_through_functions(model: ir.Model) -> None:
+    """Shape inference with the graphopt ops' bodies attached (then taken off again)."""
+    before = dict(model.functions)
+    ops.attach_functions(model)
+    try:
+        infer_shapes(model)
+    finally:
+        for key in [k for k in model.functions if k not in before]:
+            del model.functions[key]
+
+
+class _GatedUp(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, max_rows: int) -> None:
+        super().__init__(name)
+        self.max_rows = max_rows
+
+    def pattern(self, op, a, x, w):
+        return op.Mul(a, op.MatMul(x, w, _outputs=["product"]), _outputs=["gated"])
+
+    def check(self, context, a, x, w, product, gated, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if not _made_by(a, THRESHOLD_OP):
+            return result.fail("the gate is not an ActivationThreshold output")
+        reason = _decline(x, w, self.max_rows)
+        if reason:
+            return result.fail(reason)
+        if len(product.uses()) != 1 or product.is_graph_output():
+            return result.fail(f"the up projection '{product.name}' has other readers")
+        if a.shape is None or gated.shape is None or list(a.shape) != list(gated.shape):
+            return result.fail(f"the gate's shape {a.shape} is not the product's {gated.shape} (broadcast)")
+        return result
+
+    def rewrite(self, op, a, x, w, product, **_):
+        name = f"{product.name}_weight_t"  # value names are unique in a graph
+        wt = op.initializer(ir.tensor(np.ascontiguousarray(_weight(w).T), name=name), name=name)
+        return getattr(op, GATED_OP)(a, x, wt, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+
+
+class _SparseInput(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, max_rows: int) -> None:
+        super().__init__(name)
+        self.max_rows = max_rows
+
+    def pattern(self, op, x, w):
+        return op.MatMul(x, w)
+
+    def check(self, context, x, w, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if not _sparse_source(x):
+            return result.fail(f"the input '{x.name}' is not thresholded (nor a product with a thresholded factor)")
+        reason = _decline(x, w, self.max_rows)
+        return result.fail(reason) if reason else result
+
+    def rewrite(self, op, x, w, **_):
+        return getattr(op, INPUT_OP)(x, w, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+
+
+@register_pass("sparse-linear", options=SparseLinearOptions, category="backend")
+class SparseLinearPass(RulePass):
+    """Linear layers reading thresholded activations become sparse-kernel ops (SparseGatedMatMul, SparseInputMatMul)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        _infer_through_functions(model)  # the checks read shapes that stop at graphopt ops otherwise
+        return super().call(model)
+
+    def rules(self):
+        rows = self.options.max_rows
+        return [*_GatedUp.rule("sparse-gated-up", rows).commute(), _SparseInput.rule("sparse-input-matmul", rows)]
+
