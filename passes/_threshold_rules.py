@@ -14,7 +14,7 @@ The rewrite inserts ``pkg.graphopt.ActivationThreshold(x, t)`` with t a ``Consta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -26,6 +26,7 @@ from graphopt.passes._canonical_utils import is_dequantized_constant
 
 __all__ = [
     "LINEAR_OPS",
+    "Plan",
     "Threshold",
     "ThresholdOptions",
     "calibrated_thresholds",
@@ -35,6 +36,7 @@ __all__ = [
     "is_thresholded",
     "linear_weight_shape",
     "plan_thresholds",
+    "quantile_plan",
     "readers",
     "same_node",
 ]
@@ -58,26 +60,48 @@ class ThresholdOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Threshold:
-    value: float  # t, as stored (rounded to the tensor's float type)
+    value: float | tuple[float, ...]  # t, as stored (rounded to the tensor's float type); a tuple: one per channel
     target: float | None  # the sparsity t was calibrated for (None: no target, relufy's FATReLU)
+
+
+Plan = Callable[[Calibration, Mapping[str, str]], Scales[Threshold]]
+
+
+def _stored(t, dtype: ir.DataType) -> float | tuple[float, ...]:
+    """t as the tensor's float type will hold it (a scalar, or a tuple per channel)."""
+    stored = np.asarray(t, dtype=dtype.numpy())
+    return float(stored) if stored.ndim == 0 else tuple(float(v) for v in stored)
+
+
+def quantile_plan(dtypes: Mapping[str, ir.DataType], sparsity: float | Mapping[str, float]) -> Plan:
+    """The per-tensor plan: key k's threshold is the ``sparsity``-quantile (one for all keys, or
+    one per key) of |the value reaching k| (``reaching``: key -> captured name); why a key got none."""
+    def plan(calibration: Calibration, reaching: Mapping[str, str]) -> Scales[Threshold]:
+        found, reasons = {}, {}
+        for key, name in reaching.items():
+            s = sparsity[key] if isinstance(sparsity, Mapping) else sparsity
+            quantile = calibration.quantile(name, s, absolute=True)
+            if quantile is None:  # not captured, or no finite value (the engine leaves those out)
+                reasons[key] = f"no calibration statistics for {name}"
+                continue
+            found[key] = Threshold(_stored(0.0 if s == 0.0 else quantile, dtypes[key]), s)
+        return Scales(found, reasons)
+    return plan
 
 
 def plan_thresholds(calibration: Calibration, names: Iterable[str], dtypes: dict[str, ir.DataType],
                     sparsity: float) -> Scales[Threshold]:
     """Each value's threshold (the ``sparsity``-quantile of its |values|), and why a value got none."""
-    found, reasons = {}, {}
-    for name in names:
-        quantile = calibration.quantile(name, sparsity, absolute=True)
-        if quantile is None:  # not captured, or no finite value (the engine leaves those out)
-            reasons[name] = f"no calibration statistics for {name}"
-            continue
-        t = 0.0 if sparsity == 0.0 else quantile
-        found[name] = Threshold(float(np.asarray(t, dtype=dtypes[name].numpy())), sparsity)
-    return Scales(found, reasons)
+    return quantile_plan(dtypes, sparsity)(calibration, {name: name for name in names})
+
+
+def _all_zero(thresholds: Scales[Threshold]) -> bool:
+    return all(not np.any(np.asarray(t.value)) for t in thresholds.found.values())
 
 
 def calibrated_thresholds(the_pass, model: ir.Model, values: dict[str, ir.DataType],
-                          rules_for: Callable[[Scales[Threshold]], list], key_of: Callable[[ir.Node], str]) -> Scales[Threshold]:
+                          rules_for: Callable[[Scales[Threshold]], list], key_of: Callable[[ir.Node], str],
+                          plan: Plan | None = None, extra: Iterable[str] = ()) -> Scales[Threshold]:
     """Thresholds for ``values`` (name -> float type), calibrated twice.
 
     Calibrated on the dense model alone, a threshold misses its target on the sparsified one: the
@@ -85,22 +109,21 @@ def calibrated_thresholds(the_pass, model: ir.Model, values: dict[str, ir.DataTy
     came out 2-6 points sparser). So the thresholds of the first run are applied to a copy
     (``rules_for(thresholds)``) and each is recalibrated on what reaches it there; ``key_of`` says
     which of ``values`` a threshold node of the copy stands for. One refinement: the upstream
-    thresholds it sees are the first run's, which are already close.
+    thresholds it sees are the first run's, which are already close. ``plan`` turns statistics
+    into thresholds (default: ``quantile_plan`` at the pass's ``sparsity``); ``extra``: other
+    values it reads (captured in both runs; they must keep their names in the copy).
     """
-    names, sparsity = sorted(values), the_pass.options.sparsity
-    first = plan_thresholds(the_pass.calibrate(model, names), names, values, sparsity)
-    if sparsity == 0.0 or not first.found:
+    names, extra = sorted(values), sorted(extra)
+    plan = plan or quantile_plan(values, the_pass.options.sparsity)
+    first = plan(the_pass.calibrate(model, sorted({*names, *extra})), {name: name for name in names})
+    if not first.found or _all_zero(first):
         return first
     probe = model.clone()
     rewrite.apply_rules(probe, rules_for(first), explain=False, skip=rewrite.skipped_sites(the_pass.pass_name))
     reaching = {key_of(node): node.inputs[0].name for node in probe.graph if is_threshold(node)}
-    second = the_pass.calibrate(probe, sorted(set(reaching.values())))
-    found = dict(first.found)
-    for key, name in reaching.items():
-        quantile = second.quantile(name, sparsity, absolute=True)
-        if key in found and quantile is not None:
-            found[key] = Threshold(float(np.asarray(quantile, dtype=values[key].numpy())), sparsity)
-    return Scales(found, first.reasons)
+    reaching = {key: name for key, name in reaching.items() if key in first.found}
+    second = plan(the_pass.calibrate(probe, sorted({*reaching.values(), *extra})), reaching)
+    return Scales({**first.found, **second.found}, first.reasons)
 
 
 def float_value(value: ir.Value | None) -> bool:

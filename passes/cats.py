@@ -42,7 +42,7 @@ from graphopt.passes._threshold_rules import (
 )
 from graphopt.registry import register_pass
 
-__all__ = ["ACTIVATIONS", "CatsPass"]
+__all__ = ["ACTIVATIONS", "CatsPass", "cats_rules", "is_activation"]
 
 # (op type, domain, rule tag): the canonical activations a gate can be
 ACTIVATIONS = (("SigmoidLinearUnit", ops.DOMAIN, "silu"), ("Gelu", "", "gelu"))
@@ -113,15 +113,16 @@ class _PlainMlpRule(_GateRule):
         return same_node(op, out.producer(), sparse)
 
 
-def _is_activation(node: ir.Node) -> bool:
+def is_activation(node: ir.Node) -> bool:
     domain = "" if node.domain == "ai.onnx" else node.domain
     return any(node.op_type == op_type and domain == op_domain for op_type, op_domain, _ in ACTIVATIONS)
 
 
-def cats_rules(thresholds: Scales[Threshold]) -> list:
+def cats_rules(thresholds: Scales[Threshold], prefix: str = "cats") -> list:
+    """The gate rules (``prefix``: their names' first word; ``chess`` runs them with per-channel thresholds)."""
     gated = [rule for op_type, domain, tag in ACTIVATIONS
-             for rule in _GatedMlpRule.rule(f"cats-{tag}-gated-mlp", thresholds, op_type, domain).commute()]
-    plain = [_PlainMlpRule.rule(f"cats-{tag}-mlp-{linear.lower()}", thresholds, op_type, domain, linear, reshaped)
+             for rule in _GatedMlpRule.rule(f"{prefix}-{tag}-gated-mlp", thresholds, op_type, domain).commute()]
+    plain = [_PlainMlpRule.rule(f"{prefix}-{tag}-mlp-{linear.lower()}", thresholds, op_type, domain, linear, reshaped)
              for linear in ("MatMul", "Gemm") for reshaped in (False, True) for op_type, domain, tag in ACTIVATIONS]
     return [tuple(gated), tuple(plain)]
 
@@ -142,7 +143,7 @@ class CatsPass(RulePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Calibrate every float activation output into its threshold (``calibrated_thresholds``), then run the rules."""
         gates = {node.outputs[0].name: node.outputs[0].dtype for node in model.graph
-                 if _is_activation(node) and float_value(node.outputs[0])}
+                 if is_activation(node) and float_value(node.outputs[0])}
         self._thresholds = (calibrated_thresholds(self, model, gates, cats_rules, key_of=lambda n: n.metadata_props[SITE_KEY])
                             if gates else Scales())
         return super().call(model)
