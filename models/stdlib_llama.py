@@ -218,9 +218,12 @@ def build(exporter: str = "dynamo", opset: int = 18, seed: int = 0, graph: str =
 
 def perplexity(runner: Callable[[Mapping[str, np.ndarray]], object], count: int | None = 64, seq_len: int = 256,
                batch: int = 8) -> float:
-    """Held-out perplexity per token of ``runner`` ({"input_ids": (b, s)} -> logits (b, s, 257), e.g.
-    an ONNX Runtime session's run wrapped, or the torch module) on ``count`` held-out windows of
-    ``seq_len`` tokens (``windows``; None: the whole split); each window predicts its tokens 2..seq_len."""
+    """Held-out perplexity per token of ``runner`` on ``count`` held-out windows of
+    ``seq_len`` tokens (``windows``; None: the whole split); each window predicts its tokens 2..seq_len.
+
+    ``runner``: an ``onnxruntime.InferenceSession`` of the prefill graph, or a callable
+    ({"input_ids": (b, s)} -> logits (b, s, 257), or a list/tuple whose first item is them; numpy or
+    torch), e.g. the torch ``module()`` wrapped or ``lambda x: testing.run_ort(proto, x)``."""
     tokens = windows("held-out", count, seq_len)
     nats = [_window_nats(_logits(runner, tokens[i : i + batch]), tokens[i : i + batch])
             for i in range(0, len(tokens), batch)]
@@ -228,6 +231,8 @@ def perplexity(runner: Callable[[Mapping[str, np.ndarray]], object], count: int 
 
 
 def _logits(runner, tokens: np.ndarray) -> np.ndarray:
+    if hasattr(runner, "get_inputs") and hasattr(runner, "run"):  # an onnxruntime.InferenceSession
+        return np.asarray(runner.run(None, {"input_ids": tokens})[0])
     out = runner({"input_ids": tokens})
     if isinstance(out, (list, tuple)):
         out = out[0]
