@@ -115,3 +115,9 @@ def test_training_is_deterministic(check):
     assert a.keys() == shipped.keys()
     for k in a:
         assert a[k].shape == shipped[k].shape and a[k].equal(b[k]), k
+
+
+def test_another_standard_library_is_named_in_a_warning(check, monkeypatch):
+    monkeypatch.setattr(stdlib_corpus, "digest", lambda: "0" * 64)
+    with pytest.warns(UserWarning, match=f"Python {stdlib_llama.metadata()['python']}.*held-out perplexity"):
+        stdlib_llama.lm()
