@@ -36,7 +36,7 @@ __all__ = ["BACKENDS", "DOMAIN", "OPSET_VERSION", "OpDef", "attach_functions", "
 DOMAIN = "pkg.graphopt"
 OPSET_VERSION = 1
 # backend -> the package whose modules register its implementations (imported on first lookup)
-BACKENDS = {"tvm": "graphopt.backends.tvm.kernels"}
+BACKENDS = {"tvm": "graphopt.backends.tvm.kernels", "torch": "graphopt.fx.graphopt_ops"}
 
 
 @dataclasses.dataclass(frozen=True)

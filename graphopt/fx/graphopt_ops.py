@@ -1,0 +1,134 @@
+"""Torch implementations of the graphopt ops (``pkg.graphopt``), registered as backend ``torch``:
+``ops.implementations("torch")`` is the table ``to_torch`` reads, and the completeness test
+(``tests/core/test_ops.py``) checks that every declared op has one here.
+
+Eval mode: each function computes what the op's numpy reference computes; the integer ops step
+for step in int64 (``>>`` on int64 is floor division by a power of two, as in the references),
+so they are bit-exact. The float ops compute in the input's dtype (float16: in float32, then cast
+back) and agree with the float64 reference to float rounding. Train mode is the same computation
+today: straight-through estimators and learnable scales are a later increment (issue 18).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphopt import ops
+
+__all__: list[str] = []
+
+_INT31 = 2**31 - 1
+_NO_MASK = -(2**31)
+
+
+def _floor_div(a, b):
+    return torch.div(a, b, rounding_mode="floor")
+
+
+def _shift_exp(t, x0: int, n: int):
+    """I-ViT ShiftExp of int64 ``t <= 0`` (graphopt.ops.shift_gelu.shift_exp)."""
+    t = t + (t >> 1) - (t >> 4)
+    t = torch.clamp(t, min=n * x0)
+    q = _floor_div(t, x0)
+    r = t - q * x0
+    return ((r >> 1) - x0) << (n - q)
+
+
+@ops.implements("Shiftmax", "torch")
+def shiftmax(x, *, x0, n=15, out_bits=16, mask_below=_NO_MASK):
+    x = x.to(torch.int64)
+    keep = x >= mask_below
+    e = torch.clamp(_shift_exp(x - x.amax(dim=-1, keepdim=True), int(x0), int(n)), min=0)
+    e = torch.where(keep, e, torch.zeros((), dtype=torch.int64))
+    total = torch.clamp(e.sum(dim=-1, keepdim=True), min=1, max=_INT31)
+    f = _floor_div(torch.tensor(_INT31), total)
+    return ((e * f) >> (32 - int(out_bits))).to(torch.int32)
+
+
+@ops.implements("ShiftGelu", "torch")
+def shift_gelu(x, *, x0, n=23, out_bits=8, row_max=1):
+    x = x.to(torch.int64)
+    top = x.amax(dim=-1, keepdim=True) if row_max else x
+    m = torch.clamp(top, min=0)
+    e_d = _shift_exp(x - m, int(x0), int(n))
+    e_m = _shift_exp(-m, int(x0), int(n))
+    total = torch.clamp(e_d + e_m, max=_INT31)
+    f = _floor_div(torch.tensor(_INT31), total)
+    sigma = _floor_div(e_d * f, 2 ** (32 - int(out_bits)))
+    return (x * sigma).to(torch.int32)
+
+
+def _int_sqrt(var):
+    """I-ViT's 10 Newton steps from 2^16 (graphopt.ops.int_layer_norm.int_sqrt)."""
+    k = torch.full_like(var, 1 << 16)
+    for _ in range(10):
+        k = _floor_div(k + _floor_div(var, k), 2)
+    return k
+
+
+@ops.implements("IntLayerNorm", "torch")
+def int_layer_norm(x, mult, bias, *, shift=16, center=1):
+    x = x.to(torch.int64)
+    d = x.shape[-1]
+    y = x - _floor_div(2 * x.sum(dim=-1, keepdim=True) + d, 2 * d) if int(center) else x
+    k = _int_sqrt((y * y).sum(dim=-1, keepdim=True))
+    n = _floor_div(y * _floor_div(torch.tensor((1 << 31) - 1), k), 2)
+    affine = _floor_div(n * mult.to(torch.int64), 1 << int(shift))
+    return (affine + bias.to(torch.int64)).to(torch.int32)
+
+
+@ops.implements("DyadicRequant", "torch")
+def dyadic_requant(x, multiplier, shift, *, out_bits=32):
+    k = shift.to(torch.int64)
+    product = x.to(torch.int64) * multiplier.to(torch.int64)
+    q = (product + ((torch.ones_like(k) << k) >> 1)) >> k
+    limit = 1 << (int(out_bits) - 1)
+    return torch.clamp(q, -limit, limit - 1).to(torch.int32)
+
+
+def _causal_fill(logits):
+    sq, sk = logits.shape[-2:]
+    above = torch.ones(sq, sk, dtype=torch.bool, device=logits.device).triu(1)
+    return logits.masked_fill(above, -torch.inf)
+
+
+@ops.implements("DotProductAttention", "torch")
+def dot_product_attention(q, k, v, mask, *, scale=1.0, softcap=0.0, causal=0, nan_to_zero=0, zero_masked_rows=0):
+    out_dtype = q.dtype
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = (t.float() for t in (q, k, v, mask))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    logits = scores + mask
+    if causal:
+        logits = _causal_fill(logits)
+    probs = torch.softmax(logits, dim=-1)
+    zero = torch.zeros((), dtype=probs.dtype)
+    if nan_to_zero:
+        probs = torch.where(torch.isnan(probs), zero, probs)
+    if zero_masked_rows:
+        dead = torch.broadcast_to(mask, logits.shape).amax(dim=-1, keepdim=True) == -torch.inf
+        probs = torch.where(dead, zero, probs)
+    return torch.matmul(probs, v).to(out_dtype)
+
+
+@ops.implements("SigmoidLinearUnit", "torch")
+def sigmoid_linear_unit(x):
+    return x * torch.sigmoid(x)
+
+
+@ops.implements("ActivationThreshold", "torch")
+def activation_threshold(x, t):
+    return torch.where(torch.abs(x) > t.to(x.dtype), x, torch.zeros((), dtype=x.dtype))
+
+
+@ops.implements("SparseInputMatMul", "torch")
+def sparse_input_matmul(x, w):
+    return torch.matmul(x, w)  # dense: which rows a kernel may skip changes nothing in the result
+
+
+@ops.implements("SparseGatedMatMul", "torch")
+def sparse_gated_matmul(a, x, wt):
+    product = torch.matmul(x, wt.transpose(-1, -2))
+    return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
