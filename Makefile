@@ -42,7 +42,7 @@ fuzz: $(STAMP)
 
 # The README's numbers on this host (`graphopt bench --list`: every benchmark; installed users run the same).
 bench: $(STAMP)
-	$(VENV)/bin/graphopt bench overhead minilm-canonical ivit
+	$(VENV)/bin/graphopt bench overhead minilm-canonical ivit sparsity
 	$(VENV)/bin/graphopt bench tvm --cross
 
 clean:

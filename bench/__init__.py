@@ -46,12 +46,14 @@ BENCHMARKS = {b.name: b for b in (
               ("torch", "tvm"), ("--targets", "tvm-llvm")),
     Benchmark("check-zoo", "check_zoo", "graphopt check on every zoo model: unchanged holds; a removed pass, a tightened tolerance, a "
               "slower target fail naming the field; JUnit; HTML in Chromium (--browser)", ("torch",)),
+    Benchmark("sparsity", "sparsity", "activation thresholding (cats, teal, ...) on the trained stdlib-llama decoder: achieved "
+              "sparsity and held-out perplexity at 30/50/70% vs dense", ("torch",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),
 )}
 
-DEFAULT = ("overhead", "minilm-canonical", "ivit", "tvm")  # the README's tables
+DEFAULT = ("overhead", "minilm-canonical", "ivit", "tvm", "sparsity")  # the README's tables
 
 
 def missing_extras(benchmark: Benchmark) -> dict[str, list[str]]:
