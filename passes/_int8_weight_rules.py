@@ -15,6 +15,7 @@ own class-based rules (``ort_fusions``: ``sdpa``, ``mha``, ``rms_normalization``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +30,7 @@ from graphopt.passes._canonical_utils import (
     is_dequantized_constant,
     unique_initializer_name,
 )
-from graphopt.passes._int8_maths import ACC_LIMIT, BIAS_LIMIT, QMAX, bias_vector, quantize_weight, smoothed_scale
+from graphopt.passes._int8_maths import ACC_LIMIT, BIAS_LIMIT, QMAX, UQMAX, bias_vector, quantize_weight, smoothed_scale
 
 if TYPE_CHECKING:
     from graphopt.passes.int8_linear import Int8LinearOptions
@@ -49,6 +50,7 @@ class Calibrated:
     scales: Scales[float] = dataclasses.field(default_factory=Scales)  # per-tensor activation scales
     unsigned: frozenset[str] = frozenset()  # activations quantized to uint8 (never negative, read by activation MatMuls)
     values: Calibration | None = None  # the captured values, for SmoothQuant's per-weight factors
+    affine: Mapping[str, tuple[float, int]] = dataclasses.field(default_factory=dict)  # Conv inputs: uint8 (scale, zero point)
 
 
 def is_constant(value: ir.Value | None) -> bool:
@@ -86,6 +88,7 @@ class Plan:
     axis: int = -1
     transpose_x: bool = False
     attributes: dict | None = None
+    x_zero: int | None = None  # a Conv input quantized to uint8 with this zero point (lopsided range)
 
 
 class Island:
@@ -209,19 +212,47 @@ class Int8Rule(pattern.RewriteRuleClassBase):
     def _weight_island(self, op, x: ir.Value) -> ir.Value:
         plan = self._plan
         island = Island(op, plan, self.calibrated.unsigned)
-        xq = island.quantize(x, plan.s_x, "s_x")
-        if plan.transpose_x:
-            xq = op.Transpose(xq, perm=[1, 0])
-        wq = island.init("w_int8", plan.wq)
-        if plan.attributes is not None:  # Conv
-            acc = op.ConvInteger(xq, wq, **plan.attributes)
+        if plan.x_zero is not None:
+            acc = self._affine_conv(op, island, x)
         else:
-            acc = op.MatMulInteger(xq, wq)
+            acc = self._symmetric_product(op, island, x)
         if plan.b_q is not None:
             # a Conv's accumulator is [N, M, spatial...]: the bias [M, 1, ...] broadcasts over its spatial axes
             b_q = plan.b_q.reshape((-1,) + (1,) * (plan.wq.ndim - 2)) if plan.attributes is not None else plan.b_q
             acc = op.Add(acc, island.init("bias_int32", b_q))
         return island.dequantize(acc, plan.s_out, plan.axis)
+
+    def _affine_conv(self, op, island: Island, x: ir.Value) -> ir.Value:
+        """ConvInteger(uint8 x with its zero point, the int8 weights shifted to uint8 with zero point 128).
+
+        The weights go in as uint8 + 128 (the same integers after the zero point) because ONNX Runtime's
+        uint8 x int8 kernel on AVX2 without VNNI sums product pairs in saturating int16 (255·127·2 > 32767);
+        uint8 x uint8 is exact there, in TVM and in the reference. Padding reads as the zero point (adds 0)."""
+        plan = self._plan
+        x_zero = island.init("zero_x", np.array(plan.x_zero, np.uint8))
+        xq = op.QuantizeLinear(x, island.init("s_x", np.asarray(plan.s_x, np.float32)), x_zero)
+        w_zero = island.shared("graphopt_int8_linear_zero_uint8_128", np.array(128, np.uint8))
+        wq = island.init("w_uint8", (plan.wq.astype(np.int16) + 128).astype(np.uint8))
+        return op.ConvInteger(xq, wq, x_zero, w_zero, **plan.attributes)
+
+    def _symmetric_product(self, op, island: Island, x: ir.Value) -> ir.Value:
+        plan = self._plan
+        xq = island.quantize(x, plan.s_x, "s_x")
+        if plan.transpose_x:
+            xq = op.Transpose(xq, perm=[1, 0])
+        wq = island.init("w_int8", plan.wq)
+        if plan.attributes is not None:  # Conv
+            return op.ConvInteger(xq, wq, **plan.attributes)
+        return op.MatMulInteger(xq, wq)
+
+    def _input_encoding(self, x: ir.Value, s_x: float, attributes: dict | None) -> tuple[float, int | None, int]:
+        """(scale, uint8 zero point or None, the largest |x_q - zero|·|w_q|) of the input: a Conv input whose
+        calibrated range is lopsided (SiLU, ReLU outputs: ``Calibrated.affine``) is uint8 with a zero point,
+        every other one int8 symmetric."""
+        if attributes is not None and x.name in self.calibrated.affine:
+            scale, zero = self.calibrated.affine[x.name]
+            return scale, zero, UQMAX * QMAX
+        return s_x, None, 128 * QMAX
 
     def _plan_weight(self, context, result, node: ir.Node, x: ir.Value, w_kn: np.ndarray, bias: np.ndarray | None,
                      *, axis: int, k: int, transpose_x: bool = False, attributes: dict | None = None) -> pattern.MatchResult:
@@ -230,6 +261,7 @@ class Int8Rule(pattern.RewriteRuleClassBase):
         s_x = self._activation(result, x, "the input")
         if s_x is None:
             return result
+        s_x, x_zero, per_product = self._input_encoding(x, s_x, attributes)
         q_scale: float | np.ndarray = s_x
         # Conv inputs are not smoothed (any group): t per input channel would fold exactly into W[m, c', ...],
         # but X/t needs a per-channel QuantizeLinear on axis 1, which integer-chain does not lower (last axis only);
@@ -244,14 +276,14 @@ class Int8Rule(pattern.RewriteRuleClassBase):
         per_axis = smooth or (options.per_channel and w_kn.shape[axis] > 1)
         if not self._common(context, result, per_axis=per_axis):
             return result
-        if not self._accumulation(result, k, 128 * QMAX, BIAS_LIMIT if bias is not None else 0):
+        if not self._accumulation(result, k, per_product, BIAS_LIMIT if bias is not None else 0):
             return result
         wq, b_q, s_out = quantize_weight(w_kn, s_x, bias, per_channel=options.per_channel, axis=axis)
         if s_out.ndim == 1 and s_out.size == 1:  # a single output channel: a scalar scale suffices
             s_out = s_out.reshape(())
         base = f"int8_linear_{node.name or x.name}"
         self._plan = Plan(node.graph, base, q_scale, wq=wq, b_q=b_q, s_out=s_out, axis=1 if attributes is not None else -1,
-                           transpose_x=transpose_x, attributes=attributes)
+                           transpose_x=transpose_x, attributes=attributes, x_zero=x_zero)
         return result
 
 

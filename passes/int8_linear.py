@@ -22,11 +22,15 @@ Four rules (run in this order by the one driver; X may be N-D)::
                       (depthwise included), 1-D, 2-D, 3-D, ...
       ->  the same island with ConvInteger (the Conv's attributes, group included), B_q int32
           [M, 1, ..., 1], DequantizeLinear(acc, s_x·s_w, int32 0, axis=1); W per output channel m
+          An input whose calibrated range is lopsided (SiLU / ReLU outputs, ``asymmetric_conv_inputs``):
+          xq = QuantizeLinear(X, s_x, uint8 z), s_x = (max - min)/255, z = round(-min/s_x);
+          ConvInteger(xq, Wq + 128 as uint8, z, uint8 128) (the same integers after the zero points)
 
 Weights are int8 symmetric per output channel (``per_channel``); activations int8 symmetric per
 tensor from one calibration run of the float model (``CalibrationOptions``: max|x|, or a
-percentile of |x|); the bias is int32 at the accumulator's scale. ``smoothing=α`` is SmoothQuant
-for the MatMul/Gemm weight rules (the ``ivit`` preset uses 0.8); Conv inputs stay per tensor. In ``ivit`` the ``integer-chain`` pass then
+percentile of |x|), a Conv input with a lopsided range uint8 with a zero point where that step is
+at most 0.8 of int8's (``_int8_maths.affine_uint8``); the bias is int32 at the accumulator's scale.
+``smoothing=α`` is SmoothQuant for the MatMul/Gemm weight rules (the ``ivit`` preset uses 0.8); Conv inputs stay per tensor. In ``ivit`` the ``integer-chain`` pass then
 turns the DequantizeLinear -> float glue -> QuantizeLinear paths into integer requantization.
 The scale layout, the SmoothQuant measurements, the int32 ranges and the ONNX Runtime kernel
 notes are in ``docs/int8-linear.md``. The code: ``_int8_maths.py`` (scales, rounding, smoothing),
@@ -39,7 +43,7 @@ per-column vector; an activation without a
 calibration scale (not captured, or a zero or non-finite range); a per-channel scale on an
 opset < 13 model; an operand of an activation MatMul that is a constant; a matched node inside
 a function (initializers; inline first); a static K too large for int32 accumulation (a Conv's
-K is C/group·k1···kn, what one output reads); with
+K is C/group·k1···kn, what one output reads; a uint8 Conv input counts 255·127 per product); with
 smoothing, an input whose calibration values lack K channels on the last axis. Canonicalized
 attention (``pkg.graphopt`` DotProductAttention) holds its Q·Kᵀ and P·V inside the op, so
 ``int8-matmul-activations`` only sees attention MatMuls of un-canonicalized graphs.
@@ -59,7 +63,7 @@ import onnx_ir as ir
 from graphopt.calibrate import CalibrationOptions, Scales, bits_option
 from graphopt.pass_base import RulePass
 from graphopt.passes._int8_activation_rules import MatMulActivations
-from graphopt.passes._int8_maths import QMAX, UQMAX, quantize_weight, smoothing_factors
+from graphopt.passes._int8_maths import QMAX, UQMAX, affine_uint8, quantize_weight, smoothing_factors
 from graphopt.passes._int8_weight_rules import Calibrated, Conv, Gemm, MatMulWeight, is_constant
 from graphopt.registry import register_pass
 
@@ -74,6 +78,7 @@ class Int8LinearOptions(CalibrationOptions):
     activation_matmuls: bool = True  # also MatMul(activation, activation): attention's Q·Kᵀ and P·V
     smoothing: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0)})  # SmoothQuant α for weight MatMul/Gemm inputs; 0 = off (I-ViT)
     unsigned_activations: bool = True  # uint8 (0..255) for never-negative operands of activation MatMuls (softmax P)
+    asymmetric_conv_inputs: bool = True  # uint8 with a zero point for a Conv input with a lopsided range (SiLU/ReLU outputs)
 
 
 @register_pass("int8-linear", options=Int8LinearOptions, category="rewrite")
@@ -133,6 +138,16 @@ class Int8LinearPass(RulePass):
             names.update(v.name for v in candidates if v.name and v.dtype == ir.DataType.FLOAT and not is_constant(v))
         return sorted(names)
 
+    def _affine_conv_inputs(self, model: ir.Model, calibration, scales: Scales[float]) -> dict[str, tuple[float, int]]:
+        """uint8 (scale, zero point) of each Conv input whose calibrated range is lopsided enough to gain
+        (``affine_uint8``); the others stay int8 symmetric."""
+        if not self.options.asymmetric_conv_inputs:
+            return {}
+        names = {node.inputs[0].name for node in model.graph if node.op_type == "Conv" and node.domain in ("", "ai.onnx")
+                 and node.inputs and node.inputs[0] is not None and scales.get(node.inputs[0].name) is not None}
+        found = {name: affine_uint8(calibration.values(name), self.options, scales.get(name)) for name in sorted(names)}
+        return {name: plan for name, plan in found.items() if plan is not None}
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Calibrate every activation the rules may quantize (one run), then build and run the rules."""
         names = self._activations(model)
@@ -145,7 +160,8 @@ class Int8LinearPass(RulePass):
             scales: Scales[float] = calibration.symmetric_scales(
                 names, self.options, qmax=lambda name: UQMAX if name in candidates else QMAX)
             self._calibrated = Calibrated(scales, frozenset(candidates & set(scales.found)),
-                                          calibration if self.options.smoothing > 0.0 else None)
+                                          calibration if self.options.smoothing > 0.0 else None,
+                                          self._affine_conv_inputs(model, calibration, scales))
         try:
             return super().call(model)
         finally:

@@ -19,7 +19,8 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 
-from graphopt.backends.tvm.convert import CONVERTERS, has_avx2
+from graphopt.backends.tvm import targets
+from graphopt.backends.tvm.convert import CONVERTERS, has_avx2, vnni_isa
 from graphopt.backends.tvm.cpu.x86 import avx2_weight_layout as prepack
 from graphopt.backends.tvm.cpu.x86.avx2_matmul import matmul_func
 
@@ -249,3 +250,33 @@ def test_conv1d_takes_the_packed_2d_kernel():
     np.testing.assert_array_equal(got, _ort_conv_integer(x, w, np.array(0, np.int8), np.array(0, np.int8),
                                                          {"strides": [2], "pads": [1, 1]}))
     assert any("conv_i16_avx2" in name for name in _kernel_names(mod)), _kernel_names(mod)
+
+
+VNNI = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+HOST_HAS_VNNI = vnni_isa(tvm.target.Target(targets.host_target_config())) == "avx512-vnni"
+
+
+@pytest.mark.parametrize("target", [*TARGETS, pytest.param(VNNI, id="vnni", marks=pytest.mark.skipif(
+    not HOST_HAS_VNNI, reason="host CPU lacks AVX-512 VNNI"))])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((1, 8, 9, 9), (16, 8, 1, 1), {}),  # MobileViT's pointwise convs
+        ((2, 8, 9, 8), (6, 8, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((1, 8, 7, 7), (8, 1, 3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),  # depthwise
+    ],
+    ids=["pointwise", "3x3-pad-stride", "depthwise"],
+)
+def test_int8_linear_lopsided_conv_form_matches_onnxruntime(target, x_shape, w_shape, attrs):
+    """int8-linear's Conv island for a lopsided input (SiLU outputs): uint8 x with a zero point, the int8 weights
+    as uint8 + 128 with zero point 128; bit for bit with ONNX Runtime, padding (reads as x's zero point) and
+    the extremes (x 0 and 255 against weights -127 and 127) included."""
+    rng = np.random.default_rng(8)
+    x = _ints(rng, x_shape, np.uint8)
+    w = (_ints(rng, w_shape, np.int8, low=-127).astype(np.int16) + 128).astype(np.uint8)
+    x.reshape(-1)[:5], x.reshape(-1)[5:9] = 255, 0
+    w.reshape(-1)[:3], w.reshape(-1)[3:5] = 1, 255  # -127 and 127 after the zero point
+    x_zero, w_zero = np.array(23, np.uint8), np.array(128, np.uint8)
+    expected = _ort_conv_integer(x, w, x_zero, w_zero, attrs)
+    got, _ = _run("ConvInteger", [(x, False), (w, True), (x_zero, True), (w_zero, True)], attrs, target)
+    np.testing.assert_array_equal(got, expected)

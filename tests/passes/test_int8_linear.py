@@ -13,6 +13,7 @@ import onnx_ir as ir
 import pytest
 
 from graphopt import testing
+from graphopt.passes._int8_maths import affine_uint8
 from graphopt.passes.int8_linear import Int8LinearOptions, Int8LinearPass, quantize_weight, smoothing_factors
 from graphopt.pipeline import run_pipeline
 
@@ -415,6 +416,87 @@ def test_conv_inputs_are_not_smoothed_for_any_group():
     assert record.rewrites == {"int8-conv": 1}
     (q,) = nodes(work, "QuantizeLinear")
     assert const(q.inputs[1]).ndim == 0
+
+
+def silu_samples(shape: tuple[int, ...], count: int = 4) -> list[dict[str, np.ndarray]]:
+    """Seeded SiLU outputs (min -0.28, max ~3): the lopsided range of a conv net's activations."""
+    return [{"x": (x / (1 + np.exp(-x))).astype(np.float32)} for x in (2 * d["x"] for d in samples({"x": shape}, count))]
+
+
+def test_affine_uint8_only_where_the_range_is_lopsided():
+    relu = np.maximum(np.linspace(-2.0, 3.0, 101), 0.0)
+    assert affine_uint8(relu, Int8LinearOptions(), 3.0 / 127) == (float(np.float32(3.0 / 255)), 0)
+    silu = np.linspace(-0.25, 2.0, 50)
+    scale, zero = affine_uint8(silu, Int8LinearOptions(), 2.0 / 127)
+    assert scale == float(np.float32(2.25 / 255)) and zero == round(0.25 / scale)
+    symmetric = np.linspace(-2.0, 1.9, 50)  # uint8's step would be 0.97x int8's: no gain
+    assert affine_uint8(symmetric, Int8LinearOptions(), 2.0 / 127) is None
+
+
+@pytest.mark.parametrize("case", ["depthwise", "1d"])
+def test_lopsided_conv_input_is_uint8_with_a_zero_point(case):
+    """A Conv input whose calibration values are lopsided (SiLU outputs) is uint8 with a zero point; the weights
+    go in as uint8 + 128 with zero point 128 (same integers); padding reads as the zero point; bit-exact."""
+    x_shape, w_shape, attrs, with_bias = GROUPED_CONVS[case]
+    rng = np.random.default_rng(testing.SEED)
+    weight = rng.standard_normal(w_shape).astype(np.float32)
+    inits = {"w": weight, **({"b": rng.standard_normal(w_shape[0]).astype(np.float32)} if with_bias else {})}
+    rank = len(x_shape) - 2
+    strides, pads = attrs.get("strides", [1] * rank), attrs.get("pads", [0] * 2 * rank)
+    y_shape = [x_shape[0], w_shape[0]] + [(x_shape[2 + a] + pads[a] + pads[a + rank] - w_shape[2 + a]) // strides[a] + 1
+                                          for a in range(rank)]
+    spelled = ", ".join(f"{k} = {v}" for k, v in attrs.items())
+    text = model(f"y = Conv<{spelled}>(x, w{', b' if with_bias else ''})", f"float{list(x_shape)} x", f"float{y_shape} y", inits)
+    calib = silu_samples(x_shape)
+    original, work, record = rewrite(text, calib)
+    assert record.rewrites == {"int8-conv": 1}, record.declines
+    assert testing.op_types(work) == ["QuantizeLinear", "ConvInteger", *(["Add"] if with_bias else []), "DequantizeLinear"]
+    testing.assert_valid(work)
+    q, conv, *rest = list(work.graph)
+    values = np.concatenate([d["x"].ravel() for d in calib]).astype(np.float64)
+    scale, zero = float(np.float32((values.max() - values.min()) / 255)), round(-values.min() / ((values.max() - values.min()) / 255))
+    assert float(const(q.inputs[1])) == scale and const(q.inputs[2]).dtype == np.uint8 and int(const(q.inputs[2])) == zero
+    assert conv.inputs[2] is q.inputs[2] and int(const(conv.inputs[3])) == 128
+    wq = const(conv.inputs[1]).astype(np.int16) - 128
+    assert const(conv.inputs[1]).dtype == np.uint8 and np.abs(wq).max() == 127
+    feeds = silu_samples(x_shape, count=1)[0]
+    assert_close_to_float(original, work, feeds)
+    y, xq, acc = run_with(work, feeds, q.outputs[0], (rest[0] if with_bias else conv).outputs[0])
+    # zero padding of (xq - zero) is padding xq with its zero point
+    expected = grouped_conv_reference(xq.astype(np.int64) - zero, wq, attrs.get("group", 1), strides, pads)
+    if with_bias:
+        expected = expected + const(rest[0].inputs[1])
+    np.testing.assert_array_equal(acc, expected)
+    assert island_count(work) == 1
+
+
+def test_symmetric_conv_inputs_and_the_option_off_stay_int8():
+    """Does not fire: a Conv input with a range about symmetric around 0 (N(0, 1)), and any input with
+    asymmetric_conv_inputs=false, is int8 with zero point 0 and int8 weights (the ConvInteger has no zero points)."""
+    x_shape, w_shape, attrs, _ = GROUPED_CONVS["depthwise"]
+    text = model("y = Conv<group = 6, pads = [1, 1, 1, 1]>(x, w)", f"float{list(x_shape)} x", "float[2, 6, 7, 7] y",
+                 {"w": RNG.standard_normal(w_shape).astype(np.float32)})
+    for calib, pipeline in ((samples({"x": x_shape}), "int8-linear"),
+                            (silu_samples(x_shape), "int8-linear(asymmetric_conv_inputs=false)")):
+        original, work, record = rewrite(text, calib, pipeline)
+        assert record.rewrites == {"int8-conv": 1}
+        (q,), (conv,) = nodes(work, "QuantizeLinear"), nodes(work, "ConvInteger")
+        assert const(q.inputs[2]).dtype == np.int8 and int(const(q.inputs[2])) == 0
+        assert len(conv.inputs) == 2 and const(conv.inputs[1]).dtype == np.int8
+        testing.assert_valid(work)
+        assert_close_to_float(original, work, calib[0])
+
+
+def test_a_uint8_conv_input_counts_255_per_product_against_the_accumulator():
+    """uint8 input minus its zero point spans 255: K = 40,000 taps with a bias could overflow int32 (40,000·255·127
+    + 2^30 > 2^31 - 1) and is declined, while the int8 input (128·127 per product) of the same Conv is rewritten."""
+    k = 40_000
+    inits = {"w": RNG.standard_normal((1, k, 1)).astype(np.float32), "b": np.ones(1, np.float32)}
+    text = model("y = Conv(x, w, b)", f"float[1, {k}, 1] x", "float[1, 1, 1] y", inits)
+    _, _, declined = rewrite(text, silu_samples((1, k, 1), count=1))
+    assert declined.rewrites == {} and any("reduction length K=40000" in d for d in declined.declines), declined.declines
+    _, _, taken = rewrite(text, silu_samples((1, k, 1), count=1), "int8-linear(asymmetric_conv_inputs=false)")
+    assert taken.rewrites == {"int8-conv": 1}
 
 
 # ---- all four in one graph: only integers between QuantizeLinear and DequantizeLinear --------
