@@ -101,7 +101,8 @@ def _all_zero(thresholds: Scales[Threshold]) -> bool:
 
 def calibrated_thresholds(the_pass, model: ir.Model, values: dict[str, ir.DataType],
                           rules_for: Callable[[Scales[Threshold]], list], key_of: Callable[[ir.Node], str],
-                          plan: Plan | None = None, extra: Iterable[str] = ()) -> Scales[Threshold]:
+                          plan: Plan | None = None, extra: Iterable[str] = (),
+                          sources: Mapping[str, str] | None = None) -> Scales[Threshold]:
     """Thresholds for ``values`` (name -> float type), calibrated twice.
 
     Calibrated on the dense model alone, a threshold misses its target on the sparsified one: the
@@ -111,11 +112,13 @@ def calibrated_thresholds(the_pass, model: ir.Model, values: dict[str, ir.DataTy
     which of ``values`` a threshold node of the copy stands for. One refinement: the upstream
     thresholds it sees are the first run's, which are already close. ``plan`` turns statistics
     into thresholds (default: ``quantile_plan`` at the pass's ``sparsity``); ``extra``: other
-    values it reads (captured in both runs; they must keep their names in the copy).
+    values it reads (captured in both runs; they must keep their names in the copy). ``sources``:
+    the value each key of ``values`` thresholds, when a key is not itself a value's name (``teal``
+    keys by site, one per projection).
     """
-    names, extra = sorted(values), sorted(extra)
+    sources, extra = {key: (sources or {}).get(key, key) for key in values}, list(extra)
     plan = plan or quantile_plan(values, the_pass.options.sparsity)
-    first = plan(the_pass.calibrate(model, sorted({*names, *extra})), {name: name for name in names})
+    first = plan(the_pass.calibrate(model, sorted({*sources.values(), *extra})), sources)
     if not first.found or _all_zero(first):
         return first
     probe = model.clone()

@@ -17,7 +17,7 @@ tokens); τ is the ``sparsity``-quantile of the importance over all entries of t
 MLP has no a_u (E[a_u²] = 1): every channel gets √τ, the ``sparsity``-quantile of |a| (CATS's t).
 
 Attention ("selective" sparsification): only q_proj's input is thresholded (k_proj and v_proj read
-the same x densely) and o_proj's input; each t the ``sparsity``-quantile of |x|. q_proj is the
+the same x densely) and o_proj's input; each t the ``sparsity``-quantile of |x| (keyed by site, teal's). q_proj is the
 linear layer that reaches the attention node's Q (through reshapes, RoPE, scaling) and neither K
 nor V; o_proj the one reading the attention output through layout ops (Transpose/Reshape).
 Calibrated twice, like ``cats``/``teal`` (``_threshold_rules.calibrated_thresholds``).
@@ -53,7 +53,7 @@ from graphopt.passes._threshold_rules import (
     quantile_plan,
 )
 from graphopt.passes.cats import cats_rules, is_activation
-from graphopt.passes.teal import _OWN_THRESHOLD, TealOptions, _LinearInputRule
+from graphopt.passes.teal import _OWN_THRESHOLD, TealOptions, _LinearInputRule, site
 from graphopt.registry import register_pass
 
 __all__ = ["ChessPass", "attention_projections", "channel_thresholds"]
@@ -205,19 +205,16 @@ class ChessPass(RulePass):
         self._selected, self._reasons = attention_projections(graph)
         gates = {n.outputs[0].name: n.outputs[0] for n in graph if is_activation(n) and float_value(n.outputs[0])}
         ups = {name: _up_factor(value) for name, value in gates.items()}
-        inputs = {n.inputs[0].name: n.inputs[0].dtype for n in graph
+        inputs = {site(n.inputs[0], n.outputs[0]): n.inputs[0] for n in graph
                   if n.outputs and n.outputs[0].name in self._selected and float_value(n.inputs[0])}
-        values = {**{name: value.dtype for name, value in gates.items()}, **inputs}
+        values = {**{name: value.dtype for name, value in gates.items()}, **{key: x.dtype for key, x in inputs.items()}}
         plan = _chess_plan(values, self.options.sparsity, ups)
-        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=_key, plan=plan,
-                                                  extra=[u for u in ups.values() if u is not None])
+        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=lambda n: n.metadata_props[SITE_KEY],
+                                                  plan=plan, extra=[u for u in ups.values() if u is not None],
+                                                  sources={key: x.name for key, x in inputs.items()})
                             if values else Scales())
         result = super().call(model)
         # every other linear layer, and the threshold nodes this run made (they match again)
         self.declines = [d for d in self.declines if d.reason not in (_NOT_SELECTED, _OWN_THRESHOLD)]
         return result
 
-
-def _key(node: ir.Node) -> str:
-    """The value a threshold node of the calibration copy stands for: the gate's name, or the linear input's."""
-    return node.metadata_props[SITE_KEY].split(" -> ")[0]

@@ -9,7 +9,13 @@ TEAL, where each projection has its own threshold). ``t`` is the ``sparsity``-qu
 the calibration samples (``_threshold_rules``; TEAL's ``F⁻¹(0.5 + s/2)`` of the signed value is the
 same under its symmetry assumption, this needs none). The node carries its target. Run
 ``canonicalize`` first so attention's activation×activation products are not MatMuls with a
-constant operand anyway. ``greedy=true`` (TEAL's per-layer allocation) is not implemented.
+constant operand anyway. Thresholds are keyed by site (``"x -> linear node"``), one per projection.
+
+``greedy=true``: TEAL's block-wise greedy allocation (``_teal_greedy``): per block (the linear
+layers after one normalization), starting from 0, step by step the projection whose next step costs
+the least output error on the calibration samples gets it, until the block's parameter-weighted
+sparsity is ``sparsity``; each projection's node then carries its own target, and the model-wide
+(parameter-weighted) target is ``sparsity``.
 
 Declined, with the reason: the weight is not a constant 2-D matrix (attention's Q·Kᵀ and P·V, a
 weight fed at run time); x is not float; x has no usable statistics; x is already thresholded
@@ -25,11 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from graphopt import rewrite
 from graphopt.calibrate import Scales
+from graphopt.ops.threshold import SITE_KEY
 from graphopt.pass_base import RulePass
+from graphopt.passes._teal_greedy import greedy_sparsities
 from graphopt.passes._threshold_rules import (
     LINEAR_OPS,
     Threshold,
@@ -37,13 +47,15 @@ from graphopt.passes._threshold_rules import (
     calibrated_thresholds,
     float_value,
     insert_threshold,
+    is_threshold,
     is_thresholded,
     linear_weight_shape,
+    quantile_plan,
     same_node,
 )
 from graphopt.registry import register_pass
 
-__all__ = ["TealOptions", "TealPass"]
+__all__ = ["TealOptions", "TealPass", "site"]
 
 _OWN_THRESHOLD = "its input is already thresholded by this pass"
 
@@ -51,6 +63,7 @@ _OWN_THRESHOLD = "its input is already thresholded by this pass"
 @dataclasses.dataclass(frozen=True)
 class TealOptions(ThresholdOptions):
     head: bool = False  # also threshold the model's head (a linear layer whose output is a graph output)
+    greedy: bool = False  # per-projection sparsities by TEAL's block-wise greedy search (``_teal_greedy``)
 
 
 def _is_head(out: ir.Value) -> bool:
@@ -63,6 +76,11 @@ def _is_head(out: ir.Value) -> bool:
         return False
     other = [v for v in consumers[0].inputs if v is not out]
     return len(other) == 1 and other[0] is not None and ir.convenience.get_const_tensor(other[0]) is not None
+
+
+def site(x: ir.Value, out: ir.Value) -> str:
+    """A projection's site, its thresholds' key: ``"x -> linear node"`` (the node's output name when it has none)."""
+    return f"{x.name} -> {out.producer().name or out.name}"
 
 
 class _LinearInputRule(pattern.RewriteRuleClassBase):
@@ -87,19 +105,18 @@ class _LinearInputRule(pattern.RewriteRuleClassBase):
         if not self.options.head and _is_head(out):
             return result.fail(f"{node.name} is the model's head (it makes a graph output): TEAL keeps it dense; "
                                "head=true thresholds it", out)
-        if self.thresholds.get(x.name) is None:
-            return result.fail(self.thresholds.reason(x.name), x)
+        if self.thresholds.get(site(x, out)) is None:
+            return result.fail(self.thresholds.reason(site(x, out)), x)
         return result
 
     def rewrite(self, op, x, out, **_):
-        node = out.producer()
-        sparse = insert_threshold(op, x, self.thresholds.get(x.name), like=x, site=f"{x.name} -> {node.name or out.name}")
-        return same_node(op, node, sparse)
+        sparse = insert_threshold(op, x, self.thresholds.get(site(x, out)), like=x, site=site(x, out))
+        return same_node(op, out.producer(), sparse)
 
 
 @register_pass("teal", options=TealOptions, category="rewrite")
 class TealPass(RulePass):
-    """TEAL: threshold the input of every linear layer at its calibrated sparsity-quantile of |x|."""
+    """TEAL: threshold the input of every linear layer at its calibrated sparsity-quantile of |x| (greedy: per-projection sparsities)."""
 
     needs_calibration = True
 
@@ -114,12 +131,31 @@ class TealPass(RulePass):
         return [tuple(_LinearInputRule.rule(f"teal-{linear.lower()}", thresholds, self.options, linear) for linear in LINEAR_OPS)]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        """Calibrate every float linear-layer input into its threshold (``calibrated_thresholds``), run the rules, and
-        leave out of the declines the layers this run thresholded (their new node matches again)."""
-        inputs = {node.inputs[0].name: node.inputs[0].dtype for node in model.graph
-                  if linear_weight_shape(node) and float_value(node.inputs[0])}
-        self._thresholds = (calibrated_thresholds(self, model, inputs, self._rules, key_of=lambda n: n.inputs[0].name)
-                            if inputs else Scales())
+        """Calibrate every float linear-layer input into its threshold (``calibrated_thresholds``; with ``greedy``
+        each at the sparsity ``_greedy`` allocates), run the rules, and leave out of the declines the layers
+        this run thresholded (their new node matches again)."""
+        nodes = {site(node.inputs[0], node.outputs[0]): node for node in model.graph
+                 if linear_weight_shape(node) and float_value(node.inputs[0])}
+        values = {key: node.inputs[0].dtype for key, node in nodes.items()}
+        sparsity = self._greedy(model, nodes) if self.options.greedy and nodes else self.options.sparsity
+        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=lambda n: n.metadata_props[SITE_KEY],
+                                                  plan=quantile_plan(values, sparsity),
+                                                  sources={key: node.inputs[0].name for key, node in nodes.items()})
+                            if nodes else Scales())
         result = super().call(model)
         self.declines = [d for d in self.declines if d.reason != _OWN_THRESHOLD]
         return result
+
+    def _greedy(self, model: ir.Model, nodes: dict[str, ir.Node]) -> dict[str, float]:
+        """TEAL's block-wise greedy allocation (``_teal_greedy``) over the sites the rules threshold;
+        the others (declined) keep the target."""
+        probe = model.clone()
+        zero = Scales({key: Threshold(0.0, 0.0) for key in nodes})
+        rewrite.apply_rules(probe, self._rules(zero), explain=False, skip=rewrite.skipped_sites(self.pass_name))
+        thresholded = {n.metadata_props[SITE_KEY] for n in probe.graph if is_threshold(n)}
+        calibration = self.calibrate(model, sorted({nodes[key].inputs[0].name for key in thresholded}))
+        absolute = {key: np.abs(calibration.values(nodes[key].inputs[0].name)) for key in thresholded}
+        sites = {key: nodes[key].inputs[0] for key in nodes if key in thresholded and absolute[key].size}
+        weights = {key: int(np.prod(linear_weight_shape(nodes[key]))) for key in sites}
+        found = greedy_sparsities(model.graph, probe, self.samples, sites, absolute, weights, self.options.sparsity)
+        return {key: found.get(key, self.options.sparsity) for key in nodes}
