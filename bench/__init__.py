@@ -48,6 +48,8 @@ BENCHMARKS = {b.name: b for b in (
               "slower target fail naming the field; JUnit; HTML in Chromium (--browser)", ("torch",)),
     Benchmark("sparsity", "sparsity", "activation thresholding (cats, teal, ...) on the trained stdlib-llama decoder: achieved "
               "sparsity and held-out perplexity at 30/50/70% vs dense", ("torch",)),
+    Benchmark("sparsity-kernel", "sparsity_kernel", "decode step of a LLaMA-7B-shaped MLP on tvm-llvm: dense vs CATS vs TEAL "
+              "with the sparse kernels, speedup vs sparsity 0-90% and the crossover", ("tvm",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),

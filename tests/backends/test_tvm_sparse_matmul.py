@@ -134,3 +134,31 @@ def test_converter_pads_an_odd_width_and_matches_onnx_runtime(shape):
     assert rewrites == [{"sparse-gated-up": 1, "sparse-input-matmul": 2}]
     expected = testing.run_ort(model, feeds)[0]
     np.testing.assert_allclose(artifact.run(feeds)["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_kernels_compile_with_nvcc(tmp_path):
+    """No GPU here: the generated CUDA of both kernels compiles (tests/backends/test_tvm_cuda.py runs GPUs)."""
+    from graphopt.backends.tvm.cuda.nvcc import compile_source, nvcc_path  # noqa: PLC0415
+
+    if nvcc_path() is None:
+        pytest.skip("nvcc is not installed")
+    model = _mlp("1", k=21, n=37)
+    artifact = tvm_backend.compile(model, target="tvm-cuda", example_inputs={"x": np.zeros((1, 21), np.float32)})
+    artifact.save(str(tmp_path))
+    source = (tmp_path / "kernels.cu").read_text()
+    assert "graphopt_sparse_gated_matmul_kernel(" in source and "graphopt_sparse_input_matmul_kernel(" in source
+    assert len(compile_source(source, arch="sm_80")) > 0
+
+
+def test_aarch64_build_matches_onnx_runtime_under_qemu():
+    from graphopt.backends.tvm import edge  # noqa: PLC0415
+
+    missing = edge.toolchain_problems()
+    if missing:
+        pytest.skip(f"aarch64 toolchain missing ({'; '.join(missing)}): run backends/tvm/edge/install_toolchain.sh")
+    model = _mlp("1", k=21, n=37)
+    ops.attach_functions(model)
+    feeds = {"x": np.random.default_rng(testing.SEED).standard_normal((1, 21)).astype(np.float32)}
+    artifact = tvm_backend.compile(model, target="tvm-aarch64", example_inputs=feeds)
+    assert [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear"]
+    np.testing.assert_allclose(artifact.run(feeds)["y"], testing.run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)

@@ -2,23 +2,24 @@
 
 ``SparseInputMatMul`` (Y = X @ W, W [K, N] constant), X flattened to M rows:
 
-1. count and compact: ``idx[0:cnt]`` = the channels k where some row of X is nonzero (one branch-free
-   pass over K: ``idx[cnt] = k; cnt += any(x[:, k] != 0)``);
-2. if ``cnt`` is above the crossover (sparsity below ``dense_below``), the dense loop over every row
-   of W, else only the rows ``idx[0:cnt]``: Y is cut into blocks of ``vectors`` SIMD vectors of N,
-   blocks in parallel (the runtime's threads); each block keeps ``M × vectors`` accumulators in
-   registers and adds ``x[m, k] · W[k, block]`` for each selected row: FMAs over one contiguous
-   stretch of each selected row of W.
+1. count: ``cnt`` = the channels k where some row of X is nonzero;
+2. if ``cnt`` is above the crossover (sparsity below ``dense_below``) every channel is kept, else
+   the nonzero ones are compacted (branch-free: ``idx[cnt] = k; cnt += nonzero[k]``), with their x
+   values gathered into ``xs``;
+3. Y is cut into ``parts`` contiguous stretches of N, one per thread; each thread walks the selected
+   rows of W in groups of ``GROUP`` (8) and, chunk by chunk of ``VECTORS`` SIMD vectors, adds
+   ``Σ_g xs[m, j+g] · W[idx[j+g], chunk]`` to its stretch of Y (which stays in L1/L2). Every row
+   of W is read as one long contiguous run per thread, which is what decode needs: it is bound by
+   the bytes of W loaded (a block-by-block walk of short row pieces measured 2-3x slower).
 
-W is padded with zero columns to whole blocks at compile time (it is a constant); the result is
-sliced back. ``SparseGatedMatMul`` (Y = A · (X @ Wtᵀ) where A != 0, Wt [N, K] constant) compacts the
-columns n whose gate A[:, n] is nonzero and computes only those outputs, in parallel over the
-compacted list: each a dot product of X's rows with the contiguous row n of Wt, reduced in vector
-lanes (K's remainder scalar); Y is zero elsewhere.
+W is padded with zero columns to whole chunks of every part at compile time (it is a constant); the
+result is sliced back. ``SparseGatedMatMul`` (Y = A · (X @ Wtᵀ) where A != 0, Wt [N, K] constant)
+compacts the columns n whose gate A[:, n] is nonzero and computes only those outputs, in parallel
+over the compacted list: each a dot product of X's rows with the contiguous row n of Wt, reduced in
+vector lanes (K's remainder scalar); Y is zero elsewhere.
 
 The SIMD width comes from the target (``cpu.common.vector_lanes``: AVX-512 16 fp32 lanes, AVX2 8,
-NEON and other LLVM targets 4), the register budget from its ISA (32 vector registers with AVX-512
-and on aarch64, 16 otherwise). CUDA targets get one thread per output column (``_cuda_input_func``,
+NEON and other LLVM targets 4) and the parts from its cores (``cpu.common.num_cores``, at most 8). CUDA targets get one thread per output column (``_cuda_input_func``,
 ``_cuda_gated_func``): a warp reads a row of W coalesced, and the skip test on x[k] is uniform across
 the warp, so skipped rows cost no memory traffic and no divergence.
 
@@ -40,7 +41,7 @@ from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP
 
 __all__ = ["DENSE_BELOW", "MAX_ROWS", "gated_func", "input_func"]
 
-DENSE_BELOW = 0.05  # sparsity under which the dense loop wins (bench.sparsity_kernel: docs/sparse-kernels.md)
+DENSE_BELOW = 0.02  # below it the dense loop: within noise of the sparse one at 0-2%, slower above (docs/sparse-kernels.md)
 GROUP = 8  # selected rows accumulated per pass over a part of Y (8 read streams; 4 and 16 measured slower)
 VECTORS = 4  # SIMD vectors per step of a part (the accumulators of one pass)
 MAX_ROWS = 8  # rows of X (batch × sequence) the kernels are for: decode and small batches
