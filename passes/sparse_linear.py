@@ -12,7 +12,9 @@ so a down projection reading it skips the same rows.
 Declined, with the reason: the weight is not a constant float32 2-D matrix; the activation is not
 float32; its shape is not static; it has more than ``max_rows`` rows (batch × sequence: prefill is
 compute-bound and the dense matmul is faster there); the input is not thresholded (or not a
-product with a thresholded factor); the up projection's MatMul has other readers.
+product with a thresholded factor); the gate broadcasts against the product. An up projection
+whose output has another reader is not matched at all (onnxscript's matcher leaves a subgraph
+whose inner value escapes), so it stays a MatMul and only the down projection is sparse.
 
 Why: where ``x[k]`` is 0 the row ``W[k, :]`` need not be loaded, and decode (one row) is bound by
 loading W. The ops' ONNX bodies are the dense computation; the speed is in the TVM kernels
@@ -101,15 +103,13 @@ class _GatedUp(pattern.RewriteRuleClassBase):
     def pattern(self, op, a, x, w):
         return op.Mul(a, op.MatMul(x, w, _outputs=["product"]), _outputs=["gated"])
 
-    def check(self, context, a, x, w, product, gated, **_) -> pattern.MatchResult:
+    def check(self, context, a, x, w, gated, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
         if not _made_by(a, THRESHOLD_OP):
             return result.fail("the gate is not an ActivationThreshold output")
         reason = _decline(x, w, self.max_rows)
         if reason:
             return result.fail(reason)
-        if len(product.uses()) != 1 or product.is_graph_output():
-            return result.fail(f"the up projection '{product.name}' has other readers")
         if a.shape is None or gated.shape is None or list(a.shape) != list(gated.shape):
             return result.fail(f"the gate's shape {a.shape} is not the product's {gated.shape} (broadcast)")
         return result
