@@ -22,6 +22,7 @@ import numpy as np
 
 METHODS = ("cats", "teal")
 TARGETS = (0.3, 0.5, 0.7)
+UNTARGETED = ("relufy",)  # methods whose sparsity follows from the activation, not from an option
 HELD_OUT_SPARSITY_WINDOWS = 8
 
 
@@ -44,7 +45,8 @@ def row(proto, method: str | None, target: float | None, calib: list, windows: i
     from graphopt.sparsity import measure_sparsity  # noqa: PLC0415
 
     start = time.perf_counter()
-    pipeline = "canonicalize" if method is None else f"canonicalize,{method}(sparsity={target})"
+    step = method if target is None else f"{method}(sparsity={target})"  # relufy has no target: ReLU makes its zeros
+    pipeline = "canonicalize" if method is None else f"canonicalize,{step}"
     result = graphopt.compile(proto, pipeline, calib=calib, validate=False)
     out = {"method": method or "dense", "target": target, "pipeline": pipeline, "perplexity": _perplexity(result.model, windows)}
     if method is not None:
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     rows = [row(proto, None, None, calib, args.windows)]
     print(line(rows[0], rows[0]["perplexity"]), flush=True)
     for method in args.methods:
-        for target in (args.targets if method != "relufy" else [0.0]):
+        for target in (args.targets if method not in UNTARGETED else [None]):
             rows.append(row(proto, method, target, calib, args.windows))
             print(line(rows[-1], rows[0]["perplexity"]), flush=True)
     if args.json:
