@@ -1,4 +1,6 @@
-"""cats and teal on every zoo model they apply to (one test id per model, small dims).
+"""cats and teal on every zoo model they apply to (one test id per model, small dims); relufy, chess
+and teal(greedy=true) on one representative of each family and form (REPRESENTATIVES: they share
+cats' and teal's matching, which the full matrix covers).
 
 Each built model is canonicalized (QDQ forms: their activation fake-quantization dropped first, as
 ``ivit`` does, since a QuantizeLinear/DequantizeLinear pair between GELU and fc2 hides the MLP),
@@ -31,6 +33,14 @@ KNOWN = {"bert-ort-opt": "canonicalize's output already fails to load in ORT at 
                          "('AddInitializedOrtValue: Attempt to replace the existing tensor'), see tests/zoo/test_zoo.py"}
 
 
+# SwiGLU/GeGLU decoders (dynamo, KV-cache decode; phi3's fused qkv_proj and gate_up_proj), GPT-2's
+# Gelu->Reshape->Gemm, BERT (dynamo, legacy opset 14), audio, vision (QDQ, fp16, int8 weights), ConvNeXt's
+# and MobileViT's MLPs, Swin, and a convolution-only backbone that none applies to
+REPRESENTATIVES = ("llama", "llama-decode", "phi3", "gemma-decode", "gpt2", "bert", "bert-legacy14",
+                   "whisper-encoder", "vit-qdq", "vit-fp16", "bert-int8-dql", "convnext", "mobilevit", "swin", "resnet")
+GREEDY = ("llama", "bert", "vit-fp16", "resnet")  # ORT runs per step: a few
+
+
 def _applies(name: str) -> bool:
     return not name.startswith(NOT_APPLICABLE)
 
@@ -61,9 +71,25 @@ def canonical():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
                                   for n in ENTRIES])
 def test_pass_on_zoo_model(canonical, name, method):
+    _check_pass(canonical, name, f"{method}(sparsity=0.5)")
+
+
+@pytest.mark.parametrize("pipeline", ["relufy", "relufy(threshold=0.01)", "chess(sparsity=0.5)"])
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_later_pass_on_zoo_model(canonical, name, pipeline):
+    _check_pass(canonical, name, pipeline)
+
+
+@pytest.mark.parametrize("name", GREEDY)
+def test_teal_greedy_on_zoo_model(canonical, name):
+    _check_pass(canonical, name, "teal(sparsity=0.5, greedy=true)")
+
+
+def _check_pass(canonical, name: str, pipeline: str) -> None:
     model, samples = canonical(name)
     model = model.clone()
-    record = run_pipeline(model, f"{method}(sparsity=0.5)", samples=samples)[-1]
+    record = run_pipeline(model, pipeline, samples=samples)[-1]
+    method = pipeline.split("(")[0]
     if not _applies(name):
         assert not record.modified and not record.declines
         return
