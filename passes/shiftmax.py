@@ -73,7 +73,7 @@ class ShiftmaxOptions(CalibrationOptions):
     input_bits: int = bits_option(8, choices=(8,))  # the island quantizes x to int8
     n: int = dataclasses.field(default=DEFAULT_N, metadata={"range": (0, 30)})  # halvings kept by ShiftExp (I-ViT PyTorch: 15, TVM: 16)
     out_bits: int = dataclasses.field(default=DEFAULT_OUT_BITS, metadata={"range": (2, 31)})  # output scale 2^-(out_bits-1); I-ViT PyTorch 16, TVM 8
-    mask: bool = False  # True: -128 (only reached by saturation, i.e. a mask fill) gets probability 0 (mask_below=-127)
+    mask: bool = False  # True: -128 (only reached by saturation, i.e. a mask fill) gets probability 0 (mask_below=-127); not on one-element rows
     fit_n: bool = False  # True: n lowered per node to the halvings an int8 row can span (keeps the normalizer's bits)
 
 
@@ -138,11 +138,13 @@ class _Island(pattern.RewriteRuleClassBase):
                 f"exp sum may reach 2^31 (|x0|={-x0}, n={n}, row length {length}); lower n", x)
         if isinstance(context.graph_or_function, ir.Function):
             return result.fail("the island needs scale initializers but the Softmax is inside a function; inline first")
-        self._plan = (scale, x0, n, context.graph_or_function)
+        # a one-element row's probability is 1 whatever its score: a saturated score there is no mask fill
+        mask_below = -127 if self.options.mask and length != 1 else NO_MASK
+        self._plan = (scale, x0, n, mask_below, context.graph_or_function)
         return result
 
     def rewrite(self, op, x, **_):
-        scale, x0, n, graph = self._plan
+        scale, x0, n, mask_below, graph = self._plan
         bits = self.options.out_bits
         s_in = _initializer(op, graph, f"{x.name}_shiftmax_scale", np.array(scale, np.float32), x.dtype)
         zp_in = _initializer(op, graph, "graphopt_shiftmax_zero_int8", np.array(0, np.int8), ir.DataType.INT8)
@@ -151,7 +153,6 @@ class _Island(pattern.RewriteRuleClassBase):
         q = op.QuantizeLinear(x, s_in, zp_in)
         q32 = op.Cast(q, to=ir.DataType.INT32)
         # every attribute spelled out: onnx's inliner (the integer-only verifier) ignores function defaults
-        mask_below = -127 if self.options.mask else NO_MASK
         y = op.Shiftmax(q32, x0=x0, n=n, out_bits=bits, mask_below=mask_below, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
         return op.DequantizeLinear(y, s_out, zp_out)
 

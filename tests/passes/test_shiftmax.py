@@ -200,6 +200,19 @@ def test_mask_option_gives_mask_fills_probability_zero_with_small_scores():
     assert np.all(got[upper] == 0) and cosine(got, expected) > cosine(got_plain, expected)
 
 
+def test_mask_leaves_one_element_rows_alone():
+    """MobileViT's last stage attends over one patch: a score below the calibrated minimum saturates
+    to -128 there, which is no mask fill: that row's probability stays 1."""
+    rng = np.random.default_rng(testing.SEED)
+    calib = [{"x": rng.standard_normal((2, 4, 1)).astype(np.float32)} for _ in range(4)]
+    text = model("y = Softmax(x)", x="float[2, 4, 1]")
+    original, work, record = rewrite(text, "shiftmax(mask=true)", calib=calib)
+    assert record.modified and work.graph.node(2).attributes.get_int("mask_below") == -(2**31)
+    below = {"x": np.full((2, 4, 1), -100.0, np.float32)}  # far below anything calibrated
+    np.testing.assert_array_equal(testing.run_ort(original, below)[0], 1.0)
+    np.testing.assert_allclose(testing.run_ort(work, below)[0], 1.0, atol=1e-3)  # the op's output rounding
+
+
 def test_fit_n_lowers_n_to_the_span_of_an_int8_row():
     x = _causal_small_scores()
     text = model("y = Softmax(x)", x="float[4, 16, 16]")
