@@ -21,6 +21,7 @@ from torch import fx
 
 from graphopt.errors import UnsupportedError
 from graphopt.fx import converters
+from graphopt.fx.dtypes import as_tensor, check_tensor_type
 from graphopt.fx.names import SafeNames
 
 __all__ = ["to_torch"]
@@ -56,9 +57,10 @@ class _Builder:
 
     def build(self) -> fx.GraphModule:
         graph = self.model.graph
+        _check_value_types(graph)
         for value in graph.inputs:
             placeholder = self.graph.placeholder(self.input_names(value.name))
-            self.nodes[value] = self.graph.call_function(torch.as_tensor, (placeholder,))
+            self.nodes[value] = self.graph.call_function(as_tensor, (placeholder,))
         for node in graph:
             self._emit(node)
         self.graph.output(tuple(self._node_for(v) for v in graph.outputs))
@@ -79,7 +81,7 @@ class _Builder:
 
     def _constant(self, name: str, array: np.ndarray, *, trainable: bool) -> fx.Node:
         attribute = self.attribute_names(name or "constant")
-        tensor = torch.from_numpy(np.array(array, copy=True))
+        tensor = as_tensor(np.array(array, copy=True))
         if trainable and tensor.is_floating_point():
             self.root.register_parameter(attribute, torch.nn.Parameter(tensor, requires_grad=True))
             self.parameter_names[name] = attribute
@@ -129,6 +131,13 @@ class _Builder:
         for i, out in enumerate(node.outputs[1:], start=1):
             if out.uses() or out.is_graph_output():
                 raise UnsupportedError(f"{_describe(node)}: output {i} ({out.name!r}) has no torch converter")
+
+
+def _check_value_types(graph: ir.Graph) -> None:
+    for value in [*graph.inputs, *graph.initializers.values()]:
+        if value.type is not None and not isinstance(value.type, ir.TensorType):
+            raise UnsupportedError(f"graph input {value.name!r} is a {value.type}: graphopt.fx converts tensors only")
+        check_tensor_type(f"graph input {value.name!r}", value.dtype)
 
 
 def _constant_value(node: ir.Node) -> np.ndarray:

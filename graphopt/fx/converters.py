@@ -10,20 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from graphopt import ops
-from graphopt.fx import onnx_math, onnx_nn, onnx_quant, onnx_shape
+from graphopt.fx import onnx_math, onnx_nn, onnx_quant, onnx_resize, onnx_shape
 
 __all__ = ["MIN_OPSET", "MULTI_OUTPUT", "STANDARD_DOMAINS", "converter_table"]
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 # converters that return a tuple, one tensor per node output
-MULTI_OUTPUT = {(d, op) for d in STANDARD_DOMAINS for op in onnx_shape.MULTI_OUTPUT}
+MULTI_OUTPUT = {(d, op) for d in STANDARD_DOMAINS for op in onnx_shape.MULTI_OUTPUT | onnx_math.MULTI_OUTPUT | onnx_nn.MULTI_OUTPUT}
 # op -> the first default-domain opset whose meaning the converter implements
 MIN_OPSET = {"Softmax": 13, "LogSoftmax": 13}
 
 
 def converter_table() -> dict[tuple[str, str], Callable]:
     table: dict[tuple[str, str], Callable] = {}
-    for module in (onnx_math, onnx_shape, onnx_nn, onnx_quant):
+    for module in (onnx_math, onnx_shape, onnx_nn, onnx_quant, onnx_resize):
         for op_type, fn in module.CONVERTERS.items():
             for domain in STANDARD_DOMAINS:
                 table[(domain, op_type)] = fn

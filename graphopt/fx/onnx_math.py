@@ -12,9 +12,10 @@ import functools
 
 import torch
 
+from graphopt.errors import UnsupportedError
 from graphopt.fx.dtypes import torch_dtype
 
-__all__ = ["CONVERTERS"]
+__all__ = ["CONVERTERS", "MULTI_OUTPUT"]
 
 
 def _is_float(x: torch.Tensor) -> bool:
@@ -45,7 +46,7 @@ def cast_like(x, target, saturate=1, round_mode="up"):
 
 
 def clip(x, min=None, max=None):  # noqa: A002 - ONNX's input names
-    return torch.clamp(x, min=min, max=max)
+    return x if min is None and max is None else torch.clamp(x, min=min, max=max)
 
 
 def elementwise_min(*xs):
@@ -80,8 +81,15 @@ def hard_swish(x):
     return x * hard_sigmoid(x, 1 / 6, 0.5)
 
 
-def identity(x, *unused_outputs_inputs, seed=None, ratio=None, training_mode=None):
-    return x  # Identity, and Dropout in inference (ratio and training_mode inputs ignored)
+def identity(x):
+    return x
+
+
+def dropout(x, ratio=None, training_mode=None, seed=None):
+    """Inference Dropout: (x, an all-true mask). Training mode draws random masks: refused."""
+    if training_mode is not None and bool(training_mode) and (ratio is None or float(ratio) > 0):
+        raise UnsupportedError("Dropout with training_mode=true has no torch converter in graphopt.fx")
+    return x, torch.ones(x.shape, dtype=torch.bool)
 
 
 def _axes(x, axes, noop_with_empty_axes):
@@ -145,7 +153,8 @@ CONVERTERS = {
     "Not": torch.logical_not, "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
     "Where": torch.where, "Cast": cast, "CastLike": cast_like, "Clip": clip,
     "Min": elementwise_min, "Max": elementwise_max, "Sum": elementwise_sum,
-    "Identity": identity, "Dropout": identity, "Einsum": einsum,
+    "Identity": identity, "Dropout": dropout, "Einsum": einsum,
     "ReduceMean": reduce_mean, "ReduceSum": reduce_sum, "ReduceMax": reduce_max, "ReduceMin": reduce_min,
     "ReduceL2": reduce_l2, "ReduceSumSquare": reduce_sum_square, "ReduceProd": reduce_prod,
 }
+MULTI_OUTPUT = {"Dropout"}  # converters that return one tensor per node output

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from graphopt.errors import UnsupportedError
 
-__all__ = ["CONVERTERS", "convolve", "spatial_pads"]
+__all__ = ["CONVERTERS", "MULTI_OUTPUT", "convolve", "spatial_pads"]
 
 
 def gemm(a, b, c=None, alpha=1.0, beta=1.0, transA=0, transB=0):  # noqa: N803 - ONNX's names
@@ -79,24 +79,44 @@ def conv_transpose(x, w, b=None, auto_pad="NOTSET", dilations=None, group=1, ker
     return y[(slice(None), slice(None)) + crop]
 
 
+def _lowest(dtype):
+    return -math.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def _onnx_ceil_crop(y, x, kernel, strides, dilations, pads):
+    """Drop output windows that start in the end padding: torch only knows the input was padded
+    explicitly, ONNX's ceil_mode never starts a window past the input and its begin pad."""
+    rank = len(kernel)
+    keep = []
+    for i, (size, k, s, d) in enumerate(zip(x.shape[2:], kernel, strides, dilations)):
+        count = math.ceil((size + pads[i] + pads[rank + i] - ((k - 1) * d + 1)) / s) + 1
+        if (count - 1) * s >= size + pads[i]:
+            count -= 1
+        keep.append(slice(0, count))
+    return y[(slice(None), slice(None), *keep)]
+
+
 def max_pool(x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None):
     kernel, strides, dilations, pads = _window(x, kernel_shape, strides, dilations, pads, auto_pad)
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(kernel)]
-    return pool(_pad_input(x, pads, -math.inf), kernel, strides, 0, dilations, ceil_mode=bool(ceil_mode))
+    y = pool(_pad_input(x, pads, _lowest(x.dtype)), kernel, strides, 0, dilations, ceil_mode=bool(ceil_mode))
+    return _onnx_ceil_crop(y, x, kernel, strides, dilations, pads) if ceil_mode else y
 
 
 def average_pool(x, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None,
                  pads=None, strides=None):
+    """Window sums over the padded input divided by the count of elements each window covers
+    (pads counted or not): the ratio of two torch average pools, whatever divisor torch uses."""
     kernel, strides, dilations, pads = _window(x, kernel_shape, strides, dilations, pads, auto_pad)
-    rank = len(kernel)
-    if any(d != 1 for d in dilations) or (pads[:rank] != pads[rank:] and not count_include_pad):
-        raise UnsupportedError("AveragePool with dilations or asymmetric pads excluded from the count "
-                               "has no torch converter in graphopt.fx")
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
-    if pads[:rank] != pads[rank:]:
-        return pool(_pad_input(x, pads), kernel, strides, 0, bool(ceil_mode), True)
-    return pool(x, kernel, strides, pads[:rank], bool(ceil_mode), bool(count_include_pad))
+    if any(d != 1 for d in dilations):
+        raise UnsupportedError("AveragePool with dilations has no torch converter in graphopt.fx")
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(kernel)]
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+    counted = torch.ones_like(_pad_input(ones, pads)) if count_include_pad else _pad_input(ones, pads)
+    sums = pool(_pad_input(x, pads), kernel, strides, 0, bool(ceil_mode), True)
+    y = sums / pool(counted, kernel, strides, 0, bool(ceil_mode), True)
+    return _onnx_ceil_crop(y, x, kernel, strides, dilations, pads) if ceil_mode else y
 
 
 def global_average_pool(x):
@@ -122,12 +142,14 @@ def _stash(x, stash_type):
 
 
 def layer_normalization(x, scale, bias=None, axis=-1, epsilon=1e-5, stash_type=1):
+    """(Y, Mean, InvStdDev): the statistics in the stash type, as ONNX's optional outputs."""
     dims = tuple(range(axis % x.dim(), x.dim()))
     wide = _stash(x, stash_type)
-    centered = wide - wide.mean(dim=dims, keepdim=True)
-    normalized = (centered / torch.sqrt((centered * centered).mean(dim=dims, keepdim=True) + epsilon)).to(x.dtype)
-    y = normalized * scale
-    return y + bias if bias is not None else y
+    mean = wide.mean(dim=dims, keepdim=True)
+    centered = wide - mean
+    inv_std = 1 / torch.sqrt((centered * centered).mean(dim=dims, keepdim=True) + epsilon)
+    y = (centered * inv_std).to(x.dtype) * scale
+    return (y + bias if bias is not None else y), mean, inv_std
 
 
 def rms_normalization(x, scale, axis=-1, epsilon=1e-5, stash_type=1):
@@ -157,3 +179,4 @@ CONVERTERS = {
     "InstanceNormalization": instance_normalization, "LayerNormalization": layer_normalization,
     "RMSNormalization": rms_normalization, "Softmax": softmax, "LogSoftmax": log_softmax, "Gelu": gelu,
 }
+MULTI_OUTPUT = {"LayerNormalization"}  # converters that return one tensor per node output

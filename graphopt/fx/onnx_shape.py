@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from graphopt.errors import UnsupportedError
+
 __all__ = ["CONVERTERS"]
 
 
@@ -90,15 +92,32 @@ def gather_nd(data, indices, batch_dims=0):
     return picked.reshape(indices.shape[:-1] + data.shape[batch_dims + depth:])
 
 
+def scatter_nd(data, indices, updates, reduction="none"):
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    if reduction not in ("none", "add"):
+        raise UnsupportedError(f"ScatterND reduction={reduction} has no torch converter in graphopt.fx")
+    bounds = torch.tensor(data.shape[:indices.shape[-1]], dtype=indices.dtype)
+    where = tuple(_positive(indices, bounds).unbind(-1))
+    return data.index_put(where, updates, accumulate=reduction == "add")
+
+
+def scatter_elements(data, indices, updates, axis=0, reduction="none"):
+    reduction = reduction.decode() if isinstance(reduction, bytes) else reduction
+    where = _positive(indices, data.shape[axis])
+    if reduction == "none":
+        return torch.scatter(data, axis, where, updates)
+    torch_reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+    return torch.scatter_reduce(data, axis, where, updates, torch_reduce, include_self=True)
+
+
 def slice_(data, starts, ends, axes=None, steps=None):
     starts, ends = _ints(starts), _ints(ends)
     axes = _ints(axes) or list(range(len(starts)))
     steps = _ints(steps) or [1] * len(starts)
     for start, end, axis, step in zip(starts, ends, axes, steps):
         first, stop, stride = slice(start, end, step).indices(data.shape[axis])
-        if stride > 0:
-            data = data.narrow(axis, first, max(0, math.ceil((stop - first) / stride)))[
-                (slice(None),) * (axis % data.dim()) + (slice(None, None, stride),)]
+        if stride == 1:
+            data = data.narrow(axis, first, max(0, stop - first))
         else:
             data = torch.index_select(data, axis, torch.arange(first, stop, stride))
     return data
@@ -112,7 +131,7 @@ def split(data, split=None, axis=0, num_outputs=None):
 
 
 def flatten(data, axis=1):
-    axis = axis % data.dim() if data.dim() else 0
+    axis = axis + data.dim() if axis < 0 else axis  # axis may be the rank: [N, 1]
     return data.reshape(math.prod(data.shape[:axis]), math.prod(data.shape[axis:]))
 
 
@@ -145,22 +164,32 @@ def cumsum(data, axis, exclusive=0, reverse=0):
     return total.flip(dim) if reverse else total
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+def _pad_indices(size: int, begin: int, end: int, mode: str) -> torch.Tensor:
+    """Source index of every output position along one axis (negative pads crop)."""
+    positions = torch.arange(-begin, size + end)
+    if mode == "edge":
+        return positions.clamp(0, size - 1)
+    if mode == "wrap":
+        return positions % size
+    period = 2 * (size - 1)  # reflect: mirror without repeating the edge
+    folded = positions.abs() % max(period, 1)
+    return torch.where(folded >= size, period - folded, folded)
 
 
 def pad(data, pads, constant_value=None, axes=None, mode="constant", value=0.0):
     amounts = _ints(pads)
     axes = [a % data.dim() for a in _ints(axes)] or list(range(data.dim()))
-    begin, end = amounts[:len(axes)], amounts[len(axes):]
-    by_axis = {a: (b, e) for a, b, e in zip(axes, begin, end)}
+    by_axis = dict(zip(axes, zip(amounts[:len(axes)], amounts[len(axes):])))
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant":
+        for axis, (begin, end) in by_axis.items():
+            data = torch.index_select(data, axis, _pad_indices(data.shape[axis], begin, end, mode))
+        return data
     torch_pads = []
     for axis in reversed(range(data.dim())):  # torch: last axis first
         torch_pads.extend(by_axis.get(axis, (0, 0)))
     fill = constant_value.item() if constant_value is not None else value
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode == "constant":
-        return torch.nn.functional.pad(data, torch_pads, value=fill)
-    return torch.nn.functional.pad(data, torch_pads, mode=_PAD_MODES[mode])
+    return torch.nn.functional.pad(data, torch_pads, value=fill)
 
 
 def argmax(data, axis=0, keepdims=1, select_last_index=0):
@@ -173,7 +202,8 @@ def argmax(data, axis=0, keepdims=1, select_last_index=0):
 CONVERTERS = {
     "Shape": shape, "Size": size, "Reshape": reshape, "Transpose": transpose, "Unsqueeze": unsqueeze,
     "Squeeze": squeeze, "Expand": expand, "Concat": concat, "Gather": gather,
-    "GatherElements": gather_elements, "GatherND": gather_nd, "Slice": slice_, "Split": split,
+    "GatherElements": gather_elements, "GatherND": gather_nd,
+    "ScatterND": scatter_nd, "ScatterElements": scatter_elements, "Slice": slice_, "Split": split,
     "Flatten": flatten, "Tile": tile, "ConstantOfShape": constant_of_shape, "Range": range_,
     "Trilu": trilu, "CumSum": cumsum, "Pad": pad, "ArgMax": argmax,
 }
