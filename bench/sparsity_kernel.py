@@ -168,7 +168,7 @@ def mlp_curve(weights, artifacts, runs: int, sparsities=CURVE) -> list[dict]:
             assert np.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max())), f"{method} at {s}: wrong output"
             runners[method] = _runner(artifact, feeds)
             achieved[method] = _achieved(weights, method, xs, t[method])
-        ms = interleaved_medians(runners, runs)
+        ms = interleaved_medians(runners, runs, per_round=2)
         row = {"sparsity": s, "ms": {k: round(v, 3) for k, v in ms.items()}, "achieved": achieved,
                "speedup": {m: round(ms["dense"] / ms[m], 3) for m in ("cats", "teal")}}
         print(f"sparsity {s:.2f}: dense {ms['dense']:.2f} ms, cats {ms['cats']:.2f} ms ({row['speedup']['cats']:.2f}x), "
@@ -210,7 +210,7 @@ def kernel_crossover(weights, runs: int, threads: int, sparsities=(0.0, 0.02, 0.
             x[:, rng.random(k) < s] = 0
         runners = {name: _cycle(func, [(tvm.runtime.tensor(x, device), w_dev, y_dev) for x in xs]) for name, func in kernels.items()}
         runners["graphopt dense MatMul"] = _runner(dense, [{"x": x} for x in xs])
-        ms = interleaved_medians(runners, runs)
+        ms = interleaved_medians(runners, runs, per_round=2)
         rows.append({"sparsity": s, "ms": {name: round(v, 3) for name, v in ms.items()}})
         print(f"projection, sparsity {s:.2f}: " + ", ".join(f"{name} {v:.2f} ms" for name, v in ms.items()), flush=True)
     return rows
