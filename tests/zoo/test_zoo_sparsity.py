@@ -80,6 +80,21 @@ def test_later_pass_on_zoo_model(canonical, name, pipeline):
     _check_pass(canonical, name, pipeline)
 
 
+INTEGER_WEIGHTS = ("vit-qdq", "bert-int8-dql")  # weights dequantized in the graph: rsparse takes no SVD of those
+
+
+@pytest.mark.parametrize("name", [n for n in REPRESENTATIVES if n not in INTEGER_WEIGHTS])
+def test_rsparse_on_zoo_model(canonical, name):
+    _check_pass(canonical, name, "rsparse(sparsity=0.5)")
+
+
+@pytest.mark.parametrize("name", INTEGER_WEIGHTS)
+def test_rsparse_declines_integer_weights(canonical, name):
+    model, samples = canonical(name)
+    record = run_pipeline(model.clone(), "rsparse(sparsity=0.5)", samples=samples)[-1]
+    assert not record.modified and any("rsparse needs its values for the SVD" in d for d in record.declines)
+
+
 @pytest.mark.parametrize("name", GREEDY)
 def test_teal_greedy_on_zoo_model(canonical, name):
     _check_pass(canonical, name, "teal(sparsity=0.5, greedy=true)")
