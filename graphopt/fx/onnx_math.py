@@ -101,9 +101,24 @@ def _axes(x, axes, noop_with_empty_axes):
     return tuple(int(a) % max(x.dim(), 1) for a in axes)
 
 
-def _reduce(reduce, data, axes, keepdims, noop_with_empty_axes):
+def _reduce(reduce, data, axes, keepdims, noop_with_empty_axes, empty=None):
     dims = _axes(data, axes, noop_with_empty_axes)
-    return reduce(data, dim=dims, keepdim=bool(keepdims)) if dims else data
+    if not dims:
+        return data
+    if empty is not None and any(data.shape[d] == 0 for d in dims):
+        # the reduction of an empty set is the identity element (ONNX): torch refuses amax/amin there
+        kept = [1 if d in dims else n for d, n in enumerate(data.shape)]
+        full = torch.full(kept, empty(data.dtype), dtype=data.dtype)
+        return full if keepdims else full.squeeze(dims)
+    return reduce(data, dim=dims, keepdim=bool(keepdims))
+
+
+def _lowest(dtype):
+    return False if dtype == torch.bool else -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+def _highest(dtype):
+    return True if dtype == torch.bool else torch.inf if dtype.is_floating_point else torch.iinfo(dtype).max
 
 
 def reduce_mean(data, axes=None, keepdims=1, noop_with_empty_axes=0):
@@ -115,11 +130,11 @@ def reduce_sum(data, axes=None, keepdims=1, noop_with_empty_axes=0):
 
 
 def reduce_max(data, axes=None, keepdims=1, noop_with_empty_axes=0):
-    return _reduce(torch.amax, data, axes, keepdims, noop_with_empty_axes)
+    return _reduce(torch.amax, data, axes, keepdims, noop_with_empty_axes, empty=_lowest)
 
 
 def reduce_min(data, axes=None, keepdims=1, noop_with_empty_axes=0):
-    return _reduce(torch.amin, data, axes, keepdims, noop_with_empty_axes)
+    return _reduce(torch.amin, data, axes, keepdims, noop_with_empty_axes, empty=_highest)
 
 
 def reduce_l2(data, axes=None, keepdims=1, noop_with_empty_axes=0):
