@@ -179,9 +179,11 @@ def measure_latency(report: Report, original: ir.Model, artifacts: dict, feeds, 
 
 
 def _merged(parts: list) -> dict:
-    """One runner's rounds as one timing: the median of the round medians, the widest p10-p90."""
+    """One runner's rounds as one timing: the median of the round medians, the widest p10-p90, and
+    each round's median (``rounds_ms``: paired with the other runners' rounds, ratios cancel drift)."""
     return {"median_ms": statistics.median(t.median_ms for t in parts), "p10_ms": min(t.p10_ms for t in parts),
-            "p90_ms": max(t.p90_ms for t in parts), "runs": sum(t.runs for t in parts), "threads": parts[0].threads}
+            "p90_ms": max(t.p90_ms for t in parts), "runs": sum(t.runs for t in parts), "threads": parts[0].threads,
+            "rounds_ms": [t.median_ms for t in parts]}
 
 
 def _load(ctx: Context) -> None:
