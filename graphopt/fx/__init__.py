@@ -9,6 +9,6 @@ ONNX graph (docs/torch.md).
 
 from __future__ import annotations
 
-from graphopt.fx.builder import to_torch
+from graphopt.fx.builder import OnnxGraphModule, to_torch
 
-__all__ = ["to_torch"]
+__all__ = ["OnnxGraphModule", "to_torch"]

@@ -24,10 +24,30 @@ from graphopt.fx import converters
 from graphopt.fx.dtypes import as_tensor, check_tensor_type
 from graphopt.fx.names import SafeNames
 
-__all__ = ["to_torch"]
+__all__ = ["OnnxGraphModule", "to_torch"]
 
 
-def to_torch(model) -> fx.GraphModule:
+class OnnxGraphModule(fx.GraphModule):
+    """A GraphModule built from an ONNX graph; the name maps live in ``meta["onnx"]``, which
+    ``copy.deepcopy`` keeps (plain attributes it drops)."""
+
+    @property
+    def input_names(self) -> dict[str, str]:
+        """ONNX graph input name -> ``forward`` keyword."""
+        return self.meta["onnx"]["input_names"]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The ONNX graph outputs, in the order ``forward`` returns them."""
+        return self.meta["onnx"]["output_names"]
+
+    @property
+    def parameter_names(self) -> dict[str, str]:
+        """ONNX float initializer name -> parameter attribute."""
+        return self.meta["onnx"]["parameter_names"]
+
+
+def to_torch(model) -> OnnxGraphModule:
     """``model`` (an .onnx path, ``onnx.ModelProto`` or ``onnx_ir.Model``) as an FX GraphModule.
 
     Eval-mode semantics (integer ops bit-exact with ONNX Runtime). A node without a converter
@@ -64,10 +84,12 @@ class _Builder:
         for node in graph:
             self._emit(node)
         self.graph.output(tuple(self._node_for(v) for v in graph.outputs))
-        module = fx.GraphModule(self.root, self.graph, class_name="OnnxGraphModule")
-        module.input_names = {v.name: self.input_names(v.name) for v in graph.inputs}
-        module.output_names = [v.name for v in graph.outputs]
-        module.parameter_names = dict(self.parameter_names)
+        module = OnnxGraphModule(self.root, self.graph, class_name="OnnxGraphModule")
+        module.meta["onnx"] = {
+            "input_names": {v.name: self.input_names(v.name) for v in graph.inputs},
+            "output_names": [v.name for v in graph.outputs],
+            "parameter_names": dict(self.parameter_names),
+        }
         return module
 
     def _node_for(self, value: ir.Value | None):

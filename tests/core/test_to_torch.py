@@ -9,6 +9,8 @@ without a converter.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -92,6 +94,7 @@ def test_inputs_are_keywords_with_safe_names_and_outputs_a_tuple(mlp_proto):
     model.graph.inputs[0].name = "input.1"
     module = graphopt.to_torch(model)
     assert module.input_names == {"input.1": "input_1"} and module.output_names == ["y"]
+    assert copy.deepcopy(module).input_names == module.input_names  # the maps survive a copy
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     (y,) = module(input_1=x)  # numpy or torch inputs; one output is still a tuple
     np.testing.assert_allclose(y.detach().numpy(), testing.run_ort(model, {"input.1": x})[0], rtol=1e-6)
