@@ -69,8 +69,9 @@ def test_to_torch_computes_what_onnx_runtime_does(name, stage):
             assert float(np.abs(g.astype(np.float64) - e).max()) <= 1e-5 * scale  # measured <= 2.5e-6
 
 
-def test_float_weights_are_parameters_that_receive_gradients():
-    model, feeds = _rewritten("digits-vit", "original")
+@pytest.mark.parametrize("stage", ["original", "canonicalize"])
+def test_float_weights_are_parameters_that_receive_gradients(stage):
+    model, feeds = _rewritten("digits-vit", stage)  # canonicalize: through DotProductAttention and Gelu
     module = graphopt.to_torch(model)
     parameters = dict(module.named_parameters())
     float_initializers = [v.name for v in model.graph.initializers.values() if v.dtype.is_floating_point()]
