@@ -22,9 +22,9 @@ KNOWN = {
     "test_celu_bfloat16_expanded": _BF16,
     "test_castlike_FLOAT_to_BFLOAT16": "torch rounds float32 -> bfloat16 to nearest even; the case expects another rounding (1 ulp)",
     "test_attention_4d_causal_fp16_expanded": "float16: 2 of 192 elements 1 ulp (4.9e-4) apart",
-    "test_resize_downsample_scales_linear_align_corners": "ONNX's align_corners from scales divides by in·scale - 1 "
-                                                          "(unfloored, 1.4), F.interpolate by the output length - 1 (1)",
-    "test_resize_downsample_scales_cubic_align_corners": "as the linear case: align_corners from unfloored in·scale",
+    "test_resize_downsample_scales_linear_align_corners": "the case divides by the unfloored in·scale - 1 (1.4); "
+                                                          "ONNX Runtime fails it identically (output length - 1)",
+    "test_resize_downsample_scales_cubic_align_corners": "as the linear case: ONNX Runtime fails it identically",
 }
 
 
