@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from graphopt.models import stdlib_llama  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m bench.sparsity", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="*", default=[m for m in ("cats", "teal", "chess", "relufy") if m in {p.name for p in registry.list_passes()}])
+    parser.add_argument("--methods", nargs="*", default=[m for m in ("cats", "teal", "chess", "rsparse", "relufy") if m in {p.name for p in registry.list_passes()}])
     parser.add_argument("--targets", nargs="*", type=float, default=list(TARGETS))
     parser.add_argument("--windows", type=int, default=64, help="held-out windows of 256 tokens for perplexity (default 64)")
     parser.add_argument("--calib", type=int, default=16, help="calibration windows of 64 training tokens (default 16)")
