@@ -401,8 +401,8 @@ def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[ir.Mo
             records += folding
             if not any(record.modified for record in folding[1:]):  # only cleanup changed: nothing new to fold
                 break
-        records += run_pipeline(work, "tvm-import-forms")
         records += run_pipeline(work, "sparse-linear")  # thresholded linear layers -> the sparse kernels
+        records += run_pipeline(work, "tvm-import-forms")
     return work, records
 
 
