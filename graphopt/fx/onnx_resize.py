@@ -2,12 +2,14 @@
 
 - ``nearest``: computed here as ONNX defines it, axis by axis: the source index of every output
   position from the coordinate transform and ``nearest_mode``, then an index_select (exact).
-- ``linear`` / ``cubic`` (a = -0.75, 2-D): ``F.interpolate``, which computes ONNX's
-  ``half_pixel`` (and ``pytorch_half_pixel`` off length-1 outputs) as ``align_corners=False``
-  and ONNX's ``align_corners`` as ``align_corners=True``.
+- ``linear`` / ``cubic`` (a = -0.75, 2-D) with ``half_pixel`` or ``align_corners``: ``F.interpolate``
+  (``align_corners=False`` / ``True``).
+- ``linear`` with the other transforms (``asymmetric``, ``pytorch_half_pixel``,
+  ``half_pixel_symmetric``): separable linear interpolation here, coordinates clamped to the input.
 
-Every other combination (antialias, exclude_outside, tf_crop_and_resize, half_pixel_symmetric,
-keep_aspect_ratio_policy, resizing the batch or channel axis) raises UnsupportedError naming it.
+Every other combination (antialias, exclude_outside, tf_crop_and_resize, cubic off half_pixel /
+align_corners, keep_aspect_ratio_policy, resizing the batch or channel axis) raises
+UnsupportedError naming it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _TRANSFORMS = {
     "pytorch_half_pixel": lambda d, scale, size, out: (d + 0.5) / scale - 0.5 if out > 1 else d * 0.0,
     "asymmetric": lambda d, scale, size, out: d / scale,
     "align_corners": lambda d, scale, size, out: d * (size - 1) / (out - 1) if out > 1 else d * 0.0,
+    "half_pixel_symmetric": lambda d, scale, size, out: size / 2 * (1 - out / (size * scale)) + (d + 0.5) / scale - 0.5,
 }
 _ROUNDING = {
     "round_prefer_floor": lambda x: torch.ceil(x - 0.5), "round_prefer_ceil": lambda x: torch.floor(x + 0.5),
@@ -67,6 +70,22 @@ def _nearest(x, targets, transform, nearest_mode):
     return x
 
 
+def _linear(x, targets, transform):
+    """Separable linear interpolation, ONNX's coordinates clamped to the input (as ONNX Runtime)."""
+    for axis, (scale, out) in enumerate(targets):
+        size = x.shape[axis]
+        if out == size and scale == 1.0:
+            continue
+        source = _TRANSFORMS[transform](torch.arange(out, dtype=torch.float64), scale, size, out).clamp(0, size - 1)
+        low = source.floor().to(torch.int64)
+        high = (low + 1).clamp(max=size - 1)
+        shape = [1] * x.dim()
+        shape[axis] = out
+        weight = (source - low).to(x.dtype).reshape(shape)
+        x = torch.index_select(x, axis, low) * (1 - weight) + torch.index_select(x, axis, high) * weight
+    return x
+
+
 def _refuse(mode, transform, nearest_mode, details):
     raise UnsupportedError(f"Resize mode={mode} coordinate_transformation_mode={transform} nearest_mode={nearest_mode} "
                            f"{details} has no torch converter in graphopt.fx")
@@ -83,8 +102,9 @@ def resize(x, roi=None, scales=None, sizes=None, antialias=0, axes=None, coordin
     if mode == "nearest":
         return _nearest(x, targets, transform, nearest_mode)
     torch_mode = _INTERPOLATE.get((mode, x.dim() - 2))
-    pytorch_one = transform == "pytorch_half_pixel" and any(out == 1 for _, out in targets[2:])
-    if torch_mode is None or transform == "asymmetric" or pytorch_one or (mode == "cubic" and cubic_coeff_a != -0.75):
+    if mode == "linear" and transform not in ("half_pixel", "align_corners"):
+        return _linear(x, targets, transform)  # F.interpolate has no such coordinate transform
+    if torch_mode is None or transform not in ("half_pixel", "align_corners") or (mode == "cubic" and cubic_coeff_a != -0.75):
         _refuse(mode, transform, nearest_mode, f"cubic_coeff_a={cubic_coeff_a} on a rank-{x.dim()} input")
     out_sizes = [out for _, out in targets[2:]]
     if transform == "align_corners" or scales is None or not scales.numel():

@@ -18,6 +18,7 @@ import onnx_ir as ir
 import pytest
 
 import graphopt
+from bench import to_torch as measure
 from graphopt import testing
 from graphopt.errors import UnsupportedError
 from graphopt.pipeline import run_pipeline
@@ -51,26 +52,12 @@ CASES = [
 ]
 
 
-_QUANTIZED = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.INT32}
-
-
-def _expose_integer_tensors(model: ir.Model) -> int:
-    """Make every quantized tensor a node computes (int8/uint8/int16/int32) a graph output too."""
-    exposed = 0
-    for node in list(model.graph):
-        for value in node.outputs:
-            if value.dtype in _QUANTIZED and not value.is_graph_output():
-                model.graph.outputs.append(value)
-                exposed += 1
-    return exposed
-
-
 @pytest.mark.parametrize(("name", "stage"), CASES)
 def test_to_torch_computes_what_onnx_runtime_does(name, stage):
     torch.set_num_threads(1)
     model, feeds = _rewritten(name, stage)
     if stage == "ivit":  # every integer tensor of the region compared bit for bit, not only the outputs
-        assert _expose_integer_tensors(model) > 20
+        assert measure.expose_integer_tensors(model) > 20
     expected = testing.run_ort(model, feeds)
     with torch.no_grad():
         got = graphopt.to_torch(model)(**feeds)
