@@ -106,7 +106,8 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ignore_outputs: Sequence[str] = (),
     profile: bool = False,
     budget: str | None = None,
-) -> CompileResult:
+    returns: str = "result",
+) -> CompileResult | Any:
     """Rewrite ``model`` with ``passes``, validate against the original, build ``targets``.
 
     ``model`` is anything ``graphopt.load`` accepts. ``calib`` is calibration/validation data in
@@ -131,7 +132,12 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ``budget`` (``"cosine=0.995"``, ``"sqnr=30"``, ``"top1=0.99"``) is a floor on the worst checked
     output: when the rewrite misses it, the rewrites to blame are found by bisection and rolled back
     (``graphopt.budget``; ``report.data["budget"]``), and a floor that cannot be kept is a violation.
+    ``returns="torch"`` returns the rewritten model as a ``torch.fx.GraphModule`` (``graphopt.to_torch``)
+    instead of the result, for training-aware export pipelines; the report is its ``meta["graphopt.report"]``
+    (returned whatever the checks said: fine-tuning is what recovers accuracy).
     """
+    if returns not in RETURNS:
+        raise UsageError(f"returns={returns!r}: valid are {', '.join(map(repr, RETURNS))}")
     settings = checked_settings(passes, calib=calib, targets=targets, example_inputs=example_inputs, input_shapes=input_shapes,
                          validate=validate, validate_each=validate_each, integer_only=integer_only, tolerances=tolerances,
                          synthetic_samples=synthetic_samples, seed=seed, threads=threads, bench_runs=bench_runs,
@@ -143,8 +149,20 @@ def compile(  # noqa: A001 — mirrors the CLI command name
     ctx = Context(model, settings, Report(model=name or describe_model(model), pipeline=str(settings.pipeline)),
                   {t: backends.get_backend(t) for t in settings.targets})
     run_stages(ctx, COMPILE_STAGES, phases)
-    return CompileResult(ctx.work, ctx.original, ctx.artifacts, ctx.report, ctx.samples,
-                         input_files=_input_files(model, ctx.original, calib, eval))
+    result = CompileResult(ctx.work, ctx.original, ctx.artifacts, ctx.report, ctx.samples,
+                           input_files=_input_files(model, ctx.original, calib, eval))
+    return _as_torch(result) if returns == "torch" else result
+
+
+RETURNS = ("result", "torch")
+
+
+def _as_torch(result: CompileResult):
+    from graphopt.fx import to_torch  # noqa: PLC0415 — torch only for callers who ask for it
+
+    module = to_torch(result.model)
+    module.meta["graphopt.report"] = result.report
+    return module
 
 
 def checked_settings(passes, *, targets, input_shapes, integer_only, tolerances, ort_optimization, tune_budget, tune_database,

@@ -157,3 +157,20 @@ def test_an_ir_model_is_not_modified():
     before = ir.to_proto(model).SerializeToString()
     graphopt.to_torch(model)
     assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_compile_returns_the_rewritten_model_as_a_graph_module():
+    """compile(module, example_inputs=..., passes=..., returns="torch"): the export pipeline's way back to training."""
+    import graphopt  # noqa: PLC0415
+    from graphopt.errors import UsageError  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x = torch.randn(3, 8)
+    module = graphopt.compile(mlp, example_inputs=(x,), passes="canonicalize", returns="torch")
+    assert isinstance(module, torch.fx.GraphModule) and module.meta["graphopt.report"].ok
+    assert "Gelu" in module.meta["graphopt.report"].ops_after
+    (y,) = module(**{next(iter(module.input_names.values())): x})  # ONNX input name -> its keyword
+    torch.testing.assert_close(y, mlp(x).detach(), atol=1e-5, rtol=0)
+    with pytest.raises(UsageError, match="returns='fx'"):
+        graphopt.compile(mlp, example_inputs=(x,), passes="canonicalize", returns="fx")
