@@ -42,7 +42,7 @@ from graphopt.calibrate import Calibrator
 from graphopt.errors import UsageError
 from graphopt.ops.threshold import OP_NAME, SITE_KEY, TARGET_KEY
 
-__all__ = ["SparsityReport", "ThresholdedTensor", "measure_sparsity"]
+__all__ = ["SparsityReport", "ThresholdedTensor", "measure_sparsity", "thresholded_nodes"]
 
 _LINEAR = ("MatMul", "Gemm")
 
@@ -130,7 +130,7 @@ def skipped_weight(value: ir.Value) -> int:
     return total
 
 
-def _thresholds(model: ir.Model) -> list[ir.Node]:
+def thresholded_nodes(model: ir.Model) -> list[ir.Node]:
     """Every ActivationThreshold, and every node a pass stamped with a site (relufy's ReLU)."""
     return [node for node in model.graph
             if (node.op_type == OP_NAME and node.domain == ops.DOMAIN) or SITE_KEY in node.metadata_props]
@@ -141,7 +141,7 @@ def measure_sparsity(model: ir.Model | onnx.ModelProto, samples: Sequence[Mappin
     if not samples:
         raise UsageError("measuring sparsity needs samples (feed dicts) and got none")
     model = ir.serde.deserialize_model(model) if isinstance(model, onnx.ModelProto) else model.clone()
-    nodes = _thresholds(model)
+    nodes = thresholded_nodes(model)
     if not nodes:
         return SparsityReport(())
     names = [node.outputs[0].name for node in nodes]

@@ -404,9 +404,9 @@ def _sparsity(ctx: Context) -> None:
 
 
 def _has_thresholds(ctx: Context) -> bool:
-    from graphopt.ops.threshold import OP_NAME  # noqa: PLC0415
+    from graphopt.sparsity import thresholded_nodes  # noqa: PLC0415
 
-    return bool(ctx.eval_samples) and any(n.op_type == OP_NAME and n.domain == ops.DOMAIN for n in ctx.work.graph)
+    return bool(ctx.eval_samples) and bool(thresholded_nodes(ctx.work))
 
 
 def _validating(ctx: Context) -> bool:

@@ -75,3 +75,11 @@ def test_check_records_sparsity_and_fails_when_it_moves(data, tmp_path):
     failed = gate.check(model, PIPELINE, baseline=lock, calib=calib)
     assert [c.field for c in failed.failures] == [f"sparsity.{site}"]
     assert "may move by 0.02" in failed.failures[0].allowed
+
+
+def test_relufy_zeros_are_reported_without_a_target(data):
+    """relufy has no threshold op: its stamped ReLU is what the sparsity stage measures."""
+    model, calib, held_out = data
+    sparsity = graphopt.compile(model, "canonicalize,relufy", calib=calib, eval=held_out).report.data["sparsity"]
+    assert len(sparsity["tensors"]) == 2 and all(t["target"] is None and 0 < t["achieved"] < 1 for t in sparsity["tensors"])
+    assert sparsity["target_model_wide"] is None and sparsity["model_wide"] is not None
