@@ -132,3 +132,20 @@ def sparse_input_matmul(x, w):
 def sparse_gated_matmul(a, x, wt):
     product = torch.matmul(x, wt.transpose(-1, -2))
     return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
+
+
+@ops.implements("LinearizedAttention", "torch")
+def linearized_attention(qf, kf, v, decay, *, causal=0, eps=1e-6):
+    out_dtype = qf.dtype
+    if qf.dtype in (torch.float16, torch.bfloat16):
+        qf, kf, v, decay = (t.float() for t in (qf, kf, v, decay))
+    if causal:
+        dist = (torch.arange(qf.shape[-2], device=qf.device)[:, None]
+                - torch.arange(kf.shape[-2], device=qf.device)[None, :])
+        powers = torch.pow(decay.to(qf.dtype), dist.clamp(min=0).to(qf.dtype))
+        masked = torch.matmul(qf, kf.transpose(-1, -2)) * torch.where(dist >= 0, powers, torch.zeros((), dtype=qf.dtype))
+        num, den = torch.matmul(masked, v), masked.sum(dim=-1, keepdim=True)
+    else:
+        num = torch.matmul(qf, torch.matmul(kf.transpose(-1, -2), v))
+        den = (qf * kf.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True)
+    return (num / (den + eps)).to(out_dtype)
