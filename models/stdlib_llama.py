@@ -23,7 +23,6 @@ draws windows from the train split.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphopt.models import _export, stdlib_corpus
+from graphopt.models import _export, stdlib_corpus, tiny_llama
 
 __all__ = [
     "ARCH", "GRAPHS", "VOCAB", "WEIGHTS", "build", "calibration_samples", "example_inputs", "held_out_tokens",
@@ -109,40 +108,11 @@ def module(seed: int = 0, graph: str = "prefill", attn_implementation: str = "ea
 
     Only seed 0 ships (training takes about 25 minutes): ``train(seed)`` makes others.
     """
-    import torch
-    from transformers import DynamicCache
-
     _export.check_keys(config, CONFIG, "stdlib_llama.module")
     if seed != 0:
         raise ValueError(f"stdlib-llama ships the weights of seed 0 only; train(seed={seed}) trains others")
     past_names = _cache_names(graph, "past")
-    net = lm(attn_implementation)
-
-    class Prefill(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids):
-            return self.lm(input_ids=input_ids, use_cache=False).logits
-
-    class Decode(torch.nn.Module):
-        def __init__(self, lm):
-            super().__init__()
-            self.lm = lm
-
-        def forward(self, input_ids, **past):
-            kv = [past[name] for name in past_names]
-            cache = DynamicCache(list(zip(kv[0::2], kv[1::2])), config=net.config)
-            out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
-            return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
-
-    # torch.export binds inputs by the forward signature: spell the per-layer cache names out in it.
-    param = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    Decode.forward.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, param) for name in ("self", "input_ids", *past_names)]
-    )
-    return (Prefill if graph == "prefill" else Decode)(net).eval()
+    return tiny_llama.graph_module(lm(attn_implementation), past_names)
 
 
 def held_out_tokens() -> np.ndarray:

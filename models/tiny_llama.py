@@ -52,7 +52,7 @@ def module(
 ):
     """The LlamaForCausalLM behind a wrapper whose forward takes ``graph``'s inputs; eval mode."""
     import torch
-    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     _export.check_keys(config, CONFIG, "tiny_llama.module")
     past_names = _cache_names(graph, layers, "past")
@@ -66,6 +66,17 @@ def module(
         max_position_embeddings=256,
         attn_implementation=attn_implementation,
     )
+
+    torch.manual_seed(seed)
+    return graph_module(LlamaForCausalLM(cfg), past_names)
+
+
+def graph_module(lm, past_names: list[str]):
+    """``lm`` (a causal LM) behind a wrapper whose forward takes one graph's inputs, eval mode:
+    ``input_ids`` -> logits (prefill, no ``past_names``), or ``input_ids`` and the named KV cache ->
+    logits and the new cache (decode)."""
+    import torch  # noqa: PLC0415
+    from transformers import DynamicCache  # noqa: PLC0415
 
     class Prefill(torch.nn.Module):
         def __init__(self, lm):
@@ -82,7 +93,7 @@ def module(
 
         def forward(self, input_ids, **past):
             kv = [past[name] for name in past_names]
-            cache = DynamicCache(list(zip(kv[0::2], kv[1::2])), config=cfg)
+            cache = DynamicCache(list(zip(kv[0::2], kv[1::2])), config=self.lm.config)
             out = self.lm(input_ids=input_ids, past_key_values=cache, use_cache=True)
             return (out.logits, *[t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)])
 
@@ -91,8 +102,7 @@ def module(
     Decode.forward.__signature__ = inspect.Signature(
         [inspect.Parameter(name, param) for name in ("self", "input_ids", *past_names)]
     )
-    torch.manual_seed(seed)
-    return (Prefill if graph == "prefill" else Decode)(LlamaForCausalLM(cfg)).eval()
+    return (Decode if past_names else Prefill)(lm).eval()
 
 
 def example_inputs(

@@ -31,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphopt.ops.threshold import SITE_KEY
-from graphopt.passes._threshold_rules import is_threshold
+from graphopt.passes._threshold_rules import is_threshold, producers_upstream
 
 __all__ = ["blocks", "greedy_sparsities"]
 
@@ -41,17 +41,8 @@ _MAX = 0.99  # ThresholdOptions' sparsity range
 
 def _earliest_norm(value: ir.Value, order: Mapping[int, int], depth: int = 40) -> int | None:
     """Graph index of the earliest normalization ``value`` is computed from (not through shape computations)."""
-    found, seen, frontier = [], set(), [(value, 0)]
-    while frontier:
-        v, d = frontier.pop()
-        node = v.producer() if v is not None else None
-        if node is None or id(node) in seen or d > depth or node.op_type in ("Shape", "Size"):
-            continue
-        seen.add(id(node))
-        if node.op_type in _NORMS:
-            found.append(order[id(node)])
-        else:
-            frontier += [(i, d + 1) for i in node.inputs]
+    found = [order[id(node)] for node in producers_upstream(value, depth, lambda node: node.op_type not in _NORMS)
+             if node.op_type in _NORMS]
     return min(found) if found else None
 
 

@@ -14,7 +14,7 @@ The rewrite inserts ``pkg.graphopt.ActivationThreshold(x, t)`` with t a ``Consta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -22,10 +22,12 @@ import onnx_ir as ir
 from graphopt import ops, registry, rewrite
 from graphopt.calibrate import Calibration, Scales
 from graphopt.ops.threshold import OP_NAME, SITE_KEY, TARGET_KEY
+from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import is_dequantized_constant
 
 __all__ = [
     "LINEAR_OPS",
+    "CalibratedThresholdPass",
     "Plan",
     "Threshold",
     "ThresholdOptions",
@@ -36,6 +38,7 @@ __all__ = [
     "is_thresholded",
     "linear_weight_shape",
     "plan_thresholds",
+    "producers_upstream",
     "quantile_plan",
     "readers",
     "same_node",
@@ -127,6 +130,44 @@ def calibrated_thresholds(the_pass, model: ir.Model, values: dict[str, ir.DataTy
     reaching = {key: name for key, name in reaching.items() if key in first.found}
     second = plan(the_pass.calibrate(probe, sorted({*reaching.values(), *extra})), reaching)
     return Scales({**first.found, **second.found}, first.reasons)
+
+
+class CalibratedThresholdPass(RulePass):
+    """A pass whose rules read the thresholds its ``call`` calibrates: ``_rules(thresholds)`` builds
+    them (for the run, and for ``calibrated_thresholds``' probe copy); ``calibrate_thresholds`` fills them."""
+
+    needs_calibration = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self._thresholds: Scales[Threshold] = Scales()
+
+    def rules(self):
+        return self._rules(self._thresholds)
+
+    def _rules(self, thresholds: Scales[Threshold]) -> list:
+        raise NotImplementedError
+
+    def calibrate_thresholds(self, model: ir.Model, values: dict[str, ir.DataType], **options) -> None:
+        """``calibrated_thresholds`` for ``values`` (none: no thresholds), keyed by each threshold node's site."""
+        self._thresholds = (calibrated_thresholds(self, model, values, self._rules,
+                                                  key_of=lambda node: node.metadata_props[SITE_KEY], **options)
+                            if values else Scales())
+
+
+def producers_upstream(value: ir.Value | None, depth: int, walks_past: Callable[[ir.Node], bool]) -> Iterator[ir.Node]:
+    """Each node ``value`` is computed from within ``depth`` nodes, once, never through a shape
+    computation; the walk goes on past a node only where ``walks_past(node)``."""
+    seen, frontier = set(), [(value, 0)]
+    while frontier:
+        v, d = frontier.pop()
+        node = v.producer() if v is not None else None
+        if node is None or id(node) in seen or d > depth or node.op_type in ("Shape", "Size"):
+            continue
+        seen.add(id(node))
+        yield node
+        if walks_past(node):
+            frontier += [(i, d + 1) for i in node.inputs]
 
 
 def float_value(value: ir.Value | None) -> bool:

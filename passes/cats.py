@@ -28,12 +28,11 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops
 from graphopt.calibrate import Scales
-from graphopt.ops.threshold import SITE_KEY
-from graphopt.pass_base import RulePass
 from graphopt.passes._threshold_rules import (
+    LINEAR_OPS,
+    CalibratedThresholdPass,
     Threshold,
     ThresholdOptions,
-    calibrated_thresholds,
     float_value,
     insert_threshold,
     linear_weight_shape,
@@ -42,7 +41,7 @@ from graphopt.passes._threshold_rules import (
 )
 from graphopt.registry import register_pass
 
-__all__ = ["ACTIVATIONS", "CatsPass", "cats_rules", "is_activation"]
+__all__ = ["ACTIVATIONS", "CatsPass", "cats_rules", "gate_rules", "is_activation"]
 
 # (op type, domain, rule tag): the canonical activations a gate can be
 ACTIVATIONS = (("SigmoidLinearUnit", ops.DOMAIN, "silu"), ("Gelu", "", "gelu"))
@@ -118,32 +117,30 @@ def is_activation(node: ir.Node) -> bool:
     return any(node.op_type == op_type and domain == op_domain for op_type, op_domain, _ in ACTIVATIONS)
 
 
+def gate_rules(prefix: str, gated: type[_GateRule], plain: type[_GateRule], argument) -> list:
+    """Both MLP forms' rules for every activation (``argument``: what the rule classes take second:
+    the thresholds, or relufy's threshold), as two rule sets; ``prefix``: the rule names' first word."""
+    gated_rules = [rule for op_type, domain, tag in ACTIVATIONS
+                   for rule in gated.rule(f"{prefix}-{tag}-gated-mlp", argument, op_type, domain).commute()]
+    plain_rules = [plain.rule(f"{prefix}-{tag}-mlp-{linear.lower()}", argument, op_type, domain, linear, reshaped)
+                   for linear in LINEAR_OPS for reshaped in (False, True) for op_type, domain, tag in ACTIVATIONS]
+    return [tuple(gated_rules), tuple(plain_rules)]
+
+
 def cats_rules(thresholds: Scales[Threshold], prefix: str = "cats") -> list:
     """The gate rules (``prefix``: their names' first word; ``chess`` runs them with per-channel thresholds)."""
-    gated = [rule for op_type, domain, tag in ACTIVATIONS
-             for rule in _GatedMlpRule.rule(f"{prefix}-{tag}-gated-mlp", thresholds, op_type, domain).commute()]
-    plain = [_PlainMlpRule.rule(f"{prefix}-{tag}-mlp-{linear.lower()}", thresholds, op_type, domain, linear, reshaped)
-             for linear in ("MatMul", "Gemm") for reshaped in (False, True) for op_type, domain, tag in ACTIVATIONS]
-    return [tuple(gated), tuple(plain)]
+    return gate_rules(prefix, _GatedMlpRule, _PlainMlpRule, thresholds)
 
 
 @register_pass("cats", options=ThresholdOptions, category="rewrite")
-class CatsPass(RulePass):
+class CatsPass(CalibratedThresholdPass):
     """CATS: threshold each MLP's gate activation (SiLU/GELU) at its calibrated sparsity-quantile of |x|."""
 
-    needs_calibration = True
-
-    def __init__(self, options=None) -> None:
-        super().__init__(options)
-        self._thresholds: Scales[Threshold] = Scales()
-
-    def rules(self):
-        return cats_rules(self._thresholds)
+    def _rules(self, thresholds: Scales[Threshold]) -> list:
+        return cats_rules(thresholds)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Calibrate every float activation output into its threshold (``calibrated_thresholds``), then run the rules."""
-        gates = {node.outputs[0].name: node.outputs[0].dtype for node in model.graph
-                 if is_activation(node) and float_value(node.outputs[0])}
-        self._thresholds = (calibrated_thresholds(self, model, gates, cats_rules, key_of=lambda n: n.metadata_props[SITE_KEY])
-                            if gates else Scales())
+        self.calibrate_thresholds(model, {node.outputs[0].name: node.outputs[0].dtype for node in model.graph
+                                          if is_activation(node) and float_value(node.outputs[0])})
         return super().call(model)

@@ -40,16 +40,15 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops
 from graphopt.calibrate import Calibration, Scales
-from graphopt.ops.threshold import SITE_KEY
-from graphopt.pass_base import RulePass
 from graphopt.passes._threshold_rules import (
     LINEAR_OPS,
+    CalibratedThresholdPass,
     Plan,
     Threshold,
     ThresholdOptions,
-    calibrated_thresholds,
     float_value,
     linear_weight_shape,
+    producers_upstream,
     quantile_plan,
 )
 from graphopt.passes.cats import cats_rules, is_activation
@@ -71,18 +70,8 @@ def _is_attention(node: ir.Node) -> bool:
 def _upstream_linears(value: ir.Value | None, depth: int = 12) -> set[str]:
     """Output names of the linear layers (constant weight) that ``value`` is computed from, within
     ``depth`` nodes, not looking past a linear layer, an attention, or a shape computation."""
-    found, seen, frontier = set(), set(), [(value, 0)]
-    while frontier:
-        v, d = frontier.pop()
-        node = v.producer() if v is not None else None
-        if node is None or id(node) in seen or d > depth or node.op_type in ("Shape", "Size"):
-            continue
-        seen.add(id(node))
-        if linear_weight_shape(node):
-            found.add(node.outputs[0].name)
-        elif not _is_attention(node):
-            frontier += [(i, d + 1) for i in node.inputs]
-    return found
+    nodes = producers_upstream(value, depth, lambda node: not linear_weight_shape(node) and not _is_attention(node))
+    return {node.outputs[0].name for node in nodes if linear_weight_shape(node)}
 
 
 def _downstream_linears(value: ir.Value, depth: int = 4) -> set[str]:
@@ -179,19 +168,13 @@ def _up_factor(gate: ir.Value) -> str | None:
 
 
 @register_pass("chess", options=ThresholdOptions, category="rewrite")
-class ChessPass(RulePass):
+class ChessPass(CalibratedThresholdPass):
     """CHESS: per-channel thresholds on each MLP gate (importance a_g²·E[a_u²]), thresholds on q_proj's and o_proj's inputs."""
-
-    needs_calibration = True
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self._thresholds: Scales[Threshold] = Scales()
         self._selected: frozenset[str] = frozenset()
         self._reasons: dict[str, str] = {}
-
-    def rules(self):
-        return self._rules(self._thresholds)
 
     def _rules(self, thresholds: Scales[Threshold]) -> list:
         options = TealOptions(sparsity=self.options.sparsity)
@@ -209,10 +192,8 @@ class ChessPass(RulePass):
                   if n.outputs and n.outputs[0].name in self._selected and float_value(n.inputs[0])}
         values = {**{name: value.dtype for name, value in gates.items()}, **{key: x.dtype for key, x in inputs.items()}}
         plan = _chess_plan(values, self.options.sparsity, ups)
-        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=lambda n: n.metadata_props[SITE_KEY],
-                                                  plan=plan, extra=[u for u in ups.values() if u is not None],
-                                                  sources={key: x.name for key, x in inputs.items()})
-                            if values else Scales())
+        self.calibrate_thresholds(model, values, plan=plan, extra=[u for u in ups.values() if u is not None],
+                                  sources={key: x.name for key, x in inputs.items()})
         result = super().call(model)
         # every other linear layer, and the threshold nodes this run made (they match again)
         self.declines = [d for d in self.declines if d.reason not in (_NOT_SELECTED, _OWN_THRESHOLD)]

@@ -35,7 +35,7 @@ from graphopt.calibrate import Scales
 from graphopt.ops.threshold import SITE_KEY
 from graphopt.pass_base import RulePass
 from graphopt.passes._threshold_rules import Threshold, insert_threshold
-from graphopt.passes.cats import ACTIVATIONS, _GatedMlpRule, _GateRule, _PlainMlpRule
+from graphopt.passes.cats import _GatedMlpRule, _GateRule, _PlainMlpRule, gate_rules
 from graphopt.registry import register_pass
 
 __all__ = ["RelufyOptions", "RelufyPass"]
@@ -79,11 +79,7 @@ class _ReluPlainMlpRule(_ReluGate, _PlainMlpRule):
 
 
 def relufy_rules(threshold: float) -> list:
-    gated = [rule for op_type, domain, tag in ACTIVATIONS
-             for rule in _ReluGatedMlpRule.rule(f"relufy-{tag}-gated-mlp", threshold, op_type, domain).commute()]
-    plain = [_ReluPlainMlpRule.rule(f"relufy-{tag}-mlp-{linear.lower()}", threshold, op_type, domain, linear, reshaped)
-             for linear in ("MatMul", "Gemm") for reshaped in (False, True) for op_type, domain, tag in ACTIVATIONS]
-    return [tuple(gated), tuple(plain)]
+    return gate_rules("relufy", _ReluGatedMlpRule, _ReluPlainMlpRule, threshold)
 
 
 @register_pass("relufy", options=RelufyOptions, category="rewrite")

@@ -37,15 +37,13 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt.calibrate import Calibration, Scales
-from graphopt.ops.threshold import SITE_KEY
-from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import is_dequantized_constant
 from graphopt.passes._threshold_rules import (
     LINEAR_OPS,
+    CalibratedThresholdPass,
     Plan,
     Threshold,
     ThresholdOptions,
-    calibrated_thresholds,
     float_value,
     insert_threshold,
     linear_weight_shape,
@@ -157,18 +155,12 @@ def _rsparse_plan(dtypes: Mapping[str, ir.DataType], layers: Mapping[str, _Layer
 
 
 @register_pass("rsparse", options=RsparseOptions, category="rewrite")
-class RsparsePass(RulePass):
+class RsparsePass(CalibratedThresholdPass):
     """R-Sparse: threshold each linear input at t / ‖W's input-channel row‖, add a rank-r SVD path for the dropped rest."""
-
-    needs_calibration = True
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
-        self._thresholds: Scales[Threshold] = Scales()
         self._layers: dict[str, _Layer] = {}
-
-    def rules(self):
-        return self._rules(self._thresholds)
 
     def _rules(self, thresholds: Scales[Threshold]) -> list:
         return [tuple(_RsparseRule.rule(f"rsparse-{linear.lower()}", thresholds, self.options, linear, self._layers)
@@ -180,10 +172,8 @@ class RsparsePass(RulePass):
                  if linear_weight_shape(n) and float_value(n.inputs[0])}
         self._layers = {key: layer for key, node in nodes.items() if (layer := self._layer(node)) is not None}
         values = {key: nodes[key].inputs[0].dtype for key in self._layers}
-        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=lambda n: n.metadata_props[SITE_KEY],
-                                                  plan=_rsparse_plan(values, self._layers),
-                                                  sources={key: nodes[key].inputs[0].name for key in values})
-                            if values else Scales())
+        self.calibrate_thresholds(model, values, plan=_rsparse_plan(values, self._layers),
+                                  sources={key: nodes[key].inputs[0].name for key in values})
         result = super().call(model)
         self.declines = [d for d in self.declines if d.reason not in (_OWN_THRESHOLD, _OWN_PATH)]
         return result

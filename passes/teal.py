@@ -38,13 +38,12 @@ from onnxscript.rewriter import pattern
 from graphopt import rewrite
 from graphopt.calibrate import Scales
 from graphopt.ops.threshold import SITE_KEY
-from graphopt.pass_base import RulePass
 from graphopt.passes._teal_greedy import greedy_sparsities
 from graphopt.passes._threshold_rules import (
     LINEAR_OPS,
+    CalibratedThresholdPass,
     Threshold,
     ThresholdOptions,
-    calibrated_thresholds,
     float_value,
     insert_threshold,
     is_threshold,
@@ -115,17 +114,8 @@ class _LinearInputRule(pattern.RewriteRuleClassBase):
 
 
 @register_pass("teal", options=TealOptions, category="rewrite")
-class TealPass(RulePass):
+class TealPass(CalibratedThresholdPass):
     """TEAL: threshold the input of every linear layer at its calibrated sparsity-quantile of |x| (greedy: per-projection sparsities)."""
-
-    needs_calibration = True
-
-    def __init__(self, options=None) -> None:
-        super().__init__(options)
-        self._thresholds: Scales[Threshold] = Scales()
-
-    def rules(self):
-        return self._rules(self._thresholds)
 
     def _rules(self, thresholds: Scales[Threshold]) -> list:
         return [tuple(_LinearInputRule.rule(f"teal-{linear.lower()}", thresholds, self.options, linear) for linear in LINEAR_OPS)]
@@ -138,10 +128,8 @@ class TealPass(RulePass):
                  if linear_weight_shape(node) and float_value(node.inputs[0])}
         values = {key: node.inputs[0].dtype for key, node in nodes.items()}
         sparsity = self._greedy(model, nodes) if self.options.greedy and nodes else self.options.sparsity
-        self._thresholds = (calibrated_thresholds(self, model, values, self._rules, key_of=lambda n: n.metadata_props[SITE_KEY],
-                                                  plan=quantile_plan(values, sparsity),
-                                                  sources={key: node.inputs[0].name for key, node in nodes.items()})
-                            if nodes else Scales())
+        self.calibrate_thresholds(model, values, plan=quantile_plan(values, sparsity),
+                                  sources={key: node.inputs[0].name for key, node in nodes.items()})
         result = super().call(model)
         self.declines = [d for d in self.declines if d.reason != _OWN_THRESHOLD]
         return result
