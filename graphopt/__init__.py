@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["check", "compile", "load", "run_pipeline", "save", "to_torch", "__version__"]
+__all__ = ["check", "compile", "finetune", "load", "run_pipeline", "save", "to_torch", "__version__"]
 
 
 def __getattr__(name: str):
@@ -26,6 +26,8 @@ def __getattr__(name: str):
         from graphopt.storage import save_model as value
     elif name == "run_pipeline":
         from graphopt.pipeline import run_pipeline as value
+    elif name == "finetune":
+        from graphopt.finetuning import finetune as value  # a package of another name: importing it never shadows this
     elif name == "to_torch":
         from graphopt.fx import to_torch as value
     else:

@@ -1,4 +1,4 @@
-"""The `graphopt` command line: compile, check, passes, inspect, explain, bench.
+"""The `graphopt` command line: compile, check, passes, inspect, explain, bench, finetune (graphopt/finetuning/command.py).
 
 Exit codes (BRIEF §4): 0 ok; 1 a numeric check failed, or the integer-only check did (a float op
 between QuantizeLinear and DequantizeLinear, or no integer region at all), or `check` found a
@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphopt {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    for add in (_add_compile, _add_check, _add_passes, _add_inspect, _add_explain, _add_bench):
+    from graphopt.finetuning.command import add_parser as _add_finetune  # noqa: PLC0415 — standard library only
+
+    for add in (_add_compile, _add_check, _add_passes, _add_inspect, _add_explain, _add_bench, _add_finetune):
         add(sub, common)
     return parser
 
