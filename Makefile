@@ -44,6 +44,7 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/graphopt bench overhead minilm-canonical ivit sparsity
 	$(VENV)/bin/graphopt bench tvm --cross
+	$(VENV)/bin/graphopt bench attention
 
 clean:
 	rm -rf $(OUT) graphopt-out .pytest_cache

@@ -50,6 +50,8 @@ BENCHMARKS = {b.name: b for b in (
               "sparsity and held-out perplexity at 30/50/70% vs dense", ("torch",)),
     Benchmark("sparsity-kernel", "sparsity_kernel", "decode step of a LLaMA-7B-shaped MLP on tvm-llvm: dense vs CATS vs TEAL "
               "with the sparse kernels, speedup vs sparsity 0-90% and the crossover", ("tvm",)),
+    Benchmark("attention", "attention", "one attention layer (12 heads x 64) vs N 512-16K: softmax (graphopt's TVM kernel, ORT) vs "
+              "LinearizedAttention's CPU kernels: latency, log-log slope, peak RSS, decode step vs context, PNG plot", ("tvm",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),
