@@ -149,3 +149,16 @@ def linearized_attention(qf, kf, v, decay, *, causal=0, eps=1e-6):
         num = torch.matmul(qf, torch.matmul(kf.transpose(-1, -2), v))
         den = (qf * kf.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True)
     return (num / (den + eps)).to(out_dtype)
+
+
+@ops.implements("ShiftMatMul", "torch")
+def shift_matmul(x, p, s, *, bits=5, zero_free=0):
+    bits = int(bits)
+    per_word, half = 31 // bits, 1 << (bits - 1)
+    shifts = torch.arange(per_word, dtype=torch.int64, device=p.device).view(1, -1, 1) * bits
+    codes = ((p.to(torch.int64).unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1, p.shape[-1])[: x.shape[-1]]
+    sign, e = codes // half, codes % half
+    d = torch.ldexp(torch.ones_like(e, dtype=torch.float32), -e) * (1 - 2 * sign).to(torch.float32)
+    if not int(zero_free):
+        d = torch.where(e == half - 1, torch.zeros((), dtype=torch.float32), d)
+    return (torch.matmul(x, d.to(x.dtype)) * s.to(x.dtype)).to(x.dtype)
