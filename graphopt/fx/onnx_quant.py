@@ -20,10 +20,10 @@ from graphopt.errors import UnsupportedError
 from graphopt.fx.dtypes import torch_dtype
 from graphopt.fx.onnx_nn import convolve
 
-__all__ = ["CONVERTERS"]
+__all__ = ["CONVERTERS", "along", "conv_sum", "matmul_sum"]
 
 
-def _along(param, x, axis):
+def along(param, x, axis):
     """A per-axis parameter (1-D) shaped to broadcast against x along ``axis``; scalars as they are."""
     if param.dim() != 1 or x.dim() <= 1:
         return param
@@ -44,9 +44,9 @@ def quantize_linear(x, y_scale, y_zero_point=None, axis=1, block_size=0, output_
     else:
         dtype = y_zero_point.dtype if y_zero_point is not None else torch.uint8
     info = torch.iinfo(dtype)
-    q = torch.round(x / _along(y_scale, x, axis))
+    q = torch.round(x / along(y_scale, x, axis))
     if y_zero_point is not None:
-        q = q + _along(y_zero_point, x, axis).to(q.dtype)
+        q = q + along(y_zero_point, x, axis).to(q.dtype)
     return torch.clamp(q, info.min, info.max).to(dtype)
 
 
@@ -54,8 +54,8 @@ def dequantize_linear(x, x_scale, x_zero_point=None, axis=1, block_size=0, outpu
     _no_blocks(block_size, "DequantizeLinear")
     wide = x.to(torch.int32)
     if x_zero_point is not None:
-        wide = wide - _along(x_zero_point, x, axis).to(torch.int32)
-    return wide.to(x_scale.dtype) * _along(x_scale, x, axis)
+        wide = wide - along(x_zero_point, x, axis).to(torch.int32)
+    return wide.to(x_scale.dtype) * along(x_scale, x, axis)
 
 
 def _centered(x, zero_point):
@@ -67,17 +67,27 @@ def _wrap_int32(exact):
     return exact.to(torch.int64).to(torch.int32)
 
 
-def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+def matmul_sum(a, b, a_zero_point=None, b_zero_point=None):
+    """MatMulInteger's exact sum, in float64 (not yet wrapped to int32); train mode wraps it itself."""
     if a_zero_point is not None and a_zero_point.dim() == 1 and a_zero_point.numel() > 1:
         a_zero_point = a_zero_point.unsqueeze(-1)  # one per row of A
-    return _wrap_int32(torch.matmul(_centered(a, a_zero_point), _centered(b, b_zero_point)))
+    return torch.matmul(_centered(a, a_zero_point), _centered(b, b_zero_point))
 
 
-def conv_integer(x, w, x_zero_point=None, w_zero_point=None, **window):
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+    return _wrap_int32(matmul_sum(a, b, a_zero_point, b_zero_point))
+
+
+def conv_sum(x, w, x_zero_point=None, w_zero_point=None, **window):
+    """ConvInteger's exact sum, in float64 (not yet wrapped to int32)."""
     if w_zero_point is not None and w_zero_point.numel() > 1:
         w_zero_point = w_zero_point.reshape([-1] + [1] * (w.dim() - 1))  # one per output channel
     # padding after the zero point is subtracted: ONNX pads with the zero point, i.e. a 0 term
-    return _wrap_int32(convolve(_centered(x, x_zero_point), _centered(w, w_zero_point), None, **window))
+    return convolve(_centered(x, x_zero_point), _centered(w, w_zero_point), None, **window)
+
+
+def conv_integer(x, w, x_zero_point=None, w_zero_point=None, **window):
+    return _wrap_int32(conv_sum(x, w, x_zero_point, w_zero_point, **window))
 
 
 CONVERTERS = {

@@ -1,0 +1,58 @@
+"""Which initializers train mode makes parameters, and how.
+
+- Float initializers: float parameters, as in eval mode. On an ``ivit`` graph these are the entry
+  ``QuantizeLinear`` and exit ``DequantizeLinear`` scales: learnable quantization scales (LSQ).
+- Integer (int8/uint8/int16/int32) initializers that only feed values, i.e. weights
+  (``MatMulInteger`` / ``ConvInteger``), biases and embedding tables (``Add``, ``Gather``,
+  ``Expand``, ...), ``IntLayerNorm``'s mult and bias, ``DyadicRequant``'s multiplier (the integer
+  requantization scale ``m`` of ``m · 2^-k``): *latent* float64 parameters holding the integers,
+  read through ``round_to_range`` (round half to even, clamp to the dtype's range, straight-through).
+- Every other integer initializer (zero points, ``Clip`` bounds, ``DyadicRequant``'s shift ``k``,
+  shapes and indices) stays a fixed buffer: float64 for carried types, int64/bool as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from graphopt import ops
+from graphopt.fx.converters import STANDARD_DOMAINS
+
+__all__ = ["latent_range", "role"]
+
+_ALL = None
+# (op) -> input positions where an integer initializer is a learnable value; None: all
+_VALUE_INPUTS: dict[tuple[str, str], set[int] | None] = {
+    **{(d, op): pos for d in STANDARD_DOMAINS for op, pos in {
+        "MatMulInteger": {0, 1}, "ConvInteger": {0, 1}, "Add": _ALL, "Sub": _ALL, "Mul": _ALL, "Sum": _ALL,
+        "Concat": _ALL, "Where": {1, 2}, "Expand": {0}, "Gather": {0}, "Reshape": {0}, "Transpose": {0},
+        "Unsqueeze": {0}, "Squeeze": {0}, "Slice": {0}, "Tile": {0},
+    }.items()},
+    (ops.DOMAIN, "IntLayerNorm"): {1, 2}, (ops.DOMAIN, "DyadicRequant"): {1},
+}
+_CARRIED = {ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.INT32}
+
+
+def _is_value_use(use) -> bool:
+    positions = _VALUE_INPUTS.get((use.node.domain, use.node.op_type), set())
+    return positions is _ALL or use.idx in positions
+
+
+def latent_range(value: ir.Value) -> tuple[float, float] | None:
+    """(min, max) of ``value``'s integer dtype if train mode makes it a latent parameter, else None."""
+    if value.dtype not in _CARRIED:
+        return None
+    uses = list(value.uses())
+    if not uses or not all(_is_value_use(use) for use in uses) or value.is_graph_output():
+        return None
+    bounds = np.iinfo(value.dtype.numpy())
+    return float(bounds.min), float(bounds.max)
+
+
+def role(value: ir.Value) -> str:
+    """Where the parameter is first read, e.g. ``MatMulInteger:1`` (a weight), ``DyadicRequant:1``
+    (a requantization multiplier), ``QuantizeLinear:1`` (a scale): for learning-rate groups."""
+    for use in value.uses():
+        return f"{use.node.op_type}:{use.idx}"
+    return ""
