@@ -28,7 +28,11 @@ def add_parser(sub, common) -> None:
                    help="held-out data for the validation (forms as --data; default: --holdout of the --data rows)")
     f.add_argument("-o", "--output", default="graphopt-finetune", help="output folder (default: graphopt-finetune)")
     f.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    f.add_argument("--lr", type=float, default=1e-3,
+                   help="Adam learning rate: with --lr-scale relative, each tensor's change per step relative to its RMS (default 1e-3)")
+    f.add_argument("--lr-scale", default="relative", choices=["relative", "absolute"],
+                   help="relative: lr times each tensor's RMS (int8 latents, scales and float weights alike); absolute: plain Adam "
+                        "(default relative)")
     f.add_argument("--batch-size", type=int, default=8, help="global batch in rows, split over torchrun's processes (default 8)")
     f.add_argument("--loss", default="distill", choices=["distill", "kl"],
                    help="distill: MSE of every float output over the teacher's variance; kl: softmax KL at --temperature "
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     terminal = cli._terminal()
     try:
         result = finetune(args.model, args.teacher, cli._data_argument(args.data), eval=cli._data_argument(args.eval),
-                          steps=args.steps, lr=args.lr, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
+                          steps=args.steps, lr=args.lr, lr_scale=args.lr_scale, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
                           trainable=cli._names(args.trainable), holdout=args.holdout, seed=args.seed, threads=args.threads,
                           tolerances=Tolerances(min_cosine=AUTO if args.min_cosine is None else args.min_cosine, min_top1=args.min_top1),
                           mask=None if args.mask == "none" else args.mask, progress=_progress(args, terminal))

@@ -82,7 +82,8 @@ def finetune(
     data: Any,  # noqa: A002 — the CLI's --data
     *,
     steps: int = 200,
-    lr: float = 1e-4,
+    lr: float = 1e-3,
+    lr_scale: str = "relative",
     batch_size: int = 8,
     loss: str = "distill",
     trainable: Sequence[str] | str | None = None,
@@ -100,7 +101,9 @@ def finetune(
 
     ``student``/``teacher``: anything ``graphopt.load`` takes; ``data``/``eval``: any form
     ``--calib`` takes (``graphopt.data``), cut into rows along axis 0 (``examples``). ``loss``:
-    ``"distill"`` (variance-normalized MSE on every float output) or ``"kl"`` (softmax KL at
+    ``lr`` with ``lr_scale="relative"`` (default) is each tensor's change per step relative to its
+    RMS (``loop.parameter_groups``: integer latents, scales and float weights have units apart);
+    ``"absolute"`` is plain Adam. ``loss``: ``"distill"`` (variance-normalized MSE on every float output) or ``"kl"`` (softmax KL at
     ``temperature``, for logits); see ``graphopt.finetuning.loss``. ``trainable``: fnmatch patterns
     of initializer names (None: every parameter ``to_torch`` makes); the rest stay frozen and are
     written back untouched. ``batch_size`` is the global batch: under ``torchrun`` each of the
@@ -109,7 +112,7 @@ def finetune(
     ``progress`` wraps the step range (a tqdm bar: the CLI's). Validation failing the
     ``tolerances`` (default: those of an approximating pipeline) makes ``result.ok`` False.
     """
-    _check_options(steps=steps, lr=lr, batch_size=batch_size, holdout=holdout)
+    _check_options(steps=steps, lr=lr, lr_scale=lr_scale, batch_size=batch_size, holdout=holdout)
     import torch  # noqa: PLC0415 — torch only for fine-tuning
 
     with world() as w, _deterministic(seed, torch):
@@ -131,7 +134,7 @@ def finetune(
 
         began = time.perf_counter()
         losses = train(module, train_examples, loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed, stacks=stacks,
-                       world=w, input_names=module.input_names, progress=progress if w.main else None)
+                       world=w, input_names=module.input_names, lr_scale=lr_scale, progress=progress if w.main else None)
         seconds = time.perf_counter() - began
         trained = {onnx: module.get_parameter(module.parameter_names[onnx]).detach().cpu().numpy() for onnx in chosen}
         tuned = write_back(student_model, trained)
@@ -141,7 +144,7 @@ def finetune(
     report.ops_before, report.ops_after = op_histogram(student_model), op_histogram(tuned)
     report.data = {"kind": "user", "samples": len(train_examples), "eval_samples": len(held_out)}
     section = {
-        "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
+        "steps": steps, "lr": lr, "lr_scale": lr_scale, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
         "temperature": temperature, "train_mode": train_mode, "stacked_batches": stacks,
         "examples": {"train": len(train_examples), "held_out": len(held_out)},
         "trainable": sorted(chosen), "distilled_outputs": loss_fn.names,
@@ -160,7 +163,11 @@ def finetune(
     return FinetuneResult(tuned, student_model, teacher_model, losses, report, seconds, w, files)
 
 
-def _check_options(*, steps: int, lr: float, batch_size: int, holdout: float) -> None:
+def _check_options(*, steps: int, lr: float, lr_scale: str, batch_size: int, holdout: float) -> None:
+    from graphopt.finetuning.loop import LR_SCALES  # noqa: PLC0415
+
+    if lr_scale not in LR_SCALES:
+        raise UsageError(f"unknown lr_scale {lr_scale!r}: valid are {', '.join(LR_SCALES)}")
     if steps < 1:
         raise UsageError(f"steps must be 1 or more, got {steps}")
     if not lr > 0:
