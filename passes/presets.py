@@ -51,3 +51,11 @@ register_preset(
     "integer-chain,cleanup",
     "I-ViT integer-only inference: int8 linear layers, Shiftmax, ShiftGELU/SiLU, I-LayerNorm/RMSNorm, integer products, chained.",
 )
+
+# Shift-add (issue 17): weights of every linear layer as packed signed powers of two
+# (shift-linear's defaults: 5-bit DeepShift codes, per-channel float scale). binary-attention joins later.
+register_preset(
+    "shiftadd",
+    "canonicalize,shift-linear",
+    "Shift-add: canonicalize, then MatMul/Gemm weights as packed signed powers of two (ShiftMatMul).",
+)
