@@ -1,0 +1,199 @@
+"""Hedgehog feature maps for ``linear-attention(feature_map=hedgehog)``: fitted per head by attention distillation.
+
+Hedgehog (Zhang et al., ICLR 2024; LoLCATs' ``softmax_dim`` form) replaces softmax attention's
+kernel exp(scale·q·k) by φ(q)·φ(k) with a small learned map per head h:
+
+    u = x·W_h + b_h                    W_h [D, D] (initialized to the identity), b_h [D] (zeros)
+    φ(x) = [softmax(u), softmax(-u)]   softmaxes over the feature axis: F = 2D, non-negative
+
+φ is applied to the raw Q and K (no scale folded: W absorbs it), and the same map serves queries
+and keys of one head. Fitting (``fit_hedgehog``): from a layer's captured Q, K [.., H, S, D] the
+target weights are A = softmax(scale·QKᵀ [+ causal mask]); the linear weights are
+Â_ij = φ(q_i)·φ(k_j) / Σ_j' φ(q_i)·φ(k_j') (j <= i when causal); the loss is the cross-entropy
+-Σ_j A_ij log Â_ij averaged over rows (its gradient is the KL's), minimized with Adam (lr 1e-2,
+LoLCATs' attention-transfer rate) in torch on the CPU, all heads at once. Deterministic: seeded,
+``torch.use_deterministic_algorithms``, one thread, the samples of each step drawn from a seeded
+generator; ``steps`` bounds the work and ``seconds`` the wall time (a fit stopped by the clock
+depends on the machine's speed: ``info["stopped_by"]`` says which bound ended it).
+
+``hedgehog_features(op, x, w, b)`` builds φ as ONNX ops (MatMul, Add, Softmax, Neg, Concat) in a
+rewrite; ``hedgehog_features_numpy`` is the same in numpy; ``attention_kl`` scores any feature map
+against softmax attention (the test, and a pass's report).
+
+Calling it from a pass (``passes/linear_attention.py``): capture every attention's Q and K over the
+calibration samples (``self.calibrate(model, names).values(name)`` stacked on a new leading axis),
+then ``w, b = fit_hedgehog(q, k, scale=node_scale, causal=node_causal, steps=..., seconds=...,
+seed=...)``, keep (w, b) on the rule for its rewrite, and there ``qf = hedgehog_features(op, q, w, b)``
+(and the same for k) with the arrays as initializers or constants of Q's dtype; Q's axis -3 is the
+head axis (size H, or 1 for a single head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["attention_kl", "elu_plus_one", "fit_hedgehog", "hedgehog_features", "hedgehog_features_numpy",
+           "softmax_attention"]
+
+LEARNING_RATE = 1e-2  # LoLCATs' attention-transfer learning rate
+MAX_ELEMENTS_PER_STEP = 1 << 22  # samples per step: at most this many attention weights (B·H·S·S)
+
+
+def _heads(x: np.ndarray) -> np.ndarray:
+    """[.., H, S, D] -> [B, H, S, D] (leading axes flattened; rank 3 is one sample)."""
+    x = np.asarray(x)
+    if x.ndim < 3:
+        raise ValueError(f"expected [.., H, S, D], got shape {x.shape}")
+    return x.reshape(-1, *x.shape[-3:])
+
+
+# --- numpy: the map, softmax attention, the score ---------------------------------------------------
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def hedgehog_features_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """φ(x) for x [.., H, S, D], w [H, D, D], b [H, D] -> [.., H, S, 2D] (float64)."""
+    u = np.matmul(np.asarray(x, np.float64), np.asarray(w, np.float64)) + np.asarray(b, np.float64)[:, None, :]
+    return np.concatenate([_softmax(u), _softmax(-u)], axis=-1)
+
+
+def elu_plus_one(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def softmax_attention(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool) -> np.ndarray:
+    """softmax(scale·QKᵀ [causal mask]) [.., S, S] in float64."""
+    s = np.matmul(np.asarray(q, np.float64), np.swapaxes(np.asarray(k, np.float64), -1, -2)) * scale
+    if causal:
+        s = np.where(np.triu(np.ones(s.shape[-2:], bool), 1), -np.inf, s)
+    return _softmax(s)
+
+
+def attention_kl(q: np.ndarray, k: np.ndarray, qf: np.ndarray, kf: np.ndarray, *, scale: float, causal: bool) -> float:
+    """Mean over rows of KL(softmax attention || linear attention weights of the features qf, kf)."""
+    a = softmax_attention(q, k, scale=scale, causal=causal)
+    num = np.matmul(np.asarray(qf, np.float64), np.swapaxes(np.asarray(kf, np.float64), -1, -2))
+    if causal:
+        num = np.where(np.triu(np.ones(num.shape[-2:], bool), 1), 0.0, num)
+    lin = num / num.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(a > 0, a * (np.log(a) - np.log(np.maximum(lin, 1e-300))), 0.0)
+    return float(terms.sum(axis=-1).mean())
+
+
+# --- torch: the fit ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _deterministic_torch(seed: int):
+    import torch  # noqa: PLC0415
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield torch
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
+def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = False, steps: int = 200,
+                 seconds: float = 60.0, seed: int = 0, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-head Hedgehog maps fitted on captured Q, K [.., H, S, D]: (W [H, D, D], b [H, D]) float32.
+
+    ``steps``: Adam steps at most; ``seconds``: wall-time budget (checked after each step, at least
+    one step runs). ``info`` (a dict) receives ``steps``, ``stopped_by`` ("steps" or "seconds"),
+    ``seconds``, and the training loss (cross-entropy) and KL at the start and the end.
+    """
+    q3, k3 = _heads(q), _heads(k)
+    if q3.shape[:2] != k3.shape[:2] or q3.shape[-1] != k3.shape[-1]:
+        raise ValueError(f"Q {q3.shape} and K {k3.shape} differ in samples, heads or head dimension")
+    if causal and q3.shape[2] != k3.shape[2]:
+        raise ValueError(f"causal fitting needs Sq == Sk, got {q3.shape[2]} and {k3.shape[2]}")
+    samples, heads, sq, dim = q3.shape
+    sk = k3.shape[2]
+    per_step = max(1, min(samples, MAX_ELEMENTS_PER_STEP // max(1, heads * sq * sk)))
+    start = time.perf_counter()
+    with _deterministic_torch(seed) as torch:
+        qt = torch.from_numpy(np.ascontiguousarray(q3, np.float32))
+        kt = torch.from_numpy(np.ascontiguousarray(k3, np.float32))
+        mask = torch.ones(sq, sk).tril().bool() if causal else None
+        with torch.no_grad():
+            logits = torch.matmul(qt, kt.transpose(-1, -2)) * scale
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            target = torch.softmax(logits, dim=-1)
+            entropy = -(torch.where(target > 0, target * torch.log(target), torch.zeros(()))).sum(-1).mean(dim=(1, 2))
+        weight = torch.nn.Parameter(torch.eye(dim).repeat(heads, 1, 1))
+        bias = torch.nn.Parameter(torch.zeros(heads, 1, dim))
+        optimizer = torch.optim.Adam([weight, bias], lr=LEARNING_RATE)
+        generator = torch.Generator().manual_seed(seed)
+
+        def features(x):
+            u = torch.matmul(x, weight) + bias
+            return torch.cat([torch.softmax(u, dim=-1), torch.softmax(-u, dim=-1)], dim=-1)
+
+        def loss_of(index):
+            num = torch.matmul(features(qt[index]), features(kt[index]).transpose(-1, -2))
+            if mask is not None:
+                num = num * mask
+            log_lin = torch.log(num.clamp_min(1e-30)) - torch.log(num.sum(-1, keepdim=True))
+            cross = -(target[index] * torch.where(target[index] > 0, log_lin, torch.zeros(()))).sum(-1)
+            return cross.mean(), cross.mean(dim=(1, 2))
+
+        everything = torch.arange(samples)
+        with torch.no_grad():
+            loss_start = float(loss_of(everything)[0])
+        done, stopped_by = 0, "steps"
+        for _ in range(steps):
+            index = torch.randperm(samples, generator=generator)[:per_step] if per_step < samples else everything
+            optimizer.zero_grad()
+            loss, _ = loss_of(index)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if time.perf_counter() - start > seconds and done < steps:
+                stopped_by = "seconds"
+                break
+        with torch.no_grad():
+            loss_end, per_sample = loss_of(everything)
+        w = weight.detach().numpy().astype(np.float32).copy()
+        b = bias.detach().numpy()[:, 0, :].astype(np.float32).copy()
+        mean_entropy = float(entropy.mean())
+    if info is not None:
+        info.update(steps=done, stopped_by=stopped_by, seconds=round(time.perf_counter() - start, 3),
+                    samples_per_step=per_step, loss_start=loss_start, loss_end=float(loss_end),
+                    kl_start=loss_start - mean_entropy, kl_end=float(loss_end) - mean_entropy)
+    return w, b
+
+
+# --- ONNX: the map as ops in a rewrite ------------------------------------------------------------------
+
+
+def hedgehog_features(op, x: ir.Value, w, b, dtype: ir.DataType | None = None) -> ir.Value:
+    """φ(x) = Concat(Softmax(x·W + b), Softmax(-(x·W + b))) on the last axis, built with ``op``.
+
+    ``w`` [H, D, D] and ``b`` are numpy arrays as ``fit_hedgehog`` returns them (b [H, D]; made
+    ``Constant`` nodes of ``dtype``, default x's dtype or float32) or ir.Values the pass made
+    (initializers: w [H, D, D], b reshaped to [H, 1, D]); x [.., H, S, D], axis -3 the heads."""
+    if not isinstance(w, ir.Value) or not isinstance(b, ir.Value):
+        numpy_dtype = (dtype or x.dtype or ir.DataType.FLOAT).numpy()
+        if not isinstance(w, ir.Value):
+            w = op.Constant(value=ir.tensor(np.asarray(w).astype(numpy_dtype)))
+        if not isinstance(b, ir.Value):
+            b_array = np.asarray(b)
+            b = op.Constant(value=ir.tensor(b_array.reshape(b_array.shape[0], 1, b_array.shape[-1]).astype(numpy_dtype)))
+    u = op.Add(op.MatMul(x, w), b)
+    return op.Concat(op.Softmax(u, axis=-1), op.Softmax(op.Neg(u), axis=-1), axis=-1)
