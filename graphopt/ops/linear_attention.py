@@ -36,10 +36,16 @@ import numpy as np
 
 from graphopt import ops
 
-__all__ = ["LINEAR_ATTENTION_OP", "MIN_OPSET", "OP_NAME", "linear_attention_reference"]
+__all__ = ["CHOICES_KEY", "FEATURE_MAP_KEY", "LINEAR_ATTENTION_OP", "MIN_OPSET", "OP_NAME", "SITE_KEY",
+           "linear_attention_reference"]
 
 OP_NAME = "LinearizedAttention"
 MIN_OPSET = 15
+# node metadata stamped by the passes that make the op (``linear-attention``): the feature map, every
+# choice (JSON), and the replaced softmax attention's output, by its name in the original graph
+FEATURE_MAP_KEY = "pkg.graphopt.linear_attention.feature_map"
+CHOICES_KEY = "pkg.graphopt.linear_attention.choices"
+SITE_KEY = "pkg.graphopt.linear_attention.site"
 
 _BODY = """<domain: "pkg.graphopt", opset_import: ["": 18]>
 LinearizedAttention <causal: int = 0, eps: float = 1e-6> (Qf, Kf, V, decay) => (Y) {

@@ -1,0 +1,220 @@
+"""Linear attention: every canonical softmax attention becomes kernelized attention with a feature map.
+
+    DotProductAttention(Q, K, V, mask, scale, causal)
+      ==>  Qf = φ(Q), Kf = φ(K) [· exp(mask_j)]                      (ONNX ops, passes/_feature_maps.py)
+           LinearizedAttention(Qf, Kf, V, decay=1, causal)           (pkg.graphopt, graphopt/ops/linear_attention.py)
+
+φ is the ``feature_map`` option: ``elu`` (elu+1), ``relu``, ``cosformer`` (ReLU with cos/sin position
+re-weighting), ``performer`` (positive orthogonal random features, ``features`` of them, 0 for
+d·ln d, seeded by ``seed``), ``liger`` (softmax over the head dimension; no parameters) or
+``hedgehog`` (fitted maps; see below). How the attention's scale enters is in
+``passes/_feature_maps.py`` (``fold_scale``). ``causal=auto`` keeps the node's own causal flag;
+``always`` / ``never`` override it (for a decoder whose causal mask the canonicalizer could not
+prove constant). Each new node carries its choices (``FEATURE_MAP_KEY``, ``CHOICES_KEY``: map,
+causal, scale handling, mask handling, features, seed, chunk) and the attention it replaced
+(``SITE_KEY``: the original output's name) in its metadata.
+
+Masks: a constant all-zero mask is no mask. A mask that is the same for every query (a key-padding
+mask: BERT/MiniLM's attention_mask, even when exporters expand it to [B, 1, Sq, Sk] — proved by
+following it back through elementwise ops to values whose query axis is 1 or constant rows) is
+honored exactly: key j is weighted by exp(mask_j), so padded keys (-inf or a large negative) drop
+out of numerator and denominator alike. A KV-cache decode step (Sq = 1 over past + current keys,
+not causal) becomes the non-causal form over the cache: for that one query it is exactly the causal
+linear attention of the prefill, at a cost linear in the context per step; the constant-time
+recurrent-state form changes the graph's inputs and outputs and is not part of this increment.
+
+Declined, with the reason: the model's opset is below 15; the scores are softcapped (tanh has no
+feature-map factorization); a non-positive scale with a map that folds it; a mask that depends on
+the query (a causal or sliding-window mask given at run time, a relative-position bias): linear
+attention cannot factor it into the keys; an unknown mask rank; a non-float Q; ``performer`` with
+an unknown head dimension or inside a function (its W is an initializer); ``window > 0`` (the
+LoLCATs hybrid lands with ``graphopt/ops/hybrid_attention.py``); ``hedgehog`` (needs fitted maps:
+the fitting lands with ``passes/_hedgehog.py``).
+
+Why: softmax attention costs O(N²) in time and memory; linear attention computes Kfᵀ·V once,
+O(N·F·D), so long sequences (and decode with a state) get cheap. The price is accuracy: a model
+trained with softmax loses quality without fine-tuning (or fitted maps, Hedgehog/LoLCATs), and the
+report says how much (per-block output cosine vs softmax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import ops
+from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
+from graphopt.pass_base import RulePass
+from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant, default_opset, unique_initializer_name
+from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, default_features, performer_weights, build_features
+from graphopt.registry import check_options, register_pass
+
+__all__ = ["LinearAttentionOptions", "LinearAttentionPass", "query_independent"]
+
+_MASK_LIMIT = 1 << 22  # largest constant mask (elements) read to check its rows
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAttentionOptions:
+    feature_map: typing.Literal["elu", "relu", "cosformer", "performer", "hedgehog", "liger"] = "elu"
+    window: int = dataclasses.field(default=0, metadata={"range": (0, 1 << 20)})  # LoLCATs softmax window (hybrid)
+    causal: typing.Literal["auto", "always", "never"] = "auto"
+    chunk: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 16)})  # causal kernels' block size
+    features: int = dataclasses.field(default=0, metadata={"range": (0, 1 << 16)})  # performer: 0 = d·ln d
+    seed: int = 0  # performer's random features
+    fold_scale: bool = True  # elu, liger: multiply √scale into Q and K before the map
+    cosformer_length: int = 0  # cosformer's M: 0 = the key length
+    eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+# elementwise ops through which a mask stays the same for every query if its inputs are
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Not", "Cast", "CastLike", "Neg",
+                          "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Min", "Max", "Identity",
+                          "Clip", "Abs", "Log", "Exp"})
+
+
+def _is(node: ir.Node | None, op_type: str) -> bool:
+    return node is not None and node.domain in ("", "ai.onnx") and node.op_type == op_type
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    array = constant(value)
+    return float(array.reshape(())) if array is not None and array.size == 1 else None
+
+
+def _always_true(value: ir.Value) -> bool:
+    """``Range(start, n, step > 0) >= c`` with start >= c (behind Unsqueezes): the query half of
+    transformers' padding mask (``q_idx >= 0``), true everywhere whatever the length."""
+    node = value.producer()
+    if not (_is(node, "GreaterOrEqual") or _is(node, "LessOrEqual")):
+        return False
+    ranged, bound = node.inputs if node.op_type == "GreaterOrEqual" else reversed(node.inputs)
+    source = ranged.producer()
+    while _is(source, "Unsqueeze"):
+        source = source.inputs[0].producer()
+    if not _is(source, "Range") or (c := _scalar(bound)) is None:
+        return False
+    start, step = _scalar(source.inputs[0]), _scalar(source.inputs[2])
+    return start is not None and step is not None and step > 0 and start >= c
+
+
+def query_independent(value: ir.Value | None, depth: int = 0) -> bool:
+    """Whether ``value`` (an additive mask, broadcast to [.., Sq, Sk]) is equal along its query axis:
+    its static query axis is 1 (or it has none), it is a constant with equal rows or always true
+    (``_always_true``), or it is made by elementwise ops (Expand: its data) of such values."""
+    if value is None:
+        return True
+    shape = value.shape
+    if shape is not None and (len(shape) < 2 or shape[-2] == 1):
+        return True
+    if (array := constant(value, max_size=_MASK_LIMIT)) is not None:
+        return array.ndim < 2 or bool((array == array[..., :1, :]).all())
+    node = value.producer()
+    if node is None or node.domain not in ("", "ai.onnx") or depth > 12:
+        return False
+    if node.op_type == "ConstantOfShape" or _always_true(value):
+        return True
+    if node.op_type == "Expand":
+        return query_independent(node.inputs[0], depth + 1)
+    if node.op_type in _ELEMENTWISE:
+        data = node.inputs[:1] if node.op_type == "Clip" else node.inputs
+        return all(query_independent(x, depth + 1) for x in data)
+    return False
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return None if value is None or value.shape is None else len(value.shape)
+
+
+class _LinearAttention(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, options: LinearAttentionOptions) -> None:
+        super().__init__(name)
+        self.options = options
+
+    def pattern(self, op, q, k, v, mask):
+        return op.DotProductAttention(q, k, v, mask, _domain=ops.DOMAIN, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, q, k, v, mask, out, **_) -> pattern.MatchResult:
+        result, o = pattern.MatchResult(), self.options
+        self._plan = None
+        node = out.producer()
+        if not check_opset(context, result, OP_NAME, MIN_OPSET):
+            return result
+        if o.feature_map == "hedgehog":
+            return result.fail("hedgehog needs fitted maps: the fitting lands with passes/_hedgehog.py", node)
+        if o.window > 0:
+            return result.fail(f"window={o.window} (the LoLCATs softmax-window hybrid) lands with "
+                               "graphopt/ops/hybrid_attention.py; window=0 is plain linear attention", node)
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) > 0:
+            return result.fail("the scores are softcapped (cap·tanh(s/cap)): no feature map factors that", node)
+        if (dtype := q.dtype) not in FLOAT_TYPES:
+            return result.fail(f"Q's element type is {dtype.name if dtype else 'unknown'}, not float", q)
+        scale = attrs.get_float("scale", 1.0)
+        folds = o.feature_map == "performer" or (o.fold_scale and o.feature_map not in HOMOGENEOUS)
+        if scale <= 0 and (folds or o.feature_map in HOMOGENEOUS):
+            return result.fail(f"scale {scale} is not positive: the feature maps approximate exp(scale·q·k) for "
+                               "scale > 0 only", node)
+        causal = {"auto": attrs.get_int("causal", 0), "always": 1, "never": 0}[o.causal]
+        key_mask, mask_rank = "none", _rank(mask)
+        array = constant(mask, max_size=_MASK_LIMIT)
+        if array is None or array.any():
+            if mask_rank is None:
+                return result.fail(f"the rank of the mask {mask.name} is unknown", mask)
+            if not query_independent(mask):
+                return result.fail(f"the mask {mask.name} may differ between queries (not a key-padding mask): linear "
+                                   "attention can weigh keys, not (query, key) pairs", mask)
+            key_mask = "rank1" if mask_rank == 1 else ("rows" if mask_rank >= 2 else "none")
+            if mask_rank == 0:  # a scalar added to every score cancels in the softmax
+                key_mask = "none"
+        plan = dict(feature_map=o.feature_map, dtype=dtype, opset=default_opset(context.model),
+                    scale=scale if folds else None, key_mask=key_mask, mask_rank=mask_rank or 0,
+                    cosformer_length=o.cosformer_length)
+        choices = {"feature_map": o.feature_map, "causal": causal, "scale": "folded" if folds else (
+            "cancels" if o.feature_map in HOMOGENEOUS else "dropped"), "mask": key_mask if key_mask == "none" else "key-padding",
+            "chunk": o.chunk, "eps": o.eps}
+        if o.feature_map == "performer":
+            head_dim = q.shape[-1] if q.shape is not None and len(q.shape) >= 2 else None
+            if not isinstance(head_dim, int):
+                return result.fail("performer needs Q's head dimension to draw its features; it is unknown", q)
+            graph = context.graph_or_function
+            if isinstance(graph, ir.Function):
+                return result.fail("performer's random features are an initializer, and this attention is inside a "
+                                   "function; inline first", node)
+            features = o.features or default_features(head_dim)
+            site = out.name or node.name or "attention"
+            plan.update(features=features, weights=performer_weights(head_dim, features, o.seed, site),
+                        weights_name=unique_initializer_name(graph, f"linear_attention_{site}_performer_w"))
+            choices.update(features=features, seed=o.seed, orthogonal=True)
+        if o.feature_map == "cosformer":
+            choices["cosformer_length"] = o.cosformer_length or "key length"
+        self._plan = (MapPlan(**plan), causal, choices, out.name or "")
+        return result
+
+    def rewrite(self, op, q, k, v, mask, **_):
+        plan, causal, choices, site = self._plan
+        qf, kf = build_features(op, q, k, mask, plan)
+        decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
+        y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
+        node = y.producer()
+        node.metadata_props[FEATURE_MAP_KEY] = plan.feature_map
+        node.metadata_props[CHOICES_KEY] = json.dumps(choices, sort_keys=True)
+        node.metadata_props[SITE_KEY] = site
+        return y
+
+
+@register_pass("linear-attention", options=LinearAttentionOptions, category="rewrite")
+class LinearAttentionPass(RulePass):
+    """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger)."""
+
+    def rules(self):
+        return [_LinearAttention.rule(f"linear-attention-{self.options.feature_map}", self.options)]
+
