@@ -52,6 +52,8 @@ BENCHMARKS = {b.name: b for b in (
               "with the sparse kernels, speedup vs sparsity 0-90% and the crossover", ("tvm",)),
     Benchmark("attention", "attention", "one attention layer (12 heads x 64) vs N 512-16K: softmax (graphopt's TVM kernel, ORT) vs "
               "LinearizedAttention's CPU kernels: latency, log-log slope, peak RSS, decode step vs context, PNG plot", ("tvm",)),
+    Benchmark("shift", "shift", "shift-linear on tvm-llvm: a 4096x4096 layer as packed 5-bit power-of-two weights vs FP32 dense, "
+              "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),

@@ -1,0 +1,142 @@
+"""Shift-linear on tvm-llvm: one [K, N] linear layer as packed power-of-two weights vs FP32 dense.
+
+    python -m bench.shift [--runs 30] [--k 4096] [--n 4096] [--rows 1,128] [--threads 2] [--json out.json]
+
+The layer ``y = x · W`` (W seeded N(0, 1/K), fp32) is built in ONNX, rewritten by ``shift-linear``
+(5-bit codes, six per int32 word, per-column float scale; calibrated on 4 seeded inputs) and both
+models are compiled by graphopt's tvm-llvm backend with the same thread count. Per row count (1: a
+batch-1 GEMV, decode; 128: a prefill) the two are timed interleaved in one process
+(``bench._timing``), cycling through several inputs; the shifted output is checked against the
+op's numpy reference. Also: the two models' file sizes on disk (``onnx.save``), and ONNX Runtime
+(FP32, all optimizations, same threads) on the dense model for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import onnx_ir as ir
+
+from bench._timing import interleaved_medians
+
+SEED = 20250621
+INPUTS = 4
+FLOAT = onnx.TensorProto.FLOAT
+
+
+def layer_model(w: np.ndarray, rows: int) -> ir.Model:
+    k, n = w.shape
+    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"])], "linear",
+                          [oh.make_tensor_value_info("x", FLOAT, [rows, k])], [oh.make_tensor_value_info("y", FLOAT, [rows, n])],
+                          [onh.from_array(w, "w")])
+    return ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+
+
+def shifted(model: ir.Model, samples: list[dict]) -> ir.Model:
+    from graphopt import ops  # noqa: PLC0415
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    out = model.clone()
+    records = run_pipeline(out, "shift-linear", samples=samples)
+    assert records[-1].rewrites == {"shift-matmul": 1}, records[-1].declines
+    ops.attach_functions(out)
+    return out
+
+
+def file_bytes(model: ir.Model) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        onnx.save(ir.to_proto(model), path)
+        return os.path.getsize(path)
+
+
+def _runner(artifact, feeds_list):
+    main = artifact.vm["main"]
+    arguments = [artifact._arguments(feeds) for feeds in feeds_list]
+    state = {"i": 0}
+
+    def run():
+        state["i"] = (state["i"] + 1) % len(arguments)
+        return main(*arguments[state["i"]])
+
+    return run
+
+
+def _ort_runner(model: ir.Model, feeds_list, threads: int):
+    import onnxruntime as ort  # noqa: PLC0415
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    state = {"i": 0}
+
+    def run():
+        state["i"] = (state["i"] + 1) % len(feeds_list)
+        return session.run(None, feeds_list[state["i"]])
+
+    return run
+
+
+def measure(k: int, n: int, rows_list: list[int], runs: int, threads: int) -> dict:
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+    from graphopt.ops.shift_matmul import shift_matmul_reference  # noqa: PLC0415
+
+    rng = np.random.default_rng(SEED)
+    w = (rng.standard_normal((k, n), dtype=np.float32) / np.float32(np.sqrt(k))).astype(np.float32)
+    out = {"k": k, "n": n, "threads": threads, "load": os.getloadavg(), "rows": {}}
+    for rows in rows_list:
+        dense = layer_model(w, rows)
+        samples = [{"x": rng.standard_normal((rows, k), dtype=np.float32)} for _ in range(4)]
+        shift = shifted(dense, samples)
+        if "bytes" not in out:
+            out["bytes"] = {"fp32": file_bytes(dense), "shift": file_bytes(shift)}
+            out["bytes"]["ratio"] = round(out["bytes"]["fp32"] / out["bytes"]["shift"], 3)
+            print(f"file size: fp32 {out['bytes']['fp32'] / 1e6:.2f} MB, shift {out['bytes']['shift'] / 1e6:.2f} MB "
+                  f"({out['bytes']['ratio']:.2f}x smaller)", flush=True)
+        feeds = [{"x": rng.standard_normal((rows, k), dtype=np.float32)} for _ in range(INPUTS)]
+        artifacts = {name: tvm_backend.compile(m, target="tvm-llvm", threads=threads, example_inputs=feeds[0])
+                     for name, m in (("fp32 dense", dense), ("shift", shift))}
+        node = next(nd for nd in shift.graph if nd.op_type == "ShiftMatMul")
+        p, s = (shift.graph.initializers[v.name].const_value.numpy() for v in node.inputs[1:3])
+        got = artifacts["shift"].run(feeds[0])["y"]
+        expected = shift_matmul_reference(feeds[0]["x"], p, s)
+        assert np.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max())), "shift kernel: wrong output"
+        runners = {name: _runner(a, feeds) for name, a in artifacts.items()}
+        runners["ort fp32"] = _ort_runner(dense, feeds, threads)
+        ms = interleaved_medians(runners, runs, per_round=2 if rows == 1 else 1)
+        row = {"ms": {name: round(v, 3) for name, v in ms.items()},
+               "speedup_vs_tvm_fp32": round(ms["fp32 dense"] / ms["shift"], 3),
+               "weight_gb_per_s": {"fp32 dense": round(k * n * 4 / ms["fp32 dense"] / 1e6, 2),
+                                   "shift": round(p.nbytes / ms["shift"] / 1e6, 2)}}
+        out["rows"][rows] = row
+        print(f"rows {rows}: tvm fp32 {ms['fp32 dense']:.3f} ms, tvm shift {ms['shift']:.3f} ms "
+              f"({row['speedup_vs_tvm_fp32']:.2f}x), ort fp32 {ms['ort fp32']:.3f} ms; weight GB/s {row['weight_gb_per_s']}",
+              flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=4096)
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--rows", default="1,128")
+    parser.add_argument("--json", default=None, help="write the measurements here")
+    args = parser.parse_args(argv)
+    result = measure(args.k, args.n, [int(r) for r in args.rows.split(",")], args.runs, args.threads)
+    print(f"load average at start: {result['load']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
