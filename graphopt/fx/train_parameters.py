@@ -19,7 +19,7 @@ import onnx_ir as ir
 from graphopt import ops
 from graphopt.fx.converters import STANDARD_DOMAINS
 
-__all__ = ["latent_range", "role"]
+__all__ = ["latent_range", "relative_lr_groups", "role"]
 
 _ALL = None
 # (op) -> input positions where an integer initializer is a learnable value; None: all
@@ -56,3 +56,17 @@ def role(value: ir.Value) -> str:
     for use in value.uses():
         return f"{use.node.op_type}:{use.idx}"
     return ""
+
+
+def relative_lr_groups(module, lr: float) -> list[dict]:
+    """Adam parameter groups with ``lr`` relative to each parameter's size: ``lr · RMS(p)`` (at
+    least ``lr``). The parameters of a train-mode module live in very different units (an int8
+    weight in [-127, 127], a requantization multiplier near 2^30, a float scale near 0.01), and
+    Adam moves each by about its lr per step, so one lr for all either freezes the integers or
+    destroys the scales. Frozen parameters are left out."""
+    groups = []
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            rms = float(parameter.detach().double().square().mean().sqrt())
+            groups.append({"params": [parameter], "lr": lr * (rms if rms > 0 else 1.0)})
+    return groups

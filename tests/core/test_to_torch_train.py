@@ -153,3 +153,13 @@ def test_lora_changes_the_output_after_one_step_and_merges(mlp_proto):
 def test_lora_needs_train_mode(mlp_proto):
     with pytest.raises(UsageError, match="train=True"):
         graphopt.to_torch(mlp_proto, lora={"rank": 2})
+
+
+def test_an_int32_accumulator_wraps_exactly_with_gradient_one():
+    from graphopt.fx.straight_through import wrap_to_range  # noqa: PLC0415
+
+    x = torch.tensor([2.0**31 + 5, -(2.0**31) - 1, 7.0], dtype=torch.float64, requires_grad=True)
+    y = wrap_to_range(x, 32, signed=True)
+    assert y.tolist() == [-(2**31) + 5, 2**31 - 1, 7]  # what int64 -> int32 gives in eval mode
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]
