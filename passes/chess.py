@@ -158,11 +158,12 @@ def _chess_plan(dtypes: Mapping[str, ir.DataType], sparsity: float, ups: Mapping
 
 
 def _up_factor(gate: ir.Value) -> str | None:
-    """The other factor of the Mul that reads the gate (a gated MLP's a_u), None for a plain MLP."""
+    """The other factor of the Mul that reads the gate (a gated MLP's a_u), None for a plain MLP
+    (or when that factor is a constant: nothing to calibrate, the gate's own statistics decide)."""
     for consumer in gate.consumers():
         if consumer.op_type == "Mul" and consumer.domain in ("", "ai.onnx"):
             others = [v for v in consumer.inputs if v is not gate and v is not None]
-            if len(others) == 1:
+            if len(others) == 1 and ir.convenience.get_const_tensor(others[0]) is None:
                 return others[0].name
     return None
 

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64": TensorProto.DOUBLE}
-PATTERNS = ("gelu_erf", "gelu_tanh", "layer_norm", "rms_norm", "attention", "silu", "linear", "chain")
+PATTERNS = ("gelu_erf", "gelu_tanh", "layer_norm", "rms_norm", "instance_norm", "attention", "silu", "linear", "mlp", "chain")
 
 
 class SeededChooser:
@@ -161,14 +161,23 @@ def _rms_norm(b: _Builder, x: str, width: int) -> str:
     return y
 
 
+def _instance_norm(b: _Builder, x: str, shape: list[int]) -> str:
+    """InstanceNormalization over [N, C, spatial..] (a rank-2 input has no spatial axis: left as it is)."""
+    if len(shape) < 3:
+        return x
+    channels = shape[1]
+    return b.op("InstanceNormalization", [x, b.const(np.linspace(0.5, 1.5, channels)), b.const(np.linspace(-0.2, 0.2, channels))],
+                epsilon=b.pick_eps())
+
+
 def _silu(b: _Builder, x: str) -> str:
     s = b.op("Sigmoid", [x])
     b.maybe_expose(s)
     return b.binary("Mul", x, s)
 
 
-def _linear(b: _Builder, x: str, width: int, rank: int) -> str:
-    kind = b.choose.pick(("MatMul", "Gemm", "Conv") if rank in (2, 3) else ("MatMul",))
+def _linear(b: _Builder, x: str, width: int, rank: int, conv: bool = True) -> str:
+    kind = b.choose.pick(("MatMul", "Gemm", "Conv")[:3 if conv else 2] if rank in (2, 3) else ("MatMul",))
     rng = np.random.default_rng(b.count)
     if kind == "Gemm" and rank == 2:
         w = b.const(rng.standard_normal((width, width)) * 0.3)
@@ -178,6 +187,15 @@ def _linear(b: _Builder, x: str, width: int, rank: int) -> str:
         return b.op("Conv", [x, w, b.const(np.linspace(-1, 1, 4))])
     y = b.op("MatMul", [x, b.const(rng.standard_normal((width, width)) * 0.3)])
     return b.binary("Add", y, b.const(np.linspace(-1, 1, width))) if b.choose.flag() else y
+
+
+def _mlp(b: _Builder, x: str, width: int, rank: int) -> str:
+    """A transformer MLP: linear, activation (GELU or SiLU), linear; or gated: silu(linear) * linear, then linear."""
+    act = b.choose.pick((_gelu_erf, _gelu_tanh, _silu))
+    h = act(b, _linear(b, x, width, rank, conv=False))
+    if b.choose.flag(0.4):
+        h = b.binary("Mul", _silu(b, _linear(b, x, width, rank, conv=False)), _linear(b, x, width, rank, conv=False))
+    return _linear(b, h, width, rank, conv=False)
 
 
 def _attention(b: _Builder, q: str, k: str, v: str, seq: int, head: int) -> str:
@@ -247,8 +265,10 @@ def build_case(choose) -> Case | None:
                 "gelu_tanh": lambda v: _gelu_tanh(b, v),
                 "layer_norm": lambda v: _layer_norm(b, v, width),
                 "rms_norm": lambda v: _rms_norm(b, v, width),
+                "instance_norm": lambda v: _instance_norm(b, v, shape),
                 "silu": lambda v: _silu(b, v),
                 "linear": lambda v: _linear(b, v, width, rank),
+                "mlp": lambda v: _mlp(b, v, width, rank),
             }[step](x)
             if step == "linear" and rank == 3 and shape[1] != 4 and "Conv" in b.nodes[-1].op_type:
                 return None

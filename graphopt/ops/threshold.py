@@ -10,6 +10,9 @@ input of every linear layer), which stamp the sparsity they calibrated T for on 
 (``TARGET_KEY`` in its ``metadata_props``, and ``SITE_KEY``: the tensor it thresholds, by its
 name in the original graph; ``graphopt.sparsity`` reads both back). The zeros are what
 a sparse kernel skips: a zero input channel of a linear layer is a weight row it need not load.
+
+The ONNX body runs from opset 13 (no CastLike): its zero of X's type is ``Sign(T) - Sign(T)``,
+finite even where T is inf (``rsparse``'s threshold of a channel whose weight row is all 0).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def _examples():
         ((x, np.abs(rng.standard_normal(8)).astype(np.float32)), {}),  # per-channel over the last axis
         ((x, np.array(0.0, np.float32)), {}),  # t = 0: identity
         ((edge, np.array(0.5, np.float32)), {}),  # |x| == t is zeroed; inf kept; NaN zeroed
+        ((x, np.array([0.5, np.inf, 0.0] * 2 + [1.0, 2.0], np.float32)), {}),  # an inf channel threshold: all 0 there
         ((rng.standard_normal((4, 5)).astype(np.float16), np.array(0.3, np.float16)), {}),
     ]
 
@@ -58,8 +62,8 @@ ACTIVATION_THRESHOLD = ops.declare_op(
 ActivationThreshold (X, T) => (Y) {
    magnitude = Abs (X)
    keep = Greater (magnitude, T)
-   zero_f = Constant <value = float {0}> ()
-   zero = CastLike (zero_f, X)
+   sign_t = Sign (T)
+   zero = Sub (sign_t, sign_t)
    Y = Where (keep, X, zero)
 }""",
         examples=_examples,

@@ -17,17 +17,17 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from graphopt.fuzzing.differential import ALL_PASSES, INTEGER_PASSES, check_pass
+from graphopt.fuzzing.differential import ALL_PASSES, APPROXIMATE_PASSES, check_pass
 from graphopt.fuzzing.graphs import build_case, hypothesis_chooser
 
 FLOAT_EXAMPLES = 40
-INTEGER_EXAMPLES = 20
+APPROXIMATE_EXAMPLES = 20
 
 
 @pytest.mark.parametrize("name", list(ALL_PASSES))
 def test_pass_declines_or_preserves_outputs(name, caplog):
     caplog.set_level(logging.ERROR)  # calibrating passes warn about synthetic data on every case
-    examples = INTEGER_EXAMPLES if name in INTEGER_PASSES else FLOAT_EXAMPLES
+    examples = APPROXIMATE_EXAMPLES if name in APPROXIMATE_PASSES else FLOAT_EXAMPLES
 
     @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
