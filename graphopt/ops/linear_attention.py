@@ -22,12 +22,18 @@ Named ``LinearizedAttention``, not ``LinearAttention``: ONNX 1.23 declares a sta
 (opset 27: packed [B, T, H·D] heads, recurrent state, unnormalized), and graphopt op names never
 reuse an ONNX name (TVM's ONNX importer dispatches on op type alone).
 
-The ONNX body is the *portable meaning*, not the fast form: its causal branch is the quadratic
+The ONNX body is the *portable meaning*, not the fast form: its causal part is the quadratic
 masked form ``((Qf·Kfᵀ) ⊙ D)·V / rowsum((Qf·Kfᵀ) ⊙ D)`` with ``D_ij = λ^{i-j}`` for ``j <= i``
 (else 0), which any runtime runs; the cost linear in N (chunked prefill, recurrent decode) lives in
-the native kernels (``backends/tvm/kernels/linear_attention*.py``). Its non-causal branch is the
-linear form itself. Kᵀ is taken Reshape/Transpose/Reshape through 3-D, as in DotProductAttention's
-body, which keeps the body rank-generic. Computation is in the inputs' dtype.
+the native kernels (``backends/tvm/kernels/linear_attention*.py``). Its non-causal part is the
+linear form itself. The body has no ``If``: both parts run on a slice of the queries, the causal
+part on the first ``causal·Sq`` rows and the plain part on the rest, so the part not chosen sees
+zero rows and costs nothing, and the two are concatenated. (An ``If`` on the attribute whose
+branches read the function's inputs breaks ONNX Runtime's constant folding of the ``If`` on some
+graphs: "Node input .. is not a graph input, initializer, or output of a previous node", seen on
+the zoo's swin-legacy14.) Kᵀ is taken Reshape/Transpose/Reshape through 3-D, as in
+DotProductAttention's body, which keeps the body rank-generic. Computation is in the inputs' dtype.
+The leading axes of Qf·Kfᵀ ⊙ decay must be Qf's (decay broadcasts to the head axes, not beyond).
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ LinearizedAttention <causal: int = 0, eps: float = 1e-6> (Qf, Kf, V, decay) => (
     eps_t = CastLike (eps_f, Qf)
     minus1 = Constant <value_ints: ints = [-1]> ()
     minus2 = Constant <value_ints: ints = [-2]> ()
+    zero_i = Constant <value: tensor = int64 {0}> ()
+    one_i = Constant <value: tensor = int64 {1}> ()
+    zero_v = Constant <value_ints: ints = [0]> ()
     k_lead = Shape <end: int = -2> (Kf)
     k_count = ReduceProd <keepdims: int = 1> (k_lead)
     k_len = Shape <start: int = -2, end: int = -1> (Kf)
@@ -62,44 +71,38 @@ LinearizedAttention <causal: int = 0, eps: float = 1e-6> (Qf, Kf, V, decay) => (
     kt_flat = Transpose <perm: ints = [0, 2, 1]> (k_flat)
     kt_shape = Concat <axis: int = 0> (k_lead, k_dim, k_len)
     k_t = Reshape (kt_flat, kt_shape)
+    q_len = Shape <start: int = -2, end: int = -1> (Qf)
     causal_i = Constant <value_int: int = @causal> ()
-    causal_b = Cast <to: int = 9> (causal_i)
-    Y = If (causal_b) <
-        then_branch = causal_then () => (causal_out) {
-            scores = MatMul (Qf, k_t)
-            sq = Shape <start: int = -2, end: int = -1> (Qf)
-            zero_i = Constant <value: tensor = int64 {0}> ()
-            one_i = Constant <value: tensor = int64 {1}> ()
-            sq_s = Squeeze (sq)
-            sk_s = Squeeze (k_len)
-            rows = Range (zero_i, sq_s, one_i)
-            cols = Range (zero_i, sk_s, one_i)
-            axis1 = Constant <value_ints: ints = [1]> ()
-            rows_c = Unsqueeze (rows, axis1)
-            dist = Sub (rows_c, cols)
-            visible = GreaterOrEqual (dist, zero_i)
-            dist_kept = Max (dist, zero_i)
-            dist_f = CastLike (dist_kept, decay)
-            powers = Pow (decay, dist_f)
-            zero_d = CastLike (zero_i, decay)
-            weights_d = Where (visible, powers, zero_d)
-            weights = CastLike (weights_d, scores)
-            masked = Mul (scores, weights)
-            num = MatMul (masked, V)
-            den = ReduceSum <keepdims: int = 1> (masked, minus1)
-            den_eps = Add (den, eps_t)
-            causal_out = Div (num, den_eps)
-        },
-        else_branch = causal_else () => (plain_out) {
-            kv = MatMul (k_t, V)
-            num_p = MatMul (Qf, kv)
-            k_sum = ReduceSum <keepdims: int = 1> (Kf, minus2)
-            prod = Mul (Qf, k_sum)
-            den_p = ReduceSum <keepdims: int = 1> (prod, minus1)
-            den_p_eps = Add (den_p, eps_t)
-            plain_out = Div (num_p, den_p_eps)
-        }
-    >
+    causal_n = Mul (q_len, causal_i)
+    q_causal = Slice (Qf, zero_v, causal_n, minus2)
+    q_plain = Slice (Qf, causal_n, q_len, minus2)
+    scores = MatMul (q_causal, k_t)
+    causal_s = Squeeze (causal_n)
+    sk_s = Squeeze (k_len)
+    rows = Range (zero_i, causal_s, one_i)
+    cols = Range (zero_i, sk_s, one_i)
+    rows_c = Unsqueeze (rows, one_i)
+    dist = Sub (rows_c, cols)
+    visible = GreaterOrEqual (dist, zero_i)
+    dist_kept = Max (dist, zero_i)
+    dist_f = CastLike (dist_kept, decay)
+    powers = Pow (decay, dist_f)
+    zero_d = CastLike (zero_i, decay)
+    weights_d = Where (visible, powers, zero_d)
+    weights = CastLike (weights_d, scores)
+    masked = Mul (scores, weights)
+    num_c = MatMul (masked, V)
+    den_c = ReduceSum <keepdims: int = 1> (masked, minus1)
+    den_c_eps = Add (den_c, eps_t)
+    y_causal = Div (num_c, den_c_eps)
+    kv = MatMul (k_t, V)
+    num_p = MatMul (q_plain, kv)
+    k_sum = ReduceSum <keepdims: int = 1> (Kf, minus2)
+    prod = Mul (q_plain, k_sum)
+    den_p = ReduceSum <keepdims: int = 1> (prod, minus1)
+    den_p_eps = Add (den_p, eps_t)
+    y_plain = Div (num_p, den_p_eps)
+    Y = Concat <axis: int = -2> (y_causal, y_plain)
 }"""
 
 
