@@ -151,6 +151,24 @@ def linearized_attention(qf, kf, v, decay, *, causal=0, eps=1e-6):
     return (num / (den + eps)).to(out_dtype)
 
 
+@ops.implements("WindowedLinearAttention", "torch")
+def windowed_linear_attention(q, k, qf, kf, v, gamma, *, window=64, scale=1.0, causal=0):
+    out_dtype = q.dtype
+    if q.dtype in (torch.float16, torch.bfloat16):
+        q, k, qf, kf, v, gamma = (t.float() for t in (q, k, qf, kf, v, gamma))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    linear = torch.matmul(qf, kf.transpose(-1, -2))
+    dist = torch.arange(q.shape[-2], device=q.device)[:, None] - torch.arange(k.shape[-2], device=q.device)[None, :]
+    visible = (dist >= 0) | (not causal)
+    inside, outside = (dist.abs() < window) & visible, (dist.abs() >= window) & visible
+    row_max = scores.masked_fill(~inside, -torch.inf).amax(dim=-1, keepdim=True)
+    shift = torch.where(torch.isinf(row_max), torch.zeros((), dtype=scores.dtype), row_max)
+    zero = torch.zeros((), dtype=scores.dtype)
+    soft = torch.where(inside, torch.exp(torch.where(inside, scores - shift, zero)), zero)
+    weights = soft * gamma.to(scores.dtype) + torch.where(outside, linear, zero)
+    return (torch.matmul(weights, v) / weights.sum(dim=-1, keepdim=True)).to(out_dtype)
+
+
 @ops.implements("ShiftMatMul", "torch")
 def shift_matmul(x, p, s, *, bits=5, zero_free=0):
     bits = int(bits)
