@@ -4,8 +4,11 @@
       ->  pkg.graphopt.SparseGatedMatMul(a, x, W_upᵀ)           W_upᵀ a new constant [N, K]
     MatMul(s, W)                     s = ActivationThreshold(...) (``teal``), a SparseGatedMatMul,
       ->  pkg.graphopt.SparseInputMatMul(s, W)                  or Mul(a, u) with a thresholded
+                                                                factor (or a Reshape of one)
+    Gemm(s, W, C; alpha, beta, transB)   (GPT-2's and the legacy exporters' linear layers)
+      ->  Add(pkg.graphopt.SparseInputMatMul(s, alpha·op(W)), beta·C)     new constants; no Add without C
 
-W is a constant float32 2-D weight in both. The threshold nodes themselves stay (their target and
+W is a constant float32 2-D weight in all three (and C, when the Gemm has one, a constant). The threshold nodes themselves stay (their target and
 site metadata are what ``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
 so a down projection reading it skips the same rows.
 
@@ -57,8 +60,9 @@ def _sparse_source(value: ir.Value) -> bool:
     if _made_by(value, THRESHOLD_OP) or _made_by(value, GATED_OP):
         return True
     producer = value.producer()
-    return (producer is not None and producer.op_type == "Mul" and producer.domain in ("", "ai.onnx")
-            and any(_made_by(v, THRESHOLD_OP) for v in producer.inputs))
+    return (producer is not None and producer.domain in ("", "ai.onnx")
+            and ((producer.op_type == "Mul" and any(_made_by(v, THRESHOLD_OP) for v in producer.inputs))
+                 or (producer.op_type == "Reshape" and _sparse_source(producer.inputs[0]))))
 
 
 def _weight(w: ir.Value) -> np.ndarray | None:
@@ -139,6 +143,35 @@ class _SparseInput(pattern.RewriteRuleClassBase):
         return getattr(op, INPUT_OP)(x, w, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
 
 
+class _SparseGemm(_SparseInput):
+    """Gemm(x, W, [C]) with a thresholded x: transA=0, C absent or a constant."""
+
+    def pattern(self, op, x, w):
+        return op.Gemm(x, w, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, x, w, out, **_) -> pattern.MatchResult:
+        gemm = out.producer()
+        if gemm.attributes.get_int("transA", 0):
+            return pattern.MatchResult().fail(f"Gemm {gemm.name} has transA=1: its input is not row-major activations")
+        bias = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+        if bias is not None and (bias.is_graph_input() or ir.convenience.get_const_tensor(bias) is None):
+            return pattern.MatchResult().fail(f"Gemm {gemm.name}'s C '{bias.name}' is not a constant")
+        return super().check(context, x, w)
+
+    def rewrite(self, op, x, w, out, **_):
+        gemm = out.producer()
+        weight = _weight(w).T if gemm.attributes.get_int("transB", 0) else _weight(w)
+        weight = np.ascontiguousarray(weight * np.float32(gemm.attributes.get_float("alpha", 1.0)))
+        name = f"{out.name}_weight"
+        y = getattr(op, INPUT_OP)(x, op.initializer(ir.tensor(weight, name=name), name=name),
+                                  _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+        bias = gemm.inputs[2] if len(gemm.inputs) > 2 else None
+        if bias is None:
+            return y
+        c = ir.convenience.get_const_tensor(bias).numpy() * np.float32(gemm.attributes.get_float("beta", 1.0))
+        return op.Add(y, op.initializer(ir.tensor(c.astype(np.float32), name=f"{out.name}_bias"), name=f"{out.name}_bias"))
+
+
 @register_pass("sparse-linear", options=SparseLinearOptions, category="backend")
 class SparseLinearPass(RulePass):
     """Linear layers reading thresholded activations become sparse-kernel ops (SparseGatedMatMul, SparseInputMatMul)."""
@@ -149,5 +182,6 @@ class SparseLinearPass(RulePass):
 
     def rules(self):
         rows = self.options.max_rows
-        return [*_GatedUp.rule("sparse-gated-up", rows).commute(), _SparseInput.rule("sparse-input-matmul", rows)]
+        return [*_GatedUp.rule("sparse-gated-up", rows).commute(), _SparseInput.rule("sparse-input-matmul", rows),
+                _SparseGemm.rule("sparse-input-gemm", rows)]
 

@@ -65,6 +65,17 @@ BROADCAST_GATE = graph(CATS_BODY.replace("a = pkg.graphopt.ActivationThreshold(a
 RUNTIME_WEIGHT = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
                   "g (float[1, 8] x, float[8, 8] w) => (float[1, 8] y) <float t = {0.3}> {\n"
                   " xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)\n}")
+GEMM_BODY = """xt = pkg.graphopt.ActivationThreshold(x, t)
+ y = Gemm <alpha = 0.5, beta = 2.0, transB = 1> (xt, w, c)"""
+GEMM = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                       f"g (float[1, 8] x) => (float[1, 4] y) <float[4, 8] w = {_floats((4, 8), 0)}, float[4] c = {_floats((4,), 1)}, "
+                       f"float t = {{0.3}}> {{\n{GEMM_BODY}\n}}")
+GPT2_MLP = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                           f"g (float[1, 1, 8] x) => (float[1, 8] y) <float[8, 8] w = {_floats((8, 8), 3)}, int64[2] shape = {{1, 8}}, "
+                           "float t = {0.3}> {\n xt = pkg.graphopt.ActivationThreshold(x, t)\n flat = Reshape(xt, shape)\n y = Gemm(flat, w)\n}")
+GEMM_TRANS_A = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                               f"g (float[8, 1] x) => (float[1, 8] y) <float[8, 8] w = {_floats((8, 8), 2)}, float t = {{0.3}}> {{\n"
+                               " xt = pkg.graphopt.ActivationThreshold(x, t)\n y = Gemm <transA = 1> (xt, w)\n}")
 DOUBLE = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
         "g (double[1, 4] x) => (double[1, 4] y) <double[4, 4] w = {1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0}, "
         "double t = {0.3}> {\n xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)\n}")
@@ -107,6 +118,7 @@ def test_threshold_nodes_keep_their_metadata(check):
     (BROADCAST_GATE, "(broadcast)"),
     (RUNTIME_WEIGHT, "is not a constant float32 2-D matrix"),
     (DOUBLE, "is not a constant float32 2-D matrix"),
+    (GEMM_TRANS_A, "has transA=1"),
 ])
 def test_does_not_fire(check, source, reason):
     check.declines(source, "sparse-linear", reason)
@@ -143,3 +155,17 @@ def test_tiny_llama_cats_decode_on_tvm_matches_onnx_runtime():
     got = artifact.run(feeds)
     for value, want in zip(got.values(), expected):
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gemm_folds_alpha_beta_and_transb(check):
+    result = check.fires(GEMM, "sparse-linear", ["ActivationThreshold", "SparseInputMatMul", "Add"], atol=1e-5)
+    assert result.last.rewrites == {"sparse-input-gemm": 1}
+    sparse = next(n for n in result.model.graph if n.op_type == "SparseInputMatMul")
+    w = onnx.numpy_helper.to_array(next(t for t in GEMM.graph.initializer if t.name == "w"))
+    np.testing.assert_array_equal(sparse.inputs[1].const_value.numpy(), np.ascontiguousarray(w.T * np.float32(0.5)))
+
+
+def test_gemm_behind_a_reshape(check):
+    """GPT-2's MLP: the thresholded activation is flattened to 2-D before its Gemm."""
+    result = check.fires(GPT2_MLP, "sparse-linear", ["ActivationThreshold", "Reshape", "SparseInputMatMul"], atol=1e-5)
+    assert result.last.rewrites == {"sparse-input-gemm": 1}
