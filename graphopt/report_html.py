@@ -205,6 +205,20 @@ def _budget_section(budget: Mapping) -> str:
                     problem, rolled if budget["rolled_back"] else "", trace)
 
 
+def _finetune_section(finetune: Mapping) -> str:
+    """graphopt finetune: the loss curve and the held-out metrics vs the teacher before and after."""
+    from graphopt.finetuning.plot import loss_svg  # noqa: PLC0415
+
+    before, after = finetune.get("metrics_before", {}), finetune.get("metrics_after", {})
+    rows = [(f"{name} {key}", _num(before.get(name, {}).get(key), 6), _num(m.get(key), 6)) for name, m in after.items()
+            for key in ("cosine", "sqnr_db", "top1") if m.get(key) is not None]
+    caption = (f"<p>{finetune['steps']} steps, lr {finetune['lr']:g} ({finetune.get('lr_scale', 'absolute')}), global batch "
+               f"{finetune['batch_size']}, {finetune['world_size']} process(es), seed {finetune['seed']}, loss {_e(finetune['loss'])}, "
+               f"{_num(finetune['seconds'], 3)} s; metrics vs the original on {finetune['examples']['held_out']} held-out rows</p>")
+    return _section("finetune", "fine-tuning (distillation from the original)", caption, loss_svg(finetune["loss_curve"]),
+                    _table(("output metric", "before", "after"), rows, numeric=(1, 2)))
+
+
 def _integer_section(verdict: Mapping) -> str:
     rows = [(op["node"], op["op_type"], op.get("function") or "", ", ".join(f"{v['name']} {v['dtype']}" for v in op["values"]))
             for op in verdict.get("float_ops", [])]
@@ -231,6 +245,7 @@ def render_html(report: Report, *, check: Any = None) -> str:
     parts += [_profile_section(data["profile"])] if data.get("profile") else []
     parts += [_sparsity_section(data["sparsity"])] if data.get("sparsity") else []
     parts += [_budget_section(data["budget"])] if data.get("budget") else []
+    parts += [_finetune_section(data["finetune"])] if data.get("finetune") else []
     parts += [_integer_section(report.integer_only)] if report.integer_only else []
     parts.append(_environment_section(report))
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"

@@ -116,6 +116,8 @@ def test_cli_writes_model_report_and_loss_curve(tmp_path, student_proto, mlp_pro
     jsonschema.validate(report, SCHEMA)
     assert len(report["data"]["finetune"]["loss_curve"]) == 20
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (out / "report.html").read_text()
+    assert "fine-tuning (distillation from the original)" in html and html.count("<svg") == 1  # the loss curve, inline
     tuned = graphopt.load(str(out / "model.onnx"))
     assert _weights(tuned)["w"].dtype == np.float32
 
