@@ -191,7 +191,7 @@ class _Builder:
     def _emit(self, node: ir.Node) -> None:
         if node.op_type == "Constant" and node.domain in converters.STANDARD_DOMAINS:
             array = _constant_value(node)
-            if self.train and array.dtype in (np.int8, np.uint8, np.int16, np.int32):
+            if self.train and train_mode.carried_dtype(node.outputs[0]) is not None:
                 array = array.astype(np.float64)  # a carried integer constant
             self.nodes[node.outputs[0]] = self._constant(node.outputs[0].name, array, trainable=False)
             return

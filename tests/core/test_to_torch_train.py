@@ -11,7 +11,9 @@ import pytest
 
 import graphopt
 from bench import to_torch as measure
+from graphopt import ops
 from graphopt.errors import UsageError
+from graphopt.fx import train_ops
 from graphopt.fx.lora import merge_lora
 from graphopt.pipeline import run_pipeline
 
@@ -66,6 +68,23 @@ def test_gradients_reach_integer_latents_and_scales():
     # measured 37 of 39: two requantize the patch embedding straight into the last residual adds,
     # whose patch-token rows the CLS readout never reads (a true zero)
     assert len(set(multipliers) & moved) >= len(multipliers) - 2
+
+
+@pytest.mark.parametrize("name", sorted(train_ops.TRAIN_FORMS))
+def test_integer_op_train_forms_are_exact_and_pass_gradients(name):
+    """On the op's own examples, carried as float64: the reference's integers, finite gradients."""
+    (op,) = [op for op in ops.list_ops() if op.name == name]
+    weights, moved = torch.Generator().manual_seed(0), []
+    for inputs, attrs in op.examples():
+        expected = np.asarray(op.reference(*inputs, **attrs))
+        carried = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in inputs]
+        got = train_ops.TRAIN_FORMS[name](*carried, **attrs)
+        assert got.dtype == torch.float64 and np.array_equal(got.detach().numpy(), expected)
+        (got * torch.rand(got.shape, generator=weights, dtype=torch.float64)).sum().backward()
+        assert bool(torch.isfinite(carried[0].grad).all())
+        moved.append(bool(carried[0].grad.abs().sum() > 0))
+    # zero only where the float function is flat too: one-key softmax rows, saturated requants
+    assert sum(moved) >= len(moved) / 2, moved
 
 
 def _three_nodes(text: str) -> onnx.ModelProto:
