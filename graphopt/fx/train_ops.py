@@ -11,6 +11,9 @@ rounding, shifts and integer divisions):
   of GELU folded in).
 - ``IntLayerNorm``: ``(x - mean) · 2^30 / sqrt(Σ(x - mean)² + 1) · mult · 2^-shift + bias``
   (I-ViT's normalizer ``floor((2^31-1)/isqrt(var)) / 2``); gradients to x, mult and bias.
+- ``ActivationThreshold`` (a float op; its threshold ``t`` is a float parameter): the hard
+  ``x where |x| > t`` forward; backward the soft mask ``x · sigmoid((|x| - t)/tau)``, tau = |t|/10
+  (Learned Threshold Pruning's sigmoid), so t learns: raising it drops the elements near it.
 """
 
 from __future__ import annotations
@@ -74,6 +77,18 @@ def int_layer_norm(x, mult, bias, *, shift=16, center=1):
     return straight_through(exact, surrogate, x, mult, bias)
 
 
+def activation_threshold(x, t):
+    exact = graphopt_ops.activation_threshold(x, t)
+
+    def surrogate(x, t):
+        # LTP-style soft mask (Azarian et al. 2020): sigmoid((|x| - t) / tau), tau = t/10 (t = inf: no gradient)
+        tau = torch.clamp(0.1 * t.detach().abs(), 1e-6, 1e6).to(x.dtype)
+        return x * torch.sigmoid((torch.abs(x) - t.to(x.dtype)) / tau)
+
+    return straight_through(exact, surrogate, x, t)
+
+
 TRAIN_FORMS = {
     "DyadicRequant": dyadic_requant, "Shiftmax": shiftmax, "ShiftGelu": shift_gelu, "IntLayerNorm": int_layer_norm,
+    "ActivationThreshold": activation_threshold,
 }
