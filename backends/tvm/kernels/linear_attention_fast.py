@@ -139,6 +139,8 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
     chunks = (n + cs - 1) // cs
     fv, fr = _vectors(f, lanes)
     cw = next((w for w in (lanes,) if cs % w == 0), cs)  # score vector width over the chunk's keys
+    srows = max(1, min(IT, 16 // max(1, cs // cw)))  # score rows per tile: about 16 accumulator vectors
+    it = IT  # output rows per tile (a short last chunk repeats its last row: same values written twice)
     eps_c = float(eps)
 
     @T.prim_func
@@ -168,49 +170,60 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
                 for r in range(cs):
                     for a in range(f):
                         kt[h, a, r] = T.Select(r < length, k[h, T.min(c0 + r, n - 1), a], T.float32(0))
-                for i in range(length):  # scores of row i against the chunk's keys, decayed and masked
-                    sc = T.decl_buffer((cs,), DTYPE, scope="local")
-                    for jo in range(cs // cw):
-                        for l in T.vectorized(cw):
-                            sc[jo * cw + l] = T.float32(0)
-                    for a in range(f):
-                        for jo in range(cs // cw):
+                for io in range((length + srows - 1) // srows):  # scores of srows rows, decayed and masked
+                    sc = T.decl_buffer((srows, cs), DTYPE, scope="local")
+                    for b in T.unroll(srows):
+                        for jo in T.unroll(cs // cw):
                             for l in T.vectorized(cw):
-                                sc[jo * cw + l] = sc[jo * cw + l] + q[h, c0 + i, a] * kt[h, a, jo * cw + l]
-                    for jo in range(cs // cw):
-                        for l in T.vectorized(cw):
-                            att[h, i, jo * cw + l] = sc[jo * cw + l] * dm[h, i, jo * cw + l]
-                for i in range(length):  # output row i: inter (state) + intra (scores)
-                    dacc = T.decl_buffer((lanes,), DTYPE, scope="local")
-                    den = T.decl_buffer((1,), DTYPE, scope="local")
-                    for l in T.vectorized(lanes):
-                        dacc[l] = T.float32(0)
-                    for c in range(fv):
+                                sc[b, jo * cw + l] = T.float32(0)
+                    for a in range(f):
+                        for b in T.unroll(srows):
+                            for jo in T.unroll(cs // cw):
+                                for l in T.vectorized(cw):
+                                    sc[b, jo * cw + l] = sc[b, jo * cw + l] + q[h, c0 + T.min(io * srows + b, length - 1), a] * kt[h, a, jo * cw + l]
+                    for b in T.unroll(srows):
+                        for jo in T.unroll(cs // cw):
+                            for l in T.vectorized(cw):
+                                att[h, T.min(io * srows + b, length - 1), jo * cw + l] = (
+                                    sc[b, jo * cw + l] * dm[h, T.min(io * srows + b, length - 1), jo * cw + l])
+                for io in range((length + it - 1) // it):  # output rows: inter (state) + intra (scores)
+                    den = T.decl_buffer((it,), DTYPE, scope="local")
+                    for b in range(it):
+                        row: T.int32 = T.min(io * it + b, length - 1)
+                        dacc = T.decl_buffer((lanes,), DTYPE, scope="local")
                         for l in T.vectorized(lanes):
-                            dacc[l] = dacc[l] + q[h, c0 + i, c * lanes + l] * z[h, c * lanes + l]
-                    den[0] = T.float32(0)
-                    for l in range(lanes):
-                        den[0] = den[0] + dacc[l]
-                    for r in range(fr):
-                        den[0] = den[0] + q[h, c0 + i, fv * lanes + r] * z[h, fv * lanes + r]
-                    den[0] = den[0] * pw[h, i + 1]
-                    for j in range(i + 1):
-                        den[0] = den[0] + att[h, i, j]
-                    den[0] = T.float32(1) / (den[0] + T.float32(eps_c))
+                            dacc[l] = T.float32(0)
+                        for c in range(fv):
+                            for l in T.vectorized(lanes):
+                                dacc[l] = dacc[l] + q[h, c0 + row, c * lanes + l] * z[h, c * lanes + l]
+                        den[b] = T.float32(0)
+                        for l in range(lanes):
+                            den[b] = den[b] + dacc[l]
+                        for r in range(fr):
+                            den[b] = den[b] + q[h, c0 + row, fv * lanes + r] * z[h, fv * lanes + r]
+                        den[b] = den[b] * pw[h, row + 1]
+                        for j in range(row + 1):
+                            den[b] = den[b] + att[h, row, j]
+                        den[b] = T.float32(1) / (den[b] + T.float32(eps_c))
                     for eo in range(dv // eb):
-                        acc = T.decl_buffer((eb,), DTYPE, scope="local")
-                        for e in T.vectorized(eb):
-                            acc[e] = T.float32(0)
+                        acc = T.decl_buffer((it, eb), DTYPE, scope="local")
+                        for b in T.unroll(it):
+                            for e in T.vectorized(eb):
+                                acc[b, e] = T.float32(0)
                         for a in range(f):
+                            for b in T.unroll(it):
+                                for e in T.vectorized(eb):
+                                    acc[b, e] = acc[b, e] + q[h, c0 + T.min(io * it + b, length - 1), a] * s[h, a, eo * eb + e]
+                        for b in T.unroll(it):
                             for e in T.vectorized(eb):
-                                acc[e] = acc[e] + q[h, c0 + i, a] * s[h, a, eo * eb + e]
-                        for e in T.vectorized(eb):
-                            acc[e] = acc[e] * pw[h, i + 1]
-                        for j in range(i + 1):
+                                acc[b, e] = acc[b, e] * pw[h, T.min(io * it + b, length - 1) + 1]
+                        for j in range(T.min(io * it + it, length)):  # att[row, j] is 0 for j > row
+                            for b in T.unroll(it):
+                                for e in T.vectorized(eb):
+                                    acc[b, e] = acc[b, e] + att[h, T.min(io * it + b, length - 1), j] * v[h, c0 + j, eo * eb + e]
+                        for b in T.unroll(it):
                             for e in T.vectorized(eb):
-                                acc[e] = acc[e] + att[h, i, j] * v[h, c0 + j, eo * eb + e]
-                        for e in T.vectorized(eb):
-                            y[h, c0 + i, eo * eb + e] = acc[e] * den[0]
+                                y[h, c0 + T.min(io * it + b, length - 1), eo * eb + e] = acc[b, e] * den[b]
                 for r in range(length):  # decay the chunk's keys for the update: λ^(L-1-r)
                     for a in range(f):
                         kt[h, a, r] = kt[h, a, r] * pw[h, length - 1 - r]
