@@ -14,7 +14,9 @@ One layer, batch 1, 12 heads x 64, float32, on this host's CPU with ``--threads`
   ``tvm.compile`` (the output says which). Qf, Kf are elu+1 maps of random Q, K (F = 64).
 
 Every runner at one length is timed interleaved (one warm-up call, then rounds in turn; at least 2
-rounds, more while a round takes under ~2 s, at most ``--runs``). The log-log slope of time vs N is
+rounds, more while a round takes under ~2 s, at most ``--runs``). The numbers printed, fitted and
+plotted are each runner's **fastest** round (the least disturbed on a shared host: under load a
+2-thread parallel region waits for its descheduled worker); the JSON also has the medians. The log-log slope of time vs N is
 a least-squares fit over the lengths from 1K up; the ratio at 8K is softmax / linear in the same
 backend (tvm-llvm). Peak memory is the **resident-set growth of the first call** after compiling,
 measured in a fresh process per case and length: the peak (``VmHWM``) is reset through
@@ -225,8 +227,8 @@ def decode_runner(case: str, n: int, threads: int):
 # --- timing, memory, fits ---------------------------------------------------------------------------------
 
 
-def interleaved(runners: dict, runs: int, calls: int = 1) -> dict[str, float]:
-    """Median ms per call of each runner: one warm-up each, then rounds in turn (2 .. runs, while a
+def interleaved(runners: dict, runs: int, calls: int = 1) -> dict[str, tuple[float, float]]:
+    """(fastest, median) ms per call of each runner: one warm-up each, then rounds in turn (2 .. runs, while a
     round is short); a sample is ``calls`` calls in a row (decode steps are too short to time alone)."""
     for run in runners.values():
         run()
@@ -240,7 +242,7 @@ def interleaved(runners: dict, runs: int, calls: int = 1) -> dict[str, float]:
                 run()
             samples[name].append((time.perf_counter() - start) * 1e3 / calls)
         rounds += 1
-    return {name: float(np.median(values)) for name, values in samples.items()}
+    return {name: (float(np.min(values)), float(np.median(values))) for name, values in samples.items()}
 
 
 def _status_kb(field: str) -> int:
@@ -363,17 +365,22 @@ def main(argv=None) -> None:
     print(f"outputs checked (N=128); the linear kernel is built through {'graphopt.backends.tvm.compile' if path == ['backend'] else 'linear_attention_fast.emit + tvm.compile (the LinearizedAttention converter does not call it yet)'}",
           flush=True)
     result = {"lengths": list(lengths), "threads": args.threads, "softmax_max": args.softmax_max, "linear_path": path[0],
-              "prefill_ms": {c: [] for c in PREFILL}, "decode_ms": {c: [] for c in DECODE}}
+              "prefill_ms": {c: [] for c in PREFILL}, "decode_ms": {c: [] for c in DECODE},
+              "prefill_median_ms": {c: [] for c in PREFILL}, "decode_median_ms": {c: [] for c in DECODE}}
     if memory:
         result["memory_mb"] = {c: [] for c in PREFILL}
     for n in lengths:
         cases = [c for c in PREFILL if c.startswith("linear") or n <= args.softmax_max]
-        ms = interleaved({c: prefill_runner(c, n, args.threads)[0] for c in cases}, runs)
+        timed = interleaved({c: prefill_runner(c, n, args.threads)[0] for c in cases}, runs)
+        ms = {c: fastest for c, (fastest, _) in timed.items()}
         for c in PREFILL:
             result["prefill_ms"][c].append(None if c not in ms else round(ms[c], 3))
-        dms = interleaved({c: decode_runner(c, n, args.threads) for c in DECODE}, max(runs, 10), calls=20)
+            result["prefill_median_ms"][c].append(None if c not in ms else round(timed[c][1], 3))
+        timed = interleaved({c: decode_runner(c, n, args.threads) for c in DECODE}, max(runs, 10), calls=20)
+        dms = {c: fastest for c, (fastest, _) in timed.items()}
         for c in DECODE:
             result["decode_ms"][c].append(round(dms[c], 4))
+            result["decode_median_ms"][c].append(round(timed[c][1], 4))
         line = f"N={n:6d} prefill ms: " + ", ".join(f"{c} {_fmt(ms.get(c))}" for c in PREFILL)
         line += " | decode ms: " + ", ".join(f"{c} {dms[c]:.3f}" for c in DECODE)
         if memory:
