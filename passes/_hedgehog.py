@@ -36,7 +36,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["attention_kl", "elu_plus_one", "fit_hedgehog", "hedgehog_features", "hedgehog_features_numpy",
+__all__ = ["attention_kl", "elu_plus_one", "fit_hedgehog", "fit_model_maps", "hedgehog_features", "hedgehog_features_numpy",
            "softmax_attention"]
 
 LEARNING_RATE = 1e-2  # LoLCATs' attention-transfer learning rate
@@ -110,8 +110,13 @@ def _deterministic_torch(seed: int):
 
 
 def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = False, steps: int = 200,
-                 seconds: float = 60.0, seed: int = 0, info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 seconds: float = 60.0, seed: int = 0, key_mask: np.ndarray | None = None,
+                 info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-head Hedgehog maps fitted on captured Q, K [.., H, S, D]: (W [H, D, D], b [H, D]) float32.
+
+    ``key_mask``: an additive key-padding mask, one row of Sk values per sample ([B, Sk], or any
+    shape that reshapes to it), added to the target's logits and applied to the linear weights as
+    the pass applies it (Kf_j · exp(mask_j)), so padded keys take part in neither.
 
     ``steps``: Adam steps at most; ``seconds``: wall-time budget (checked after each step, at least
     one step runs). ``info`` (a dict) receives ``steps``, ``stopped_by`` ("steps" or "seconds"),
@@ -130,8 +135,13 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
         qt = torch.from_numpy(np.ascontiguousarray(q3, np.float32))
         kt = torch.from_numpy(np.ascontiguousarray(k3, np.float32))
         mask = torch.ones(sq, sk).tril().bool() if causal else None
+        key_log = None
+        if key_mask is not None:
+            key_log = torch.from_numpy(np.asarray(key_mask, np.float32).reshape(samples, 1, 1, sk).copy())
         with torch.no_grad():
             logits = torch.matmul(qt, kt.transpose(-1, -2)) * scale
+            if key_log is not None:
+                logits = logits + key_log
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
             target = torch.softmax(logits, dim=-1)
@@ -147,6 +157,8 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
 
         def loss_of(index):
             num = torch.matmul(features(qt[index]), features(kt[index]).transpose(-1, -2))
+            if key_log is not None:
+                num = num * torch.exp(key_log[index])
             if mask is not None:
                 num = num * mask
             log_lin = torch.log(num.clamp_min(1e-30)) - torch.log(num.sum(-1, keepdim=True))
@@ -177,6 +189,81 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
                     samples_per_step=per_step, loss_start=loss_start, loss_end=float(loss_end),
                     kl_start=loss_start - mean_entropy, kl_end=float(loss_end) - mean_entropy)
     return w, b
+
+
+def _key_rows(mask, batch: int, sk: int) -> np.ndarray | None:
+    """A captured additive mask (broadcastable to [batch, H, Sq, Sk], the same for every query) as
+    [batch, Sk]: its first query row; None when it has per-head rows or does not broadcast."""
+    m = np.asarray(mask, np.float32)
+    if m.ndim >= 2:
+        m = m[..., :1, :]
+    rows = m.reshape(-1, m.shape[-1]) if m.ndim else m.reshape(1, 1)
+    if rows.shape[0] not in (1, batch) or rows.shape[1] not in (1, sk):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(rows, (batch, sk)))
+
+
+def fit_model_maps(model: ir.Model, samples, *, steps: int = 200, seconds: float = 60.0, seed: int = 0,
+                   pass_name: str = "linear-attention") -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
+    """Hedgehog maps for every canonical attention of ``model``'s main graph, fitted on ``samples``.
+
+    Captures each ``DotProductAttention``'s Q, K (and a mask that is not a constant) in one
+    calibration run (``graphopt.calibrate``), then fits one map per node. Returns, keyed by the
+    node's output name (the linear-attention rule's ``out.name``): ``(w, b, info)``; a node that
+    cannot be fitted is left out, with ``info``-style reasons under the key ``"!" + name``
+    (``{"declined": reason}``). ``seconds`` is the budget of the whole model, split evenly.
+    """
+    from graphopt import calibrate  # noqa: PLC0415
+    from graphopt.passes._canonical_utils import constant  # noqa: PLC0415
+
+    nodes = [n for n in model.graph if n.domain == "pkg.graphopt" and n.op_type == "DotProductAttention"]
+    wanted = []
+    for node in nodes:
+        q, k = node.inputs[0], node.inputs[1]
+        mask = node.inputs[3] if len(node.inputs) > 3 else None
+        wanted += [q.name, k.name] + ([mask.name] if mask is not None and constant(mask) is None else [])
+    if not nodes:
+        return {}
+    captured = calibrate.calibrate(model, samples, dict.fromkeys(wanted), pass_name=pass_name).arrays
+    out: dict = {}
+    budget = seconds / len(nodes)
+    for node in nodes:
+        site = node.outputs[0].name
+        q_list, k_list = captured.get(node.inputs[0].name), captured.get(node.inputs[1].name)
+        if not q_list or not k_list:
+            out["!" + site] = {"declined": "Q or K was not captured (no inferred type)"}
+            continue
+        try:
+            q, k = np.concatenate([_heads(a) for a in q_list]), np.concatenate([_heads(a) for a in k_list])
+        except ValueError as e:
+            out["!" + site] = {"declined": f"the samples' Q or K differ in shape or rank ({e})"}
+            continue
+        if q.shape[1] != k.shape[1] or q.shape[-1] != k.shape[-1]:
+            out["!" + site] = {"declined": f"Q {q.shape[1:]} and K {k.shape[1:]} differ in heads or head dimension"}
+            continue
+        attrs = node.attributes
+        scale, causal = attrs.get_float("scale", 1.0), bool(attrs.get_int("causal", 0))
+        key_mask = None
+        mask = node.inputs[3] if len(node.inputs) > 3 else None
+        if mask is not None:
+            array = constant(mask)
+            masks = [array] * len(q_list) if array is not None else captured.get(mask.name)
+            if not masks:
+                out["!" + site] = {"declined": f"the mask {mask.name} was not captured"}
+                continue
+            rows = [_key_rows(m, len(_heads(a)), k.shape[2]) for m, a in zip(masks, q_list)]
+            if any(r is None for r in rows):
+                out["!" + site] = {"declined": f"the mask {mask.name} is not one row of key weights per sample"}
+                continue
+            key_mask = np.concatenate(rows)
+        if causal and q.shape[2] != k.shape[2]:
+            out["!" + site] = {"declined": f"causal with Sq {q.shape[2]} != Sk {k.shape[2]}"}
+            continue
+        info: dict = {}
+        w, b = fit_hedgehog(q, k, scale=scale, causal=causal, steps=steps, seconds=budget, seed=seed,
+                            key_mask=key_mask, info=info)
+        out[site] = (w, b, info)
+    return out
 
 
 # --- ONNX: the map as ops in a rewrite ------------------------------------------------------------------

@@ -92,3 +92,26 @@ def test_onnx_builder_matches_numpy():
     feed = rng.standard_normal((2, HEADS, 5, DIM)).astype(np.float32)
     (got,) = testing.run_ort(model, {"x": feed})
     np.testing.assert_allclose(got, hedgehog.hedgehog_features_numpy(feed, w, b), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_model_maps_captures_each_attention_with_its_key_mask():
+    import onnx.helper as oh  # noqa: PLC0415
+
+    from graphopt import ops  # noqa: PLC0415
+
+    f = 1  # FLOAT
+    node = oh.make_node("DotProductAttention", ["q", "k", "v", "mask"], ["y"], domain=ops.DOMAIN, scale=SCALE)
+    shapes = {"q": [1, HEADS, SEQ, DIM], "k": [1, HEADS, SEQ, DIM], "v": [1, HEADS, SEQ, DIM], "mask": [1, 1, 1, SEQ]}
+    graph = oh.make_graph([node], "attention", [oh.make_tensor_value_info(n, f, s) for n, s in shapes.items()],
+                          [oh.make_tensor_value_info("y", f, [1, HEADS, SEQ, DIM])])
+    model = ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid(ops.DOMAIN, 1)]))
+    ops.attach_functions(model)
+    (qc, kc), _ = _attention_data(testing.SEED, calibration=4)
+    mask = np.zeros((1, 1, 1, SEQ), np.float32)
+    mask[..., SEQ - 5:] = -np.inf  # padded keys
+    samples = [{"q": qc[i:i + 1], "k": kc[i:i + 1], "v": kc[i:i + 1], "mask": mask} for i in range(4)]
+    maps = hedgehog.fit_model_maps(model, samples, steps=20, seconds=60, seed=0)
+    assert list(maps) == ["y"]
+    w, b, info = maps["y"]
+    assert w.shape == (HEADS, DIM, DIM) and b.shape == (HEADS, DIM)
+    assert info["steps"] == 20 and np.isfinite(info["loss_end"]) and info["kl_end"] < info["kl_start"]
