@@ -143,3 +143,21 @@ def test_emit_declines():
     assert _emitted(tuple(a.astype(np.float16) for a in (qf, kf, v)) + (np.float16(1),), 0) is None  # float16
     assert _emitted((qf, kf[:, :, :5], v[:, :, :5], one), 1) is None  # causal with Sq != Sk
     assert _emitted((qf, kf, v, np.full((1, 1, 6), 0.9, np.float32)), 1) is None  # a decay along the keys
+
+
+def test_kernels_build_for_aarch64():
+    """The kernels cross-compile for tvm-aarch64 (NEON: 4 fp32 lanes); running them under qemu goes
+    through the backend once the LinearizedAttention converter calls ``emit``."""
+    target = targets.resolve("tvm-aarch64").tvm_target()
+    lanes = vector_lanes(target, "float32")
+    assert lanes == 4
+    for func in (fast.noncausal_func(2, 37, 53, 8, 5, lanes, EPS), fast.causal_func(2, 70, 16, 8, lanes, EPS),
+                 fast.recurrent_step_func(2, 16, 8, lanes, EPS)):
+        module = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        assert "fmla" in module.mod.inspect_source("asm")  # NEON fused multiply-adds
+
+
+def test_host_kernels_use_vector_fma():
+    for func in (fast.noncausal_func(2, 64, 64, 64, 64, LANES, EPS), fast.causal_func(2, 128, 64, 64, LANES, EPS)):
+        asm = tvm.compile(tvm.IRModule({"main": func}), target=HOST).mod.inspect_source("asm")
+        assert "vfmadd" in asm and ("ymm" in asm or "zmm" in asm)
