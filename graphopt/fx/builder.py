@@ -155,7 +155,7 @@ class _Builder:
         array = value.const_value.numpy()
         bounds = train_parameters.latent_range(value)
         carried = train_mode.carried_dtype(value) is not None
-        if bounds is None and not np.issubdtype(array.dtype, np.floating):
+        if bounds is None and not value.dtype.is_floating_point():  # (bfloat16 arrays are not np.floating)
             return self._constant(value.name, array.astype(np.float64) if carried else array, trainable=False)
         node = self._constant(value.name, array.astype(np.float64) if bounds else array, trainable=True)
         self.parameter_dtypes[value.name] = value.dtype.name
