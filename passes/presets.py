@@ -53,9 +53,11 @@ register_preset(
 )
 
 # Shift-add (issue 17): weights of every linear layer as packed signed powers of two
-# (shift-linear's defaults: 5-bit DeepShift codes, per-channel float scale). binary-attention joins later.
+# (shift-linear's defaults: 5-bit DeepShift codes, per-channel float scale), then binary-code attention
+# (binary-attention's defaults: 16-bit codes fitted on the calibration samples).
 register_preset(
     "shiftadd",
-    "canonicalize,shift-linear",
-    "Shift-add: canonicalize, then MatMul/Gemm weights as packed signed powers of two (ShiftMatMul).",
+    "canonicalize,shift-linear,binary-attention",
+    "Shift-add: canonicalize, then MatMul/Gemm weights as packed signed powers of two (ShiftMatMul) and softmax "
+    "attention as binary-code (masked-addition) attention with codes fitted on calibration data.",
 )

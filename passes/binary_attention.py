@@ -1,0 +1,235 @@
+"""Binary-code attention (ShiftAddViT / EcoFormer): Q and K hashed to {0,1} codes, attention as masked additions.
+
+    DotProductAttention(Q, K, V, mask, scale, causal)
+      ==>  Cq = Cast(Greater(Q·Wq + bq, 0)),  Ck = Cast(Greater(K·Wk + bk, 0)) [· exp(mask_j)]   (ONNX ops)
+           LinearizedAttention(Cq, Ck, V, decay=1, causal)            (pkg.graphopt, graphopt/ops/linear_attention.py)
+
+i.e. Y = Cq·(Ckᵀ·V) / (Cq·(Ckᵀ·1) + eps). With codes in {0,1}^nbits no product is left in the
+attention: Ckᵀ·V is, per bit, the sum of the V rows whose key has that bit set; Cq·(Ckᵀ·V) is, per
+query, the sum of the state rows its bits select; the normalizer is the same with V = 1. The
+causal form keeps running sums (LinearizedAttention's causal prefix form). ``similarity=and``
+weighs key j for query i by the bits both codes set; ``hamming`` (features [c, 1−c], F = 2·nbits)
+by nbits − Hamming distance (EcoFormer's affinity, flatter but never all-zero).
+
+Codes (Wq, bq, Wk, bk, per head when Q's axis -3 is a static head count, else one set) are fitted
+per attention on the Q and K captured over the calibration samples (``passes/_binary_codes.py``:
+principal directions with median thresholds, then distillation against the softmax weights with a
+sigmoid relaxation annealed to the hard step; torch CPU, seeded, deterministic; at most ``steps``
+Adam steps and ``seconds`` per attention; ``max_samples`` calibration samples). ``steps=0`` keeps
+the initialization. Each new LinearizedAttention carries ``FEATURE_MAP_KEY`` = ``binary``, its
+choices (nbits, similarity, causal, mask handling, eps: ``CHOICES_KEY``), the fit (``FIT_KEY``:
+steps, which candidate was kept, hard-code KL to softmax before and after on the calibration
+samples) and the replaced attention's output name (``SITE_KEY``); wall time is in the pass notes
+only (outputs stay byte-identical).
+
+Masks as ``linear-attention``: a constant all-zero mask is none; a key-padding mask (the same for
+every query) weights key j by exp(mask_j) (0 or 1 for a 0/-inf mask: still a masked addition).
+
+Declined, with the reason: the model's opset is below 15; softcapped scores; a mask that may differ
+between queries (causal/window masks given at run time, relative-position bias); an unknown mask
+rank; a non-float Q; an attention inside a function (its Q, K cannot be captured; inline first);
+Q or K not captured by calibration (no values); K's head count neither 1 nor Q's.
+
+Why: softmax attention costs O(N²) multiply-adds and an exp per score; binary-code attention is
+linear in N and adds only (bit-masked sums), the ShiftAddViT recipe for multiplication-free
+attention (ShiftAddViT fine-tunes afterwards; here the codes are fitted post-training only, and the
+report's attention fidelity says how much the outputs moved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from graphopt import ops
+from graphopt.calibrate import Scales
+from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
+from graphopt.pass_base import RulePass
+from graphopt.passes._binary_codes import binary_codes, fit_binary_codes
+from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant
+from graphopt.passes._feature_maps import MapPlan, _key_log_weights
+from graphopt.passes.linear_attention import query_independent
+from graphopt.registry import check_options, register_pass
+
+__all__ = ["FIT_KEY", "BinaryAttentionOptions", "BinaryAttentionPass", "Codes"]
+
+FIT_KEY = "pkg.graphopt.binary_attention.fit"
+_MASK_LIMIT = 1 << 22
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryAttentionOptions:
+    nbits: int = dataclasses.field(default=16, metadata={"range": (1, 4096)})  # bits per code
+    similarity: typing.Literal["and", "hamming"] = "and"
+    steps: int = dataclasses.field(default=200, metadata={"range": (0, 1 << 20)})  # distillation steps (0: init only)
+    seconds: float = dataclasses.field(default=30.0, metadata={"range": (0.0, 86400.0)})  # per attention
+    seed: int = 0
+    max_samples: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 20)})  # calibration samples fitted on
+    eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codes:
+    """One attention's fitted codes (float32) and the fit's deterministic summary."""
+
+    wq: np.ndarray
+    bq: np.ndarray
+    wk: np.ndarray
+    bk: np.ndarray
+    fit: dict
+
+
+def _rank(value: ir.Value | None) -> int | None:
+    return None if value is None or value.shape is None else len(value.shape)
+
+
+def _head_count(value: ir.Value) -> int | None:
+    """The static size of axis -3 (the heads) of a rank >= 4 value, else None (one set of codes)."""
+    shape = value.shape
+    if shape is None or len(shape) < 4 or not isinstance(shape[-3], int):
+        return None
+    return shape[-3]
+
+
+class _BinaryAttention(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, options: BinaryAttentionOptions, codes: Scales) -> None:
+        super().__init__(name)
+        self.options, self.codes = options, codes
+
+    def pattern(self, op, q, k, v, mask):
+        return op.DotProductAttention(q, k, v, mask, _domain=ops.DOMAIN, _allow_other_attributes=True, _outputs=["out"])
+
+    def check(self, context, q, k, v, mask, out, **_) -> pattern.MatchResult:
+        result, o = pattern.MatchResult(), self.options
+        self._plan = None
+        node = out.producer()
+        if not check_opset(context, result, OP_NAME, MIN_OPSET):
+            return result
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) > 0:
+            return result.fail("the scores are softcapped (cap·tanh(s/cap)): binary codes are fitted to plain "
+                               "softmax attention only", node)
+        if (dtype := q.dtype) not in FLOAT_TYPES:
+            return result.fail(f"Q's element type is {dtype.name if dtype else 'unknown'}, not float", q)
+        if isinstance(context.graph_or_function, ir.Function):
+            return result.fail("the attention is inside a function: its Q and K cannot be captured for the "
+                               "fit; inline first", node)
+        key_mask, mask_rank = "none", _rank(mask)
+        array = constant(mask, max_size=_MASK_LIMIT)
+        if array is None or array.any():
+            if mask_rank is None:
+                return result.fail(f"the rank of the mask {mask.name} is unknown", mask)
+            if not query_independent(mask):
+                return result.fail(f"the mask {mask.name} may differ between queries (not a key-padding mask): "
+                                   "binary-code attention can weigh keys, not (query, key) pairs", mask)
+            key_mask = "rank1" if mask_rank == 1 else ("rows" if mask_rank >= 2 else "none")
+        codes = self.codes.get(out.name)
+        if codes is None:
+            return result.fail(self.codes.reason(out.name), node)
+        causal = attrs.get_int("causal", 0)
+        choices = {"nbits": o.nbits, "similarity": o.similarity, "causal": causal, "eps": o.eps,
+                   "mask": "none" if key_mask == "none" else "key-padding", "per_head": codes.wq.ndim == 3}
+        plan = MapPlan(feature_map="binary", dtype=dtype, opset=0, scale=None, key_mask=key_mask,
+                       mask_rank=mask_rank or 0)
+        self._plan = (plan, codes, causal, choices, out.name or "")
+        return result
+
+    def rewrite(self, op, q, k, v, mask, **_):
+        plan, codes, causal, choices, site = self._plan
+        similarity = self.options.similarity
+        qf = binary_codes(op, q, codes.wq, codes.bq, similarity, plan.dtype)
+        kf = binary_codes(op, k, codes.wk, codes.bk, similarity, plan.dtype)
+        if plan.key_mask != "none":
+            like = op.Constant(value=ir.tensor(np.zeros((), plan.dtype.numpy())))
+            kf = op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), like)))
+        decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
+        y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
+        node = y.producer()
+        node.metadata_props[FEATURE_MAP_KEY] = "binary"
+        node.metadata_props[CHOICES_KEY] = json.dumps(choices, sort_keys=True)
+        node.metadata_props[FIT_KEY] = json.dumps(codes.fit, sort_keys=True)
+        node.metadata_props[SITE_KEY] = site
+        return y
+
+
+@register_pass("binary-attention", options=BinaryAttentionOptions, category="rewrite")
+class BinaryAttentionPass(RulePass):
+    """Softmax DotProductAttention -> {0,1} codes of Q and K (fitted on calibration data) + LinearizedAttention: masked additions."""
+
+    needs_calibration = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self._codes: Scales[Codes] = Scales()
+
+    def rules(self):
+        return [_BinaryAttention.rule("binary-attention", self.options, self._codes)]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Capture Q and K of every attention of the main graph (one calibration run), fit codes per
+        attention, then run the rule with them."""
+        candidates = [n for n in model.graph if n.op_type == "DotProductAttention" and n.domain == ops.DOMAIN
+                      and n.outputs[0].name and n.inputs[0] is not None and n.inputs[1] is not None
+                      and n.inputs[0].name and n.inputs[1].name and n.attributes.get_float("softcap", 0.0) <= 0]
+        found, reasons, seconds = {}, {}, []
+        if candidates:
+            o = self.options
+            names = sorted({n.inputs[i].name for n in candidates for i in (0, 1)})
+            samples, self.samples = self.samples, (self.samples or [])[: o.max_samples] or self.samples
+            try:
+                calibration = self.calibrate(model, names)
+            finally:
+                self.samples = samples
+            for node in candidates:
+                key, q, k = node.outputs[0].name, node.inputs[0], node.inputs[1]
+                qs, ks = calibration.arrays.get(q.name) or [], calibration.arrays.get(k.name) or []
+                if not qs or not ks:
+                    reasons[key] = f"no calibration values for Q {q.name} or K {k.name}: cannot fit codes"
+                    continue
+                heads = _head_count(q)
+                try:
+                    q_all = np.stack([np.asarray(a, np.float32) for a in qs])
+                    k_all = np.stack([np.asarray(a, np.float32) for a in ks])
+                except ValueError:  # samples of different shapes: fit on the first sample's shape only
+                    q_all = np.asarray(qs[0], np.float32)[None]
+                    k_all = np.asarray(ks[0], np.float32)[None]
+                if heads is None:  # one set of codes: every leading axis is a sample
+                    q_all = q_all.reshape(-1, 1, *q_all.shape[-2:])
+                    k_all = k_all.reshape(-1, 1, *k_all.shape[-2:])
+                elif k_all.ndim < 4 or k_all.shape[-3] not in (1, heads):
+                    reasons[key] = f"K's head axis {k_all.shape[-3] if k_all.ndim >= 4 else None} is neither 1 nor Q's {heads}"
+                    continue
+                else:
+                    k_all = np.broadcast_to(k_all, (*k_all.shape[:-3], heads, *k_all.shape[-2:])).copy()
+                info: dict = {}
+                causal = bool(node.attributes.get_int("causal", 0))
+                wq, bq, wk, bk = fit_binary_codes(q_all, k_all, scale=node.attributes.get_float("scale", 1.0),
+                                                  causal=causal, nbits=o.nbits, similarity=o.similarity,
+                                                  steps=o.steps, seconds=o.seconds, seed=o.seed, info=info)
+                if heads is None:
+                    wq, bq, wk, bk = wq[0], bq[0], wk[0], bk[0]
+                seconds.append(info["seconds"])
+                fit = {"steps": info["steps"], "stopped_by": info["stopped_by"], "kept": info["kept"],
+                       "kl_init": round(info["kl_init"], 5), "kl_end": round(info["kl_end"], 5),
+                       "samples": int(np.prod(q_all.shape[:-3]))}  # sequences (samples x batch)
+                found[key] = Codes(wq, bq, wk, bk, fit)
+        self._codes = Scales(found, reasons)
+        try:
+            result = super().call(model)
+        finally:
+            self._codes = Scales()
+        if found:
+            kl = [(c.fit["kl_init"], c.fit["kl" + ("_end" if c.fit["kept"] == "fit" else "_init")]) for c in found.values()]
+            self.notes.append(f"{len(found)} attentions coded ({self.options.nbits} bits, {self.options.similarity}); "
+                              f"hard-code KL to softmax on the calibration samples: init mean "
+                              f"{np.mean([a for a, _ in kl]):.3f} -> kept mean {np.mean([b for _, b in kl]):.3f}; "
+                              f"fit time {sum(seconds):.1f} s (per attention: node metadata {FIT_KEY})")
+        return result
