@@ -4,7 +4,8 @@ logits as plain ONNX ops, and the rule skeleton that swaps softmax for an elemen
     logits = [cap·tanh(s/cap)](scale · Q·Kᵀ) + mask  [Where(key > query, -inf, .) if causal]
 
 Kᵀ is a Transpose of K's last two axes (K's rank must be known); the causal triangle is built from
-the shapes at run time (Trilu), so any sequence length works.
+the shapes at run time (Trilu), so any sequence length works. The output MatMul carries the replaced
+attention's output name (``SITE_KEY``) for ``graphopt.attention_fidelity``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
+from graphopt.ops.linear_attention import SITE_KEY
 from graphopt.passes._canonical_utils import FLOAT_TYPES, constant
 
 __all__ = ["SoftmaxFreeRule", "logits"]
@@ -63,6 +65,7 @@ class SoftmaxFreeRule(pattern.RewriteRuleClassBase):
             return result.fail(f"the rank of K ({k.name}) is {'unknown' if k_rank is None else k_rank}; cannot transpose it", k)
         array = constant(mask, max_size=1 << 22)
         attrs = node.attributes
+        self._site = out.name or ""
         self._plan = dict(dtype=dtype, k_rank=k_rank, scale=attrs.get_float("scale", 1.0),
                           softcap=attrs.get_float("softcap", 0.0), causal=attrs.get_int("causal", 0),
                           drop_mask=array is not None and not array.any())
@@ -75,4 +78,6 @@ class SoftmaxFreeRule(pattern.RewriteRuleClassBase):
         plan = dict(self._plan)
         dtype = plan["dtype"]
         scores = logits(op, q, k, None if plan.pop("drop_mask") else mask, **plan)
-        return op.MatMul(self.weights(op, scores, k, dtype), v)
+        y = op.MatMul(self.weights(op, scores, k, dtype), v)
+        y.producer().metadata_props[SITE_KEY] = self._site
+        return y

@@ -67,7 +67,7 @@ class LinearAttentionOptions:
     chunk: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 16)})  # causal kernels' block size
     features: int = dataclasses.field(default=0, metadata={"range": (0, 1 << 16)})  # performer: 0 = d·ln d
     seed: int = 0  # performer's random features
-    fold_scale: bool = True  # elu, liger: multiply √scale into Q and K before the map
+    fold_scale: bool = False  # elu, liger: multiply √scale into Q and K before the map (measured worse: docs/linear-attention.md)
     cosformer_length: int = 0  # cosformer's M: 0 = the key length
     eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
 

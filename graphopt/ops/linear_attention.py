@@ -47,11 +47,13 @@ __all__ = ["CHOICES_KEY", "FEATURE_MAP_KEY", "LINEAR_ATTENTION_OP", "MIN_OPSET",
 
 OP_NAME = "LinearizedAttention"
 MIN_OPSET = 15
-# node metadata stamped by the passes that make the op (``linear-attention``): the feature map, every
-# choice (JSON), and the replaced softmax attention's output, by its name in the original graph
+# node metadata stamped by the passes that make the op (``linear-attention``): the feature map and every
+# choice (JSON); and, by every pass that replaces softmax attention (sigmoid-/softplus-attention too, on
+# the node computing the block's output), the replaced attention's output by its name in the original
+# graph (``graphopt.attention_fidelity`` compares the two there)
 FEATURE_MAP_KEY = "pkg.graphopt.linear_attention.feature_map"
 CHOICES_KEY = "pkg.graphopt.linear_attention.choices"
-SITE_KEY = "pkg.graphopt.linear_attention.site"
+SITE_KEY = "pkg.graphopt.attention.site"
 
 _BODY = """<domain: "pkg.graphopt", opset_import: ["": 18]>
 LinearizedAttention <causal: int = 0, eps: float = 1e-6> (Qf, Kf, V, decay) => (Y) {

@@ -2,7 +2,7 @@
 
 Each source is a plain softmax attention that the ``attention`` pass fuses first. Structure: golden
 op lists and the node's stamped choices; the declines with their reasons (query-dependent mask,
-softcap, hedgehog, window, non-positive scale). Numerics (ONNX Runtime, optimizations off, seeded
+softcap, window, non-positive scale; hedgehog's are in test_hedgehog.py). Numerics (ONNX Runtime, optimizations off, seeded
 inputs) against numpy: the feature map written out in numpy, then the op's reference
 (``linear_attention_reference``); key-padding masks honored exactly (= attention over the kept
 keys only); a decode step (one query over the cache) equal to the last row of the causal prefill.
@@ -106,9 +106,11 @@ def _softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _features(name: str, q, k, model=None):
+def _features(name: str, q, k, model=None, fold_scale=False):
     q, k = q.astype(np.float64), k.astype(np.float64)
     root = math.sqrt(SCALE)
+    if name in ("elu", "liger") and not fold_scale:
+        root = 1.0
     if name == "elu":
         return _elu1(q * root), _elu1(k * root)
     if name == "relu":
@@ -156,8 +158,19 @@ def test_each_map_matches_numpy(feature_map, causal):
 
 def test_golden_ops_elu():
     model, _ = _run(NO_MASK, "attention,linear-attention")
-    assert testing.op_types(model) == ["Constant", "Mul", "Mul", "Constant", "Elu", "Add", "Elu", "Add", "Constant",
-                                       OP_NAME]
+    assert testing.op_types(model) == ["Constant", "Elu", "Add", "Elu", "Add", "Constant", OP_NAME]
+    assert json.loads(_node(model).metadata_props[CHOICES_KEY])["scale"] == "dropped"
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "liger"])
+def test_fold_scale_multiplies_root_scale_into_q_and_k(feature_map):
+    model, _ = _run(NO_MASK, f"attention,linear-attention(feature_map={feature_map}, fold_scale=true)")
+    assert testing.op_types(model)[:3] == ["Constant", "Mul", "Mul"]
+    assert json.loads(_node(model).metadata_props[CHOICES_KEY])["scale"] == "folded"
+    feeds = _feeds(NO_MASK)
+    (got,) = testing.run_ort(model, feeds)
+    qf, kf = _features(feature_map, feeds["Q"], feeds["K"], fold_scale=True)
+    np.testing.assert_allclose(got, linear_attention_reference(qf, kf, feeds["V"].astype(np.float64), 1.0), rtol=2e-5, atol=2e-5)
 
 
 def test_performer_features_option_and_seed_are_stamped():
@@ -216,10 +229,9 @@ def test_causal_option_overrides_the_node():
 @pytest.mark.parametrize(("source", "pipeline", "reason"), [
     (QUERY_MASK, "linear-attention", "may differ between queries"),
     (SOFTCAP, "linear-attention", "softcapped"),
-    (NO_MASK, "linear-attention(feature_map=hedgehog)", "hedgehog needs fitted maps: the fitting lands with passes/_hedgehog.py"),
     (NO_MASK, "linear-attention(window=64)", "hybrid_attention"),
-    (NEGATIVE_SCALE, "linear-attention", "is not positive"),
-], ids=["query-mask", "softcap", "hedgehog", "window", "negative-scale"])
+    (NEGATIVE_SCALE, "linear-attention(feature_map=performer)", "is not positive"),
+], ids=["query-mask", "softcap", "window", "negative-scale"])
 def test_declines_with_reason(source, pipeline, reason):
     model, record = _run(source, f"attention,{pipeline}")
     assert not record.modified

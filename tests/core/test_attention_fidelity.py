@@ -1,0 +1,47 @@
+"""graphopt.attention_fidelity: per replaced attention block, cosine and relative error vs the softmax
+attention it replaced, found by the site each softmax-replacing pass stamps."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx.parser
+import onnx_ir as ir
+import pytest
+
+from graphopt import testing
+from graphopt.attention_fidelity import attention_fidelity, replaced_blocks
+from graphopt.ops.linear_attention import SITE_KEY
+from graphopt.pipeline import run_pipeline
+
+TWO_BLOCKS = """<ir_version: 10, opset_import: ["": 18]>
+attn (float[2,3,5,4] Q, float[2,3,5,4] K, float[2,3,5,4] V) => (float[2,3,5,4] Y) {
+    kt = Transpose <perm = [0, 1, 3, 2]> (K)
+    s = MatMul (Q, kt)
+    p = Softmax <axis = -1> (s)
+    A = MatMul (p, V)
+    s2 = MatMul (A, kt)
+    p2 = Softmax <axis = -1> (s2)
+    Y = MatMul (p2, V)
+}"""
+
+
+@pytest.mark.parametrize("pipeline", ["linear-attention", "linear-attention(feature_map=performer, features=4096)",
+                                      "sigmoid-attention", "softplus-attention"])
+def test_every_replaced_block_is_compared_with_its_softmax_original(pipeline):
+    original = ir.serde.deserialize_model(onnx.parser.parse_model(TWO_BLOCKS))
+    rewritten = original.clone()
+    run_pipeline(rewritten, f"attention,{pipeline}")
+    assert len(replaced_blocks(rewritten)) == 2
+    assert {n.metadata_props[SITE_KEY] for n in replaced_blocks(rewritten)} == {"A", "Y"}  # the original's names
+    rng = np.random.default_rng(testing.SEED)
+    samples = [{n: rng.standard_normal((2, 3, 5, 4)).astype(np.float32) * 0.3 for n in "QKV"} for _ in range(2)]
+    blocks = attention_fidelity(original, rewritten, samples)
+    assert [b.site for b in blocks] == ["A", "Y"]
+    assert all(-1 <= b.cosine <= 1 and b.relative_error >= 0 and b.made_by == pipeline.split("(")[0] for b in blocks)
+    if "performer" in pipeline:  # many random features approximate the softmax kernel closely on small scores
+        assert blocks[0].cosine > 0.99 and blocks[0].feature_map == "performer"
+
+
+def test_nothing_replaced_nothing_measured():
+    model = ir.serde.deserialize_model(onnx.parser.parse_model(TWO_BLOCKS))
+    assert attention_fidelity(model, model.clone(), [{n: np.ones((2, 3, 5, 4), np.float32) for n in "QKV"}]) == []
