@@ -28,8 +28,14 @@ feature-map factorization); a non-positive scale with a map that folds it; a mas
 the query (a causal or sliding-window mask given at run time, a relative-position bias): linear
 attention cannot factor it into the keys; an unknown mask rank; a non-float Q; ``performer`` with
 an unknown head dimension or inside a function (its W is an initializer); ``window > 0`` (the
-LoLCATs hybrid lands with ``graphopt/ops/hybrid_attention.py``); ``hedgehog`` (needs fitted maps:
-the fitting lands with ``passes/_hedgehog.py``).
+LoLCATs hybrid lands with ``graphopt/ops/hybrid_attention.py``); ``hedgehog`` where no map was fitted
+(the reason from ``passes/_hedgehog.fit_model_maps``: Q or K not captured, heads differ, a per-head mask).
+
+Hedgehog: the pass calibrates (``needs_calibration`` for this map only): one run captures every
+attention's Q, K (and mask), ``passes/_hedgehog.py`` fits a map per attention by attention
+distillation (``hedgehog_steps`` Adam steps at most, ``hedgehog_seconds`` for the whole model,
+``seed``), and φ(x) = [softmax(xW+b), softmax(-(xW+b))] is built on the raw Q and K (W absorbs
+the scale; ``fold_scale`` does not apply).
 
 Why: softmax attention costs O(N²) in time and memory; linear attention computes Kfᵀ·V once,
 O(N·F·D), so long sequences (and decode with a state) get cheap. The price is accuracy: a model
@@ -51,7 +57,8 @@ from graphopt import ops
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
 from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant, default_opset, unique_initializer_name
-from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, default_features, performer_weights, build_features
+from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, _const, _key_log_weights, build_features, default_features, performer_weights
+from graphopt.passes._hedgehog import fit_model_maps, hedgehog_features
 from graphopt.registry import check_options, register_pass
 
 __all__ = ["LinearAttentionOptions", "LinearAttentionPass", "query_independent"]
@@ -66,7 +73,9 @@ class LinearAttentionOptions:
     causal: typing.Literal["auto", "always", "never"] = "auto"
     chunk: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 16)})  # causal kernels' block size
     features: int = dataclasses.field(default=0, metadata={"range": (0, 1 << 16)})  # performer: 0 = d·ln d
-    seed: int = 0  # performer's random features
+    seed: int = 0  # performer's random features, hedgehog's fitting
+    hedgehog_steps: int = dataclasses.field(default=200, metadata={"range": (1, 1 << 20)})  # Adam steps per attention
+    hedgehog_seconds: float = dataclasses.field(default=120.0, metadata={"range": (0.0, 1e6)})  # fitting budget, whole model
     fold_scale: bool = False  # elu, liger: multiply √scale into Q and K before the map (measured worse: docs/linear-attention.md)
     cosformer_length: int = 0  # cosformer's M: 0 = the key length
     eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
@@ -135,9 +144,10 @@ def _rank(value: ir.Value | None) -> int | None:
 
 
 class _LinearAttention(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, options: LinearAttentionOptions) -> None:
+    def __init__(self, name: str, options: LinearAttentionOptions, maps: dict | None = None) -> None:
         super().__init__(name)
         self.options = options
+        self.maps = maps or {}  # hedgehog: attention output name -> (w, b, info), "!" + name -> {"declined": why}
 
     def pattern(self, op, q, k, v, mask):
         return op.DotProductAttention(q, k, v, mask, _domain=ops.DOMAIN, _allow_other_attributes=True, _outputs=["out"])
@@ -148,8 +158,9 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         node = out.producer()
         if not check_opset(context, result, OP_NAME, MIN_OPSET):
             return result
-        if o.feature_map == "hedgehog":
-            return result.fail("hedgehog needs fitted maps: the fitting lands with passes/_hedgehog.py", node)
+        if o.feature_map == "hedgehog" and out.name not in self.maps:
+            why = self.maps.get("!" + (out.name or ""), {}).get("declined", "no fitted map (the pass fits them on calibration samples)")
+            return result.fail(f"hedgehog: {why}", node)
         if o.window > 0:
             return result.fail(f"window={o.window} (the LoLCATs softmax-window hybrid) lands with "
                                "graphopt/ops/hybrid_attention.py; window=0 is plain linear attention", node)
@@ -159,7 +170,7 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         if (dtype := q.dtype) not in FLOAT_TYPES:
             return result.fail(f"Q's element type is {dtype.name if dtype else 'unknown'}, not float", q)
         scale = attrs.get_float("scale", 1.0)
-        folds = o.feature_map == "performer" or (o.fold_scale and o.feature_map not in HOMOGENEOUS)
+        folds = o.feature_map == "performer" or (o.fold_scale and o.feature_map not in HOMOGENEOUS | {"hedgehog"})
         if scale <= 0 and (folds or o.feature_map in HOMOGENEOUS):
             return result.fail(f"scale {scale} is not positive: the feature maps approximate exp(scale·q·k) for "
                                "scale > 0 only", node)
@@ -194,6 +205,9 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
             plan.update(features=features, weights=performer_weights(head_dim, features, o.seed, site),
                         weights_name=unique_initializer_name(graph, f"linear_attention_{site}_performer_w"))
             choices.update(features=features, seed=o.seed, orthogonal=True)
+        if o.feature_map == "hedgehog":
+            info = self.maps[out.name][2]
+            choices.update(seed=o.seed, hedgehog_steps=info["steps"], hedgehog_kl=round(info["kl_end"], 5))
         if o.feature_map == "cosformer":
             choices["cosformer_length"] = o.cosformer_length or "key length"
         self._plan = (MapPlan(**plan), causal, choices, out.name or "")
@@ -201,7 +215,13 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, q, k, v, mask, **_):
         plan, causal, choices, site = self._plan
-        qf, kf = build_features(op, q, k, mask, plan)
+        if plan.feature_map == "hedgehog":
+            w, b, _ = self.maps[site]
+            qf, kf = hedgehog_features(op, q, w, b, plan.dtype), hedgehog_features(op, k, w, b, plan.dtype)
+            if plan.key_mask != "none":
+                kf = op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), _const(op, 0.0, plan.dtype))))
+        else:
+            qf, kf = build_features(op, q, k, mask, plan)
         decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
         y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
         node = y.producer()
@@ -213,8 +233,21 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
 
 @register_pass("linear-attention", options=LinearAttentionOptions, category="rewrite")
 class LinearAttentionPass(RulePass):
-    """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger)."""
+    """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger, hedgehog)."""
+
+    @property
+    def needs_calibration(self) -> bool:  # hedgehog fits its maps on the run's samples
+        return self.options.feature_map == "hedgehog"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self._maps = {}
+        if self.options.feature_map == "hedgehog":
+            o = self.options
+            self._maps = fit_model_maps(model, self.samples, steps=o.hedgehog_steps, seconds=o.hedgehog_seconds,
+                                        seed=o.seed, pass_name=self.pass_name)
+        return super().call(model)
 
     def rules(self):
-        return [_LinearAttention.rule(f"linear-attention-{self.options.feature_map}", self.options)]
+        return [_LinearAttention.rule(f"linear-attention-{self.options.feature_map}", self.options,
+                                      getattr(self, "_maps", {}))]
 

@@ -6,6 +6,8 @@ off) and passes the full checker."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -115,3 +117,53 @@ def test_fit_model_maps_captures_each_attention_with_its_key_mask():
     w, b, info = maps["y"]
     assert w.shape == (HEADS, DIM, DIM) and b.shape == (HEADS, DIM)
     assert info["steps"] == 20 and np.isfinite(info["loss_end"]) and info["kl_end"] < info["kl_start"]
+
+
+def _attention_model(mask: bool):
+    import onnx.helper as oh  # noqa: PLC0415
+
+    from graphopt import ops  # noqa: PLC0415
+
+    node = oh.make_node("DotProductAttention", ["q", "k", "v", "mask"], ["y"], domain=ops.DOMAIN, scale=SCALE)
+    shapes = {"q": [1, HEADS, SEQ, DIM], "k": [1, HEADS, SEQ, DIM], "v": [1, HEADS, SEQ, DIM]}
+    if mask:
+        shapes["mask"] = [1, 1, 1, SEQ]
+    inits = [] if mask else [oh.make_tensor("mask", 1, [], [0.0])]
+    graph = oh.make_graph([node], "attention", [oh.make_tensor_value_info(n, 1, s) for n, s in shapes.items()],
+                          [oh.make_tensor_value_info("y", 1, [1, HEADS, SEQ, DIM])], inits)
+    model = ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid(ops.DOMAIN, 1)]))
+    ops.attach_functions(model)
+    return model
+
+
+def test_linear_attention_pass_with_hedgehog_beats_elu():
+    """linear-attention(feature_map=hedgehog) fits on the samples and rewrites; held-out output cosine vs softmax > elu's."""
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    (qc, kc), (qe, ke) = _attention_data(testing.SEED, calibration=8)
+    rng = np.random.default_rng(testing.SEED)
+    samples = [{"q": qc[i:i + 1], "k": kc[i:i + 1], "v": rng.standard_normal((1, HEADS, SEQ, DIM)).astype(np.float32)}
+               for i in range(8)]
+    held_out = [{"q": qe[i:i + 1], "k": ke[i:i + 1], "v": rng.standard_normal((1, HEADS, SEQ, DIM)).astype(np.float32)}
+                for i in range(4)]
+    expected = [testing.run_ort(_attention_model(False), feeds)[0] for feeds in held_out]
+
+    def cosine(pipeline):
+        model = _attention_model(False)
+        record = run_pipeline(model, pipeline, samples=samples)[-1]
+        testing.assert_valid(model)
+        got = [testing.run_ort(model, feeds)[0] for feeds in held_out]
+        a, c = np.concatenate([g.ravel() for g in got]), np.concatenate([e.ravel() for e in expected])
+        return float(a @ c / np.linalg.norm(a) / np.linalg.norm(c)), model, record
+
+    fitted, model, record = cosine("linear-attention(feature_map=hedgehog, hedgehog_steps=60)")
+    assert "LinearizedAttention" in testing.op_types(model) and "DotProductAttention" not in testing.op_types(model)
+    assert testing.op_types(model).count("Softmax") == 4  # φ(q), φ(k): softmax of ±(xW + b)
+    from graphopt.ops.linear_attention import CHOICES_KEY  # noqa: PLC0415
+
+    node = next(n for n in model.graph if n.op_type == "LinearizedAttention")
+    choices = json.loads(node.metadata_props[CHOICES_KEY])
+    assert choices["feature_map"] == "hedgehog" and choices["hedgehog_steps"] == 60 and choices["scale"] == "dropped"
+    elu, _, _ = cosine("linear-attention(feature_map=elu)")
+    assert fitted > elu, (fitted, elu)
+
