@@ -147,6 +147,8 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
         _print_layers(console, report.layers, WORST_LAYERS if not verbose else len(report.layers))
     if report.data.get("sparsity"):
         _print_sparsity(console, report.data["sparsity"], WORST_LAYERS if not verbose else None)
+    if report.data.get("attention"):
+        _print_attention(console, report.data["attention"])
     if report.parity:
         _print_parity(console, report.parity)
         _print_target_pairs(console, report.parity)
@@ -213,6 +215,16 @@ def _print_sparsity(console, sparsity: dict, shown: int | None) -> None:
     table = _table(title, ("thresholded tensor", "target", "achieved", "params skipped where zero"))
     for t in tensors[:shown]:
         table.add_row(_user(t["site"]), percent(t["target"]), percent(t["achieved"]), str(t["weight"]))
+    console.print(table)
+
+
+def _print_attention(console, blocks: list[dict]) -> None:
+    mean = sum(b["cosine"] for b in blocks) / len(blocks)
+    table = _table(f"replaced attention blocks vs softmax on the validation samples: mean cosine {mean:.4f}",
+                   ("attention output", "now", "pass", "feature map", "cosine", "relative error"))
+    for b in blocks:
+        table.add_row(_user(b["site"]), b["op_type"], b["made_by"], b["feature_map"] or "-", f"{b['cosine']:.4f}",
+                      f"{b['relative_error']:.3g}")
     console.print(table)
 
 

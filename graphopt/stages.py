@@ -409,6 +409,20 @@ def _has_thresholds(ctx: Context) -> bool:
     return bool(ctx.eval_samples) and bool(thresholded_nodes(ctx.work))
 
 
+def _attention(ctx: Context) -> None:
+    """Per replaced attention block (linear-, sigmoid-, softplus-attention): its output vs the softmax it replaced."""
+    from graphopt.attention_fidelity import attention_fidelity  # noqa: PLC0415
+
+    blocks = attention_fidelity(ctx.original, ctx.work, ctx.eval_samples, threads=ctx.settings.threads)
+    ctx.report.data["attention"] = [b.as_dict() for b in blocks]
+
+
+def _has_replaced_attention(ctx: Context) -> bool:
+    from graphopt.attention_fidelity import replaced_blocks  # noqa: PLC0415
+
+    return bool(ctx.eval_samples) and bool(replaced_blocks(ctx.work))
+
+
 def _validating(ctx: Context) -> bool:
     return ctx.settings.validate and bool(ctx.eval_samples)
 
@@ -426,6 +440,7 @@ COMPILE_STAGES = (
     Stage("validate", _validate, _validating),
     Stage("layer-error", _layer_error, _validating),
     Stage("sparsity", _sparsity, _has_thresholds),
+    Stage("attention", _attention, _has_replaced_attention),
     Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.eval_samples)),
     Stage("profile", _profile, lambda ctx: ctx.settings.profile and bool(ctx.eval_samples)),
 )

@@ -45,3 +45,17 @@ def test_every_replaced_block_is_compared_with_its_softmax_original(pipeline):
 def test_nothing_replaced_nothing_measured():
     model = ir.serde.deserialize_model(onnx.parser.parse_model(TWO_BLOCKS))
     assert attention_fidelity(model, model.clone(), [{n: np.ones((2, 3, 5, 4), np.float32) for n in "QKV"}]) == []
+
+
+def test_the_compile_report_has_a_row_per_replaced_block(capsys):
+    import graphopt  # noqa: PLC0415
+    from graphopt import report  # noqa: PLC0415
+
+    proto = onnx.parser.parse_model(TWO_BLOCKS)
+    rng = np.random.default_rng(testing.SEED)
+    data = [{n: rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for n in "QKV"} for _ in range(2)]
+    result = graphopt.compile(proto, "canonicalize,linear-attention(feature_map=relu)", calib=data, bench_runs=0)
+    rows = result.report.data["attention"]
+    assert [r["site"] for r in rows] == ["A", "Y"] and all(r["feature_map"] == "relu" for r in rows)
+    report.render(result.report)
+    assert "replaced attention blocks vs softmax" in capsys.readouterr().out
