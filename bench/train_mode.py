@@ -1,6 +1,6 @@
 """One fine-tuning loop written by hand on ``to_torch(model, train=True)``: does train mode learn?
 
-    python -m bench.train_mode [--steps 100] [--lr 1e-3] [--batch 32] [--rows 256] [--uniform]
+    python -m bench.train_mode [--steps 100] [--lr 1e-3] [--batch 32] [--rows 256] [--distill-rows 0] [--threads 1] [--uniform]
 
 The digits ViT after ``ivit`` (calibrated on the first 256 training images, one per sample, as
 ``bench.finetune ivit-vit`` does) distilled from the FP32 model's logits (MSE) on those same
@@ -27,8 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--rows", type=int, default=256, help="calibration images (the first rows of the training split)")
+    parser.add_argument("--distill-rows", type=int, default=0, help="training images distilled on (0: the calibration images)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more than 1 on a loaded machine: 10x slower)")
     parser.add_argument("--uniform", action="store_true", help="one lr for every parameter (not relative)")
     args = parser.parse_args(argv)
 
@@ -41,9 +43,11 @@ def main(argv=None) -> int:
     from graphopt.models import digits_vit  # noqa: PLC0415
 
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
     proto = digits_vit.build()
-    x_train = digits_vit.dataset()[0][: args.rows]
-    post = graphopt.compile(proto, "ivit", calib=[{"pixels": x_train[i:i + 1]} for i in range(len(x_train))], validate=False).model
+    x_calib = digits_vit.dataset()[0][: args.rows]
+    x_train = digits_vit.dataset()[0][: args.distill_rows or args.rows]
+    post = graphopt.compile(proto, "ivit", calib=[{"pixels": x_calib[i:i + 1]} for i in range(len(x_calib))], validate=False).model
     teacher = ort.make_session(graphopt.load(proto), optimization="disable", threads=2)
     targets = torch.from_numpy(teacher.run(None, {"pixels": x_train})[0])
     images = torch.from_numpy(x_train)
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     trained = {name: module.get_parameter(attr).detach().numpy() for name, attr in module.parameter_names.items()}
     tuned = write_back(post, trained)
-    row = {"steps": args.steps, "lr": args.lr, "batch": args.batch, "rows": args.rows, "relative_lr": not args.uniform,
+    row = {"steps": args.steps, "lr": args.lr, "batch": args.batch, "rows": args.rows, "distill_rows": len(x_train), "relative_lr": not args.uniform,
            "fp32": top1_ort(graphopt.load(proto)), "post_training": top1_ort(post), "post_training_torch": before,
            "fine_tuned_torch": top1_torch(), "fine_tuned_ort": top1_ort(tuned),
            "test_vs_fp32_before": fidelity_before, "test_vs_fp32_after": test_fidelity(),
