@@ -1,6 +1,7 @@
 """Shift-linear on tvm-llvm: one [K, N] linear layer as packed power-of-two weights vs FP32 dense.
 
     python -m bench.shift [--runs 30] [--k 4096] [--n 4096] [--rows 1,128] [--threads 2] [--json out.json]
+    python -m bench.shift --accuracy [--json out.json]
 
 The layer ``y = x · W`` (W seeded N(0, 1/K), fp32) is built in ONNX, rewritten by ``shift-linear``
 (5-bit codes, six per int32 word, per-column float scale; calibrated on 4 seeded inputs) and both
@@ -9,6 +10,12 @@ batch-1 GEMV, decode; 128: a prefill) the two are timed interleaved in one proce
 (``bench._timing``), cycling through several inputs; the shifted output is checked against the
 op's numpy reference. Also: the two models' file sizes on disk (``onnx.save``), and ONNX Runtime
 (FP32, all optimizations, same threads) on the dense model for scale.
+
+``--accuracy``: post-training accuracy of the digits ViT (top-1 on its test split, calibration on
+256 training images) and of the pretrained all-MiniLM-L6-v2 (mean / min cosine of the mean-pooled
+embeddings vs FP32 on the held-out sentences, calibration on 28, as ``bench.ivit``) for FP32,
+``shift-linear`` (ternary and zero-free), ``shiftadd``, ``shift-linear`` keeping layers under
+``min_sqnr`` dense, and ``ivit``; models run in ONNX Runtime (optimizations off).
 """
 
 from __future__ import annotations
@@ -122,6 +129,70 @@ def measure(k: int, n: int, rows_list: list[int], runs: int, threads: int) -> di
     return out
 
 
+ACCURACY_VARIANTS = {
+    "shift-linear": "shift-linear",
+    "shift-linear(zero_free)": "shift-linear(zero_free=true)",
+    "shiftadd": "shiftadd",
+    "shiftadd(min_sqnr=20)": "canonicalize,shift-linear(min_sqnr=20)",
+    "ivit": "ivit",
+}
+
+
+def _rewritten(proto, calib) -> dict:
+    import graphopt  # noqa: PLC0415
+
+    models = {"fp32": proto}
+    for name, passes in ACCURACY_VARIANTS.items():
+        result = graphopt.compile(proto, passes=passes, calib=calib, validate=False, bench_runs=0)
+        shifted = sum(r.rewrites.get("shift-matmul", 0) + r.rewrites.get("shift-gemm", 0) for r in result.report.passes)
+        models[name] = (result.model, shifted)
+    return models
+
+
+def accuracy() -> list[dict]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.models import digits_vit, minilm  # noqa: PLC0415
+
+    rows = []
+    proto = digits_vit.build()
+    x_train, _, x_test, y_test = digits_vit.dataset()
+    calib = [{"pixels": x_train[i:i + 32]} for i in range(0, 256, 32)]
+    for name, entry in _rewritten(proto, calib).items():
+        model, shifted = entry if isinstance(entry, tuple) else (entry, 0)
+        session = ort_backend.make_session(model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model),
+                                           optimization="disable", threads=2)
+        logits = np.concatenate([ort_backend.run(session, {"pixels": x_test[i:i + 64]})["logits"]
+                                 for i in range(0, len(x_test), 64)])
+        rows.append({"model": "digits-vit", "variant": name, "shifted_layers": shifted,
+                     "top1": round(float((logits.argmax(1) == y_test).mean()), 4)})
+        print(rows[-1], flush=True)
+    proto = minilm.build()
+    sentences = minilm.sentences()
+    batch = minilm.tokenize(sentences[:28], seq_len=128)
+    calib = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(28)]
+    held = minilm.tokenize(sentences[28:], seq_len=128)
+    feeds = [{k: v[i:i + 1] for k, v in held.items()} for i in range(len(held["input_ids"]))]
+
+    def embed(model):
+        model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+        session = ort_backend.make_session(model, optimization="disable", threads=2)
+        outs = [ort_backend.run(session, f) for f in feeds]
+        key = "last_hidden_state" if "last_hidden_state" in outs[0] else next(iter(outs[0]))
+        return minilm.mean_pool(np.concatenate([o[key] for o in outs]), held["attention_mask"])
+
+    base = None
+    for name, entry in _rewritten(proto, calib).items():
+        model, shifted = entry if isinstance(entry, tuple) else (entry, 0)
+        got = embed(model)
+        base = got if base is None else base
+        cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
+        rows.append({"model": "minilm", "variant": name, "shifted_layers": shifted, "sentences": len(cos),
+                     "mean_cosine": round(float(cos.mean()), 4), "min_cosine": round(float(cos.min()), 4)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -130,7 +201,14 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--rows", default="1,128")
     parser.add_argument("--json", default=None, help="write the measurements here")
+    parser.add_argument("--accuracy", action="store_true", help="digits ViT top-1 and MiniLM cosine instead of latency")
     args = parser.parse_args(argv)
+    if args.accuracy:
+        rows = accuracy()
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     result = measure(args.k, args.n, [int(r) for r in args.rows.split(",")], args.runs, args.threads)
     print(f"load average at start: {result['load']}")
     if args.json:
