@@ -42,9 +42,16 @@ def test_random_cases(causal):
 
 
 @pytest.mark.parametrize("causal", [0, 1])
-def test_tvm_llvm_build_of_a_linearized_model_matches_onnx_runtime(causal):
-    """linear-attention's output (feature maps as ONNX ops + the op) through the TVM importer."""
+def test_tvm_llvm_build_of_a_linearized_model_matches_onnx_runtime(causal, monkeypatch):
+    """linear-attention's output (feature maps as ONNX ops + the op) through the TVM importer, which
+    takes the hand-scheduled CPU kernel (float32, static shapes, llvm)."""
     import onnx.parser  # noqa: PLC0415
+
+    from graphopt.backends.tvm.kernels import linear_attention as kernel  # noqa: PLC0415
+
+    fast = []
+    original_emit = kernel.emit_fast
+    monkeypatch.setattr(kernel, "emit_fast", lambda *a, **k: fast.append(original_emit(*a, **k)) or fast[-1])
     import onnx_ir as ir  # noqa: PLC0415
 
     from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
@@ -71,3 +78,4 @@ attn (float[1,2,6,8] Q, float[1,2,6,8] K, float[1,2,6,8] V) => (float[1,2,6,8] Y
     expected = testing.run_ort(model, feeds)[0]
     artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
     np.testing.assert_allclose(artifact.run(feeds)["Y"], expected, rtol=1e-4, atol=1e-5)
+    assert fast and all(f is not None for f in fast)

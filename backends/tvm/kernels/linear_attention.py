@@ -3,8 +3,9 @@
 Non-causal, the linear form itself, in four PrimFuncs whose cost is linear in N:
     kv = Kfᵀ·V [.., F, Dv],  ksum = Σ_j Kf_j [.., F],  num = Qf·kv,  Y = num / (Qf·ksum + eps)
 Causal, the quadratic masked form (a correct reference kernel, O(N²)): scores Qf·Kfᵀ, weighted
-by ``decay^(i-j)`` for j <= i (else 0), then ``(w·V) / (Σ_j w + eps)``. The chunked causal
-kernel (linear in N, Lightning-Attention-2 style) is ``linear_attention_fast.py``'s job.
+by ``decay^(i-j)`` for j <= i (else 0), then ``(w·V) / (Σ_j w + eps)``. The converter first asks
+``linear_attention_fast.emit`` for the hand-scheduled CPU kernels (chunked causal, linear in N,
+Lightning-Attention-2 style); these TE computes are the path where those do not apply.
 Leading (batch/head) axes broadcast as in MatMul; float16 is computed in float32 and rounded once.
 """
 
@@ -15,6 +16,7 @@ from tvm import relax, te, tirx
 from graphopt import ops
 
 from ._common import broadcast_load, broadcast_shape, op_attributes
+from .linear_attention_fast import emit as emit_fast
 
 __all__ = ["linear_kv", "linear_ksum", "linear_output", "causal_weights", "causal_output", "linearized_attention"]
 
@@ -120,9 +122,14 @@ def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     qf, kf, v, decay = (list(inputs) + [None] * 4)[:4]
     dtype = str(qf.ty.dtype.dtype)
     eps = float(a["eps"])
+    if decay is None:
+        decay = relax.const(1, dtype)
+    # the hand-scheduled CPU kernels (linear in N, causal chunked) where they apply (float32, static
+    # shapes, a CPU target in scope); the TE computes below otherwise (float16, CUDA, dynamic shapes)
+    fast = emit_fast(bb, qf, kf, v, decay, causal=int(a["causal"]), eps=eps)
+    if fast is not None:
+        return fast
     if int(a["causal"]):
-        if decay is None:
-            decay = relax.const(1, dtype)
         weights = bb.emit_te(causal_weights, qf, kf, decay, primfunc_name_hint="graphopt_linear_attention_weights")
         return bb.emit_te(causal_output, weights, v, eps=eps, out_dtype=dtype,
                           primfunc_name_hint="graphopt_linear_attention_causal_output")
