@@ -8,7 +8,8 @@
   requantization scale ``m`` of ``m · 2^-k``): *latent* float64 parameters holding the integers,
   read through ``round_to_range`` (round half to even, clamp to the dtype's range, straight-through).
 - Every other integer initializer (zero points, ``Clip`` bounds, ``DyadicRequant``'s shift ``k``,
-  shapes and indices) stays a fixed buffer: float64 for carried types, int64/bool as they are.
+  ``Where``'s fill values, i.e. the integer attention-mask fill, shapes and indices) stays a fixed
+  buffer: float64 for carried types, int64/bool as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _ALL = None
 _VALUE_INPUTS: dict[tuple[str, str], set[int] | None] = {
     **{(d, op): pos for d in STANDARD_DOMAINS for op, pos in {
         "MatMulInteger": {0, 1}, "ConvInteger": {0, 1}, "Add": _ALL, "Sub": _ALL, "Mul": _ALL, "Sum": _ALL,
-        "Concat": _ALL, "Where": {1, 2}, "Expand": {0}, "Gather": {0}, "Reshape": {0}, "Transpose": {0},
+        "Concat": _ALL, "Expand": {0}, "Gather": {0}, "Reshape": {0}, "Transpose": {0},
         "Unsqueeze": {0}, "Squeeze": {0}, "Slice": {0}, "Tile": {0},
     }.items()},
     (ops.DOMAIN, "IntLayerNorm"): {1, 2}, (ops.DOMAIN, "DyadicRequant"): {1},
