@@ -91,6 +91,19 @@ def _compare(expected: list[np.ndarray], got) -> dict:
     return {"cosine": cosine, "max_abs": max_abs, "exact": exact}
 
 
+def carried_exact(expected: list[np.ndarray], got) -> bool:
+    """Train mode's outputs equal ``expected`` bit for bit: float outputs in their own dtype,
+    integer ones as the float64 carriers train mode returns (the same integers)."""
+    for e, g in zip(expected, got, strict=True):
+        g = _numpy(g)
+        if e.dtype.kind in "iu":
+            if g.dtype != np.float64 or not np.array_equal(e.astype(np.float64), g):
+                return False
+        elif e.dtype != g.dtype or not np.array_equal(e, g):
+            return False
+    return True
+
+
 def expose_integer_tensors(model) -> int:
     """Make every quantized tensor a node computes (int8/uint8/int16/int32) a graph output too, so
     an integer graph is compared tensor by tensor, not only at its outputs; returns how many."""
@@ -122,6 +135,8 @@ def zoo_row(entry, proto, stage: str) -> dict:
         expected = testing.run_ort(model, feeds)
         with torch.no_grad():
             row |= _compare(expected, graphopt.to_torch(model)(**feeds))
+            if stage == "ivit":  # train mode computes the same forward (graphopt.fx.train)
+                row["train_exact"] = carried_exact(expected, graphopt.to_torch(model, train=True)(**feeds))
     except Exception as e:  # noqa: BLE001 - one row per failure, the table goes on
         row["error"] = f"{type(e).__name__}: {e}"[:300]
     return row
