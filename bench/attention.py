@@ -2,6 +2,7 @@
 
     python -m bench.attention [--lengths 512,1024,2048,4096,8192,16384] [--softmax-max 8192] [--runs 5]
                               [--threads 2] [--plot out/bench/attention.png] [--json out.json] [--no-memory] [--quick]
+                              [--memory-lengths 1024,4096,16384]
 
 One layer, batch 1, 12 heads x 64, float32, on this host's CPU with ``--threads`` threads:
 
@@ -346,6 +347,7 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", default="out/bench/attention.png")
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+    parser.add_argument("--memory-lengths", default=None, help="measure memory at these lengths only (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke test: N 256..1K (unless --lengths), 2 rounds, no memory")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -357,6 +359,7 @@ def main(argv=None) -> None:
     lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else QUICK_LENGTHS if args.quick else LENGTHS
     runs = 2 if args.quick else args.runs
     memory = not (args.quick or args.no_memory)
+    memory_at = set(int(x) for x in args.memory_lengths.split(",")) if args.memory_lengths else set(lengths)
     print(f"attention layer: {HEADS} heads x {DIM}, batch 1, fp32, {args.threads} threads, N {list(lengths)}, softmax up to "
           f"{args.softmax_max}; load average {os.getloadavg()[0]:.1f}", flush=True)
     check_outputs(args.threads)
@@ -385,7 +388,8 @@ def main(argv=None) -> None:
         line += " | decode ms: " + ", ".join(f"{c} {dms[c]:.3f}" for c in DECODE)
         if memory:
             for c in PREFILL:
-                result["memory_mb"][c].append(memory_in_subprocess("prefill", c, n, args.threads) if c in cases else None)
+                result["memory_mb"][c].append(memory_in_subprocess("prefill", c, n, args.threads)
+                                              if c in cases and n in memory_at else None)
             line += " | RSS growth MB: " + ", ".join(f"{c} {_fmt(result['memory_mb'][c][-1], 0)}" for c in PREFILL)
         print(line, flush=True)
     pre = result["prefill_ms"]

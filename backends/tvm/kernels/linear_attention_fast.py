@@ -24,7 +24,8 @@ per chunk c (rows c0 .. c0+L-1) with the running state S_c = Σ_{j<c0} λ^{c0-1-
 - update: ``S_{c+1} = λ^L·S_c + Σ_r λ^{L-1-r}·Kf_rᵀV_r`` (and z alike).
 
 Decode (``recurrent_step_func``): one token against a carried state, O(F·Dv) whatever the context:
-``S' = λS + kᵀv``, ``z' = λz + k``, ``y = q·S' / (q·z' + eps)``.
+``S' = λS + kᵀv``, ``z' = λz + k``, ``y = q·S' / (q·z' + eps)``; heads in parallel only for a
+state of ``PARALLEL_STATE`` elements or more.
 
 ``emit(bb, qf, kf, v, decay, causal=, eps=)`` puts the right kernel into a Relax function (broadcast
 leading axes, reshape to heads, ``call_tir``, reshape back) and returns None where it does not apply
@@ -47,6 +48,9 @@ CHUNK = 64  # causal chunk (Lightning Attention-2's block); intra-chunk work is 
 FT = 4  # rows of the state per register tile (stage 1 and the causal update)
 IT = 4  # query rows per register tile (stage 2)
 JB = 32  # keys per block of stage 1 (a block of Kf and V in L1)
+# decode: states below this many elements (12 heads x 64 x 64 is 49K) are updated by one thread: the
+# step is ~10 µs of work, and a parallel region's fork/join costs µs idle and ms on a loaded host
+PARALLEL_STATE = 1 << 20
 
 
 def _widths(f: int, dv: int, lanes: int) -> tuple[int, int]:
@@ -252,13 +256,14 @@ def recurrent_step_func(bh: int, f: int, dv: int, lanes: int, eps: float) -> tir
     """One decode step: (q, k [bh, 1, f], v [bh, 1, dv], decay [bh], S [bh, f, dv], z [bh, f]) -> (y, S', z')."""
     _, eb = _widths(f, dv, lanes)
     eps_c = float(eps)
+    heads = T.parallel if bh * f * dv >= PARALLEL_STATE else T.serial  # a small state: no fork/join
 
     @T.prim_func
     def func(q: T.Buffer((bh, 1, f), DTYPE), k: T.Buffer((bh, 1, f), DTYPE), v: T.Buffer((bh, 1, dv), DTYPE),
              decay: T.Buffer((bh,), DTYPE), s_in: T.Buffer((bh, f, dv), DTYPE), z_in: T.Buffer((bh, f), DTYPE),
              y: T.Buffer((bh, 1, dv), DTYPE), s_out: T.Buffer((bh, f, dv), DTYPE), z_out: T.Buffer((bh, f), DTYPE)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for h in T.parallel(bh):
+        for h in heads(bh):
             den = T.decl_buffer((1,), DTYPE, scope="local")
             den[0] = T.float32(eps_c)
             for a in range(f):
