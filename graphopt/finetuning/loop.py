@@ -64,9 +64,10 @@ def train(module: torch.nn.Module, examples: Sequence[Example], loss_fn: Distill
             last = index == len(micro) - 1
             sync = contextlib.nullcontext() if last or world.size == 1 else model.no_sync()
             with sync:
-                outputs = model(**{input_names[k]: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.feeds.items()})
+                feeds = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.feeds.items()}
+                outputs = model(**{input_names[k]: v for k, v in feeds.items()})
                 targets = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.targets.items()}
-                loss = loss_fn(outputs, targets) / len(micro)
+                loss = loss_fn(outputs, targets, feeds) / len(micro)
                 loss.backward()
             total = total + loss.detach()
         losses.append(float(world.mean(total)))

@@ -7,6 +7,10 @@ integer output carries no gradient and is left to the validation).
 - ``kl``: for logits, KL(teacher || student) of the softmax over the last axis at
   ``temperature``, times temperature² (Hinton et al.: gradients keep their scale as T changes),
   averaged over rows and outputs.
+
+With a padding mask input (``mask_input``, e.g. ``attention_mask``), an output whose leading axes
+are the mask's shape (a hidden state per token) counts only the positions the mask marks: padding
+carries no meaning, and an integer model may differ there freely (the validation skips it too).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ LOSSES = ("distill", "kl")
 
 
 class Distillation:
-    def __init__(self, kind: str, output_names: Sequence[str], targets: Sequence[Mapping[str, np.ndarray]], temperature: float = 2.0):
+    def __init__(self, kind: str, output_names: Sequence[str], targets: Sequence[Mapping[str, np.ndarray]], temperature: float = 2.0,
+                 mask_input: str | None = None):
         if kind not in LOSSES:
             raise UsageError(f"unknown loss {kind!r}: valid are {', '.join(LOSSES)}")
         if temperature <= 0:
             raise UsageError(f"the distillation temperature must be positive, got {temperature}")
-        self.kind, self.temperature = kind, temperature
+        self.kind, self.temperature, self.mask_input = kind, temperature, mask_input
         first = targets[0]
         self.outputs = [i for i, name in enumerate(output_names) if np.asarray(first[name]).dtype.kind == "f"]
         if not self.outputs:
@@ -41,15 +46,21 @@ class Distillation:
             variance = float(flat.var()) if flat.size else 0.0
             self.scale[name] = 1.0 / variance if variance > 0 and np.isfinite(variance) else 1.0
 
-    def __call__(self, outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        terms = [self._term(outputs[i].float(), targets[name].float(), name) for i, name in zip(self.outputs, self.names, strict=True)]
+    def __call__(self, outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tensor],
+                 feeds: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        mask = (feeds or {}).get(self.mask_input) if self.mask_input else None
+        terms = [self._term(outputs[i].float(), targets[name].float(), name, mask) for i, name in zip(self.outputs, self.names, strict=True)]
         return torch.stack(terms).mean()
 
-    def _term(self, student: torch.Tensor, teacher: torch.Tensor, name: str) -> torch.Tensor:
+    def _term(self, student: torch.Tensor, teacher: torch.Tensor, name: str, mask: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "distill":
-            return torch.mean((student - teacher) ** 2) * self.scale[name]
-        t = self.temperature
-        log_p = torch.log_softmax(teacher / t, dim=-1)
-        log_q = torch.log_softmax(student / t, dim=-1)
-        per_row = torch.sum(log_p.exp() * (log_p - log_q), dim=-1)
-        return per_row.mean() * t * t
+            per_row = torch.mean((student - teacher) ** 2, dim=-1) * self.scale[name] if student.ndim else (student - teacher) ** 2 * self.scale[name]
+        else:
+            t = self.temperature
+            log_p = torch.log_softmax(teacher / t, dim=-1)
+            log_q = torch.log_softmax(student / t, dim=-1)
+            per_row = torch.sum(log_p.exp() * (log_p - log_q), dim=-1) * t * t
+        if mask is not None and per_row.shape == mask.shape:
+            weight = (mask != 0).to(per_row.dtype)
+            return (per_row * weight).sum() / weight.sum().clamp_min(1.0)
+        return per_row.mean()

@@ -127,7 +127,8 @@ def finetune(
         teacher_seconds = time.perf_counter() - began
         module, train_mode = _student_module(student_model)
         chosen = _choose_trainable(module, trainable)
-        loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature)
+        mask_name = _mask_input(teacher_model, mask)
+        loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature, mask_input=mask_name)
         stacks = stackable(student_model, train_examples)
 
         from graphopt.finetuning.loop import train  # noqa: PLC0415
@@ -147,7 +148,7 @@ def finetune(
         "steps": steps, "lr": lr, "lr_scale": lr_scale, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
         "temperature": temperature, "train_mode": train_mode, "stacked_batches": stacks,
         "examples": {"train": len(train_examples), "held_out": len(held_out)},
-        "trainable": sorted(chosen), "distilled_outputs": loss_fn.names,
+        "trainable": sorted(chosen), "distilled_outputs": loss_fn.names, **({"mask": mask_name} if mask_name else {}),
         "loss_curve": losses, "seconds": seconds,
     }
     report.data["finetune"] = section
@@ -202,6 +203,19 @@ def _check_interfaces(student: ir.Model, teacher: ir.Model) -> None:
         if sorted(s_names) != sorted(t_names):
             raise UsageError(f"the model's {kind} {s_names} are not the teacher's {t_names}: "
                              "--teacher must be the original that the model was rewritten from")
+
+
+def _mask_input(teacher: ir.Model, mask: str | None) -> str | None:
+    """The padding-mask input the loss (and the validation) leave padded positions out by."""
+    from graphopt.metrics import detect_mask_input  # noqa: PLC0415
+
+    inputs = {v.name: (v.dtype.numpy() if v.dtype is not None else np.float32, len(v.shape) if v.shape is not None else None)
+              for v in teacher.graph.inputs}
+    if mask == "auto":
+        return detect_mask_input(inputs)
+    if mask is not None and mask not in inputs:
+        raise UsageError(f"--mask names '{mask}', but the model's inputs are {sorted(inputs)} (or --mask none)")
+    return mask
 
 
 def _examples(source: Any, teacher: ir.Model, threads: int, where: str) -> list[Example]:

@@ -153,3 +153,17 @@ def test_cli_errors_are_one_line_with_their_exit_code_and_write_nothing(tmp_path
     assert got == code, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert out.is_file() if case == "output is a file" else not out.exists()
+
+
+def test_padding_positions_are_out_of_the_loss():
+    import torch  # noqa: PLC0415
+
+    from graphopt.finetuning.loss import Distillation  # noqa: PLC0415
+
+    targets = [{"h": np.zeros((1, 3, 2), np.float32) + np.arange(3, dtype=np.float32)[None, :, None]}]
+    loss = Distillation("distill", ["h"], targets, mask_input="attention_mask")
+    student = torch.tensor(targets[0]["h"])
+    student[0, 2] += 100.0  # wrong only where the mask says padding
+    feeds = {"attention_mask": torch.tensor([[1, 1, 0]])}
+    assert float(loss([student], {"h": torch.tensor(targets[0]["h"])}, feeds)) == 0.0
+    assert float(loss([student], {"h": torch.tensor(targets[0]["h"])}, {"attention_mask": torch.tensor([[1, 1, 1]])})) > 0
