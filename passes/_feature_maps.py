@@ -118,6 +118,15 @@ def _positions(op, q: ir.Value, k: ir.Value, plan: MapPlan) -> tuple[ir.Value, i
     return (op.Unsqueeze(op.CastLike(queries, like), column), op.Unsqueeze(op.CastLike(keys, like), column), length)
 
 
+def _elu_plus_one(op, x: ir.Value, dtype: ir.DataType) -> ir.Value:
+    """Elu(x) + 1; for float64 as Where(x > 0, x + 1, Exp(min(x, 0))): ONNX Runtime has no float64 Elu."""
+    one = _const(op, 1.0, dtype)
+    if dtype != ir.DataType.DOUBLE:
+        return op.Add(op.Elu(x), one)
+    zero = _const(op, 0.0, dtype)
+    return op.Where(op.Greater(x, zero), op.Add(x, one), op.Exp(op.Min(x, zero)))
+
+
 def _cosformer(op, x: ir.Value, position: ir.Value, length: ir.Value, plan: MapPlan) -> ir.Value:
     angle = op.Div(op.Mul(position, _const(op, math.pi / 2, plan.dtype)), length)
     relu = op.Relu(x)
@@ -146,8 +155,7 @@ def build_features(op, q: ir.Value, k: ir.Value, mask: ir.Value | None, plan: Ma
         log_weight = op.CastLike(_key_log_weights(op, mask, plan), _const(op, 0.0, plan.dtype))
     name = plan.feature_map
     if name == "elu":
-        one = _const(op, 1.0, plan.dtype)
-        qf, kf = op.Add(op.Elu(q), one), op.Add(op.Elu(k), one)
+        qf, kf = _elu_plus_one(op, q, plan.dtype), _elu_plus_one(op, k, plan.dtype)
     elif name == "relu":
         qf, kf = op.Relu(q), op.Relu(k)
     elif name == "liger":

@@ -33,7 +33,11 @@ __all__ = ["SoftplusAttentionPass"]
 
 class _SoftplusAttention(SoftmaxFreeRule):
     def weights(self, op, scores: ir.Value, k: ir.Value, dtype: ir.DataType) -> ir.Value:
-        positive = op.Softplus(scores)
+        if dtype == ir.DataType.DOUBLE:  # ONNX Runtime has no float64 Softplus: relu(x) + log(1 + exp(-|x|))
+            one = op.Constant(value=ir.tensor(np.asarray(1, np.float64)))
+            positive = op.Add(op.Relu(scores), op.Log(op.Add(op.Exp(op.Neg(op.Abs(scores))), one)))
+        else:
+            positive = op.Softplus(scores)
         total = op.ReduceSum(positive, op.Constant(value=ir.tensor(np.asarray([-1], np.int64))), keepdims=1)
         tiny = op.Constant(value=ir.tensor(np.asarray(np.finfo(dtype.numpy()).tiny, dtype.numpy())))
         return op.Div(positive, op.Max(total, tiny))
