@@ -59,3 +59,22 @@ def test_the_compile_report_has_a_row_per_replaced_block(capsys):
     assert [r["site"] for r in rows] == ["A", "Y"] and all(r["feature_map"] == "relu" for r in rows)
     report.render(result.report)
     assert "replaced attention blocks vs softmax" in capsys.readouterr().out
+
+
+def test_the_report_with_attention_rows_validates_against_the_schema():
+    import json  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    import jsonschema  # noqa: PLC0415
+
+    import graphopt  # noqa: PLC0415
+
+    schema = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
+    rng = np.random.default_rng(testing.SEED)
+    data = [{n: rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for n in "QKV"} for _ in range(2)]
+    result = graphopt.compile(onnx.parser.parse_model(TWO_BLOCKS), "canonicalize,sigmoid-attention", calib=data, bench_runs=0)
+    report = json.loads(json.dumps(result.report.as_dict()))
+    assert [r["made_by"] for r in report["data"]["attention"]] == ["sigmoid-attention"] * 2
+    jsonschema.validate(report, schema)
+    attention = schema["properties"]["data"]["properties"]["attention"]
+    jsonschema.validate(report["data"]["attention"], attention)
