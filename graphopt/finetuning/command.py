@@ -40,6 +40,9 @@ def add_parser(sub, common) -> None:
     f.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of --loss kl (default 2)")
     f.add_argument("--trainable", action="append", metavar="PATTERN",
                    help="train only initializers matching this fnmatch pattern (repeatable; default: every parameter)")
+    f.add_argument("--lora-rank", type=int, metavar="R", help="train rank-R LoRA adapters on the linear weights instead (merged on write-back)")
+    f.add_argument("--lora-layers", action="append", metavar="PATTERN",
+                   help="fnmatch patterns of the weights or nodes to adapt (repeatable; default: every linear weight)")
     f.add_argument("--holdout", type=float, default=0.2, help="fraction of the --data rows held out for validation (default 0.2)")
     f.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the batch order and torch (default 0)")
     f.add_argument("--min-cosine", type=float, default=None, help="minimum cosine vs the teacher (default 0.99)")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = finetune(args.model, args.teacher, cli._data_argument(args.data), eval=cli._data_argument(args.eval),
                           steps=args.steps, lr=args.lr, lr_scale=args.lr_scale, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
-                          trainable=cli._names(args.trainable), holdout=args.holdout, seed=args.seed, threads=args.threads,
+                          trainable=cli._names(args.trainable), lora=_lora(args), holdout=args.holdout, seed=args.seed, threads=args.threads,
                           tolerances=Tolerances(min_cosine=AUTO if args.min_cosine is None else args.min_cosine, min_top1=args.min_top1),
                           mask=None if args.mask == "none" else args.mask, progress=_progress(args, terminal))
     finally:
@@ -81,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"graphopt: numeric check failed: {result.report.violations[0]}", file=sys.stderr)
         return 1
     return EXIT_OK
+
+
+def _lora(args) -> dict | None:
+    if args.lora_rank is None:
+        if args.lora_layers:
+            from graphopt.errors import UsageError  # noqa: PLC0415
+
+            raise UsageError("--lora-layers needs --lora-rank")
+        return None
+    return {"rank": args.lora_rank, "layers": list(args.lora_layers or ["*"])}
 
 
 def _progress(args, terminal):

@@ -91,6 +91,7 @@ def finetune(
     eval: Any = None,  # noqa: A002 — the CLI's --eval
     holdout: float = 0.2,
     temperature: float = 2.0,
+    lora: dict | None = None,
     tolerances: Tolerances | None = None,
     threads: int = 2,
     mask: str | None = "auto",
@@ -108,7 +109,9 @@ def finetune(
     of initializer names (None: every parameter ``to_torch`` makes); the rest stay frozen and are
     written back untouched. ``batch_size`` is the global batch: under ``torchrun`` each of the
     ``WORLD_SIZE`` processes takes an equal share, and rank 0 validates (the others' results carry
-    no validation). Deterministic: the same seed gives the same batches and the same weights.
+    no validation). ``lora`` (``{"rank": r, "layers": [patterns], "alpha": a}``, ``graphopt.fx.lora``):
+    low-rank adapters on the matching linear weights train instead (with the parameters
+    ``trainable`` names, none by default), and each adapted weight is written back merged. Deterministic: the same seed gives the same batches and the same weights.
     ``progress`` wraps the step range (a tqdm bar: the CLI's). Validation failing the
     ``tolerances`` (default: those of an approximating pipeline) makes ``result.ok`` False.
     """
@@ -125,8 +128,8 @@ def finetune(
         else:
             train_examples, held_out = examples, _examples(eval, teacher_model, threads, "evaluation data")
         teacher_seconds = time.perf_counter() - began
-        module, train_mode = _student_module(student_model)
-        chosen = _choose_trainable(module, trainable)
+        module, train_mode = _student_module(student_model, lora)
+        chosen = _choose_trainable(module, trainable, lora=lora is not None)
         mask_name = _mask_input(teacher_model, mask)
         loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature, mask_input=mask_name)
         stacks = stackable(student_model, train_examples)
@@ -138,6 +141,10 @@ def finetune(
                        world=w, input_names=module.input_names, lr_scale=lr_scale, progress=progress if w.main else None)
         seconds = time.perf_counter() - began
         trained = {onnx: module.get_parameter(module.parameter_names[onnx]).detach().cpu().numpy() for onnx in chosen}
+        if lora is not None:
+            from graphopt.fx.lora import merge_lora  # noqa: PLC0415
+
+            trained.update(merge_lora(module))  # W + A·B·alpha/r; integer latents rounded by write_back
         tuned = write_back(student_model, trained)
 
     report = Report(model=name or _describe(student), pipeline="finetune")
@@ -148,7 +155,8 @@ def finetune(
         "steps": steps, "lr": lr, "lr_scale": lr_scale, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
         "temperature": temperature, "train_mode": train_mode, "stacked_batches": stacks,
         "examples": {"train": len(train_examples), "held_out": len(held_out)},
-        "trainable": sorted(chosen), "distilled_outputs": loss_fn.names, **({"mask": mask_name} if mask_name else {}),
+        "trainable": sorted(set(chosen) | set(module.meta["onnx"].get("lora", {}))),
+        **({"lora": {**lora, "adapted": sorted(module.meta["onnx"].get("lora", {}))}} if lora is not None else {}), "distilled_outputs": loss_fn.names, **({"mask": mask_name} if mask_name else {}),
         "loss_curve": losses, "seconds": seconds,
     }
     report.data["finetune"] = section
@@ -226,21 +234,27 @@ def _examples(source: Any, teacher: ir.Model, threads: int, where: str) -> list[
     return [row for feeds, targets in zip(samples, outputs, strict=True) for row in cut_rows(feeds, targets)]
 
 
-def _student_module(student: ir.Model):
+def _student_module(student: ir.Model, lora: dict | None = None):
     """The student as a torch module, in train mode where ``to_torch`` has one (integer weights as
     latent floats with straight-through gradients)."""
     from graphopt.fx import to_torch  # noqa: PLC0415
 
     if "train" in inspect.signature(to_torch).parameters:
-        return to_torch(student, train=True), True
+        return to_torch(student, train=True, **({"lora": lora} if lora is not None else {})), True
+    if lora is not None:
+        raise UsageError("lora needs graphopt.to_torch's train mode, which this graphopt lacks")
     return to_torch(student), False
 
 
-def _choose_trainable(module, patterns: Sequence[str] | str | None) -> list[str]:
-    """The initializers to train (the others are frozen); a pattern that matches nothing is an error."""
-    names = list(module.parameter_names)
+def _choose_trainable(module, patterns: Sequence[str] | str | None, *, lora: bool = False) -> list[str]:
+    """The initializers to train (the others are frozen); a pattern that matches nothing is an error.
+    With LoRA the adapters train, the weights they adapt never, the rest only where ``patterns`` say."""
+    adapted = set(module.meta["onnx"].get("lora", {}))
+    names = [n for n in module.parameter_names if n not in adapted]
+    if lora and not adapted:
+        raise UsageError("lora: no linear weight matches its layers patterns")
     if patterns is None:
-        chosen = names
+        chosen = [] if lora else names
     else:
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
         for pattern in patterns:
@@ -248,11 +262,11 @@ def _choose_trainable(module, patterns: Sequence[str] | str | None) -> list[str]
                 shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
                 raise UsageError(f"--trainable {pattern!r} matches no parameter; the parameters are {shown or 'none'}")
         chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not chosen:
+    if not chosen and not lora:
         raise UsageError("the model has no parameter to train (no float initializer, and no train mode in graphopt.to_torch "
                          "for integer ones)")
     for onnx_name, attribute in module.parameter_names.items():
-        module.get_parameter(attribute).requires_grad_(onnx_name in chosen)
+        module.get_parameter(attribute).requires_grad_(onnx_name in chosen)  # adapted weights: never (their factors train)
     return chosen
 
 

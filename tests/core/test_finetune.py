@@ -167,3 +167,12 @@ def test_padding_positions_are_out_of_the_loss():
     feeds = {"attention_mask": torch.tensor([[1, 1, 0]])}
     assert float(loss([student], {"h": torch.tensor(targets[0]["h"])}, feeds)) == 0.0
     assert float(loss([student], {"h": torch.tensor(targets[0]["h"])}, {"attention_mask": torch.tensor([[1, 1, 1]])})) > 0
+
+
+def test_lora_trains_adapters_and_writes_the_merged_weight_back(student_proto, mlp_proto, train_data):
+    result = graphopt.finetune(student_proto, mlp_proto, train_data, steps=30, lr=3e-2, lora={"rank": 1, "layers": ["w"]})
+    given, tuned = _weights(result.student), _weights(result.model)
+    assert not np.array_equal(tuned["w"], given["w"]) and tuned["b"].tobytes() == given["b"].tobytes()  # only the adapter trained
+    assert np.linalg.matrix_rank(tuned["w"] - given["w"], tol=1e-6) == 1  # W + A·B: a rank-1 change
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    assert result.report.data["finetune"]["lora"]["adapted"] == ["w"]
