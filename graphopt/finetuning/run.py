@@ -101,17 +101,18 @@ def finetune(
     """Distill ``student`` (the rewritten model) from ``teacher`` (the original) on ``data``.
 
     ``student``/``teacher``: anything ``graphopt.load`` takes; ``data``/``eval``: any form
-    ``--calib`` takes (``graphopt.data``), cut into rows along axis 0 (``examples``). ``loss``:
-    ``lr`` with ``lr_scale="relative"`` (default) is each tensor's change per step relative to its
-    RMS (``loop.parameter_groups``: integer latents, scales and float weights have units apart);
-    ``"absolute"`` is plain Adam. ``loss``: ``"distill"`` (variance-normalized MSE on every float output) or ``"kl"`` (softmax KL at
-    ``temperature``, for logits); see ``graphopt.finetuning.loss``. ``trainable``: fnmatch patterns
-    of initializer names (None: every parameter ``to_torch`` makes); the rest stay frozen and are
-    written back untouched. ``batch_size`` is the global batch: under ``torchrun`` each of the
-    ``WORLD_SIZE`` processes takes an equal share, and rank 0 validates (the others' results carry
-    no validation). ``lora`` (``{"rank": r, "layers": [patterns], "alpha": a}``, ``graphopt.fx.lora``):
-    low-rank adapters on the matching linear weights train instead (with the parameters
-    ``trainable`` names, none by default), and each adapted weight is written back merged. Deterministic: the same seed gives the same batches and the same weights.
+    ``--calib`` takes (``graphopt.data``), cut into rows along axis 0 (``examples``). ``lr`` with
+    ``lr_scale="relative"`` (default) is each tensor's change per step relative to its RMS
+    (``loop.parameter_groups``: integer latents, scales and float weights have units apart);
+    ``"absolute"`` is plain Adam. ``loss``: ``"distill"`` (variance-normalized MSE on every float
+    output) or ``"kl"`` (softmax KL at ``temperature``, for logits); see ``graphopt.finetuning.loss``.
+    ``trainable``: fnmatch patterns of initializer names (None: every parameter ``to_torch`` makes);
+    the rest stay frozen and are written back untouched. ``lora`` (``{"rank": r, "layers":
+    [patterns], "alpha": a}``, ``graphopt.fx.lora``): low-rank adapters on the matching linear
+    weights train instead (with the parameters ``trainable`` names, none by default), and each
+    adapted weight is written back merged. ``batch_size`` is the global batch: under ``torchrun``
+    each of the ``WORLD_SIZE`` processes takes an equal share, and rank 0 validates (the others'
+    results carry no validation). Deterministic: the same seed gives the same batches and weights.
     ``progress`` wraps the step range (a tqdm bar: the CLI's). Validation failing the
     ``tolerances`` (default: those of an approximating pipeline) makes ``result.ok`` False.
     """
@@ -121,6 +122,7 @@ def finetune(
     with world() as w, _deterministic(seed, torch):
         teacher_model, student_model = capture.load(teacher), capture.load(student)
         _check_interfaces(student_model, teacher_model)
+        mask_name = _mask_input(teacher_model, mask)
         began = time.perf_counter()
         examples = _examples(data, teacher_model, threads, "training data")
         if eval is None:
@@ -130,7 +132,6 @@ def finetune(
         teacher_seconds = time.perf_counter() - began
         module, train_mode = _student_module(student_model, lora)
         chosen = _choose_trainable(module, trainable, lora=lora is not None)
-        mask_name = _mask_input(teacher_model, mask)
         loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature, mask_input=mask_name)
         stacks = stackable(student_model, train_examples)
 
@@ -151,15 +152,15 @@ def finetune(
     report.before, report.after = model_summary(student_model), model_summary(tuned)
     report.ops_before, report.ops_after = op_histogram(student_model), op_histogram(tuned)
     report.data = {"kind": "user", "samples": len(train_examples), "eval_samples": len(held_out)}
-    section = {
+    adapted = sorted(module.meta["onnx"].get("lora", {}))
+    report.data["finetune"] = section = {
         "steps": steps, "lr": lr, "lr_scale": lr_scale, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
         "temperature": temperature, "train_mode": train_mode, "stacked_batches": stacks,
         "examples": {"train": len(train_examples), "held_out": len(held_out)},
-        "trainable": sorted(set(chosen) | set(module.meta["onnx"].get("lora", {}))),
-        **({"lora": {**lora, "adapted": sorted(module.meta["onnx"].get("lora", {}))}} if lora is not None else {}), "distilled_outputs": loss_fn.names, **({"mask": mask_name} if mask_name else {}),
+        "trainable": sorted(set(chosen) | set(adapted)), "distilled_outputs": loss_fn.names,
+        **({"lora": {**lora, "adapted": adapted}} if lora is not None else {}), **({"mask": mask_name} if mask_name else {}),
         "loss_curve": losses, "seconds": seconds,
     }
-    report.data["finetune"] = section
     report.seconds = {"teacher": teacher_seconds, "train": seconds}
     if w.main:
         began = time.perf_counter()
