@@ -54,6 +54,8 @@ BENCHMARKS = {b.name: b for b in (
               "LinearizedAttention's CPU kernels: latency, log-log slope, peak RSS, decode step vs context, PNG plot", ("tvm",)),
     Benchmark("shift", "shift", "shift-linear on tvm-llvm: a 4096x4096 layer as packed 5-bit power-of-two weights vs FP32 dense, "
               "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
+    Benchmark("hedgehog-quality", "hedgehog_quality", "linear attention with calibrated Hedgehog maps vs elu+1: digits-ViT top-1, "
+              "MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),

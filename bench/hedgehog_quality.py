@@ -1,0 +1,146 @@
+"""Hedgehog vs elu+1 linear attention, calibrated: task metric and per-block attention-output cosine.
+
+    PYTHONPATH=. python -m bench.hedgehog_quality [--models digits-vit,minilm] [--methods elu,hedgehog]
+                                                  [--sentences 200] [--steps 200] [--seconds 120] [--json PATH]
+
+``linear-attention(feature_map=M)`` after ``canonicalize``, run with calibration samples (hedgehog
+fits one map per attention on them: ``passes/_hedgehog.py``; the other maps ignore them), then
+measured as ``bench.linear_attention_quality`` measures the training-free forms:
+
+- digits ViT: calibration 64 training images (4 batches of 16); top-1 on the 450-image test split;
+  per-block attention-output cosine vs the softmax model on 64 test images.
+- all-MiniLM-L6-v2 (seq 128): calibration the first 28 sentences of ``models/data/sentences.txt``
+  (the ones the evaluation leaves out); mean / min cosine of the mean-pooled embedding vs softmax
+  over the next ``--sentences``; per-block cosine on the first 32 of them.
+
+ONNX Runtime, graph optimizations off, fp32. Fitting is seeded and deterministic for a given step
+count; ``--seconds`` (the whole model's budget) can stop it earlier on a slow machine, and each
+row says how many steps each attention got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+CALIB_SENTENCES = 28
+
+
+def _pipeline(method: str, steps: int, seconds: float) -> str:
+    if method == "hedgehog":
+        return f"linear-attention(feature_map=hedgehog, hedgehog_steps={steps}, hedgehog_seconds={seconds})"
+    return f"linear-attention(feature_map={method})"
+
+
+def _rewrite(canonical, pipeline: str, samples):
+    from graphopt.ops.linear_attention import CHOICES_KEY  # noqa: PLC0415
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    model = canonical.clone()
+    record = run_pipeline(model, pipeline, samples=samples)[-1]
+    steps = [json.loads(n.metadata_props[CHOICES_KEY]).get("hedgehog_steps") for n in model.graph
+             if n.op_type == "LinearizedAttention" and CHOICES_KEY in n.metadata_props]
+    return model, {"rewrites": sum(record.rewrites.values()), "fit_steps": [s for s in steps if s is not None]}
+
+
+def _blocks(canonical, model, probe) -> dict:
+    from graphopt.attention_fidelity import attention_fidelity  # noqa: PLC0415
+
+    cos = [b.cosine for b in attention_fidelity(canonical, model, probe)]
+    return {"block_cosine_mean": round(float(np.mean(cos)), 4), "block_cosine_min": round(float(np.min(cos)), 4)}
+
+
+def digits_rows(methods, steps, seconds) -> list[dict]:
+    import onnx_ir as ir  # noqa: PLC0415
+
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.models import digits_vit  # noqa: PLC0415
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    canonical = ir.serde.deserialize_model(digits_vit.build())
+    run_pipeline(canonical, "canonicalize")
+    x_train, _, x_test, y_test = digits_vit.dataset()
+    calib = [{"pixels": x_train[i:i + 16]} for i in range(0, 64, 16)]
+    probe = [{"pixels": x_test[i:i + 16]} for i in range(0, 64, 16)]
+
+    def top1(model) -> float:
+        session = ort_backend.make_session(model.clone(), optimization="disable", threads=2)
+        logits = np.concatenate([ort_backend.run(session, {"pixels": x_test[i:i + 64]})["logits"] for i in range(0, len(x_test), 64)])
+        return round(float((logits.argmax(1) == y_test).mean()), 4)
+
+    rows = [{"model": "digits-vit", "method": "softmax", "top1": top1(canonical)}]
+    for method in methods:
+        start = time.perf_counter()
+        model, row = _rewrite(canonical, _pipeline(method, steps, seconds), calib)
+        row.update(model="digits-vit", method=method, top1=top1(model), **_blocks(canonical, model, probe),
+                   seconds=round(time.perf_counter() - start, 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def minilm_rows(methods, count, steps, seconds) -> list[dict]:
+    import onnx_ir as ir  # noqa: PLC0415
+
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.models import minilm  # noqa: PLC0415
+    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
+
+    canonical = ir.serde.deserialize_model(minilm.build())
+    run_pipeline(canonical, "canonicalize")
+    sentences = minilm.sentences()
+    cal = minilm.tokenize(sentences[:CALIB_SENTENCES], seq_len=128)
+    calib = [{k: v[i:i + 1] for k, v in cal.items()} for i in range(CALIB_SENTENCES)]
+    held = minilm.tokenize(sentences[CALIB_SENTENCES:CALIB_SENTENCES + count], seq_len=128)
+    rows_of = [{k: v[i:i + 1] for k, v in held.items()} for i in range(len(held["input_ids"]))]
+
+    def embed(model) -> np.ndarray:
+        session = ort_backend.make_session(model.clone(), optimization="disable", threads=2)
+        outs = [ort_backend.run(session, feeds) for feeds in rows_of]
+        key = "last_hidden_state" if "last_hidden_state" in outs[0] else next(iter(outs[0]))
+        return minilm.mean_pool(np.concatenate([o[key] for o in outs]), held["attention_mask"])
+
+    base = embed(canonical)
+    rows = [{"model": "minilm", "method": "softmax", "mean_cosine": 1.0, "sentences": len(rows_of)}]
+    for method in methods:
+        start = time.perf_counter()
+        model, row = _rewrite(canonical, _pipeline(method, steps, seconds), calib)
+        got = embed(model)
+        cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
+        row.update(model="minilm", method=method, mean_cosine=round(float(cos.mean()), 4), min_cosine=round(float(cos.min()), 4),
+                   **_blocks(canonical, model, rows_of[:32]), seconds=round(time.perf_counter() - start, 1))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits-vit,minilm")
+    parser.add_argument("--methods", default="elu,hedgehog")
+    parser.add_argument("--sentences", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=200, help="hedgehog: Adam steps per attention")
+    parser.add_argument("--seconds", type=float, default=120.0, help="hedgehog: fitting budget of the whole model")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    rows = []
+    for name in args.models.split(","):
+        rows += (digits_rows(methods, args.steps, args.seconds) if name == "digits-vit"
+                 else minilm_rows(methods, args.sentences, args.steps, args.seconds))
+    print(f"{'model':<11} {'method':<9} {'metric':>7} {'block cos mean':>15} {'min':>7}  fit steps")
+    for r in rows:
+        metric = r.get("top1", r.get("mean_cosine"))
+        print(f"{r['model']:<11} {r['method']:<9} {metric:7.4f} {r.get('block_cosine_mean', 1.0):15.4f} "
+              f"{r.get('block_cosine_min', 1.0):7.4f}  {r.get('fit_steps') or '-'}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
