@@ -14,6 +14,9 @@ prove constant). Each new node carries its choices (``FEATURE_MAP_KEY``, ``CHOIC
 causal, scale handling, mask handling, features, seed, chunk) and the attention it replaced
 (``SITE_KEY``: the original output's name) in its metadata.
 
+float16/bfloat16 attention: the feature maps run in the model's type, the op in float32 between
+Casts (its sums over keys would overflow float16 within a few thousand tokens), output rounded once.
+
 Masks: a constant all-zero mask is no mask. A mask that is the same for every query (a key-padding
 mask: BERT/MiniLM's attention_mask, even when exporters expand it to [B, 1, Sq, Sk] — proved by
 following it back through elementwise ops to values whose query axis is 1 or constant rows) is
@@ -222,13 +225,16 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
                 kf = op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), _const(op, 0.0, plan.dtype))))
         else:
             qf, kf = build_features(op, q, k, mask, plan)
-        decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
+        narrow = plan.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+        if narrow:  # the sums over keys overflow float16 within a few thousand tokens: the op runs in float32
+            qf, kf, v = (op.Cast(x, to=ir.DataType.FLOAT) for x in (qf, kf, v))
+        decay = op.Constant(value=ir.tensor(np.ones((), np.float32 if narrow else plan.dtype.numpy())))
         y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
         node = y.producer()
         node.metadata_props[FEATURE_MAP_KEY] = plan.feature_map
-        node.metadata_props[CHOICES_KEY] = json.dumps(choices, sort_keys=True)
+        node.metadata_props[CHOICES_KEY] = json.dumps({**choices, "compute": "float32"} if narrow else choices, sort_keys=True)
         node.metadata_props[SITE_KEY] = site
-        return y
+        return op.Cast(y, to=plan.dtype) if narrow else y
 
 
 @register_pass("linear-attention", options=LinearAttentionOptions, category="rewrite")

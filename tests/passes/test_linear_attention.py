@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from graphopt import testing
@@ -323,3 +324,40 @@ def test_float64_models_run_in_onnx_runtime(pipeline):
         weights = np.logaddexp(0, _logits(feeds))
         expected = (weights / weights.sum(-1, keepdims=True)) @ feeds["V"]
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def _float16(source: str) -> onnx.ModelProto:
+    """``source`` with its float inputs, outputs and Constant tensors in float16 (the text parser takes no float16 literals)."""
+    proto = onnx.parser.parse_model(source)
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    for node in proto.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "value" and attribute.t.data_type == onnx.TensorProto.FLOAT:
+                array = onnx.numpy_helper.to_array(attribute.t).astype(np.float16)
+                attribute.t.CopyFrom(onnx.numpy_helper.from_array(array))
+    return proto
+
+
+def test_float16_attention_runs_the_op_in_float32():
+    import onnx_ir as ir  # noqa: PLC0415
+
+    model = ir.serde.deserialize_model(_float16(NO_MASK))
+    record = run_pipeline(model, "attention,linear-attention(feature_map=performer)")[-1]
+    assert record.modified
+    node = _node(model)
+    assert node.inputs[0].dtype == node.inputs[2].dtype == ir_float()
+    assert json.loads(node.metadata_props[CHOICES_KEY])["compute"] == "float32"
+    assert testing.op_types(model)[-1] == "Cast"
+    testing.assert_valid(model)
+    feeds = {k: v.astype(np.float16) for k, v in _feeds(NO_MASK).items()}
+    (got,) = testing.run_ort(model, feeds)
+    assert got.dtype == np.float16
+    qf, kf = _features("performer", feeds["Q"], feeds["K"], model)
+    np.testing.assert_allclose(got, linear_attention_reference(qf, kf, feeds["V"].astype(np.float64), 1.0), rtol=2e-2, atol=2e-2)
+
+
+def ir_float():
+    import onnx_ir as ir  # noqa: PLC0415
+
+    return ir.DataType.FLOAT
