@@ -79,23 +79,25 @@ def conformance(pattern: str | None = None) -> list[dict]:
 
 
 def _compare(expected: list[np.ndarray], got) -> dict:
-    cosine, max_abs, exact = 1.0, 0.0, True
+    cosine, max_abs, exact, integer_exact = 1.0, 0.0, True, True
     for e, g in zip(expected, got):
         g = _numpy(g)
-        exact &= bool(e.dtype == g.dtype and np.array_equal(e, g))
+        equal = bool(e.dtype == g.dtype and np.array_equal(e, g))
+        exact &= equal
+        integer_exact &= equal or e.dtype.kind not in "iu"
         e64, g64 = e.astype(np.float64).ravel(), g.astype(np.float64).ravel()
         if e64.size:
             max_abs = max(max_abs, float(np.abs(e64 - g64).max()))
             norm = float(np.linalg.norm(e64) * np.linalg.norm(g64))
             cosine = min(cosine, float(e64 @ g64) / norm if norm else 1.0)
-    return {"cosine": cosine, "max_abs": max_abs, "exact": exact}
+    return {"cosine": cosine, "max_abs": max_abs, "exact": exact, "integer_exact": integer_exact}
 
 
-def carried_exact(expected: list[np.ndarray], got) -> bool:
-    """Train mode's outputs equal ``expected`` bit for bit: float outputs in their own dtype,
-    integer ones as the float64 carriers train mode returns (the same integers)."""
+def carried_exact(expected, got) -> bool:
+    """Train mode's outputs ``got`` equal eval mode's ``expected`` bit for bit: float outputs in
+    their own dtype, integer ones as the float64 carriers train mode returns (the same integers)."""
     for e, g in zip(expected, got, strict=True):
-        g = _numpy(g)
+        e, g = _numpy(e), _numpy(g)
         if e.dtype.kind in "iu":
             if g.dtype != np.float64 or not np.array_equal(e.astype(np.float64), g):
                 return False
@@ -134,9 +136,10 @@ def zoo_row(entry, proto, stage: str) -> dict:
         feeds = entry.example_inputs(seed=5)
         expected = testing.run_ort(model, feeds)
         with torch.no_grad():
-            row |= _compare(expected, graphopt.to_torch(model)(**feeds))
-            if stage == "ivit":  # train mode computes the same forward (graphopt.fx.train)
-                row["train_exact"] = carried_exact(expected, graphopt.to_torch(model, train=True)(**feeds))
+            got = graphopt.to_torch(model)(**feeds)
+            row |= _compare(expected, got)
+            if stage == "ivit":  # train mode computes eval mode's forward (graphopt.fx.train)
+                row["train_exact"] = carried_exact(got, graphopt.to_torch(model, train=True)(**feeds))
     except Exception as e:  # noqa: BLE001 - one row per failure, the table goes on
         row["error"] = f"{type(e).__name__}: {e}"[:300]
     return row
