@@ -14,8 +14,9 @@ op's numpy reference. Also: the two models' file sizes on disk (``onnx.save``), 
 ``--accuracy``: post-training accuracy of the digits ViT (top-1 on its test split, calibration on
 256 training images) and of the pretrained all-MiniLM-L6-v2 (mean / min cosine of the mean-pooled
 embeddings vs FP32 on the held-out sentences, calibration on 28, as ``bench.ivit``) for FP32,
-``shift-linear`` (ternary and zero-free), ``shiftadd``, ``shift-linear`` keeping layers under
-``min_sqnr`` dense, and ``ivit``; models run in ONNX Runtime (optimizations off).
+``shift-linear`` (ternary and zero-free; alone and after ``canonicalize``), ``shift-linear`` keeping
+layers under ``min_sqnr`` dense, the ``shiftadd`` preset (with ``binary-attention``) and ``ivit``;
+models run in ONNX Runtime (optimizations off).
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ def measure(k: int, n: int, rows_list: list[int], runs: int, threads: int) -> di
 ACCURACY_VARIANTS = {
     "shift-linear": "shift-linear",
     "shift-linear(zero_free)": "shift-linear(zero_free=true)",
-    "shiftadd": "shiftadd",
-    "shiftadd(min_sqnr=20)": "canonicalize,shift-linear(min_sqnr=20)",
+    "canonicalize,shift-linear": "canonicalize,shift-linear",
+    "canonicalize,shift-linear(min_sqnr=20)": "canonicalize,shift-linear(min_sqnr=20)",
+    "shiftadd": "shiftadd",  # the preset: canonicalize,shift-linear,binary-attention
     "ivit": "ivit",
 }
 
