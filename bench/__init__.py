@@ -56,6 +56,8 @@ BENCHMARKS = {b.name: b for b in (
               "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
     Benchmark("hedgehog-quality", "hedgehog_quality", "linear attention with calibrated Hedgehog maps vs elu+1: digits-ViT top-1, "
               "MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
+    Benchmark("binary-attention", "binary_attention", "binary-code attention (shiftadd): digits-ViT top-1 and per-block "
+              "cosine at nbits 16/32, one layer's ORT latency vs softmax at 197 and 1K tokens", ("torch",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),

@@ -33,7 +33,10 @@ Q or K not captured by calibration (no values); K's head count neither 1 nor Q's
 Why: softmax attention costs O(N²) multiply-adds and an exp per score; binary-code attention is
 linear in N and adds only (bit-masked sums), the ShiftAddViT recipe for multiplication-free
 attention (ShiftAddViT fine-tunes afterwards; here the codes are fitted post-training only, and the
-report's attention fidelity says how much the outputs moved).
+report's attention fidelity says how much the outputs moved). Measured (docs/binary-attention.md,
+``bench/binary_attention.py``): digits ViT top-1 FP32 0.982 -> 0.871 (16 bits) / 0.898 (32 bits),
+``shiftadd`` 0.811 / 0.902; one 12x64 layer in ONNX Runtime 3.9x (197 tokens) / 5.3x (1024) faster
+than the softmax DotProductAttention.
 """
 
 from __future__ import annotations
@@ -66,8 +69,8 @@ _MASK_LIMIT = 1 << 22
 class BinaryAttentionOptions:
     nbits: int = dataclasses.field(default=16, metadata={"range": (1, 4096)})  # bits per code
     similarity: typing.Literal["and", "hamming"] = "and"
-    steps: int = dataclasses.field(default=200, metadata={"range": (0, 1 << 20)})  # distillation steps (0: init only)
-    seconds: float = dataclasses.field(default=30.0, metadata={"range": (0.0, 86400.0)})  # per attention
+    steps: int = dataclasses.field(default=500, metadata={"range": (0, 1 << 20)})  # distillation steps (0: init only)
+    seconds: float = dataclasses.field(default=60.0, metadata={"range": (0.0, 86400.0)})  # per attention
     seed: int = 0
     max_samples: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 20)})  # calibration samples fitted on
     eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
