@@ -180,3 +180,11 @@ def shift_matmul(x, p, s, *, bits=5, zero_free=0):
     if not int(zero_free):
         d = torch.where(e == half - 1, torch.zeros((), dtype=torch.float32), d)
     return (torch.matmul(x, d.to(x.dtype)) * s.to(x.dtype)).to(x.dtype)
+
+
+@ops.implements("MaskedAddMatMul", "torch")
+def masked_add_matmul(bits, x, *, k):
+    shifts = torch.arange(16, dtype=torch.int64, device=bits.device)
+    mask = ((bits.to(torch.int64).unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., : int(k)]
+    wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return torch.matmul(mask.to(wide), x.to(wide)).to(x.dtype)  # 0/1 operand: sums of the selected rows
