@@ -11,7 +11,10 @@ Latency: one attention layer (batch 1, 12 heads x 64, fp32, N = 197 and 1024 tok
 MatMul-Softmax-MatMul) vs the binary-attention rewrite (codes as MatMul/Add/Greater/Cast, then
 LinearizedAttention's ONNX body), medians of interleaved runs. The ONNX body computes the codes'
 masked sums as float MatMuls with 0/1 operands: this measures the linear-time form, not a
-bit-packed addition kernel.
+bit-packed addition kernel. ``--kernel`` (needs TVM) times the masked additions themselves: the
+attention as four ``MaskedAddMatMul`` (Ckᵀ·V, Ckᵀ·1, Cq·S, Cq·z, codes given bit-packed: hashing and
+packing not included) then one Div, on tvm-llvm (the TE kernel, TVM's default lowering) and in ONNX
+Runtime (its body), against the softmax DotProductAttention on tvm-llvm (graphopt's kernel) and ORT.
 
     PYTHONPATH=. .venv/bin/python -m bench.binary_attention [--nbits 16 32] [--calib 256] [--tokens 197 1024] [--json]
 """
@@ -92,6 +95,58 @@ def latency_rows(tokens_list, nbits: int, threads: int, runs: int) -> list[dict]
     return rows
 
 
+def _masked_add_model(tokens: int, heads: int = 12, nbits: int = 16, dv: int = 64) -> ir.Model:
+    from graphopt import ops  # noqa: PLC0415
+
+    words_q, words_k = -(-nbits // 16), -(-tokens // 16)
+    text = f"""<ir_version: 10, opset_import: ["": 18, "pkg.graphopt": 1]>
+g (int32[{heads},{tokens},{words_q}] cq, int32[{heads},{nbits},{words_k}] ckt, float[{heads},{tokens},{dv}] v,
+   float[{heads},{tokens},1] ones) => (float[{heads},{tokens},{dv}] y) {{
+  s = pkg.graphopt.MaskedAddMatMul <k = {tokens}> (ckt, v)
+  z = pkg.graphopt.MaskedAddMatMul <k = {tokens}> (ckt, ones)
+  num = pkg.graphopt.MaskedAddMatMul <k = {nbits}> (cq, s)
+  den = pkg.graphopt.MaskedAddMatMul <k = {nbits}> (cq, z)
+  e = Constant <value = float {{1e-6}}> ()
+  d = Add (den, e)
+  y = Div (num, d)
+}}"""
+    model = ir.serde.deserialize_model(onnx.parser.parse_model(text))
+    ops.attach_functions(model)
+    return model
+
+
+def kernel_rows(tokens_list, threads: int, runs: int) -> list[dict]:
+    import onnxruntime as ort  # noqa: PLC0415
+
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+    from graphopt.ops.masked_add_matmul import pack_bits  # noqa: PLC0415
+
+    rows = []
+    for tokens in tokens_list:
+        rng = np.random.default_rng(0)
+        keys = rng.random((12, tokens, 16)) < 0.5
+        feeds = {"cq": pack_bits(rng.random((12, tokens, 16)) < 0.5), "ckt": pack_bits(np.swapaxes(keys, -1, -2)),
+                 "v": rng.standard_normal((12, tokens, 64)).astype(np.float32),
+                 "ones": np.ones((12, tokens, 1), np.float32)}
+        qkv = {n: rng.standard_normal((1, 12, tokens, 64)).astype(np.float32) for n in "QKV"}
+        masked = _masked_add_model(tokens)
+        softmax = ir.serde.deserialize_model(_layer(tokens))
+        run_pipeline(softmax, "attention")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        runners = {}
+        for label, model, inputs in (("softmax", softmax, qkv), ("masked_add", masked, feeds)):
+            artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=inputs)
+            session = ort.InferenceSession(testing._proto(model).SerializeToString(), options,
+                                           providers=["CPUExecutionProvider"])
+            runners[f"{label}_tvm"] = lambda a=artifact, i=inputs: a.run(i)
+            runners[f"{label}_ort"] = lambda s=session, i=inputs: s.run(None, i)
+        medians = interleaved_medians(runners, runs)
+        rows.append({"tokens": tokens, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}})
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nbits", type=int, nargs="+", default=[16, 32])
@@ -102,6 +157,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--kernel", action="store_true", help="also time MaskedAddMatMul (needs TVM)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = {}
@@ -109,6 +165,8 @@ def main(argv=None) -> int:
         result["accuracy"] = accuracy_rows(args.nbits, args.calib, args.steps)
     if not args.skip_latency:
         result["latency"] = latency_rows(args.tokens, args.nbits[0], args.threads, args.runs)
+    if args.kernel:
+        result["kernel"] = kernel_rows(args.tokens, args.threads, args.runs)
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -117,6 +175,8 @@ def main(argv=None) -> int:
     for row in result.get("latency", []):
         print(f"N={row['tokens']:<5} softmax {row['softmax_ms']:.2f} ms  binary {row['binary_ms']:.2f} ms  "
               f"({row['speedup']}x, {row['threads']} threads)")
+    for row in result.get("kernel", []):
+        print(f"N={row['tokens']:<5} " + "  ".join(f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms")))
     return 0
 
 
