@@ -102,6 +102,16 @@ def _head_count(value: ir.Value) -> int | None:
     return shape[-3]
 
 
+def _mask_allows(mask: ir.Value | None) -> bool:
+    """The rule's mask checks, ahead of the fit: no mask, an all-zero constant, or a key-padding mask of known rank."""
+    if mask is None:
+        return True
+    array = constant(mask, max_size=_MASK_LIMIT)
+    if array is not None and not array.any():
+        return True
+    return _rank(mask) is not None and query_independent(mask)
+
+
 class _BinaryAttention(pattern.RewriteRuleClassBase):
     def __init__(self, name: str, options: BinaryAttentionOptions, codes: Scales) -> None:
         super().__init__(name)
@@ -181,7 +191,8 @@ class BinaryAttentionPass(RulePass):
         attention, then run the rule with them."""
         candidates = [n for n in model.graph if n.op_type == "DotProductAttention" and n.domain == ops.DOMAIN
                       and n.outputs[0].name and n.inputs[0] is not None and n.inputs[1] is not None
-                      and n.inputs[0].name and n.inputs[1].name and n.attributes.get_float("softcap", 0.0) <= 0]
+                      and n.inputs[0].name and n.inputs[1].name and n.attributes.get_float("softcap", 0.0) <= 0
+                      and _mask_allows(n.inputs[3] if len(n.inputs) > 3 else None)]  # no fit for what the rule declines
         found, reasons, seconds = {}, {}, []
         if candidates:
             o = self.options
@@ -229,9 +240,10 @@ class BinaryAttentionPass(RulePass):
             result = super().call(model)
         finally:
             self._codes = Scales()
-        if found:
-            kl = [(c.fit["kl_init"], c.fit["kl" + ("_end" if c.fit["kept"] == "fit" else "_init")]) for c in found.values()]
-            self.notes.append(f"{len(found)} attentions coded ({self.options.nbits} bits, {self.options.similarity}); "
+        coded = [json.loads(n.metadata_props[FIT_KEY]) for n in model.graph if FIT_KEY in n.metadata_props]
+        if coded:
+            kl = [(c["kl_init"], c["kl" + ("_end" if c["kept"] == "fit" else "_init")]) for c in coded]
+            self.notes.append(f"{len(coded)} attentions coded ({self.options.nbits} bits, {self.options.similarity}); "
                               f"hard-code KL to softmax on the calibration samples: init mean "
                               f"{np.mean([a for a, _ in kl]):.3f} -> kept mean {np.mean([b for _, b in kl]):.3f}; "
                               f"fit time {sum(seconds):.1f} s (per attention: node metadata {FIT_KEY})")
