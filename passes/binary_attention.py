@@ -53,16 +53,15 @@ from graphopt import ops
 from graphopt.calibrate import Scales
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
 from graphopt.pass_base import RulePass
+from graphopt.passes import _attention_masks as key_masks
 from graphopt.passes._binary_codes import binary_codes, fit_binary_codes
-from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant
+from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset
 from graphopt.passes._feature_maps import MapPlan, _key_log_weights
-from graphopt.passes.linear_attention import query_independent
 from graphopt.registry import check_options, register_pass
 
 __all__ = ["FIT_KEY", "BinaryAttentionOptions", "BinaryAttentionPass", "Codes"]
 
 FIT_KEY = "pkg.graphopt.binary_attention.fit"
-_MASK_LIMIT = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +89,6 @@ class Codes:
     fit: dict
 
 
-def _rank(value: ir.Value | None) -> int | None:
-    return None if value is None or value.shape is None else len(value.shape)
-
-
 def _head_count(value: ir.Value) -> int | None:
     """The static size of axis -3 (the heads) of a rank >= 4 value, else None (one set of codes)."""
     shape = value.shape
@@ -104,12 +99,7 @@ def _head_count(value: ir.Value) -> int | None:
 
 def _mask_allows(mask: ir.Value | None) -> bool:
     """The rule's mask checks, ahead of the fit: no mask, an all-zero constant, or a key-padding mask of known rank."""
-    if mask is None:
-        return True
-    array = constant(mask, max_size=_MASK_LIMIT)
-    if array is not None and not array.any():
-        return True
-    return _rank(mask) is not None and query_independent(mask)
+    return key_masks.key_mask(mask, "binary-code attention")[2] is None
 
 
 class _BinaryAttention(pattern.RewriteRuleClassBase):
@@ -135,15 +125,9 @@ class _BinaryAttention(pattern.RewriteRuleClassBase):
         if isinstance(context.graph_or_function, ir.Function):
             return result.fail("the attention is inside a function: its Q and K cannot be captured for the "
                                "fit; inline first", node)
-        key_mask, mask_rank = "none", _rank(mask)
-        array = constant(mask, max_size=_MASK_LIMIT)
-        if array is None or array.any():
-            if mask_rank is None:
-                return result.fail(f"the rank of the mask {mask.name} is unknown", mask)
-            if not query_independent(mask):
-                return result.fail(f"the mask {mask.name} may differ between queries (not a key-padding mask): "
-                                   "binary-code attention can weigh keys, not (query, key) pairs", mask)
-            key_mask = "rank1" if mask_rank == 1 else ("rows" if mask_rank >= 2 else "none")
+        key_mask, mask_rank, why_not = key_masks.key_mask(mask, "binary-code attention")
+        if why_not:
+            return result.fail(why_not, mask)
         codes = self.codes.get(out.name)
         if codes is None:
             return result.fail(self.codes.reason(out.name), node)

@@ -59,14 +59,13 @@ from onnxscript.rewriter import pattern
 from graphopt import ops
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
 from graphopt.pass_base import RulePass
-from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, constant, default_opset, unique_initializer_name
+from graphopt.passes import _attention_masks as key_masks
+from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, default_opset, unique_initializer_name
 from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, _const, _key_log_weights, build_features, default_features, performer_weights
 from graphopt.passes._hedgehog import fit_model_maps, hedgehog_features
 from graphopt.registry import check_options, register_pass
 
-__all__ = ["LinearAttentionOptions", "LinearAttentionPass", "query_independent"]
-
-_MASK_LIMIT = 1 << 22  # largest constant mask (elements) read to check its rows
+__all__ = ["LinearAttentionOptions", "LinearAttentionPass"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,65 +84,6 @@ class LinearAttentionOptions:
 
     def __post_init__(self) -> None:
         check_options(self)
-
-
-# elementwise ops through which a mask stays the same for every query if its inputs are
-_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Where", "And", "Or", "Xor", "Not", "Cast", "CastLike", "Neg",
-                          "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Min", "Max", "Identity",
-                          "Clip", "Abs", "Log", "Exp"})
-
-
-def _is(node: ir.Node | None, op_type: str) -> bool:
-    return node is not None and node.domain in ("", "ai.onnx") and node.op_type == op_type
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    array = constant(value)
-    return float(array.reshape(())) if array is not None and array.size == 1 else None
-
-
-def _always_true(value: ir.Value) -> bool:
-    """``Range(start, n, step > 0) >= c`` with start >= c (behind Unsqueezes): the query half of
-    transformers' padding mask (``q_idx >= 0``), true everywhere whatever the length."""
-    node = value.producer()
-    if not (_is(node, "GreaterOrEqual") or _is(node, "LessOrEqual")):
-        return False
-    ranged, bound = node.inputs if node.op_type == "GreaterOrEqual" else reversed(node.inputs)
-    source = ranged.producer()
-    while _is(source, "Unsqueeze"):
-        source = source.inputs[0].producer()
-    if not _is(source, "Range") or (c := _scalar(bound)) is None:
-        return False
-    start, step = _scalar(source.inputs[0]), _scalar(source.inputs[2])
-    return start is not None and step is not None and step > 0 and start >= c
-
-
-def query_independent(value: ir.Value | None, depth: int = 0) -> bool:
-    """Whether ``value`` (an additive mask, broadcast to [.., Sq, Sk]) is equal along its query axis:
-    its static query axis is 1 (or it has none), it is a constant with equal rows or always true
-    (``_always_true``), or it is made by elementwise ops (Expand: its data) of such values."""
-    if value is None:
-        return True
-    shape = value.shape
-    if shape is not None and (len(shape) < 2 or shape[-2] == 1):
-        return True
-    if (array := constant(value, max_size=_MASK_LIMIT)) is not None:
-        return array.ndim < 2 or bool((array == array[..., :1, :]).all())
-    node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx") or depth > 12:
-        return False
-    if node.op_type == "ConstantOfShape" or _always_true(value):
-        return True
-    if node.op_type == "Expand":
-        return query_independent(node.inputs[0], depth + 1)
-    if node.op_type in _ELEMENTWISE:
-        data = node.inputs[:1] if node.op_type == "Clip" else node.inputs
-        return all(query_independent(x, depth + 1) for x in data)
-    return False
-
-
-def _rank(value: ir.Value | None) -> int | None:
-    return None if value is None or value.shape is None else len(value.shape)
 
 
 class _LinearAttention(pattern.RewriteRuleClassBase):
@@ -178,17 +118,9 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
             return result.fail(f"scale {scale} is not positive: the feature maps approximate exp(scale·q·k) for "
                                "scale > 0 only", node)
         causal = {"auto": attrs.get_int("causal", 0), "always": 1, "never": 0}[o.causal]
-        key_mask, mask_rank = "none", _rank(mask)
-        array = constant(mask, max_size=_MASK_LIMIT)
-        if array is None or array.any():
-            if mask_rank is None:
-                return result.fail(f"the rank of the mask {mask.name} is unknown", mask)
-            if not query_independent(mask):
-                return result.fail(f"the mask {mask.name} may differ between queries (not a key-padding mask): linear "
-                                   "attention can weigh keys, not (query, key) pairs", mask)
-            key_mask = "rank1" if mask_rank == 1 else ("rows" if mask_rank >= 2 else "none")
-            if mask_rank == 0:  # a scalar added to every score cancels in the softmax
-                key_mask = "none"
+        key_mask, mask_rank, why_not = key_masks.key_mask(mask, "linear attention")
+        if why_not:
+            return result.fail(why_not, mask)
         plan = dict(feature_map=o.feature_map, dtype=dtype, opset=default_opset(context.model),
                     scale=scale if folds else None, key_mask=key_mask, mask_rank=mask_rank or 0,
                     cosformer_length=o.cosformer_length)
