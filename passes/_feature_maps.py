@@ -39,7 +39,7 @@ import zlib
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["FEATURE_MAPS", "HOMOGENEOUS", "MapPlan", "performer_weights", "build_features"]
+__all__ = ["FEATURE_MAPS", "HOMOGENEOUS", "MapPlan", "performer_weights", "build_features", "weigh_keys"]
 
 FEATURE_MAPS = ("elu", "relu", "cosformer", "performer", "hedgehog", "liger")
 HOMOGENEOUS = frozenset({"relu", "cosformer"})  # φ(c·x) = c·φ(x): the score scale cancels
@@ -102,6 +102,14 @@ def _key_log_weights(op, mask: ir.Value, plan: MapPlan) -> ir.Value:
     row = op.Slice(mask, _ints(op, [0]), _ints(op, [1]), _ints(op, [-2]))
     rank = plan.mask_rank
     return op.Transpose(row, perm=[*range(rank - 2), rank - 1, rank - 2])
+
+
+def weigh_keys(op, kf: ir.Value, mask: ir.Value, plan: MapPlan) -> ir.Value:
+    """``kf · exp(mask_j)``: key j's features weighted by its key-padding mask (-inf: 0), which is
+    what the mask does to the softmax; a no-op when ``plan.key_mask`` is "none"."""
+    if plan.key_mask == "none":
+        return kf
+    return op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), _const(op, 0.0, plan.dtype))))
 
 
 def _positions(op, q: ir.Value, k: ir.Value, plan: MapPlan) -> tuple[ir.Value, ir.Value, ir.Value]:

@@ -56,7 +56,7 @@ from graphopt.pass_base import RulePass
 from graphopt.passes import _attention_masks as key_masks
 from graphopt.passes._binary_codes import binary_codes, fit_binary_codes
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset
-from graphopt.passes._feature_maps import MapPlan, _key_log_weights
+from graphopt.passes._feature_maps import MapPlan, weigh_keys
 from graphopt.registry import check_options, register_pass
 
 __all__ = ["FIT_KEY", "BinaryAttentionOptions", "BinaryAttentionPass", "Codes"]
@@ -143,10 +143,7 @@ class _BinaryAttention(pattern.RewriteRuleClassBase):
         plan, codes, causal, choices, site = self._plan
         similarity = self.options.similarity
         qf = binary_codes(op, q, codes.wq, codes.bq, similarity, plan.dtype)
-        kf = binary_codes(op, k, codes.wk, codes.bk, similarity, plan.dtype)
-        if plan.key_mask != "none":
-            like = op.Constant(value=ir.tensor(np.zeros((), plan.dtype.numpy())))
-            kf = op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), like)))
+        kf = weigh_keys(op, binary_codes(op, k, codes.wk, codes.bk, similarity, plan.dtype), mask, plan)
         decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
         y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
         node = y.producer()

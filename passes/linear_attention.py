@@ -61,7 +61,7 @@ from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSE
 from graphopt.pass_base import RulePass
 from graphopt.passes import _attention_masks as key_masks
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, default_opset, unique_initializer_name
-from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, _const, _key_log_weights, build_features, default_features, performer_weights
+from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, build_features, default_features, performer_weights, weigh_keys
 from graphopt.passes._hedgehog import fit_model_maps, hedgehog_features
 from graphopt.registry import check_options, register_pass
 
@@ -152,9 +152,7 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         plan, causal, choices, site = self._plan
         if plan.feature_map == "hedgehog":
             w, b, _ = self.maps[site]
-            qf, kf = hedgehog_features(op, q, w, b, plan.dtype), hedgehog_features(op, k, w, b, plan.dtype)
-            if plan.key_mask != "none":
-                kf = op.Mul(kf, op.Exp(op.CastLike(_key_log_weights(op, mask, plan), _const(op, 0.0, plan.dtype))))
+            qf, kf = hedgehog_features(op, q, w, b, plan.dtype), weigh_keys(op, hedgehog_features(op, k, w, b, plan.dtype), mask, plan)
         else:
             qf, kf = build_features(op, q, k, mask, plan)
         narrow = plan.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
