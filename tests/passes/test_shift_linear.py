@@ -148,3 +148,9 @@ def test_preset_shiftadd_is_canonicalize_then_shift_linear(check):
     assert [r.name for r in result.records][-2:] == ["shift-linear", "binary-attention"]  # no attention here: left alone
     assert result.ops == [OP_NAME, "Relu", OP_NAME, "Relu"]
     testing.assert_valid(result.model)
+
+
+def test_opset_13_model_gets_a_valid_body(check):
+    """The op's body uses only opset-13 ops (no Shape start=, no CastLike): valid and run at the lowest opset taken."""
+    model = _graph("h = MatMul(x, w1)\n y = Relu(h)", {"w1": ((8, 8), None)}, opset=13)
+    check.fires(model, "shift-linear", [OP_NAME, "Relu"], rtol=1.0, atol=10.0)  # validity + it runs; closeness is tested above
