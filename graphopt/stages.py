@@ -423,6 +423,21 @@ def _has_replaced_attention(ctx: Context) -> bool:
     return bool(ctx.eval_samples) and bool(replaced_blocks(ctx.work))
 
 
+def _shift(ctx: Context) -> None:
+    """Per shifted layer (shift-linear): its calibrated SQNR and its bytes packed vs float32."""
+    from graphopt.ops.shift_matmul import shift_layers  # noqa: PLC0415
+
+    found = shift_layers(ctx.work)
+    if found is not None:
+        ctx.report.data["shift"] = found
+
+
+def _has_shift(ctx: Context) -> bool:
+    from graphopt.ops.shift_matmul import OP_NAME  # noqa: PLC0415
+
+    return any(node.op_type == OP_NAME for node in ctx.work.graph)
+
+
 def _validating(ctx: Context) -> bool:
     return ctx.settings.validate and bool(ctx.eval_samples)
 
@@ -441,6 +456,7 @@ COMPILE_STAGES = (
     Stage("layer-error", _layer_error, _validating),
     Stage("sparsity", _sparsity, _has_thresholds),
     Stage("attention", _attention, _has_replaced_attention),
+    Stage("shift", _shift, _has_shift),
     Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.eval_samples)),
     Stage("profile", _profile, lambda ctx: ctx.settings.profile and bool(ctx.eval_samples)),
 )

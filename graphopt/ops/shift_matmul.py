@@ -172,3 +172,28 @@ ShiftMatMul <bits: int = 5, zero_free: int = 0> (X, P, S) => (Y) {
         examples=_examples,
     )
 )
+
+
+def shift_layers(model) -> dict | None:
+    """The report's ``shift`` section: per ShiftMatMul node of ``model`` (an ``onnx_ir.Model``) its calibrated
+    SQNR (dB, as ``shift-linear`` stamped it), weights and bytes packed vs float32; None without one."""
+    layers = []
+    for node in model.graph:
+        if node.op_type != OP_NAME or node.domain != ops.DOMAIN:
+            continue
+        packed = node.inputs[1]
+        shape = list(packed.shape) if packed is not None and packed.shape is not None else []
+        k = node.inputs[0].shape[-1] if node.inputs[0].shape is not None and len(node.inputs[0].shape) else None
+        n = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
+        if not isinstance(k, int) or n is None or not isinstance(shape[0], int):
+            continue
+        sqnr = node.metadata_props.get(SQNR_KEY)
+        layers.append({"node": node.name, "k": k, "n": n, "bits": node.attributes.get_int("bits", BITS),
+                       "zero_free": bool(node.attributes.get_int("zero_free", 0)),
+                       "sqnr_db": float(sqnr) if sqnr is not None else None,
+                       "packed_bytes": shape[0] * n * 4 + n * 4, "float32_bytes": k * n * 4})
+    if not layers:
+        return None
+    packed = sum(layer["packed_bytes"] for layer in layers)
+    dense = sum(layer["float32_bytes"] for layer in layers)
+    return {"layers": layers, "packed_bytes": packed, "float32_bytes": dense, "ratio": dense / packed}

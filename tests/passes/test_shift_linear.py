@@ -154,3 +154,19 @@ def test_opset_13_model_gets_a_valid_body(check):
     """The op's body uses only opset-13 ops (no Shape start=, no CastLike): valid and run at the lowest opset taken."""
     model = _graph("h = MatMul(x, w1)\n y = Relu(h)", {"w1": ((8, 8), None)}, opset=13)
     check.fires(model, "shift-linear", [OP_NAME, "Relu"], rtol=1.0, atol=10.0)  # validity + it runs; closeness is tested above
+
+
+def test_report_has_a_shift_section_that_validates():
+    import json  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    import graphopt  # noqa: PLC0415
+
+    jsonschema = pytest.importorskip("jsonschema")
+    result = graphopt.compile(onnx.parser.parse_model(CHAIN), passes="shift-linear", bench_runs=0)
+    shift = result.report.data["shift"]
+    assert [(layer["k"], layer["n"]) for layer in shift["layers"]] == [(8, 16), (16, 8)]
+    assert all(layer["sqnr_db"] > 5.0 and layer["bits"] == 5 for layer in shift["layers"])
+    assert shift["float32_bytes"] == (8 * 16 + 16 * 8) * 4 and shift["ratio"] > 1.0
+    schema = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(result.report.as_dict(), schema)
