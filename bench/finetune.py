@@ -70,7 +70,7 @@ def _minilm(args, pipeline: str) -> dict:
     proto = minilm.build()
     sentences = minilm.sentences()
     calib = minilm.tokenize(sentences[:CALIB_SENTENCES])
-    train = minilm.tokenize(sentences[CALIB_SENTENCES:CALIB_SENTENCES + TRAIN_SENTENCES])
+    train = minilm.tokenize(sentences[CALIB_SENTENCES:CALIB_SENTENCES + TRAIN_SENTENCES], seq_len=args.seq)  # --seq tokens: memory
     held = minilm.tokenize(sentences[CALIB_SENTENCES + TRAIN_SENTENCES:])
 
     def embed(model) -> np.ndarray:
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-scale", default="relative", choices=["relative", "absolute"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rows", type=int, default=512, help="training rows (windows or images)")
-    parser.add_argument("--seq", type=int, default=64, help="tokens per training window (relufy-llama)")
+    parser.add_argument("--seq", type=int, default=64, help="tokens per training window (relufy-llama) or training sentence (minilm)")
     parser.add_argument("--windows", type=int, default=64, help="held-out windows of 256 bytes for perplexity (relufy-llama)")
     parser.add_argument("--loss", default="kl", choices=["distill", "kl"])
     parser.add_argument("--seed", type=int, default=0)
