@@ -50,10 +50,16 @@ LOSSY_PASSES = {
     "chess": "canonicalize,chess(sparsity=0.3)",
     "rsparse": "rsparse(sparsity=0.3)",
     "relufy": "canonicalize,relufy",
+    "shift-linear": "shift-linear",
+    "linear-attention": "canonicalize,linear-attention",
+    "sigmoid-attention": "canonicalize,sigmoid-attention",
+    "softplus-attention": "canonicalize,softplus-attention",
+    "binary-attention": "canonicalize,binary-attention(steps=5)",
 }
 APPROXIMATE_PASSES = {**INTEGER_PASSES, **LOSSY_PASSES}
-# relufy swaps the activation itself (fine-tuning recovers it): no output bound, the rest of the property holds
-UNBOUNDED_PASSES = ("relufy",)
+# these swap the function itself (relufy the activation, the attention forms softmax; fine-tuning recovers
+# them): no output bound, the rest of the property holds
+UNBOUNDED_PASSES = ("relufy", "linear-attention", "sigmoid-attention", "softplus-attention", "binary-attention")
 ALL_PASSES = {**FLOAT_PASSES, **APPROXIMATE_PASSES}
 
 # float64: passes accept constants within their rtol (1e-4 relative, gelu), and the generator
