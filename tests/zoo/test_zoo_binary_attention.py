@@ -12,13 +12,8 @@ relative-position bias as the legacy exporter spells it) is declined with that r
 
 from __future__ import annotations
 
-import numpy as np
-import onnx_ir as ir
 import pytest
 
-from bench import zoo as matrix
-from graphopt import testing
-from graphopt.backends import ort as ort_backend
 from graphopt.models import zoo
 from graphopt.pipeline import run_pipeline
 
@@ -32,15 +27,8 @@ KNOWN = {"bert-ort-opt": "canonicalize's output already fails to load in ORT at 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
                                   for n in ENTRIES])
-def test_binary_attention_on_zoo_model(name):
-    entry = ENTRIES[name]
-    try:
-        proto = entry.build()
-    except zoo.ExportUnsupported as e:
-        pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
-    model = ir.serde.deserialize_model(proto)
-    samples = matrix.samples(entry, 1)
-    run_pipeline(model, ("drop-fake-quant," if entry.form == "qdq" else "") + "canonicalize", samples=samples)
+def test_binary_attention_on_zoo_model(name, canonical_zoo, runs_everywhere):
+    model, samples = canonical_zoo(name, 1)
     attention = sum(n.op_type == "DotProductAttention" for n in model.graph.all_nodes())
     record = run_pipeline(model, PIPELINE, samples=samples)[-1]
     if not attention:
@@ -51,7 +39,4 @@ def test_binary_attention_on_zoo_model(name):
         assert name.startswith("beit-legacy"), f"binary-attention did not fire on {name}: {record.declines}"
         return
     assert any(n.op_type == "LinearizedAttention" for n in model.graph), name
-    testing.assert_valid(model)
-    for level in ort_backend.OPTIMIZATION_LEVELS:
-        outputs = ort_backend.run(ort_backend.make_session(model.clone(), optimization=level, threads=1), samples[0])
-        assert all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"), level
+    runs_everywhere(model, samples[0], name)

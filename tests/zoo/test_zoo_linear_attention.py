@@ -14,13 +14,9 @@ reason, and still rewritten by the softmax-free passes, which keep any mask.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 import pytest
 
-from bench import zoo as matrix
-from graphopt import testing
-from graphopt.backends import ort as ort_backend
 from graphopt.models import zoo
 from graphopt.pipeline import run_pipeline
 
@@ -33,19 +29,7 @@ KNOWN = {"bert-ort-opt": "canonicalize's output already fails to load in ORT at 
                          "('AddInitializedOrtValue: Attempt to replace the existing tensor'), see tests/zoo/test_zoo.py"}
 
 
-def _canonical(name: str) -> tuple[ir.Model, list[dict]]:
-    entry = ENTRIES[name]
-    try:
-        proto = entry.build()
-    except zoo.ExportUnsupported as e:
-        pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
-    model = ir.serde.deserialize_model(proto)
-    samples = matrix.samples(entry, 1)
-    run_pipeline(model, ("drop-fake-quant," if entry.form == "qdq" else "") + "canonicalize", samples=samples)
-    return model, samples
-
-
-def _check(model: ir.Model, samples: list[dict], pipeline: str, attention: int) -> list[str]:
+def _check(model: ir.Model, samples: list[dict], pipeline: str, attention: int, runs_everywhere) -> list[str]:
     """Run ``pipeline`` on a copy; returns its declines. Fired: valid and runs at every ORT level."""
     model = model.clone()
     record = run_pipeline(model, pipeline, samples=samples)[-1]
@@ -54,22 +38,19 @@ def _check(model: ir.Model, samples: list[dict], pipeline: str, attention: int) 
         return []
     if not record.modified:
         return record.declines
-    testing.assert_valid(model)
-    for level in ort_backend.OPTIMIZATION_LEVELS:
-        outputs = ort_backend.run(ort_backend.make_session(model.clone(), optimization=level, threads=1), samples[0])
-        assert all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"), (pipeline, level)
+    runs_everywhere(model, samples[0], pipeline)
     return []
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN[n])) if n in KNOWN else n
                                   for n in ENTRIES])
-def test_attention_passes_on_zoo_model(name):
+def test_attention_passes_on_zoo_model(name, canonical_zoo, runs_everywhere):
     index = list(ENTRIES).index(name)
-    model, samples = _canonical(name)
+    model, samples = canonical_zoo(name, 1)
     attention = sum(n.op_type == "DotProductAttention" for n in model.graph.all_nodes())
     linear = f"linear-attention(feature_map={MAPS[index % len(MAPS)]})"
-    declines = _check(model, samples, linear, attention)
+    declines = _check(model, samples, linear, attention, runs_everywhere)
     if declines:  # only a bias that differs between queries may stop it
         assert all(QUERY_MASK in d for d in declines), declines
         assert name.startswith("beit-legacy"), f"{linear} did not fire on {name}: {declines}"
-    assert not _check(model, samples, SOFTMAX_FREE[index % 2], attention)
+    assert not _check(model, samples, SOFTMAX_FREE[index % 2], attention, runs_everywhere)

@@ -11,13 +11,9 @@ float32 activations.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 import pytest
 
-from bench import zoo as matrix
-from graphopt import testing
-from graphopt.backends import ort as ort_backend
 from graphopt.models import zoo
 from graphopt.pipeline import run_pipeline
 
@@ -30,15 +26,9 @@ FLOAT16 = "fp16"  # the form whose activations are float16: declined
 
 
 @pytest.mark.parametrize("name", list(ENTRIES))
-def test_shift_linear_on_zoo_model(name):
+def test_shift_linear_on_zoo_model(name, canonical_zoo, runs_everywhere):
     entry = ENTRIES[name]
-    try:
-        proto = entry.build()
-    except zoo.ExportUnsupported as e:
-        pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
-    model = ir.serde.deserialize_model(proto)
-    samples = matrix.samples(entry, 2)
-    run_pipeline(model, ("drop-fake-quant," if entry.form == "qdq" else "") + "canonicalize", samples=samples)
+    model, samples = canonical_zoo(name, 2)
     record = run_pipeline(model, "shift-linear", samples=samples)[-1]
     if name.startswith(NOT_APPLICABLE):
         assert not record.modified and not record.declines
@@ -50,7 +40,4 @@ def test_shift_linear_on_zoo_model(name):
     assert not any(n.op_type in ("MatMul", "Gemm") and n.domain == "" and n.inputs[1] is not None
                    and n.inputs[1].const_value is not None and n.inputs[1].dtype == ir.DataType.FLOAT
                    for n in model.graph), "a MatMul/Gemm with a float32 initializer weight was left"
-    testing.assert_valid(model)
-    for level in ort_backend.OPTIMIZATION_LEVELS:
-        outputs = ort_backend.run(ort_backend.make_session(model.clone(), optimization=level, threads=1), samples[0])
-        assert all(np.isfinite(v).all() for v in outputs.values() if v.dtype.kind == "f"), level
+    runs_everywhere(model, samples[0], name)
