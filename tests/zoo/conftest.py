@@ -13,26 +13,36 @@ from graphopt.models import zoo
 from graphopt.pipeline import run_pipeline
 
 
-@pytest.fixture
-def canonical_zoo():
-    """``get(name, count)``: the zoo model canonicalized (QDQ forms: activation fake quantization
-    dropped first, as ``ivit`` does) with ``count`` seeded samples; an exporter limit skips."""
+SAMPLES = 2  # seeded samples kept per model; callers take the first ``count``
 
-    def get(name: str, count: int = 2) -> tuple[ir.Model, list[dict]]:
-        entry = zoo.entries()[name]
-        try:
-            proto = entry.build()
-        except zoo.ExportUnsupported as e:
-            pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
-        model = ir.serde.deserialize_model(proto)
-        samples = matrix.samples(entry, count)
-        run_pipeline(model, ("drop-fake-quant," if entry.form == "qdq" else "") + "canonicalize", samples=samples)
-        return model, samples
+
+@pytest.fixture(scope="session")
+def canonical_zoo():
+    """``get(name, count)``: a copy of the zoo model canonicalized (QDQ forms: activation fake
+    quantization dropped first, as ``ivit`` does) and ``count`` seeded samples; an exporter limit
+    skips. Canonicalized once per session: every technique pass's zoo test starts from it."""
+    built: dict[str, tuple[ir.Model, list[dict]] | str] = {}
+
+    def get(name: str, count: int = SAMPLES) -> tuple[ir.Model, list[dict]]:
+        if name not in built:
+            entry = zoo.entries()[name]
+            try:
+                model = ir.serde.deserialize_model(entry.build())
+            except zoo.ExportUnsupported as e:
+                built[name] = f"exporter limit, recorded in the zoo table: {e}"
+            else:
+                samples = matrix.samples(entry, SAMPLES)
+                run_pipeline(model, ("drop-fake-quant," if entry.form == "qdq" else "") + "canonicalize", samples=samples)
+                built[name] = (model, samples)
+        if isinstance(built[name], str):
+            pytest.skip(built[name])
+        model, samples = built[name]
+        return model.clone(), samples[:count]
 
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def runs_everywhere():
     """``check(model, sample, label)``: the full ONNX checker passes, and ONNX Runtime loads and runs
     the model at every optimization level with finite float outputs."""

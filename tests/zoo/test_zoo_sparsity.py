@@ -12,10 +12,8 @@ MLP and no linear layer: neither pass applies, and both must leave them alone.
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 import pytest
 
-from bench import zoo as matrix
 from graphopt import testing
 from graphopt.backends import ort as ort_backend
 from graphopt.models import zoo
@@ -45,26 +43,9 @@ def _applies(name: str) -> bool:
     return not name.startswith(NOT_APPLICABLE)
 
 
-@pytest.fixture(scope="module")
-def canonical():
-    """name -> (canonicalized model, samples), built once per model for both passes."""
-    built = {}
-
-    def get(name):
-        if name not in built:
-            entry = ENTRIES[name]
-            try:
-                proto = entry.build()
-            except zoo.ExportUnsupported as e:
-                pytest.skip(f"exporter limit, recorded in the zoo table: {e}")
-            model = ir.serde.deserialize_model(proto)
-            prefix = "drop-fake-quant," if entry.form == "qdq" else ""
-            samples = matrix.samples(entry, 2)
-            run_pipeline(model, prefix + "canonicalize", samples=samples)
-            built[name] = (model, samples)
-        return built[name]
-
-    return get
+@pytest.fixture
+def canonical(canonical_zoo):
+    return canonical_zoo
 
 
 @pytest.mark.parametrize("method", ["cats", "teal"])
