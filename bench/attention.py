@@ -349,6 +349,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     parser.add_argument("--memory-lengths", default=None, help="measure memory at these lengths only (default: all)")
     parser.add_argument("--quick", action="store_true", help="smoke test: N 256..1K (unless --lengths), 2 rounds, no memory")
+    parser.add_argument("--cases", default=None, help="comma-separated subset of the prefill cases (default: all); "
+                        "decode then runs the same kinds (e.g. --cases 'linear tvm,linear causal tvm')")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
@@ -357,6 +359,8 @@ def main(argv=None) -> None:
         print(json.dumps(measure_memory(kind, case, n, args.threads)))
         return
     lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else QUICK_LENGTHS if args.quick else LENGTHS
+    prefill = tuple(c for c in PREFILL if args.cases is None or c in args.cases.split(","))
+    decode = tuple(c for c in DECODE if args.cases is None or any(c.split()[0] == p.split()[0] for p in prefill))
     runs = 2 if args.quick else args.runs
     memory = not (args.quick or args.no_memory)
     memory_at = set(int(x) for x in args.memory_lengths.split(",")) if args.memory_lengths else set(lengths)
@@ -368,51 +372,54 @@ def main(argv=None) -> None:
     print(f"outputs checked (N=128); the linear kernel is built through {'graphopt.backends.tvm.compile' if path == ['backend'] else 'linear_attention_fast.emit + tvm.compile (the LinearizedAttention converter does not call it yet)'}",
           flush=True)
     result = {"lengths": list(lengths), "threads": args.threads, "softmax_max": args.softmax_max, "linear_path": path[0],
-              "prefill_ms": {c: [] for c in PREFILL}, "decode_ms": {c: [] for c in DECODE},
-              "prefill_median_ms": {c: [] for c in PREFILL}, "decode_median_ms": {c: [] for c in DECODE}}
+              "prefill_ms": {c: [] for c in prefill}, "decode_ms": {c: [] for c in decode},
+              "prefill_median_ms": {c: [] for c in prefill}, "decode_median_ms": {c: [] for c in decode}}
     if memory:
-        result["memory_mb"] = {c: [] for c in PREFILL}
+        result["memory_mb"] = {c: [] for c in prefill}
     for n in lengths:
-        cases = [c for c in PREFILL if c.startswith("linear") or n <= args.softmax_max]
+        cases = [c for c in prefill if c.startswith("linear") or n <= args.softmax_max]
         timed = interleaved({c: prefill_runner(c, n, args.threads)[0] for c in cases}, runs)
         ms = {c: fastest for c, (fastest, _) in timed.items()}
-        for c in PREFILL:
+        for c in prefill:
             result["prefill_ms"][c].append(None if c not in ms else round(ms[c], 3))
             result["prefill_median_ms"][c].append(None if c not in ms else round(timed[c][1], 3))
-        timed = interleaved({c: decode_runner(c, n, args.threads) for c in DECODE}, max(runs, 10), calls=20)
+        timed = interleaved({c: decode_runner(c, n, args.threads) for c in decode}, max(runs, 10), calls=20)
         dms = {c: fastest for c, (fastest, _) in timed.items()}
-        for c in DECODE:
+        for c in decode:
             result["decode_ms"][c].append(round(dms[c], 4))
             result["decode_median_ms"][c].append(round(timed[c][1], 4))
-        line = f"N={n:6d} prefill ms: " + ", ".join(f"{c} {_fmt(ms.get(c))}" for c in PREFILL)
-        line += " | decode ms: " + ", ".join(f"{c} {dms[c]:.3f}" for c in DECODE)
+        line = f"N={n:6d} prefill ms: " + ", ".join(f"{c} {_fmt(ms.get(c))}" for c in prefill)
+        line += " | decode ms: " + ", ".join(f"{c} {dms[c]:.3f}" for c in decode)
         if memory:
-            for c in PREFILL:
+            for c in prefill:
                 result["memory_mb"][c].append(memory_in_subprocess("prefill", c, n, args.threads)
                                               if c in cases and n in memory_at else None)
-            line += " | RSS growth MB: " + ", ".join(f"{c} {_fmt(result['memory_mb'][c][-1], 0)}" for c in PREFILL)
+            line += " | RSS growth MB: " + ", ".join(f"{c} {_fmt(result['memory_mb'][c][-1], 0)}" for c in prefill)
         print(line, flush=True)
     pre = result["prefill_ms"]
-    result["slope_from_1k"] = {c: loglog_slope(lengths, pre[c]) for c in PREFILL}
-    result["decode_slope_from_1k"] = {c: loglog_slope(lengths, result["decode_ms"][c]) for c in DECODE}
-    at = 8192 if 8192 in lengths else max(n for n, t in zip(lengths, pre["softmax tvm"]) if t is not None)
-    i = lengths.index(at)
-    result["ratio_at"] = at
-    result["softmax_over_linear"] = {
-        "non-causal (softmax tvm / linear tvm)": round(pre["softmax tvm"][i] / pre["linear tvm"][i], 1),
-        "causal (softmax causal tvm / linear causal tvm)": round(pre["softmax causal tvm"][i] / pre["linear causal tvm"][i], 1),
-        "ort softmax / linear tvm": round(pre["softmax ort"][i] / pre["linear tvm"][i], 1)}
+    result["slope_from_1k"] = {c: loglog_slope(lengths, pre[c]) for c in prefill}
+    result["decode_slope_from_1k"] = {c: loglog_slope(lengths, result["decode_ms"][c]) for c in decode}
+    result["softmax_over_linear"] = {}
+    if set(PREFILL) <= set(prefill):
+        at = 8192 if 8192 in lengths else max(n for n, t in zip(lengths, pre["softmax tvm"]) if t is not None)
+        i = lengths.index(at)
+        result["ratio_at"] = at
+        result["softmax_over_linear"] = {
+            "non-causal (softmax tvm / linear tvm)": round(pre["softmax tvm"][i] / pre["linear tvm"][i], 1),
+            "causal (softmax causal tvm / linear causal tvm)": round(pre["softmax causal tvm"][i] / pre["linear causal tvm"][i], 1),
+            "ort softmax / linear tvm": round(pre["softmax ort"][i] / pre["linear tvm"][i], 1)}
     result["load_average"] = round(os.getloadavg()[0], 1)
 
-    print(f"\n{'N':>6} | " + " | ".join(f"{c:>17}" for c in PREFILL) + "   (prefill ms)")
+    print(f"\n{'N':>6} | " + " | ".join(f"{c:>17}" for c in prefill) + "   (prefill ms)")
     for j, n in enumerate(lengths):
-        print(f"{n:>6} | " + " | ".join(f"{_fmt(pre[c][j]):>17}" for c in PREFILL))
+        print(f"{n:>6} | " + " | ".join(f"{_fmt(pre[c][j]):>17}" for c in prefill))
     print("log-log slope of time vs N from 1K: " + ", ".join(f"{c} {_fmt(s, 3)}" for c, s in result["slope_from_1k"].items()))
-    print(f"at N={at}: " + ", ".join(f"{k} {v}x" for k, v in result["softmax_over_linear"].items()))
-    print("decode step ms vs context: " + "; ".join(f"{c} " + " ".join(_fmt(t, 3) for t in result["decode_ms"][c]) for c in DECODE)
+    if result["softmax_over_linear"]:
+        print(f"at N={result['ratio_at']}: " + ", ".join(f"{k} {v}x" for k, v in result["softmax_over_linear"].items()))
+    print("decode step ms vs context: " + "; ".join(f"{c} " + " ".join(_fmt(t, 3) for t in result["decode_ms"][c]) for c in decode)
           + "; slopes from 1K: " + ", ".join(f"{c} {_fmt(s, 3)}" for c, s in result["decode_slope_from_1k"].items()))
     if memory:
-        print("peak RSS growth MB: " + "; ".join(f"{c} " + " ".join(_fmt(m, 0) for m in result["memory_mb"][c]) for c in PREFILL))
+        print("peak RSS growth MB: " + "; ".join(f"{c} " + " ".join(_fmt(m, 0) for m in result["memory_mb"][c]) for c in prefill))
     print(f"load average at the end {result['load_average']}")
     if args.plot:
         plot(result, args.plot)
