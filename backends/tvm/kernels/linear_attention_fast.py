@@ -28,7 +28,8 @@ Decode (``recurrent_step_func``): one token against a carried state, O(F·Dv) wh
 state of ``PARALLEL_STATE`` elements or more.
 
 ``emit(bb, qf, kf, v, decay, causal=, eps=)`` puts the right kernel into a Relax function (broadcast
-leading axes, reshape to heads, ``call_tir``, reshape back) and returns None where it does not apply
+leading axes when they differ, ``call_tir`` on the tensors as they are: the kernels read them as
+[BH, rows, cols] through flat aliases of their buffers, so no reshape copies) and returns None where it does not apply
 (no CPU target, shapes not static, not float32, causal with Sq != Sk): the caller then emits the TE
 compute of ``backends/tvm/kernels/linear_attention.py``.
 """
@@ -65,8 +66,16 @@ def _vectors(extent: int, lanes: int) -> tuple[int, int]:
     return extent // lanes, extent % lanes
 
 
-def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: float) -> tirx.PrimFunc:
-    """Non-causal linear attention for Qf [bh, sq, f], Kf [bh, sk, f], V [bh, sk, dv] -> Y [bh, sq, dv]."""
+def _full_shapes(shapes, default):
+    """The arguments' declared shapes: ``shapes`` (the tensors as the graph has them, any leading axes
+    whose product is BH) or the flat [BH, rows, cols] ones; the body reads flat aliases of them."""
+    return tuple(tuple(int(d) for d in shape) for shape in shapes) if shapes is not None else default
+
+
+def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: float, shapes=None) -> tirx.PrimFunc:
+    """Non-causal linear attention for Qf [bh, sq, f], Kf [bh, sk, f], V [bh, sk, dv] -> Y [bh, sq, dv]
+    (``shapes``: the four tensors' shapes with their own leading axes, read without a copy)."""
+    qs, ks, vs, ys = _full_shapes(shapes, ((bh, sq, f), (bh, sk, f), (bh, sk, dv), (bh, sq, dv)))
     ft, eb = _widths(f, dv, lanes)
     it = min(IT, sq)
     fv, fr = _vectors(f, lanes)
@@ -74,9 +83,12 @@ def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: 
     eps_c = float(eps)
 
     @T.prim_func
-    def func(q: T.Buffer((bh, sq, f), DTYPE), k: T.Buffer((bh, sk, f), DTYPE), v: T.Buffer((bh, sk, dv), DTYPE),
-             y: T.Buffer((bh, sq, dv), DTYPE)):
+    def func(q_in: T.Buffer(qs, DTYPE), k_in: T.Buffer(ks, DTYPE), v_in: T.Buffer(vs, DTYPE), y_out: T.Buffer(ys, DTYPE)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        q = T.decl_buffer((bh, sq, f), DTYPE, data=q_in.data)
+        k = T.decl_buffer((bh, sk, f), DTYPE, data=k_in.data)
+        v = T.decl_buffer((bh, sk, dv), DTYPE, data=v_in.data)
+        y = T.decl_buffer((bh, sq, dv), DTYPE, data=y_out.data)
         s = T.decl_buffer((bh, f, dv), DTYPE)
         z = T.decl_buffer((bh, f), DTYPE)
         for h in T.parallel(bh):
@@ -136,8 +148,10 @@ def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: 
     return func
 
 
-def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk: int = CHUNK) -> tirx.PrimFunc:
-    """Causal (chunked) linear attention with per-head decay: Qf, Kf [bh, n, f], V [bh, n, dv], decay [bh]."""
+def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk: int = CHUNK, shapes=None) -> tirx.PrimFunc:
+    """Causal (chunked) linear attention with per-head decay: Qf, Kf [bh, n, f], V [bh, n, dv], decay [bh]
+    (``shapes``: Qf's, Kf's, V's and Y's shapes with their own leading axes, read without a copy)."""
+    qs, ks, vs, ys = _full_shapes(shapes, ((bh, n, f), (bh, n, f), (bh, n, dv), (bh, n, dv)))
     ft, eb = _widths(f, dv, lanes)
     cs = min(chunk, n)
     chunks = (n + cs - 1) // cs
@@ -148,9 +162,13 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
     eps_c = float(eps)
 
     @T.prim_func
-    def func(q: T.Buffer((bh, n, f), DTYPE), k: T.Buffer((bh, n, f), DTYPE), v: T.Buffer((bh, n, dv), DTYPE),
-             decay: T.Buffer((bh,), DTYPE), y: T.Buffer((bh, n, dv), DTYPE)):
+    def func(q_in: T.Buffer(qs, DTYPE), k_in: T.Buffer(ks, DTYPE), v_in: T.Buffer(vs, DTYPE),
+             decay: T.Buffer((bh,), DTYPE), y_out: T.Buffer(ys, DTYPE)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        q = T.decl_buffer((bh, n, f), DTYPE, data=q_in.data)
+        k = T.decl_buffer((bh, n, f), DTYPE, data=k_in.data)
+        v = T.decl_buffer((bh, n, dv), DTYPE, data=v_in.data)
+        y = T.decl_buffer((bh, n, dv), DTYPE, data=y_out.data)
         s = T.decl_buffer((bh, f, dv), DTYPE)
         z = T.decl_buffer((bh, f), DTYPE)
         pw = T.decl_buffer((bh, cs + 1), DTYPE)  # λ^r
@@ -340,30 +358,29 @@ def emit(bb: relax.BlockBuilder, qf, kf, v, decay, *, causal: int = 0, eps: floa
         return None
     bh = int(np.prod(lead, dtype=np.int64)) if lead else 1
 
-    def heads(x, shape, rows, cols):
-        if shape[:-2] != lead:
-            x = bb.emit(relax.op.broadcast_to(x, [*lead, rows, cols]))
-        return bb.emit(relax.op.reshape(x, [bh, rows, cols]))
+    def heads(x, shape, rows, cols):  # the kernels read [.., rows, cols] as [bh, rows, cols]: no reshape (a copy)
+        return bb.emit(relax.op.broadcast_to(x, [*lead, rows, cols])) if shape[:-2] != lead else x
 
     q3, k3, v3 = heads(qf, q_shape, sq, f), heads(kf, k_shape, sk, f), heads(v, v_shape, sk, dv)
+    shapes = ([*lead, sq, f], [*lead, sk, f], [*lead, sk, dv], [*lead, sq, dv])
     from graphopt.backends.tvm.cpu.common import vector_lanes  # noqa: PLC0415
 
     lanes = vector_lanes(target, DTYPE)
-    out = relax.TensorType([bh, sq, dv], DTYPE)
+    out = relax.TensorType([*lead, sq, dv], DTYPE)
     if causal:
         if decay is None:
             decay = relax.const(np.float32(1))
         d = _head_decay(bb, decay, lead, bh)
         if d is None:
             return None
-        gvar = bb.add_func(causal_func(bh, sq, f, dv, lanes, eps).without_attr("global_symbol"),
+        gvar = bb.add_func(causal_func(bh, sq, f, dv, lanes, eps, shapes=shapes).without_attr("global_symbol"),
                            "graphopt_linear_attention_causal")
         y = bb.emit(relax.call_tir(gvar, [q3, k3, v3, d], out))
     else:
-        gvar = bb.add_func(noncausal_func(bh, sq, sk, f, dv, lanes, eps).without_attr("global_symbol"),
+        gvar = bb.add_func(noncausal_func(bh, sq, sk, f, dv, lanes, eps, shapes=shapes).without_attr("global_symbol"),
                            "graphopt_linear_attention")
         y = bb.emit(relax.call_tir(gvar, [q3, k3, v3], out))
-    return bb.emit(relax.op.reshape(y, [*lead, sq, dv]))
+    return y
 
 
 def compile_kernel(func: tirx.PrimFunc, target: str | Target = "llvm"):
