@@ -47,7 +47,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-from graphopt.passes._hedgehog import _deterministic_torch, _heads
+from graphopt.passes._hedgehog import captured_heads, deterministic_torch
 
 __all__ = ["SIMILARITIES", "binary_codes", "binary_codes_numpy", "code_features_numpy", "fit_binary_codes"]
 
@@ -55,7 +55,6 @@ SIMILARITIES = ("and", "hamming")
 LEARNING_RATE = 2e-2
 SMOOTH = 0.3  # added to the kernel while training (see above)
 SCORE_SMOOTH = 1e-3  # added to the kernel when the candidates are scored
-MAX_ELEMENTS_PER_STEP = 1 << 22  # attention weights (B·H·Sq·Sk) per step
 _INIT_ROWS = 8192  # rows per head the principal directions are computed on
 
 
@@ -120,19 +119,12 @@ def fit_binary_codes(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool
     of the initialization and of the end (``kl_init``, ``kl_end``), ``kept`` ("fit" or "init")."""
     if similarity not in SIMILARITIES:
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
-    q3, k3 = _heads(q), _heads(k)
-    if k3.shape[1] == 1 and q3.shape[1] > 1:
-        k3 = np.broadcast_to(k3, (k3.shape[0], q3.shape[1], *k3.shape[2:])).copy()
-    if q3.shape[:2] != k3.shape[:2] or q3.shape[-1] != k3.shape[-1]:
-        raise ValueError(f"Q {q3.shape} and K {k3.shape} differ in samples, heads or head dimension")
-    if causal and q3.shape[2] != k3.shape[2]:
-        raise ValueError(f"causal fitting needs Sq == Sk, got {q3.shape[2]} and {k3.shape[2]}")
+    q3, k3, per_step = captured_heads(q, k, causal)
     samples, heads, sq, _ = q3.shape
     sk = k3.shape[2]
-    per_step = max(1, min(samples, MAX_ELEMENTS_PER_STEP // max(1, heads * sq * sk)))
     start = time.perf_counter()
     w0, bq0, bk0 = _initial(q3, k3, nbits, seed)
-    with _deterministic_torch(seed) as torch:
+    with deterministic_torch(seed) as torch:
         qt = torch.from_numpy(np.ascontiguousarray(q3, np.float32))
         kt = torch.from_numpy(np.ascontiguousarray(k3, np.float32))
         mask = torch.ones(sq, sk).tril().bool() if causal else None

@@ -36,7 +36,7 @@ import time
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["attention_kl", "elu_plus_one", "fit_hedgehog", "fit_model_maps", "hedgehog_features", "hedgehog_features_numpy",
+__all__ = ["attention_kl", "captured_heads", "deterministic_torch", "elu_plus_one", "fit_hedgehog", "fit_model_maps", "hedgehog_features", "hedgehog_features_numpy",
            "softmax_attention"]
 
 LEARNING_RATE = 1e-2  # LoLCATs' attention-transfer learning rate
@@ -49,6 +49,21 @@ def _heads(x: np.ndarray) -> np.ndarray:
     if x.ndim < 3:
         raise ValueError(f"expected [.., H, S, D], got shape {x.shape}")
     return x.reshape(-1, *x.shape[-3:])
+
+
+def captured_heads(q, k, causal: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """Captured Q [.., H, Sq, D] and K [.., H|1, Sk, D] as [B, H, S, D] (K's one head broadcast: grouped
+    queries), checked for a fit; with the samples per step that keep a step's attention weights
+    under ``MAX_ELEMENTS_PER_STEP``."""
+    q3, k3 = _heads(q), _heads(k)
+    if k3.shape[1] == 1 and q3.shape[1] > 1:
+        k3 = np.broadcast_to(k3, (k3.shape[0], q3.shape[1], *k3.shape[2:])).copy()
+    if q3.shape[:2] != k3.shape[:2] or q3.shape[-1] != k3.shape[-1]:
+        raise ValueError(f"Q {q3.shape} and K {k3.shape} differ in samples, heads or head dimension")
+    if causal and q3.shape[2] != k3.shape[2]:
+        raise ValueError(f"causal fitting needs Sq == Sk, got {q3.shape[2]} and {k3.shape[2]}")
+    samples, heads, sq, _ = q3.shape
+    return q3, k3, max(1, min(samples, MAX_ELEMENTS_PER_STEP // max(1, heads * sq * k3.shape[2])))
 
 
 # --- numpy: the map, softmax attention, the score ---------------------------------------------------
@@ -94,7 +109,7 @@ def attention_kl(q: np.ndarray, k: np.ndarray, qf: np.ndarray, kf: np.ndarray, *
 
 
 @contextlib.contextmanager
-def _deterministic_torch(seed: int):
+def deterministic_torch(seed: int):
     import torch  # noqa: PLC0415
 
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -122,16 +137,11 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
     one step runs). ``info`` (a dict) receives ``steps``, ``stopped_by`` ("steps" or "seconds"),
     ``seconds``, and the training loss (cross-entropy) and KL at the start and the end.
     """
-    q3, k3 = _heads(q), _heads(k)
-    if q3.shape[:2] != k3.shape[:2] or q3.shape[-1] != k3.shape[-1]:
-        raise ValueError(f"Q {q3.shape} and K {k3.shape} differ in samples, heads or head dimension")
-    if causal and q3.shape[2] != k3.shape[2]:
-        raise ValueError(f"causal fitting needs Sq == Sk, got {q3.shape[2]} and {k3.shape[2]}")
+    q3, k3, per_step = captured_heads(q, k, causal)
     samples, heads, sq, dim = q3.shape
     sk = k3.shape[2]
-    per_step = max(1, min(samples, MAX_ELEMENTS_PER_STEP // max(1, heads * sq * sk)))
     start = time.perf_counter()
-    with _deterministic_torch(seed) as torch:
+    with deterministic_torch(seed) as torch:
         qt = torch.from_numpy(np.ascontiguousarray(q3, np.float32))
         kt = torch.from_numpy(np.ascontiguousarray(k3, np.float32))
         mask = torch.ones(sq, sk).tril().bool() if causal else None
