@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-CALIB_SENTENCES = 28
+from bench.linear_attention_quality import CALIB as CALIB_SENTENCES
+from bench.linear_attention_quality import minilm_held_out
 
 
 def _pipeline(method: str, steps: int, seconds: float) -> str:
@@ -83,26 +84,11 @@ def digits_rows(methods, steps, seconds) -> list[dict]:
 
 
 def minilm_rows(methods, count, steps, seconds) -> list[dict]:
-    import onnx_ir as ir  # noqa: PLC0415
-
-    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
     from graphopt.models import minilm  # noqa: PLC0415
-    from graphopt.pipeline import run_pipeline  # noqa: PLC0415
 
-    canonical = ir.serde.deserialize_model(minilm.build())
-    run_pipeline(canonical, "canonicalize")
-    sentences = minilm.sentences()
-    cal = minilm.tokenize(sentences[:CALIB_SENTENCES], seq_len=128)
+    canonical, rows_of, embed = minilm_held_out(count)
+    cal = minilm.tokenize(minilm.sentences()[:CALIB_SENTENCES], seq_len=128)
     calib = [{k: v[i:i + 1] for k, v in cal.items()} for i in range(CALIB_SENTENCES)]
-    held = minilm.tokenize(sentences[CALIB_SENTENCES:CALIB_SENTENCES + count], seq_len=128)
-    rows_of = [{k: v[i:i + 1] for k, v in held.items()} for i in range(len(held["input_ids"]))]
-
-    def embed(model) -> np.ndarray:
-        session = ort_backend.make_session(model.clone(), optimization="disable", threads=2)
-        outs = [ort_backend.run(session, feeds) for feeds in rows_of]
-        key = "last_hidden_state" if "last_hidden_state" in outs[0] else next(iter(outs[0]))
-        return minilm.mean_pool(np.concatenate([o[key] for o in outs]), held["attention_mask"])
-
     base = embed(canonical)
     rows = [{"model": "minilm", "method": "softmax", "mean_cosine": 1.0, "sentences": len(rows_of)}]
     for method in methods:

@@ -89,7 +89,9 @@ def digits_rows(methods) -> list[dict]:
     return rows
 
 
-def minilm_rows(methods, count: int) -> list[dict]:
+def minilm_held_out(count: int):
+    """Pretrained MiniLM canonicalized; ``count`` held-out sentences (after the first ``CALIB``, which
+    calibrate) as one-row feeds; and ``embed(model)``: their mean-pooled embeddings through ORT."""
     import onnx_ir as ir  # noqa: PLC0415
 
     from graphopt.backends import ort as ort_backend  # noqa: PLC0415
@@ -107,6 +109,11 @@ def minilm_rows(methods, count: int) -> list[dict]:
         key = "last_hidden_state" if "last_hidden_state" in outs[0] else next(iter(outs[0]))
         return minilm.mean_pool(np.concatenate([o[key] for o in outs]), held["attention_mask"])
 
+    return canonical, rows_of, embed
+
+
+def minilm_rows(methods, count: int) -> list[dict]:
+    canonical, rows_of, embed = minilm_held_out(count)
     base = embed(canonical)
     rows = [{"model": "minilm", "method": "softmax", "mean_cosine": 1.0, "sentences": len(rows_of)}]
     for method in methods:
