@@ -58,6 +58,14 @@ BENCHMARKS = {b.name: b for b in (
               "MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
     Benchmark("binary-attention", "binary_attention", "binary-code attention (shiftadd): digits-ViT top-1 and per-block "
               "cosine at nbits 16/32, one layer's ORT latency vs softmax at 197 and 1K tokens", ("torch",)),
+    Benchmark("linear-attention-quality", "linear_attention_quality", "linear-, sigmoid- and softplus-attention without "
+              "training: digits-ViT top-1, MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
+    Benchmark("finetune", "finetune", "graphopt.finetune gains side by side with FP32 and post-training: relufy on "
+              "stdlib-llama (perplexity), digits ViT and MiniLM rewrites (top-1, embedding cosine)", ("torch",)),
+    Benchmark("to-torch", "to_torch", "graphopt.to_torch on the ONNX node conformance cases and the zoo (cosine, "
+              "bit-exact on ivit)", ("torch",)),
+    Benchmark("train-mode", "train_mode", "a hand-written fine-tuning loop on to_torch(train=True): digits-ViT ivit "
+              "distilled from FP32, top-1 before/after", ("torch",)),
     Benchmark("scaling", "scaling", "time vs graph size, per phase and for the CLI (log-log slope)"),
     Benchmark("fuzz-differential", "fuzz_differential", "every pass on generated graphs: declines or keeps the outputs"),
     Benchmark("fuzz-loader", "fuzz_loader", "mutated models through inspect and compile: exit-code histogram", ("torch",)),
