@@ -47,7 +47,7 @@ from onnxscript.rewriter import pattern
 
 from graphopt import ops
 from graphopt.calibrate import Scales
-from graphopt.ops.shift_matmul import OP_NAME, SQNR_KEY, codes_per_word, decode, max_exponent, pack
+from graphopt.ops.shift_matmul import OP_NAME, SQNR_KEY, codes_per_word, decode, encode, max_exponent, pack
 from graphopt.pass_base import RulePass
 from graphopt.passes._canonical_utils import constant, dequantized_constant, unique_initializer_name
 from graphopt.registry import register_pass
@@ -79,15 +79,10 @@ class Shifted:
 
 def _codes(w: np.ndarray, s: np.ndarray, bits: int, zero_free: bool) -> np.ndarray:
     """DeepShift-Q rounding of ``w [K, N]`` against column scales ``s``: codes ``sign << (bits-1) | e``."""
-    half, e_top = 1 << (bits - 1), max_exponent(bits)
-    largest = e_top if zero_free else e_top - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.abs(w) / np.where(s > 0, s, 1.0)
-        e = np.rint(-np.log2(np.where(ratio > 0, ratio, 1.0)))
-    e = np.clip(e, 0, largest).astype(np.int64)
-    if not zero_free:  # below half the smallest power (linear rounding at the edge): the zero code
-        e = np.where((ratio < 2.0 ** -(largest + 1)) | (s <= 0), e_top, e)
-    return np.where(w < 0, half, 0) + e
+    codes = encode(w / np.where(s > 0, s, 1.0), bits, zero_free)
+    if zero_free:
+        return codes
+    return np.where(s <= 0, max_exponent(bits), codes)  # a zero column: the zero code
 
 
 def _least_squares_scale(w: np.ndarray, d: np.ndarray, fallback: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import fnmatch
 import inspect
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,12 +136,14 @@ def finetune(
         stacks = stackable(student_model, train_examples)
 
         from graphopt.finetuning.loop import train  # noqa: PLC0415
+        from graphopt.fx.train_parameters import as_initializer  # noqa: PLC0415
 
         began = time.perf_counter()
         losses = train(module, train_examples, loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed, stacks=stacks,
                        world=w, input_names=module.input_names, lr_scale=lr_scale, progress=progress if w.main else None)
         seconds = time.perf_counter() - began
-        trained = {onnx: module.get_parameter(module.parameter_names[onnx]).detach().cpu().numpy() for onnx in chosen}
+        trained = {onnx: as_initializer(module, onnx, module.get_parameter(module.parameter_names[onnx]).detach().cpu().numpy())
+                   for onnx in chosen}  # shift latents re-rounded and packed, as shift-linear stores them
         if lora is not None:
             from graphopt.fx.lora import merge_lora  # noqa: PLC0415
 

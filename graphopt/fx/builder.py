@@ -90,6 +90,7 @@ class _Builder:
         self.generator = torch.Generator().manual_seed(lora["seed"]) if lora else None
         self.parameter_dtypes: dict[str, str] = {}
         self.parameter_roles: dict[str, str] = {}
+        self.parameter_encodings: dict[str, dict] = {}  # initializer -> how its latent is stored (shift codes)
         self.graph = fx.Graph()
         self.root = torch.nn.Module()
         self.table = converters.converter_table()
@@ -116,6 +117,7 @@ class _Builder:
             "parameter_names": dict(self.parameter_names),
             "parameter_dtypes": dict(self.parameter_dtypes),
             "parameter_roles": dict(self.parameter_roles),
+            "parameter_encodings": dict(self.parameter_encodings),
             "train": self.train,
         }
         if self.lora is not None:
@@ -153,6 +155,12 @@ class _Builder:
         """Float initializers and integer latents as parameters (with LoRA factors where asked),
         the other integer initializers as buffers (float64 carriers where carried)."""
         array = value.const_value.numpy()
+        if (encoding := train_parameters.shift_codes(value)) is not None:  # packed codes: decoded weights learn
+            node = self._constant(value.name, train_parameters.shift_latent(array, encoding), trainable=True)
+            self.parameter_dtypes[value.name] = value.dtype.name
+            self.parameter_roles[value.name] = train_parameters.role(value)
+            self.parameter_encodings[value.name] = encoding
+            return node
         bounds = train_parameters.latent_range(value)
         carried = train_mode.carried_dtype(value) is not None
         if bounds is None and not value.dtype.is_floating_point():  # (bfloat16 arrays are not np.floating)

@@ -33,7 +33,7 @@ import torch
 import onnx_ir as ir
 
 from graphopt import ops
-from graphopt.fx import onnx_math, onnx_quant, train_ops
+from graphopt.fx import onnx_math, onnx_quant, train_ops, train_parameters
 from graphopt.fx.converters import STANDARD_DOMAINS
 from graphopt.fx.dtypes import torch_dtype
 from graphopt.fx.straight_through import straight_through, wrap_to_range
@@ -215,6 +215,12 @@ def _fixed(fn):
     return lambda node, eval_fn, inputs, outputs: fn
 
 
+def _shift_matmul(node, eval_fn, inputs, outputs):
+    """Latent weights where the builder made the packed codes one (``train_parameters.shift_codes``);
+    else the codes stay a fixed buffer and the eval form runs on them."""
+    return train_ops.shift_matmul_latent if train_parameters.shift_codes(node.inputs[1]) else None
+
+
 TRAIN_FORMS = {
     **{(d, op): form for d in STANDARD_DOMAINS for op, form in {
         "Cast": _fixed(cast), "CastLike": _cast_like, "QuantizeLinear": _quantize_linear,
@@ -223,4 +229,5 @@ TRAIN_FORMS = {
         "Floor": _rounding(torch.floor), "Round": _rounding(torch.round), "Ceil": _rounding(torch.ceil),
     }.items()},
     **{(ops.DOMAIN, op): _fixed(fn) for op, fn in train_ops.TRAIN_FORMS.items()},
+    (ops.DOMAIN, "ShiftMatMul"): _shift_matmul,
 }

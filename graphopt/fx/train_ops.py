@@ -11,6 +11,9 @@ rounding, shifts and integer divisions):
   of GELU folded in).
 - ``IntLayerNorm``: ``(x - mean) · 2^30 / sqrt(Σ(x - mean)² + 1) · mult · 2^-shift + bias``
   (I-ViT's normalizer ``floor((2^31-1)/isqrt(var)) / 2``); gradients to x, mult and bias.
+- ``ShiftMatMul`` with its codes as a latent (``train_parameters.shift_codes``): the latent weights
+  rounded to signed powers of two in the forward (``shift_round``: DeepShift-Q's log-domain rounding,
+  ``graphopt.ops.shift_matmul.encode``'s rule), identity in the backward; the scale S a float parameter.
 - ``ActivationThreshold`` (a float op; its threshold ``t`` is a float parameter): the hard
   ``x where |x| > t`` forward; backward the soft mask ``x · sigmoid((|x| - t)/tau)``, tau = |t|/10
   (Learned Threshold Pruning's sigmoid), so t learns: raising it drops the elements near it.
@@ -86,6 +89,25 @@ def activation_threshold(x, t):
         return x * torch.sigmoid((torch.abs(x) - t.to(x.dtype)) / tau)
 
     return straight_through(exact, surrogate, x, t)
+
+
+def shift_round(w, bits: int, zero_free: int):
+    """``w`` rounded to ``±2^-e`` (e in the code range; below half the smallest power 0 unless
+    ``zero_free``), straight-through: the forward of ``encode`` + ``decode``, gradient identity."""
+    e_top = (1 << (int(bits) - 1)) - 1
+    largest = e_top if int(zero_free) else e_top - 1
+    magnitude = w.detach().abs()
+    e = torch.clamp(torch.round(-torch.log2(torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude)))), 0, largest)
+    rounded = torch.where(w.detach() < 0, -1.0, 1.0).to(w.dtype) * torch.exp2(-e).to(w.dtype)
+    if not int(zero_free):
+        rounded = torch.where(magnitude < 2.0 ** -(largest + 1), torch.zeros((), dtype=w.dtype), rounded)
+    return w + (rounded - w).detach()
+
+
+def shift_matmul_latent(x, w, s, *, bits=5, zero_free=0):
+    """``ShiftMatMul`` on latent weights ``w [K, N]``: ``(x @ shift_round(w)) · s``, as eval computes it."""
+    d = shift_round(w, bits, zero_free)
+    return (torch.matmul(x, d.to(x.dtype)) * s.to(x.dtype)).to(x.dtype)
 
 
 TRAIN_FORMS = {

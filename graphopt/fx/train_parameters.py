@@ -7,6 +7,10 @@
   ``Expand``, ...), ``IntLayerNorm``'s mult and bias, ``DyadicRequant``'s multiplier (the integer
   requantization scale ``m`` of ``m · 2^-k``): *latent* float64 parameters holding the integers,
   read through ``round_to_range`` (round half to even, clamp to the dtype's range, straight-through).
+- ``ShiftMatMul``'s packed codes (int32 words of 5-bit sign/exponent codes): a float32 latent
+  parameter holding the decoded weights ``±2^-e`` ``[K, N]``, read through ``shift_round``
+  (DeepShift-Q rounding in the log domain, straight-through); ``as_initializer`` encodes and packs
+  it again for the write-back, so a latent that did not move writes back the very words it came from.
 - Every other integer initializer (zero points, ``Clip`` bounds, ``DyadicRequant``'s shift ``k``,
   ``Where``'s fill values, i.e. the integer attention-mask fill, shapes and indices) stays a fixed
   buffer: float64 for carried types, int64/bool as they are.
@@ -19,8 +23,11 @@ import onnx_ir as ir
 
 from graphopt import ops
 from graphopt.fx.converters import STANDARD_DOMAINS
+from graphopt.ops import shift_matmul
 
-__all__ = ["latent_range", "relative_lr_groups", "role"]
+__all__ = ["as_initializer", "latent_range", "relative_lr_groups", "role", "shift_codes"]
+
+SHIFT_ENCODING = "shift"  # module.meta["onnx"]["parameter_encodings"][name]["kind"] of a ShiftMatMul latent
 
 _ALL = None
 # (op) -> input positions where an integer initializer is a learnable value; None: all
@@ -49,6 +56,43 @@ def latent_range(value: ir.Value) -> tuple[float, float] | None:
         return None
     bounds = np.iinfo(value.dtype.numpy())
     return float(bounds.min), float(bounds.max)
+
+
+def shift_codes(value: ir.Value | None) -> dict | None:
+    """``{"kind", "bits", "zero_free", "k"}`` when ``value`` is an int32 initializer read only as the
+    packed codes (input 1) of ``ShiftMatMul`` nodes that agree on bits, zero_free and a static K;
+    else None (the codes then stay a fixed buffer)."""
+    if value is None or value.dtype != ir.DataType.INT32 or value.const_value is None or value.is_graph_output():
+        return None
+    found = set()
+    for use in value.uses():
+        node = use.node
+        x = node.inputs[0]
+        if (node.domain, node.op_type, use.idx) != (ops.DOMAIN, shift_matmul.OP_NAME, 1) or x is None or x.shape is None \
+                or not isinstance(x.shape[-1], int):
+            return None
+        found.add((node.attributes.get_int("bits", shift_matmul.BITS), node.attributes.get_int("zero_free", 0), x.shape[-1]))
+    if len(found) != 1:
+        return None
+    bits, zero_free, k = found.pop()
+    return {"kind": SHIFT_ENCODING, "bits": bits, "zero_free": zero_free, "k": k}
+
+
+def shift_latent(packed: np.ndarray, encoding: dict) -> np.ndarray:
+    """The packed codes as the float32 weights ``[K, N]`` they decode to."""
+    codes = shift_matmul.unpack(packed, encoding["k"], encoding["bits"])
+    return shift_matmul.decode(codes, encoding["bits"], encoding["zero_free"])
+
+
+def as_initializer(module, name: str, values: np.ndarray) -> np.ndarray:
+    """A trained parameter's values in the form its initializer stores: a ShiftMatMul latent
+    re-rounded to codes and packed; any other parameter as it is (``write_back`` rounds integer
+    latents and casts floats)."""
+    encoding = module.meta["onnx"].get("parameter_encodings", {}).get(name)
+    if encoding is None:
+        return values
+    codes = shift_matmul.encode(values, encoding["bits"], encoding["zero_free"])
+    return shift_matmul.pack(codes, encoding["bits"])
 
 
 def role(value: ir.Value) -> str:

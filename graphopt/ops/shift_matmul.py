@@ -30,7 +30,7 @@ import numpy as np
 
 from graphopt import ops
 
-__all__ = ["BITS", "OP_NAME", "SHIFT_MATMUL", "codes_per_word", "decode", "max_exponent", "pack", "shift_matmul_reference",
+__all__ = ["BITS", "OP_NAME", "SHIFT_MATMUL", "codes_per_word", "decode", "encode", "max_exponent", "pack", "shift_matmul_reference",
            "unpack"]
 
 OP_NAME = "ShiftMatMul"
@@ -71,6 +71,23 @@ def unpack(packed: np.ndarray, k: int, bits: int = BITS) -> np.ndarray:
     shifts = (np.arange(c, dtype=np.int64) * bits)[None, :, None]
     codes = (words[:, None, :] >> shifts) & ((1 << bits) - 1)
     return codes.reshape(-1, words.shape[-1])[:k]
+
+
+def encode(w: np.ndarray, bits: int = BITS, zero_free: int = 0) -> np.ndarray:
+    """DeepShift-Q rounding of weights already relative to their scale: ``±2^-e`` with
+    ``e = rint(-log2|w|)`` clamped to the code range; unless ``zero_free``, a weight below half the
+    smallest power is the zero code (sign bit clear). Codes ``sign << (bits-1) | e``;
+    ``encode(decode(c)) == c`` for every code this makes."""
+    w = np.asarray(w, np.float64)
+    half, e_top = 1 << (bits - 1), max_exponent(bits)
+    largest = e_top if zero_free else e_top - 1
+    magnitude = np.abs(w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.rint(-np.log2(np.where(magnitude > 0, magnitude, 1.0)))
+    e = np.clip(e, 0, largest).astype(np.int64)
+    if not zero_free:  # linear rounding at the edge: below half the smallest power is 0 (one code, no sign)
+        e = np.where(magnitude < 2.0 ** -(largest + 1), e_top, e)
+    return np.where((w < 0) & ((e != e_top) | bool(zero_free)), half, 0) + e
 
 
 def decode(codes: np.ndarray, bits: int = BITS, zero_free: int = 0) -> np.ndarray:

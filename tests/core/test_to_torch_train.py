@@ -194,3 +194,42 @@ def test_an_int32_accumulator_wraps_exactly_with_gradient_one():
     assert y.tolist() == [-(2**31) + 5, 2**31 - 1, 7]  # what int64 -> int32 gives in eval mode
     y.sum().backward()
     assert x.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def _shifted_vit():
+    from graphopt.models import digits_vit  # noqa: PLC0415
+
+    model = graphopt.load(digits_vit.build())
+    run_pipeline(model, "shift-linear", samples=[digits_vit.example_inputs(seed=s) for s in range(2)])
+    return model, digits_vit.example_inputs(seed=101)
+
+
+def test_shift_codes_train_as_latent_weights_and_pack_back():
+    """ShiftMatMul's packed codes become float latents (the decoded ±2^-e): the forward equals eval,
+    gradients reach them, and the write-back form of an unmoved latent is the very words it came from."""
+    from graphopt.fx.train_parameters import as_initializer  # noqa: PLC0415
+
+    model, feeds = _shifted_vit()
+    module = graphopt.to_torch(model, train=True)
+    encodings = module.meta["onnx"]["parameter_encodings"]
+    assert len(encodings) == sum(n.op_type == "ShiftMatMul" for n in model.graph) > 0
+    with torch.no_grad():
+        assert torch.equal(module(**feeds)[0], graphopt.to_torch(model)(**feeds)[0])
+    module(**feeds)[0].square().mean().backward()
+    initializers = model.graph.initializers
+    for name in encodings:
+        latent = module.get_parameter(module.parameter_names[name])
+        assert latent.grad is not None and bool(latent.grad.abs().sum() > 0), name
+        packed = as_initializer(module, name, latent.detach().numpy())
+        np.testing.assert_array_equal(packed, initializers[name].const_value.numpy())
+
+
+def test_a_moved_shift_latent_rounds_to_the_nearest_power_of_two():
+    w = torch.tensor([[0.3, -0.7, 0.004, 1e-9, 3.0]], requires_grad=True)
+    rounded = train_ops.shift_round(w, bits=5, zero_free=0)
+    assert rounded.tolist() == [[0.25, -0.5, 2.0**-8, 0.0, 1.0]]  # 2^-8: 0.004 is 2^-7.97; 1e-9: the zero code
+    rounded.sum().backward()
+    assert w.grad.tolist() == [[1.0] * 5]  # straight through
+    from graphopt.ops.shift_matmul import decode, encode  # noqa: PLC0415
+
+    np.testing.assert_array_equal(decode(encode(w.detach().numpy(), 5, 0), 5, 0), rounded.detach().numpy())
