@@ -191,19 +191,23 @@ def _check_options(*, steps: int, lr: float, lr_scale: str, batch_size: int, hol
 
 
 class _deterministic:  # noqa: N801 — used as a context manager
-    """Seeded torch with deterministic algorithms for the run, the caller's setting restored after."""
+    """Seeded torch with deterministic algorithms for the run; the caller's setting and global random
+    state restored after (a library call must not reseed the user's generator)."""
 
     def __init__(self, seed: int, torch):
         self.seed, self.torch = seed, torch
 
     def __enter__(self):
         self.before = self.torch.are_deterministic_algorithms_enabled()
+        self.rng = self.torch.random.fork_rng(devices=[])
+        self.rng.__enter__()
         self.torch.manual_seed(self.seed)
         self.torch.use_deterministic_algorithms(True)
         return self
 
     def __exit__(self, *exc):
         self.torch.use_deterministic_algorithms(self.before)
+        self.rng.__exit__(*exc)
         return False
 
 

@@ -176,3 +176,13 @@ def test_lora_trains_adapters_and_writes_the_merged_weight_back(student_proto, m
     assert np.linalg.matrix_rank(tuned["w"] - given["w"], tol=1e-6) == 1  # W + A·B: a rank-1 change
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
     assert result.report.data["finetune"]["lora"]["adapted"] == ["w"]
+
+
+def test_the_callers_torch_generator_is_left_as_it_was(student_proto, mlp_proto, train_data):
+    """finetune seeds its own run; the global generator a user's pipeline draws from is restored."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    graphopt.finetune(student_proto, mlp_proto, train_data, steps=2, batch_size=8)
+    assert torch.equal(torch.rand(3), expected)
