@@ -38,6 +38,9 @@ def add_parser(sub, common) -> None:
                    help="distill: MSE of every float output over the teacher's variance; kl: softmax KL at --temperature "
                         "(logits) (default distill)")
     f.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of --loss kl (default 2)")
+    f.add_argument("--layer-loss", type=float, default=1.0, metavar="W",
+                   help="weight of the per-layer targets: each block a pass replaced (an attention made linear) against "
+                        "the teacher's value it replaced (default 1; 0: the outputs only)")
     f.add_argument("--trainable", action="append", metavar="PATTERN",
                    help="train only initializers matching this fnmatch pattern (repeatable; default: every parameter)")
     f.add_argument("--lora-rank", type=int, metavar="R", help="train rank-R LoRA adapters on the linear weights instead (merged on write-back)")
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     terminal = cli._terminal()
     try:
         result = finetune(args.model, args.teacher, cli._data_argument(args.data), eval=cli._data_argument(args.eval),
-                          steps=args.steps, lr=args.lr, lr_scale=args.lr_scale, batch_size=args.batch_size, loss=args.loss, temperature=args.temperature,
+                          steps=args.steps, lr=args.lr, lr_scale=args.lr_scale, batch_size=args.batch_size, loss=args.loss,
+                          temperature=args.temperature, layer_loss=args.layer_loss,
                           trainable=cli._names(args.trainable), lora=_lora(args), holdout=args.holdout, seed=args.seed, threads=args.threads,
                           tolerances=Tolerances(min_cosine=AUTO if args.min_cosine is None else args.min_cosine, min_top1=args.min_top1),
                           mask=None if args.mask == "none" else args.mask, progress=_progress(args, terminal))

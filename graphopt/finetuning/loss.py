@@ -8,6 +8,10 @@ integer output carries no gradient and is left to the validation).
   ``temperature``, times temperature² (Hinton et al.: gradients keep their scale as T changes),
   averaged over rows and outputs.
 
+Per-layer targets (``layers``: student outputs added for blocks a pass replaced, whose teacher
+values are in the targets under the same names, ``graphopt.finetuning.layers``) always take the
+``distill`` form; their mean is added to the outputs' mean times ``layer_weight``.
+
 With a padding mask input (``mask_input``, e.g. ``attention_mask``), an output whose leading axes
 are the mask's shape (a hidden state per token) counts only the positions the mask marks: padding
 carries no meaning, and an integer model may differ there freely (the validation skips it too).
@@ -29,12 +33,13 @@ LOSSES = ("distill", "kl")
 
 class Distillation:
     def __init__(self, kind: str, output_names: Sequence[str], targets: Sequence[Mapping[str, np.ndarray]], temperature: float = 2.0,
-                 mask_input: str | None = None):
+                 mask_input: str | None = None, layers: Sequence[str] = (), layer_weight: float = 1.0):
         if kind not in LOSSES:
             raise UsageError(f"unknown loss {kind!r}: valid are {', '.join(LOSSES)}")
         if temperature <= 0:
             raise UsageError(f"the distillation temperature must be positive, got {temperature}")
         self.kind, self.temperature, self.mask_input = kind, temperature, mask_input
+        self.layers, self.layer_weight = frozenset(layers), layer_weight
         first = targets[0]
         self.outputs = [i for i, name in enumerate(output_names) if np.asarray(first[name]).dtype.kind == "f"]
         if not self.outputs:
@@ -49,11 +54,15 @@ class Distillation:
     def __call__(self, outputs: Sequence[torch.Tensor], targets: Mapping[str, torch.Tensor],
                  feeds: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         mask = (feeds or {}).get(self.mask_input) if self.mask_input else None
-        terms = [self._term(outputs[i].float(), targets[name].float(), name, mask) for i, name in zip(self.outputs, self.names, strict=True)]
-        return torch.stack(terms).mean()
+        terms = {name: self._term(outputs[i].float(), targets[name].float(), name, mask) for i, name in zip(self.outputs, self.names, strict=True)}
+        main = [t for name, t in terms.items() if name not in self.layers]
+        loss = torch.stack(main).mean() if main else torch.zeros(())
+        if self.layers:
+            loss = loss + self.layer_weight * torch.stack([terms[name] for name in self.layers]).mean()
+        return loss
 
     def _term(self, student: torch.Tensor, teacher: torch.Tensor, name: str, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.kind == "distill":
+        if self.kind == "distill" or name in self.layers:
             per_row = torch.mean((student - teacher) ** 2, dim=-1) * self.scale[name] if student.ndim else (student - teacher) ** 2 * self.scale[name]
         else:
             t = self.temperature

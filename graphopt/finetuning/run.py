@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from graphopt import capture, data, storage
 from graphopt.errors import CheckFailedError, UsageError
+from graphopt.finetuning import layers
 from graphopt.finetuning.distributed import World, world
 from graphopt.finetuning.examples import Example, cut_rows, split_held_out, stack, stackable
 from graphopt.finetuning.loss import Distillation
@@ -92,6 +93,7 @@ def finetune(
     holdout: float = 0.2,
     temperature: float = 2.0,
     lora: dict | None = None,
+    layer_loss: float = 1.0,
     tolerances: Tolerances | None = None,
     threads: int = 2,
     mask: str | None = "auto",
@@ -106,6 +108,8 @@ def finetune(
     (``loop.parameter_groups``: integer latents, scales and float weights have units apart);
     ``"absolute"`` is plain Adam. ``loss``: ``"distill"`` (variance-normalized MSE on every float
     output) or ``"kl"`` (softmax KL at ``temperature``, for logits); see ``graphopt.finetuning.loss``.
+    ``layer_loss``: the weight of the per-layer targets (``graphopt.finetuning.layers``: each block a
+    pass replaced, e.g. an attention made linear, against the teacher's value it replaced; 0: outputs only).
     ``trainable``: fnmatch patterns of initializer names (None: every parameter ``to_torch`` makes);
     the rest stay frozen and are written back untouched. ``lora`` (``{"rank": r, "layers":
     [patterns], "alpha": a}``, ``graphopt.fx.lora``): low-rank adapters on the matching linear
@@ -116,23 +120,25 @@ def finetune(
     ``progress`` wraps the step range (a tqdm bar: the CLI's). Validation failing the
     ``tolerances`` (default: those of an approximating pipeline) makes ``result.ok`` False.
     """
-    _check_options(steps=steps, lr=lr, lr_scale=lr_scale, batch_size=batch_size, holdout=holdout)
+    _check_options(steps=steps, lr=lr, lr_scale=lr_scale, batch_size=batch_size, holdout=holdout, layer_loss=layer_loss)
     import torch  # noqa: PLC0415 — torch only for fine-tuning
 
     with world() as w, _deterministic(seed, torch):
         teacher_model, student_model = capture.load(teacher), capture.load(student)
         _check_interfaces(student_model, teacher_model)
         mask_name = _mask_input(teacher_model, mask)
+        sites = layers.layer_targets(student_model, teacher_model) if layer_loss > 0 else {}
         began = time.perf_counter()
-        examples = _examples(data, teacher_model, threads, "training data")
+        examples = _examples(data, teacher_model, threads, "training data", sites)
         if eval is None:
             train_examples, held_out = split_held_out(examples, holdout, seed)
         else:
-            train_examples, held_out = examples, _examples(eval, teacher_model, threads, "evaluation data")
+            train_examples, held_out = examples, _examples(eval, teacher_model, threads, "evaluation data", sites)
         teacher_seconds = time.perf_counter() - began
-        module, train_mode = _student_module(student_model, lora)
+        module, train_mode = _student_module(layers.with_outputs(student_model, sites), lora)
         chosen = _choose_trainable(module, trainable, lora=lora is not None)
-        loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature, mask_input=mask_name)
+        loss_fn = Distillation(loss, module.output_names, [e.targets for e in train_examples], temperature, mask_input=mask_name,
+                               layers=list(sites), layer_weight=layer_loss)
         stacks = stackable(student_model, train_examples)
 
         from graphopt.finetuning.loop import train  # noqa: PLC0415
@@ -159,7 +165,8 @@ def finetune(
         "steps": steps, "lr": lr, "lr_scale": lr_scale, "batch_size": batch_size, "seed": seed, "loss": loss, "world_size": w.size,
         "temperature": temperature, "train_mode": train_mode, "stacked_batches": stacks,
         "examples": {"train": len(train_examples), "held_out": len(held_out)},
-        "trainable": sorted(set(chosen) | set(adapted)), "distilled_outputs": loss_fn.names,
+        "trainable": sorted(set(chosen) | set(adapted)), "distilled_outputs": [n for n in loss_fn.names if n not in sites],
+        **({"layer_targets": {"weight": layer_loss, "sites": dict(sites)}} if sites else {}),
         **({"lora": {**lora, "adapted": adapted}} if lora is not None else {}), **({"mask": mask_name} if mask_name else {}),
         "loss_curve": losses, "seconds": seconds,
     }
@@ -175,7 +182,9 @@ def finetune(
     return FinetuneResult(tuned, student_model, teacher_model, losses, report, seconds, w, files)
 
 
-def _check_options(*, steps: int, lr: float, lr_scale: str, batch_size: int, holdout: float) -> None:
+def _check_options(*, steps: int, lr: float, lr_scale: str, batch_size: int, holdout: float, layer_loss: float) -> None:
+    if not layer_loss >= 0:
+        raise UsageError(f"the per-layer loss weight must be 0 or more, got {layer_loss}")
     from graphopt.finetuning.loop import LR_SCALES  # noqa: PLC0415
 
     if lr_scale not in LR_SCALES:
@@ -233,12 +242,15 @@ def _mask_input(teacher: ir.Model, mask: str | None) -> str | None:
     return mask
 
 
-def _examples(source: Any, teacher: ir.Model, threads: int, where: str) -> list[Example]:
+def _examples(source: Any, teacher: ir.Model, threads: int, where: str, sites: dict[str, str]) -> list[Example]:
+    """Rows of ``source`` with the teacher's outputs, and its values at ``sites`` (student output
+    -> teacher value) as targets named for the student's outputs."""
     from graphopt.stages import run_on_ort  # noqa: PLC0415
 
     samples = data.load_samples(source, teacher, where=where)
-    outputs = run_on_ort(teacher, samples, threads)
-    return [row for feeds, targets in zip(samples, outputs, strict=True) for row in cut_rows(feeds, targets)]
+    outputs = run_on_ort(layers.with_outputs(teacher, sites.values()), samples, threads)
+    renamed = [{**{k: v for k, v in out.items() if k not in sites.values()}, **{s: out[t] for s, t in sites.items()}} for out in outputs]
+    return [row for feeds, targets in zip(samples, renamed, strict=True) for row in cut_rows(feeds, targets)]
 
 
 def _student_module(student: ir.Model, lora: dict | None = None):
@@ -289,7 +301,8 @@ def _validate(report: Report, teacher: ir.Model, student: ir.Model, tuned: ir.Mo
                         threads=threads, mask=mask)
     ctx = Context(teacher, settings, report, backends={}, original=teacher)
     ctx.eval_samples = [g.feeds for g in groups]
-    ctx.reference = [g.targets for g in groups]
+    outputs = {v.name for v in teacher.graph.outputs}  # not the per-layer targets
+    ctx.reference = [{k: v for k, v in g.targets.items() if k in outputs} for g in groups]
     validate = [stage for stage in COMPILE_STAGES if stage.name == "validate"]
     metrics = []
     for model in (student, tuned):

@@ -20,7 +20,9 @@ import pytest
 
 import graphopt
 from graphopt import cli
+from graphopt.errors import UsageError
 from graphopt.finetuning.write_back import write_back
+from graphopt.pipeline import run_pipeline
 
 SCHEMA = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
 
@@ -186,3 +188,25 @@ def test_the_callers_torch_generator_is_left_as_it_was(student_proto, mlp_proto,
     torch.manual_seed(123)
     graphopt.finetune(student_proto, mlp_proto, train_data, steps=2, batch_size=8)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_replaced_attention_is_distilled_from_the_softmax_it_replaced():
+    """linear-attention stamps each block with the value it replaced: finetune adds that pair as a
+    per-layer target (layer_loss), reports it, and writes back the student's own interface."""
+    from graphopt.models import digits_vit  # noqa: PLC0415
+
+    teacher = graphopt.load(digits_vit.build())
+    student = teacher.clone()
+    run_pipeline(student, "canonicalize,linear-attention(feature_map=relu)")
+    data = {k: np.concatenate([digits_vit.example_inputs(seed=s)[k] for s in range(6)]) for k in digits_vit.example_inputs(seed=0)}
+    result = graphopt.finetune(student, teacher, data, steps=3, batch_size=8)
+    section = result.report.data["finetune"]
+    blocks = sum(n.op_type == "LinearizedAttention" for n in student.graph)
+    assert blocks and len(section["layer_targets"]["sites"]) == blocks
+    assert section["distilled_outputs"] == ["logits"]
+    assert [v.name for v in result.model.graph.outputs] == [v.name for v in student.graph.outputs]
+    plain = graphopt.finetune(student, teacher, data, steps=3, batch_size=8, layer_loss=0)
+    assert "layer_targets" not in plain.report.data["finetune"] and plain.losses != result.losses
+    with pytest.raises(UsageError, match="per-layer loss weight"):
+        graphopt.finetune(student, teacher, data, steps=3, layer_loss=-1)
+    jsonschema.validate(json.loads(result.report.to_json()), SCHEMA)
