@@ -3,8 +3,7 @@
 onnx_ir's ShapeInferencePass merges inferred types everywhere, subgraphs included, and there it
 overwrites optional/sequence types with plain tensor types (If/Loop/SequenceMap models then fail
 to load). Passes here only need tensor shapes in the main graph, so this merges exactly that:
-an unknown type is filled in, an unknown or less specific shape of the same rank is replaced
-(except on a graph output that has a shape: that is the model's interface, which passes keep).
+an unknown type is filled in, an unknown or less specific shape of the same rank is replaced.
 Weights are kept out of the proto handed to onnx, so big models are cheap.
 """
 
@@ -51,8 +50,6 @@ def infer_shapes(model: ir.Model) -> bool:
             if not isinstance(value.type, ir.TensorType):
                 continue
             shape = ir.serde.deserialize_type_proto_for_shape(type_proto)
-            if value.is_graph_output() and value.shape is not None:
-                continue  # the model's interface: a rewrite must not narrow it (a symbolic dim made static)
             if shape is not None and (value.shape is None or (len(value.shape) == len(shape) and _known_dims(shape) > _known_dims(value.shape))):
                 value.shape = shape
                 changed = True

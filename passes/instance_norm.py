@@ -18,7 +18,8 @@ More spatial axes (an image's [N, C, H, W]) give ``axis=-2`` (still exact and on
 ``ilayernorm`` declines it: it takes the last axis only).
 
 Not applied (declined, with the reason) when the model's opset is below 17, x is not float, x's
-rank is unknown or below 3, or a spatial dim is not static (LayerNormalization needs its scale of
+rank is unknown or below 3, its channel dim is symbolic (the affine's [C, 1..1] constant would narrow
+it, and the model's interface with it), or a spatial dim is not static (LayerNormalization needs its scale of
 ones at the normalized shape).
 
 Why: the norms of the graph become one canonical op (``LayerNormalization``) that the integer
@@ -64,6 +65,9 @@ class _InstanceNorm(pattern.RewriteRuleClassBase):
         if x.shape is None or len(x.shape) < 3:
             rank = "unknown" if x.shape is None else len(x.shape)
             return result.fail(f"x's rank is {rank}: no spatial axes to normalize over", x)
+        if not isinstance(x.shape[1], int):
+            return result.fail(f"x's channel dim {x.shape[1]} is not static: the per-channel Mul/Add would fix it "
+                               "(and the model's output shape) to the scale's length", x)
         spatial = list(x.shape)[2:]
         if x.dtype is None or not all(isinstance(d, int) for d in spatial):
             dims = ", ".join(str(d) for d in spatial)
