@@ -28,7 +28,7 @@ from graphopt.ops.dyadic_requant import dyadic_multiplier  # noqa: E402
 
 LLVM = {"kind": "llvm"}
 INTEGER_OPS = ["DyadicRequant", "Shiftmax", "ShiftGelu", "IntLayerNorm"]
-FLOAT_OPS = ["DotProductAttention", "SigmoidLinearUnit"]
+FLOAT_OPS = ["DotProductAttention", "SigmoidLinearUnit", "LinearizedAttention", "WindowedLinearAttention"]
 
 
 # --- running one graphopt op through its converter -------------------------------------------------
