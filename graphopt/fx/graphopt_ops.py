@@ -11,6 +11,8 @@ today: straight-through estimators and learnable scales are a later increment (i
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from graphopt import ops
@@ -134,6 +136,17 @@ def sparse_gated_matmul(a, x, wt):
     return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
 
 
+@ops.implements("SparseInputMatMulInt8", "torch")
+def sparse_input_matmul_int8(x, wq, scale):
+    return torch.matmul(x, wq.to(x.dtype)) * scale
+
+
+@ops.implements("SparseGatedMatMulInt8", "torch")
+def sparse_gated_matmul_int8(a, x, wtq, scale):
+    product = torch.matmul(x, wtq.to(x.dtype).transpose(-1, -2)) * scale
+    return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
+
+
 @ops.implements("LinearizedAttention", "torch")
 def linearized_attention(qf, kf, v, decay, *, causal=0, eps=1e-6):
     out_dtype = qf.dtype
@@ -188,3 +201,31 @@ def masked_add_matmul(bits, x, *, k):
     mask = ((bits.to(torch.int64).unsqueeze(-1) >> shifts) & 1).flatten(-2)[..., : int(k)]
     wide = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     return torch.matmul(mask.to(wide), x.to(wide)).to(x.dtype)  # 0/1 operand: sums of the selected rows
+
+
+def _shift_decoded(p, k: int, bits: int, zero_free: int):
+    """ShiftMatMul's packed codes -> the float32 weights ±2^-e [k, N] (graphopt.ops.shift_matmul.decode)."""
+    per_word, half = 31 // bits, 1 << (bits - 1)
+    shifts = torch.arange(per_word, dtype=torch.int64, device=p.device).view(1, -1, 1) * bits
+    codes = ((p.to(torch.int64).unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1, p.shape[-1])[:k]
+    sign, e = codes // half, codes % half
+    d = torch.ldexp(torch.ones_like(e, dtype=torch.float32), -e) * (1 - 2 * sign).to(torch.float32)
+    return d if zero_free else torch.where(e == half - 1, torch.zeros((), dtype=torch.float32), d)
+
+
+@ops.implements("ShiftConv", "torch")
+def shift_conv(x, p, s, b, *, kernel_shape, bits=5, zero_free=0, group=1, strides=None, pads=None, dilations=None):
+    kernel, group = [int(k) for k in kernel_shape], int(group)
+    rank = len(kernel)
+    per_group = x.shape[1] // group
+    k = per_group * math.prod(kernel)
+    w = _shift_decoded(p, k, int(bits), int(zero_free)).T.reshape(p.shape[-1], per_group, *kernel).to(x.dtype)
+    pads = list(pads) if pads else [0] * 2 * rank
+    begin, end = pads[:rank], pads[rank:]
+    if begin != end:  # torch pads symmetrically: the asymmetric part first, with zeros
+        x = torch.nn.functional.pad(x, [v for i in reversed(range(rank)) for v in (begin[i], end[i])])
+        begin = [0] * rank
+    conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[rank - 1]
+    y = conv(x, w, None, list(strides) if strides else 1, begin, list(dilations) if dilations else 1, group)
+    channel = (1, -1) + (1,) * rank
+    return y * s.to(x.dtype).reshape(channel) + b.to(x.dtype).reshape(channel)
