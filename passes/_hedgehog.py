@@ -36,10 +36,13 @@ import time
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.passes._window_fit import hybrid_weights_torch
+
 __all__ = ["attention_kl", "captured_heads", "deterministic_torch", "elu_plus_one", "fit_hedgehog", "fit_model_maps", "hedgehog_features", "hedgehog_features_numpy",
            "softmax_attention"]
 
 LEARNING_RATE = 1e-2  # LoLCATs' attention-transfer learning rate
+GAMMA_INIT = 0.1  # LoLCATs' hybrid: γ = sigmoid(-2.197) at the start
 MAX_ELEMENTS_PER_STEP = 1 << 22  # samples per step: at most this many attention weights (B·H·S·S)
 
 
@@ -126,7 +129,7 @@ def deterministic_torch(seed: int):
 
 def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = False, steps: int = 200,
                  seconds: float = 60.0, seed: int = 0, key_mask: np.ndarray | None = None,
-                 info: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 info: dict | None = None, window: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-head Hedgehog maps fitted on captured Q, K [.., H, S, D]: (W [H, D, D], b [H, D]) float32.
 
     ``key_mask``: an additive key-padding mask, one row of Sk values per sample ([B, Sk], or any
@@ -136,6 +139,10 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
     ``steps``: Adam steps at most; ``seconds``: wall-time budget (checked after each step, at least
     one step runs). ``info`` (a dict) receives ``steps``, ``stopped_by`` ("steps" or "seconds"),
     ``seconds``, and the training loss (cross-entropy) and KL at the start and the end.
+
+    ``window > 0``: the student is LoLCATs' hybrid (``graphopt/ops/hybrid_attention.py``): softmax over
+    the keys |i - j| < window, these maps outside it, mixed by a per-head γ fitted jointly (its log a
+    parameter, initialized at LoLCATs' 0.1); ``info["gamma"]`` receives the per-head γ (``passes/_window_fit.py``).
     """
     q3, k3, per_step = captured_heads(q, k, causal)
     samples, heads, sq, dim = q3.shape
@@ -158,7 +165,8 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
             entropy = -(torch.where(target > 0, target * torch.log(target), torch.zeros(()))).sum(-1).mean(dim=(1, 2))
         weight = torch.nn.Parameter(torch.eye(dim).repeat(heads, 1, 1))
         bias = torch.nn.Parameter(torch.zeros(heads, 1, dim))
-        optimizer = torch.optim.Adam([weight, bias], lr=LEARNING_RATE)
+        log_gamma = torch.nn.Parameter(torch.full((heads, 1, 1), float(np.log(GAMMA_INIT))))
+        optimizer = torch.optim.Adam([weight, bias] + ([log_gamma] if window > 0 else []), lr=LEARNING_RATE)
         generator = torch.Generator().manual_seed(seed)
 
         def features(x):
@@ -171,6 +179,8 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
                 num = num * torch.exp(key_log[index])
             if mask is not None:
                 num = num * mask
+            if window > 0:  # LoLCATs' hybrid: γ-weighted window softmax + the maps outside the window
+                num = hybrid_weights_torch(torch, logits[index], num, log_gamma, window)
             log_lin = torch.log(num.clamp_min(1e-30)) - torch.log(num.sum(-1, keepdim=True))
             cross = -(target[index] * torch.where(target[index] > 0, log_lin, torch.zeros(()))).sum(-1)
             return cross.mean(), cross.mean(dim=(1, 2))
@@ -198,6 +208,8 @@ def fit_hedgehog(q: np.ndarray, k: np.ndarray, *, scale: float, causal: bool = F
         info.update(steps=done, stopped_by=stopped_by, seconds=round(time.perf_counter() - start, 3),
                     samples_per_step=per_step, loss_start=loss_start, loss_end=float(loss_end),
                     kl_start=loss_start - mean_entropy, kl_end=float(loss_end) - mean_entropy)
+        if window > 0:
+            info["gamma"] = [round(float(g), 6) for g in log_gamma.detach().exp().reshape(-1)]
     return w, b
 
 
@@ -214,7 +226,8 @@ def _key_rows(mask, batch: int, sk: int) -> np.ndarray | None:
 
 
 def fit_model_maps(model: ir.Model, samples, *, steps: int = 200, seconds: float = 60.0, seed: int = 0,
-                   pass_name: str = "linear-attention") -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
+                   pass_name: str = "linear-attention", window: int = 0,
+                   fit=None) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
     """Hedgehog maps for every canonical attention of ``model``'s main graph, fitted on ``samples``.
 
     Captures each ``DotProductAttention``'s Q, K (and a mask that is not a constant) in one
@@ -222,6 +235,9 @@ def fit_model_maps(model: ir.Model, samples, *, steps: int = 200, seconds: float
     node's output name (the linear-attention rule's ``out.name``): ``(w, b, info)``; a node that
     cannot be fitted is left out, with ``info``-style reasons under the key ``"!" + name``
     (``{"declined": reason}``). ``seconds`` is the budget of the whole model, split evenly.
+    ``window``: fit for LoLCATs' hybrid (``fit_hedgehog``'s; γ in ``info["gamma"]``). ``fit``: another
+    fitting function with ``fit_hedgehog``'s keywords (``passes/_window_fit.fit_gamma``: γ alone, for a
+    fixed map), returning (w, b) or (None, None).
     """
     from graphopt import calibrate  # noqa: PLC0415
     from graphopt.passes._canonical_utils import constant  # noqa: PLC0415
@@ -270,8 +286,8 @@ def fit_model_maps(model: ir.Model, samples, *, steps: int = 200, seconds: float
             out["!" + site] = {"declined": f"causal with Sq {q.shape[2]} != Sk {k.shape[2]}"}
             continue
         info: dict = {}
-        w, b = fit_hedgehog(q, k, scale=scale, causal=causal, steps=steps, seconds=budget, seed=seed,
-                            key_mask=key_mask, info=info)
+        w, b = (fit or fit_hedgehog)(q, k, scale=scale, causal=causal, steps=steps, seconds=budget, seed=seed,
+                                     key_mask=key_mask, info=info, window=window)
         out[site] = (w, b, info)
     return out
 

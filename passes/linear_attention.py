@@ -30,9 +30,11 @@ Declined, with the reason: the model's opset is below 15; the scores are softcap
 feature-map factorization); a non-positive scale with a map that folds it; a mask that depends on
 the query (a causal or sliding-window mask given at run time, a relative-position bias): linear
 attention cannot factor it into the keys; an unknown mask rank; a non-float Q; ``performer`` with
-an unknown head dimension or inside a function (its W is an initializer); ``window > 0`` (the
-LoLCATs hybrid lands with ``graphopt/ops/hybrid_attention.py``); ``hedgehog`` where no map was fitted
+an unknown head dimension or inside a function (its W is an initializer); ``hedgehog`` where no map was fitted
 (the reason from ``passes/_hedgehog.fit_model_maps``: Q or K not captured, heads differ, a per-head mask).
+
+``window=W > 0``: LoLCATs' hybrid, ``WindowedLinearAttention`` (softmax over the W nearest keys,
+the map outside, a fitted per-head γ): ``passes/_window.py`` (its rewrite, declines and fit).
 
 Hedgehog: the pass calibrates (``needs_calibration`` for this map only): one run captures every
 attention's Q, K (and mask), ``passes/_hedgehog.py`` fits a map per attention by attention
@@ -60,6 +62,7 @@ from graphopt import ops
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
 from graphopt.pass_base import RulePass
 from graphopt.passes import _attention_masks as key_masks
+from graphopt.passes import _window
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset, default_opset, unique_initializer_name
 from graphopt.passes._feature_maps import HOMOGENEOUS, MapPlan, build_features, default_features, performer_weights, weigh_keys
 from graphopt.passes._hedgehog import fit_model_maps, hedgehog_features
@@ -104,9 +107,6 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         if o.feature_map == "hedgehog" and out.name not in self.maps:
             why = self.maps.get("!" + (out.name or ""), {}).get("declined", "no fitted map (the pass fits them on calibration samples)")
             return result.fail(f"hedgehog: {why}", node)
-        if o.window > 0:
-            return result.fail(f"window={o.window} (the LoLCATs softmax-window hybrid) lands with "
-                               "graphopt/ops/hybrid_attention.py; window=0 is plain linear attention", node)
         attrs = node.attributes
         if attrs.get_float("softcap", 0.0) > 0:
             return result.fail("the scores are softcapped (cap·tanh(s/cap)): no feature map factors that", node)
@@ -121,6 +121,10 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         key_mask, mask_rank, why_not = key_masks.key_mask(mask, "linear attention")
         if why_not:
             return result.fail(why_not, mask)
+        if o.window > 0 and (why := _window.decline(o, q, k, attrs.get_float("scale", 1.0), key_mask != "none",
+                                                     self.maps.get(out.name, (None, None, None))[2],
+                                                     self.maps.get("!" + (out.name or ""), {}).get("declined"))):
+            return result.fail(why, node)
         plan = dict(feature_map=o.feature_map, dtype=dtype, opset=default_opset(context.model),
                     scale=scale if folds else None, key_mask=key_mask, mask_rank=mask_rank or 0,
                     cosformer_length=o.cosformer_length)
@@ -145,7 +149,9 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
             choices.update(seed=o.seed, hedgehog_steps=info["steps"], hedgehog_kl=round(info["kl_end"], 5))
         if o.feature_map == "cosformer":
             choices["cosformer_length"] = o.cosformer_length or "key length"
-        self._plan = (MapPlan(**plan), causal, choices, out.name or "")
+        if o.window > 0:
+            choices.update(window=o.window, gamma=self.maps[out.name][2]["gamma"], op="WindowedLinearAttention")
+        self._plan, self._scale = (MapPlan(**plan), causal, choices, out.name or ""), scale
         return result
 
     def rewrite(self, op, q, k, v, mask, **_):
@@ -156,10 +162,18 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
         else:
             qf, kf = build_features(op, q, k, mask, plan)
         narrow = plan.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+        if "window" in choices:
+            y = _window.hybrid_attention(op, q, k, v, mask, qf, kf, choices["gamma"], plan=plan, causal=causal,
+                                         scale=self._scale, window=choices["window"],
+                                         compute=ir.DataType.FLOAT if narrow else plan.dtype)
+            return self._stamp(op, y, plan, choices, site, narrow)
         if narrow:  # the sums over keys overflow float16 within a few thousand tokens: the op runs in float32
             qf, kf, v = (op.Cast(x, to=ir.DataType.FLOAT) for x in (qf, kf, v))
         decay = op.Constant(value=ir.tensor(np.ones((), np.float32 if narrow else plan.dtype.numpy())))
         y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
+        return self._stamp(op, y, plan, choices, site, narrow)
+
+    def _stamp(self, op, y, plan, choices, site, narrow):
         node = y.producer()
         node.metadata_props[FEATURE_MAP_KEY] = plan.feature_map
         node.metadata_props[CHOICES_KEY] = json.dumps({**choices, "compute": "float32"} if narrow else choices, sort_keys=True)
@@ -172,12 +186,14 @@ class LinearAttentionPass(RulePass):
     """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger, hedgehog)."""
 
     @property
-    def needs_calibration(self) -> bool:  # hedgehog fits its maps on the run's samples
-        return self.options.feature_map == "hedgehog"
+    def needs_calibration(self) -> bool:  # hedgehog fits its maps, window > 0 its γ, on the run's samples
+        return self.options.feature_map == "hedgehog" or self.options.window > 0
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._maps = {}
-        if self.options.feature_map == "hedgehog":
+        if self.options.window > 0:
+            self._maps = _window.fit_windows(model, self.samples, self.options, self.pass_name)
+        elif self.options.feature_map == "hedgehog":
             o = self.options
             self._maps = fit_model_maps(model, self.samples, steps=o.hedgehog_steps, seconds=o.hedgehog_seconds,
                                         seed=o.seed, pass_name=self.pass_name)

@@ -2,7 +2,7 @@
 
 Each source is a plain softmax attention that the ``attention`` pass fuses first. Structure: golden
 op lists and the node's stamped choices; the declines with their reasons (query-dependent mask,
-softcap, window, non-positive scale; hedgehog's are in test_hedgehog.py). Numerics (ONNX Runtime, optimizations off, seeded
+softcap, a windowed decode step, non-positive scale; hedgehog's are in test_hedgehog.py). Numerics (ONNX Runtime, optimizations off, seeded
 inputs) against numpy: the feature map written out in numpy, then the op's reference
 (``linear_attention_reference``); key-padding masks honored exactly (= attention over the kept
 keys only); a decode step (one query over the cache) equal to the last row of the causal prefill.
@@ -230,7 +230,7 @@ def test_causal_option_overrides_the_node():
 @pytest.mark.parametrize(("source", "pipeline", "reason"), [
     (QUERY_MASK, "linear-attention", "may differ between queries"),
     (SOFTCAP, "linear-attention", "softcapped"),
-    (NO_MASK, "linear-attention(window=64)", "hybrid_attention"),
+    (DECODE, "linear-attention(window=64)", "top-left aligned"),
     (NEGATIVE_SCALE, "linear-attention(feature_map=performer)", "is not positive"),
 ], ids=["query-mask", "softcap", "window", "negative-scale"])
 def test_declines_with_reason(source, pipeline, reason):
