@@ -218,3 +218,26 @@ def shift_conv(x, p, s, b, *, kernel_shape, bits=5, zero_free=0, group=1, stride
     y = conv(x, w, None, list(strides) if strides else 1, begin, list(dilations) if dilations else 1, group)
     channel = (1, -1) + (1,) * rank
     return y * s.to(x.dtype).reshape(channel) + b.to(x.dtype).reshape(channel)
+
+
+@ops.implements("ShiftMatMulInteger", "torch")
+def shift_matmul_integer(x, p, *, bits=5, zero_free=0):
+    bits = int(bits)
+    per_word, half = 31 // bits, 1 << (bits - 1)
+    shifts = torch.arange(per_word, dtype=torch.int64, device=p.device).view(1, -1, 1) * bits
+    codes = ((p.to(torch.int64).unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1, p.shape[-1])[: x.shape[-1]]
+    sign, e = codes // half, codes % half
+    d = torch.ones_like(e) << e
+    d = torch.where(sign == 1, -d, d)
+    if not int(zero_free):
+        d = torch.where(e == half - 1, torch.zeros_like(d), d)
+    return torch.matmul(x.to(torch.int64), d).to(torch.int32)  # int64 sums wrapped to int32, as the reference
+
+
+@ops.implements("LinearAttentionStep", "torch")
+def linear_attention_step(qf, kf, v, s, z, decay, *, eps=1e-6):
+    lam = decay.to(s.dtype)
+    s_next = lam * s + torch.matmul(kf.transpose(-1, -2), v)
+    z_next = lam * z + kf.sum(dim=-2, keepdim=True)
+    y = torch.matmul(qf, s_next) / ((qf * z_next).sum(dim=-1, keepdim=True) + eps)
+    return y, s_next, z_next
