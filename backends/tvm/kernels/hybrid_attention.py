@@ -4,8 +4,9 @@ schedule rules know: the two score matmuls (``attention_scores`` of the DotProdu
 scale·QKᵀ and Qf·Kfᵀ), the window's row maximum (a row reduction), the mixed weights
 ``γ·exp(s - m)`` in the window / ``qf·kf`` outside (elementwise), their row sums, ``W·V`` (a batched
 matmul) and the division. float16 is computed in float32 and rounded once at the end.
-A kernel linear in N (the window as a band, the rest through the running state of
-``linear_attention_fast``) is not written yet.
+The converter takes the hand-scheduled kernel of ``hybrid_attention_fast`` first (linear in N:
+float32, static shapes, Sq = Sk, a CPU target); these TE computes are the fallback (float16, CUDA,
+dynamic shapes, decode).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from graphopt import ops
 
 from ._common import broadcast_load, broadcast_shape, op_attributes
 from .attention import _max_from_minus_inf, attention_output, attention_scores
+from .hybrid_attention_fast import emit as emit_fast
 
 __all__ = ["hybrid_output", "hybrid_row_max", "hybrid_weights", "windowed_linear_attention"]
 
@@ -84,6 +86,9 @@ def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     window, causal = int(a["window"]), int(a["causal"])
     if gamma is None:
         gamma = relax.const(1, dtype)
+    fast = emit_fast(bb, q, k, qf, kf, v, gamma, window=window, scale=float(a["scale"]), causal=causal)
+    if fast is not None:
+        return fast
     scores = bb.emit_te(attention_scores, q, k, scale=float(a["scale"]), primfunc_name_hint="graphopt_hybrid_scores")
     linear = bb.emit_te(attention_scores, qf, kf, primfunc_name_hint="graphopt_hybrid_linear_scores")
     row_max = bb.emit_te(hybrid_row_max, scores, window=window, causal=causal, primfunc_name_hint="graphopt_hybrid_row_max")
