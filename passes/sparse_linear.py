@@ -8,11 +8,27 @@
     Gemm(s, W, C; alpha, beta, transB)   (GPT-2's and the legacy exporters' linear layers)
       ->  Add(pkg.graphopt.SparseInputMatMul(s, alpha·op(W)), beta·C)     new constants; no Add without C
 
-W is a constant float32 2-D weight in all three (and C, when the Gemm has one, a constant). The threshold nodes themselves stay (their target and
+int8 weights (weight-only int8: ``DequantizeLinear(Wq, s[, 0], axis=1)`` or ``Mul(Cast(Wq), s)``, the
+forms of ``models/zoo/forms.py`` and of ``graphopt.passes._canonical_utils``)::
+
+    MatMul(s, DequantizeLinear(Wq, scale))         Wq int8 [K, N] constant, scale per output (or per tensor)
+      ->  pkg.graphopt.SparseInputMatMulInt8(s, Wq, scale[N])
+    Mul(a, MatMul(x, DequantizeLinear(Wq, scale)))
+      ->  pkg.graphopt.SparseGatedMatMulInt8(a, x, Wqᵀ, scale[N])
+
+The TVM preparation runs this pass twice: before its constant folding, which would otherwise turn
+every dequantized constant weight into a float32 one (``PREPARE_FOLD_LIMIT``) and hide the int8
+weight; and after it, for the float weights the folding makes (a Transpose of a constant, ...).
+Running it before the folding rather than teaching the fold to spare some DequantizeLinears keeps
+the decision (which weights feed a thresholded input) in one place, this pass.
+
+W is a constant float32 2-D weight in the three float rules (and C, when the Gemm has one, a constant). The threshold nodes themselves stay (their target and
 site metadata are what ``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
 so a down projection reading it skips the same rows.
 
-Declined, with the reason: the weight is not a constant float32 2-D matrix; the activation is not
+Declined, with the reason: the weight is neither a constant float32 2-D matrix nor int8 dequantized
+per output channel with a zero zero point (uint8, per-row or blocked scales: not taken; a Gemm's
+int8 B is not taken either and becomes float after the folding); the activation is not
 float32; its shape is not static; it has more than ``max_rows`` rows (batch × sequence: prefill is
 compute-bound and the dense matmul is faster there); the input is not thresholded (or not a
 product with a thresholded factor); the gate broadcasts against the product. An up projection
@@ -36,9 +52,10 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
-from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP
+from graphopt.ops.sparse_matmul import GATED_INT8_OP, GATED_OP, INPUT_INT8_OP, INPUT_OP
 from graphopt.ops.threshold import OP_NAME as THRESHOLD_OP
 from graphopt.pass_base import RulePass
+from graphopt.passes._canonical_utils import _dequantize_parts
 from graphopt.registry import register_pass
 from graphopt.shapes import infer_shapes
 
@@ -57,7 +74,7 @@ def _made_by(value: ir.Value | None, op_type: str) -> bool:
 
 def _sparse_source(value: ir.Value) -> bool:
     """Zero where a threshold is: the threshold's output, a SparseGatedMatMul, or a product with one."""
-    if _made_by(value, THRESHOLD_OP) or _made_by(value, GATED_OP):
+    if _made_by(value, THRESHOLD_OP) or _made_by(value, GATED_OP) or _made_by(value, GATED_INT8_OP):
         return True
     producer = value.producer()
     return (producer is not None and producer.domain in ("", "ai.onnx")
@@ -74,10 +91,35 @@ def _weight(w: ir.Value) -> np.ndarray | None:
     return tensor.numpy()
 
 
+def _int8_weight(w: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray] | None:
+    """(Wq's value, Wq int8 [K, N], scale float32 [N]) when ``w`` is an int8 constant dequantized per
+    output column (or per tensor) with a zero zero point, else None."""
+    parts = _dequantize_parts(w)
+    if parts is None:
+        return None
+    q_value, s_value, zero_value, axis = parts
+    q, s = ir.convenience.get_const_tensor(q_value), ir.convenience.get_const_tensor(s_value)
+    if q is None or s is None or q.dtype != ir.DataType.INT8 or len(q.shape) != 2 or s.dtype != ir.DataType.FLOAT:
+        return None
+    zero = ir.convenience.get_const_tensor(zero_value) if zero_value is not None else None
+    if zero_value is not None and (zero is None or np.any(zero.numpy() != 0)):
+        return None
+    n, scale = q.shape[1], s.numpy()
+    if scale.size == 1:
+        scale = np.full(n, scale.reshape(()), np.float32)
+    elif axis is not None:  # DequantizeLinear: a 1-D scale along axis 1 (the output columns)
+        if axis % 2 != 1 or scale.shape != (n,):
+            return None
+    elif scale.shape not in ((n,), (1, n)):  # Mul(Cast(Wq), s): s broadcast along the rows
+        return None
+    return q_value, q.numpy(), np.ascontiguousarray(scale.reshape(n), np.float32)
+
+
 def _decline(x: ir.Value, w: ir.Value, max_rows: int) -> str | None:
     """Why the kernels do not take ``MatMul(x, w)`` (None: they do)."""
-    if _weight(w) is None:
-        return f"the weight '{w.name}' is not a constant float32 2-D matrix"
+    if _weight(w) is None and _int8_weight(w) is None:
+        return (f"the weight '{w.name}' is not a constant float32 2-D matrix "
+                "(nor int8 dequantized per output channel with zero zero points)")
     if x.dtype != ir.DataType.FLOAT:
         return f"the activation '{x.name}' is {x.dtype}, not float32"
     if x.shape is None or not x.shape.is_static():
@@ -120,7 +162,13 @@ class _GatedUp(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, a, x, w, product, **_):
         name = f"{product.name}_weight_t"  # value names are unique in a graph
-        wt = op.initializer(ir.tensor(np.ascontiguousarray(_weight(w).T), name=name), name=name)
+        weight = _weight(w)
+        if weight is None:  # int8: Wqᵀ and the scale
+            _, wq, scale = _int8_weight(w)
+            wt = op.initializer(ir.tensor(np.ascontiguousarray(wq.T), name=name), name=name)
+            s = op.initializer(ir.tensor(scale, name=f"{product.name}_scale"), name=f"{product.name}_scale")
+            return getattr(op, GATED_INT8_OP)(a, x, wt, s, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
+        wt = op.initializer(ir.tensor(np.ascontiguousarray(weight.T), name=name), name=name)
         return getattr(op, GATED_OP)(a, x, wt, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
 
 
@@ -130,7 +178,7 @@ class _SparseInput(pattern.RewriteRuleClassBase):
         self.max_rows = max_rows
 
     def pattern(self, op, x, w):
-        return op.MatMul(x, w)
+        return op.MatMul(x, w, _outputs=["out"])
 
     def check(self, context, x, w, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
@@ -139,7 +187,11 @@ class _SparseInput(pattern.RewriteRuleClassBase):
         reason = _decline(x, w, self.max_rows)
         return result.fail(reason) if reason else result
 
-    def rewrite(self, op, x, w, **_):
+    def rewrite(self, op, x, w, out, **_):
+        if _weight(w) is None:  # int8: Wq as it is stored ([K, N], rows contiguous) and the scale
+            wq, _, scale = _int8_weight(w)
+            s = op.initializer(ir.tensor(scale, name=f"{out.name}_scale"), name=f"{out.name}_scale")
+            return getattr(op, INPUT_INT8_OP)(x, wq, s, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
         return getattr(op, INPUT_OP)(x, w, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
 
 
@@ -156,6 +208,8 @@ class _SparseGemm(_SparseInput):
         bias = gemm.inputs[2] if len(gemm.inputs) > 2 else None
         if bias is not None and (bias.is_graph_input() or ir.convenience.get_const_tensor(bias) is None):
             return pattern.MatchResult().fail(f"Gemm {gemm.name}'s C '{bias.name}' is not a constant")
+        if _weight(w) is None and _int8_weight(w) is not None:
+            return pattern.MatchResult().fail(f"Gemm {gemm.name}'s B is int8: taken once the folding has made it float32")
         return super().check(context, x, w)
 
     def rewrite(self, op, x, w, out, **_):
@@ -174,9 +228,12 @@ class _SparseGemm(_SparseInput):
 
 @register_pass("sparse-linear", options=SparseLinearOptions, category="backend")
 class SparseLinearPass(RulePass):
-    """Linear layers reading thresholded activations become sparse-kernel ops (SparseGatedMatMul, SparseInputMatMul)."""
+    """Linear layers reading thresholded activations become sparse-kernel ops (SparseGatedMatMul, SparseInputMatMul,
+    and their int8-weight forms)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if not any(n.op_type == THRESHOLD_OP and n.domain == ops.DOMAIN for n in ir.traversal.RecursiveGraphIterator(model.graph)):
+            return ir.passes.PassResult(model, modified=False)  # most models (silent: the TVM preparation runs it on all)
         _infer_through_functions(model)  # the checks read shapes that stop at graphopt ops otherwise
         return super().call(model)
 

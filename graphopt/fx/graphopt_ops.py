@@ -136,6 +136,17 @@ def sparse_gated_matmul(a, x, wt):
     return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
 
 
+@ops.implements("SparseInputMatMulInt8", "torch")
+def sparse_input_matmul_int8(x, wq, scale):
+    return torch.matmul(x, wq.to(x.dtype)) * scale
+
+
+@ops.implements("SparseGatedMatMulInt8", "torch")
+def sparse_gated_matmul_int8(a, x, wtq, scale):
+    product = torch.matmul(x, wtq.to(x.dtype).transpose(-1, -2)) * scale
+    return torch.where(a != 0, a * product, torch.zeros((), dtype=x.dtype))
+
+
 @ops.implements("LinearizedAttention", "torch")
 def linearized_attention(qf, kf, v, decay, *, causal=0, eps=1e-6):
     out_dtype = qf.dtype

@@ -11,7 +11,13 @@ up projection of a CATS MLP, whose product with the thresholded gate is zero the
 difference from ``Mul(A, MatMul(X, W))``: an infinite or NaN ``X @ W`` under a zero gate gives 0
 here and NaN there.
 
-Both are made by the ``sparse-linear`` pass from what ``cats`` / ``teal`` leave
+``SparseInputMatMulInt8(X, Wq, Scale) -> Y`` and ``SparseGatedMatMulInt8(A, X, Wtq, Scale) -> Y``: the
+same two with int8 weights (Wq ``[K, N]``, Wtq ``[N, K]``) and a float32 scale per output channel
+``[N]``: ``Y = (X @ Wq) · Scale`` and ``Y = A * ((X @ Wtqᵀ) · Scale)`` where ``A != 0``. The maths of a
+weight-only int8 ``MatMul(X, DequantizeLinear(Wq, Scale, 0, axis=1))`` with the scale applied once per
+output instead of once per weight (equal up to float rounding); a kernel reads a quarter of the bytes.
+
+All four are made by the ``sparse-linear`` pass from what ``cats`` / ``teal`` leave
 (``pkg.graphopt.ActivationThreshold``); the ONNX bodies are the dense computation, so any runtime
 runs them and only a backend with a sparse kernel (``backends/tvm/kernels/sparse_matmul.py``) is
 faster for it.
@@ -23,10 +29,14 @@ import numpy as np
 
 from graphopt import ops
 
-__all__ = ["GATED_OP", "INPUT_OP", "SPARSE_GATED_MATMUL", "SPARSE_INPUT_MATMUL", "gated_reference", "input_reference"]
+__all__ = ["GATED_INT8_OP", "GATED_OP", "INPUT_INT8_OP", "INPUT_OP", "SPARSE_GATED_MATMUL", "SPARSE_GATED_MATMUL_INT8",
+           "SPARSE_INPUT_MATMUL", "SPARSE_INPUT_MATMUL_INT8", "gated_int8_reference", "gated_reference",
+           "input_int8_reference", "input_reference"]
 
 INPUT_OP = "SparseInputMatMul"
 GATED_OP = "SparseGatedMatMul"
+INPUT_INT8_OP = "SparseInputMatMulInt8"
+GATED_INT8_OP = "SparseGatedMatMulInt8"
 
 
 def input_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -39,6 +49,24 @@ def gated_reference(a: np.ndarray, x: np.ndarray, wt: np.ndarray) -> np.ndarray:
     product = np.matmul(x, np.swapaxes(wt, -1, -2)).astype(x.dtype)
     with np.errstate(invalid="ignore"):  # 0 · inf under a closed gate: replaced by 0 below
         return np.where(a != 0, a * product, np.zeros((), x.dtype)).astype(x.dtype)
+
+
+def input_int8_reference(x: np.ndarray, wq: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The spec: ``(x @ wq) · scale``, wq int8 [K, N], scale float [N]."""
+    return (np.matmul(x, wq.astype(x.dtype)) * scale).astype(x.dtype)
+
+
+def gated_int8_reference(a: np.ndarray, x: np.ndarray, wtq: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The spec: ``a * ((x @ wtqᵀ) · scale)`` where ``a != 0``, else 0; wtq int8 [N, K], scale float [N]."""
+    product = (np.matmul(x, np.swapaxes(wtq, -1, -2).astype(x.dtype)) * scale).astype(x.dtype)
+    with np.errstate(invalid="ignore"):
+        return np.where(a != 0, a * product, np.zeros((), x.dtype)).astype(x.dtype)
+
+
+def _int8_weights(rng, shape) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights (the full range, -128 included) and a positive float32 scale per output (last axis of W)."""
+    wq = rng.integers(-128, 128, shape, dtype=np.int8)
+    return wq, (rng.random(shape[-1]) * 0.02 + 0.001).astype(np.float32)
 
 
 def _sparse_rows(rng, shape, sparsity: float) -> np.ndarray:
@@ -68,6 +96,30 @@ def _gated_examples():
         ((_sparse_rows(rng, (2, 1, 19), 0.9), rng.standard_normal((2, 1, 24)).astype(np.float32), wt), {}),
         ((np.zeros((1, 19), np.float32), x, wt), {}),
         ((_sparse_rows(rng, (1, 19), 0.5), inf_x, np.abs(wt)), {}),  # inf under a zero gate: 0
+    ]
+
+
+def _input_int8_examples():
+    rng = np.random.default_rng(20250622)
+    wq, scale = _int8_weights(rng, (24, 19))
+    return [
+        ((_sparse_rows(rng, (1, 24), 0.5), wq, scale), {}),
+        ((_sparse_rows(rng, (2, 1, 24), 0.9), wq, scale), {}),
+        ((np.zeros((4, 24), np.float32), wq, scale), {}),
+        ((rng.standard_normal((4, 24)).astype(np.float32), wq, scale), {}),
+    ]
+
+
+def _gated_int8_examples():
+    rng = np.random.default_rng(20250622)
+    wtq, _ = _int8_weights(rng, (19, 24))
+    scale = (rng.random(19) * 0.02 + 0.001).astype(np.float32)  # per output n: Wtq's rows
+    x = rng.standard_normal((1, 24)).astype(np.float32)
+    return [
+        ((_sparse_rows(rng, (1, 19), 0.5), x, wtq, scale), {}),
+        ((_sparse_rows(rng, (2, 1, 19), 0.9), rng.standard_normal((2, 1, 24)).astype(np.float32), wtq, scale), {}),
+        ((np.zeros((1, 19), np.float32), x, wtq, scale), {}),
+        ((_sparse_rows(rng, (1, 19), 0.5), np.full((1, 24), np.inf, np.float32), np.clip(np.abs(wtq.astype(np.int16)), 1, 127).astype(np.int8), scale), {}),  # inf under a zero gate: 0
     ]
 
 
@@ -102,5 +154,43 @@ SparseGatedMatMul (A, X, Wt) => (Y) {
    Y = Where (closed, zero, gated)
 }""",
         examples=_gated_examples,
+    )
+)
+
+SPARSE_INPUT_MATMUL_INT8 = ops.declare_op(
+    ops.OpDef(
+        name=INPUT_INT8_OP,
+        doc=("Y = (X @ Wq) · Scale for a constant int8 Wq [K, N] and a float scale [N] per output channel, whose "
+             "rows a kernel skips where X's channel k is zero (in every row of X)."),
+        reference=input_int8_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+SparseInputMatMulInt8 (X, Wq, Scale) => (Y) {
+   w = CastLike (Wq, X)
+   product = MatMul (X, w)
+   Y = Mul (product, Scale)
+}""",
+        examples=_input_int8_examples,
+    )
+)
+
+SPARSE_GATED_MATMUL_INT8 = ops.declare_op(
+    ops.OpDef(
+        name=GATED_INT8_OP,
+        doc=("Y = A * ((X @ Wtqᵀ) · Scale) where A != 0, else 0, for a constant int8 Wtq [N, K] and a float scale [N], "
+             "whose rows a kernel skips where the gate A is zero (in every row)."),
+        reference=gated_int8_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+SparseGatedMatMulInt8 (A, X, Wtq, Scale) => (Y) {
+   wt = CastLike (Wtq, X)
+   w = Transpose <perm = [1, 0]> (wt)
+   raw = MatMul (X, w)
+   product = Mul (raw, Scale)
+   gated = Mul (A, product)
+   zero_f = Constant <value = float {0}> ()
+   zero = CastLike (zero_f, A)
+   closed = Equal (A, zero)
+   Y = Where (closed, zero, gated)
+}""",
+        examples=_gated_int8_examples,
     )
 )

@@ -54,6 +54,8 @@ TEAL = graph("""xt = pkg.graphopt.ActivationThreshold(x, t)
  ht = pkg.graphopt.ActivationThreshold(h, t)
  y = MatMul(ht, wd)""", MLP)
 DENSE = graph("h = MatMul(x, wg)\n r = Relu(h)\n y = MatMul(r, wd)", {"wg": (8, 16), "wd": (16, 8)})
+NOT_THRESHOLDED = graph("xt = pkg.graphopt.ActivationThreshold(x, t)\n h = MatMul(x, wg)\n r = Relu(h)\n o = MatMul(r, wd)\n"
+                        " y = Add(o, xt)", {"wg": (8, 16), "wd": (16, 8)})
 PREFILL = graph("xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)", {"w": (8, 8)},
                 x="float[2, 16, 8] x", out="float[2, 16, 8] y")
 DYNAMIC = graph("xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)", {"w": (8, 8)},
@@ -112,7 +114,7 @@ def test_threshold_nodes_keep_their_metadata(check):
 
 
 @pytest.mark.parametrize("source, reason", [
-    (DENSE, "is not thresholded"),
+    (NOT_THRESHOLDED, "is not thresholded"),
     (PREFILL, "rows (> max_rows=8)"),
     (DYNAMIC, "is not static"),
     (BROADCAST_GATE, "(broadcast)"),
@@ -122,6 +124,11 @@ def test_threshold_nodes_keep_their_metadata(check):
 ])
 def test_does_not_fire(check, source, reason):
     check.declines(source, "sparse-linear", reason)
+
+
+def test_a_graph_without_thresholds_is_left_alone_before_shape_inference(check):
+    result = check.run(DENSE, "sparse-linear")
+    assert not result.last.modified and result.ops == testing.op_types(result.original)
 
 
 def test_up_projection_with_other_readers_keeps_its_matmul(check):
@@ -148,7 +155,7 @@ def test_tiny_llama_cats_decode_on_tvm_matches_onnx_runtime():
     run_pipeline(model, "canonicalize,cats(sparsity=0.5)", samples=calib)
     feeds = tiny_llama.example_inputs(seed=100, graph="decode")
     artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
-    rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear"]
+    rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear" and p["rewrites"]]
     assert rewrites == [{"sparse-gated-up": 2, "sparse-input-matmul": 2}]  # both layers: up and down
     ops.attach_functions(model)
     expected = testing.run_ort(model, feeds)
@@ -169,3 +176,81 @@ def test_gemm_behind_a_reshape(check):
     """GPT-2's MLP: the thresholded activation is flattened to 2-D before its Gemm."""
     result = check.fires(GPT2_MLP, "sparse-linear", ["ActivationThreshold", "Reshape", "SparseInputMatMul"], atol=1e-5)
     assert result.last.rewrites == {"sparse-input-gemm": 1}
+
+
+# --- int8 weights (weight-only int8: DequantizeLinear per output column, or Cast + Mul) ----------
+
+def _int8s(shape, seed):
+    values = np.random.default_rng(seed).integers(-128, 128, shape)
+    return "{" + ", ".join(str(int(v)) for v in values.ravel()) + "}"
+
+
+def _scales(n, seed):
+    return "{" + ", ".join(f"{v:.5f}" for v in np.random.default_rng(seed).random(n) * 0.01 + 0.001) + "}"
+
+
+def int8_graph(body: str, weights: dict[str, tuple[int, int]], zero: bool = True) -> onnx.ModelProto:
+    """Each weight ``w`` stored as ``w_q`` int8 [K, N] with ``w_s`` float [N] (and ``w_z`` int8 zeros [N])."""
+    inits = []
+    for i, (name, (k, n)) in enumerate(weights.items()):
+        inits += [f"int8[{k}, {n}] {name}_q = {_int8s((k, n), i)}", f"float[{n}] {name}_s = {_scales(n, 10 + i)}"]
+        if zero:
+            inits.append(f"int8[{n}] {name}_z = {{{', '.join(['0'] * n)}}}")
+    dq = "\n ".join(f"{name} = DequantizeLinear <axis = 1> ({name}_q, {name}_s{', ' + name + '_z' if zero else ''})"
+                    for name in weights)
+    return _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                           f"g (float[1, 8] x) => (float[1, 8] y) <{', '.join(inits)}, float t = {{0.3}}> {{\n {dq}\n{body}\n}}")
+
+
+CATS_INT8 = int8_graph(CATS_BODY, MLP)
+TEAL_INT8 = int8_graph("""xt = pkg.graphopt.ActivationThreshold(x, t)
+ gate = MatMul(xt, wg)
+ up = MatMul(xt, wu)
+ h = Mul(gate, up)
+ ht = pkg.graphopt.ActivationThreshold(h, t)
+ y = MatMul(ht, wd)""", MLP, zero=False)
+CASTMUL_INT8 = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                               f"g (float[1, 8] x) => (float[1, 8] y) <int8[8, 8] w_q = {_int8s((8, 8), 5)}, "
+                               f"float[1, 8] w_s = {_scales(8, 6)}, float t = {{0.3}}> {{\n"
+                               " wf = Cast <to = 1> (w_q)\n w = Mul(wf, w_s)\n xt = pkg.graphopt.ActivationThreshold(x, t)\n"
+                               " y = MatMul(xt, w)\n}")
+INT8_NONZERO_ZERO_POINT = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                                          f"g (float[1, 8] x) => (float[1, 8] y) <int8[8, 8] w_q = {_int8s((8, 8), 5)}, "
+                                          f"float[8] w_s = {_scales(8, 6)}, int8[8] w_z = {{1, 0, 0, 0, 0, 0, 0, 0}}, float t = {{0.3}}> {{\n"
+                                          " w = DequantizeLinear <axis = 1> (w_q, w_s, w_z)\n"
+                                          " xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)\n}")
+INT8_PER_ROW = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.graphopt" : 1]>\n'
+                               f"g (float[1, 8] x) => (float[1, 8] y) <int8[8, 8] w_q = {_int8s((8, 8), 5)}, "
+                               f"float[8] w_s = {_scales(8, 6)}, float t = {{0.3}}> {{\n"
+                               " w = DequantizeLinear <axis = 0> (w_q, w_s)\n"
+                               " xt = pkg.graphopt.ActivationThreshold(x, t)\n y = MatMul(xt, w)\n}")
+
+
+def test_cats_mlp_with_int8_weights_keeps_them_int8(check):
+    result = check.fires(CATS_INT8, "sparse-linear", ["DequantizeLinear", "MatMul", "Sigmoid", "Mul", "ActivationThreshold",
+                                                     "SparseGatedMatMulInt8", "SparseInputMatMulInt8"], atol=1e-5)
+    assert result.last.rewrites == {"sparse-gated-up": 1, "sparse-input-matmul": 1}
+    gated = next(n for n in result.model.graph if n.op_type == "SparseGatedMatMulInt8")
+    wu_q = onnx.numpy_helper.to_array(next(t for t in CATS_INT8.graph.initializer if t.name == "wu_q"))
+    wu_s = onnx.numpy_helper.to_array(next(t for t in CATS_INT8.graph.initializer if t.name == "wu_s"))
+    np.testing.assert_array_equal(gated.inputs[2].const_value.numpy(), wu_q.T)  # stored transposed, still int8
+    np.testing.assert_array_equal(gated.inputs[3].const_value.numpy(), wu_s)
+    down = next(n for n in result.model.graph if n.op_type == "SparseInputMatMulInt8")
+    assert down.inputs[1].name == "wd_q"  # the stored int8 weight itself, no copy
+
+
+def test_teal_with_int8_weights_without_zero_points(check):
+    result = check.fires(TEAL_INT8, "sparse-linear", ["ActivationThreshold", "SparseInputMatMulInt8", "SparseInputMatMulInt8",
+                                                     "Mul", "ActivationThreshold", "SparseInputMatMulInt8"], atol=1e-5)
+    assert result.last.rewrites == {"sparse-input-matmul": 3}
+
+
+def test_cast_mul_int8_weight(check):
+    result = check.fires(CASTMUL_INT8, "sparse-linear", ["ActivationThreshold", "SparseInputMatMulInt8"], atol=1e-5)
+    sparse = next(n for n in result.model.graph if n.op_type == "SparseInputMatMulInt8")
+    assert sparse.inputs[2].const_value.numpy().shape == (8,)
+
+
+@pytest.mark.parametrize("source", [INT8_NONZERO_ZERO_POINT, INT8_PER_ROW], ids=["zero-point", "per-row-scale"])
+def test_int8_weight_not_per_output_channel_does_not_fire(check, source):
+    check.declines(source, "sparse-linear", "nor int8 dequantized per output channel")

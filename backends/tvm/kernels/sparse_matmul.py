@@ -25,6 +25,12 @@ NEON and other LLVM targets 4) and the parts from its cores (``cpu.common.num_co
 ``_cuda_gated_func``): a warp reads a row of W coalesced, and the skip test on x[k] is uniform across
 the warp, so skipped rows cost no memory traffic and no divergence.
 
+The int8 forms (``SparseInputMatMulInt8``, ``SparseGatedMatMulInt8``: int8 W, a float32 scale per
+output) run the same loops over int8 weights: the load widens in the vector registers (sign-extend,
+convert: ``vpmovsxbd`` + ``vcvtdq2ps`` on x86), the scale multiplies each output once at the end. Same
+SIMD width and parts (from the target's fp32 lanes: the accumulators are fp32), same generic LLVM path
+for NEON and other targets. CUDA takes their dense TE path (no int8 CUDA kernel yet).
+
 ``DENSE_BELOW``: the sparsity below which the input kernel takes its dense loop; measured by
 ``python -m bench.sparsity_kernel`` (see docs/sparse-kernels.md).
 """
@@ -39,9 +45,9 @@ from tvm.target import Target
 
 from graphopt import ops
 from graphopt.backends.tvm.cpu.common import num_cores, vector_lanes
-from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP
+from graphopt.ops.sparse_matmul import GATED_INT8_OP, GATED_OP, INPUT_INT8_OP, INPUT_OP
 
-__all__ = ["DENSE_BELOW", "MAX_ROWS", "gated_func", "input_func"]
+__all__ = ["DENSE_BELOW", "MAX_ROWS", "gated_func", "gated_int8_func", "input_func", "input_int8_func"]
 
 DENSE_BELOW = 0.02  # below it the dense loop: within noise of the sparse one at 0-2%, slower above (docs/sparse-kernels.md)
 GROUP = 8  # selected rows accumulated per pass over a part of Y (8 read streams; 4 and 16 measured slower)
@@ -49,6 +55,7 @@ VECTORS = 4  # SIMD vectors per step of a part (the accumulators of one pass)
 COLUMNS = 8  # open columns of the gated kernel per step, sharing each load of x (1 and 4 measured slower)
 MAX_ROWS = 8  # rows of X (batch × sequence) the kernels are for: decode and small batches
 DTYPE = "float32"
+INT8 = "int8"  # the int8 kernels' weight type
 
 
 def input_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
@@ -154,6 +161,116 @@ def gated_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> ti
     return func
 
 
+def input_int8_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseInputMatMulInt8``: ``input_func``'s loops over an int8 W (a widening load,
+    sign-extended and converted in the vector registers) and each part of Y scaled once at the end."""
+    chunk = lanes * VECTORS
+    assert n % (parts * chunk) == 0, f"N={n} is not padded to {parts} parts of whole chunks of {chunk}"
+    part = n // parts
+    padded = (k + GROUP - 1) // GROUP * GROUP
+    dense_count = int((1.0 - dense_below) * k)
+
+    @T.prim_func
+    def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), INT8), scale: T.Buffer((n,), DTYPE),
+             y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        idx = T.decl_buffer((padded,), "int32")
+        xs = T.decl_buffer((rows, padded), DTYPE)
+        nonzero = T.decl_buffer((k,), "int32")
+        cnt = T.decl_buffer((1,), "int32")
+        cnt[0] = 0
+        for c in range(k):
+            nonzero[c] = 0
+            for m in range(rows):
+                nonzero[c] = T.max(nonzero[c], T.Cast("int32", x[m, c] != T.float32(0)))
+            cnt[0] = cnt[0] + nonzero[c]
+        if cnt[0] > dense_count:
+            cnt[0] = 0
+            for c in range(k):
+                nonzero[c] = 1
+        else:
+            cnt[0] = 0
+        for c in range(k):
+            idx[cnt[0]] = c
+            for m in range(rows):
+                xs[m, cnt[0]] = x[m, c]
+            cnt[0] = cnt[0] + nonzero[c]
+        for g in range(padded - cnt[0]):
+            idx[cnt[0] + g] = 0
+            for m in range(rows):
+                xs[m, cnt[0] + g] = T.float32(0)
+        for t in T.parallel(parts):
+            for m in range(rows):
+                for c in range(part // chunk):
+                    for v in T.vectorized(chunk):
+                        y[m, t * part + c * chunk + v] = T.float32(0)
+            for j in range((cnt[0] + GROUP - 1) // GROUP):
+                for m in range(rows):
+                    for c in range(part // chunk):
+                        acc = T.decl_buffer((chunk,), DTYPE, scope="local")
+                        for v in T.vectorized(chunk):
+                            acc[v] = y[m, t * part + c * chunk + v]
+                        for g in T.unroll(GROUP):
+                            for v in T.vectorized(chunk):
+                                acc[v] = acc[v] + xs[m, j * GROUP + g] * T.Cast(DTYPE, w[idx[j * GROUP + g], t * part + c * chunk + v])
+                        for v in T.vectorized(chunk):
+                            y[m, t * part + c * chunk + v] = acc[v]
+            for m in range(rows):  # the per-output scale, once
+                for c in range(part // chunk):
+                    for v in T.vectorized(chunk):
+                        y[m, t * part + c * chunk + v] = y[m, t * part + c * chunk + v] * scale[t * part + c * chunk + v]
+
+    return func
+
+
+def gated_int8_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseGatedMatMulInt8``: ``gated_func``'s loops over an int8 Wt (widening load),
+    each open column's dot product scaled once."""
+    full = k // lanes * lanes
+    padded = (n + cols - 1) // cols * cols
+
+    @T.prim_func
+    def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), INT8),
+             scale: T.Buffer((n,), DTYPE), y: T.Buffer((rows, n), DTYPE)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        idx = T.decl_buffer((padded,), "int32")
+        cnt = T.decl_buffer((1,), "int32")
+        cnt[0] = 0
+        for c in range(n):
+            nonzero = T.decl_buffer((1,), "int32", scope="local")
+            nonzero[0] = 0
+            for m in range(rows):
+                y[m, c] = T.float32(0)
+                nonzero[0] = T.max(nonzero[0], T.Cast("int32", a[m, c] != T.float32(0)))
+            idx[cnt[0]] = c
+            cnt[0] = cnt[0] + nonzero[0]
+        for g in range(padded - cnt[0]):
+            idx[cnt[0] + g] = idx[T.max(cnt[0] - 1, 0)]
+        for j in T.parallel((cnt[0] + cols - 1) // cols):
+            acc = T.decl_buffer((rows, cols, lanes), DTYPE, scope="local")
+            for m in range(rows):
+                for c in T.unroll(cols):
+                    for v in T.vectorized(lanes):
+                        acc[m, c, v] = T.float32(0)
+            for kk in range(full // lanes):
+                for m in range(rows):
+                    for c in T.unroll(cols):
+                        for v in T.vectorized(lanes):
+                            acc[m, c, v] = acc[m, c, v] + x[m, kk * lanes + v] * T.Cast(DTYPE, wt[idx[j * cols + c], kk * lanes + v])
+            for m in range(rows):
+                for c in range(cols):
+                    total = T.decl_buffer((1,), DTYPE, scope="local")
+                    total[0] = T.float32(0)
+                    for v in range(lanes):
+                        total[0] = total[0] + acc[m, c, v]
+                    for r in range(k - full):
+                        total[0] = total[0] + x[m, full + r] * T.Cast(DTYPE, wt[idx[j * cols + c], full + r])
+                    if a[m, idx[j * cols + c]] != T.float32(0):
+                        y[m, idx[j * cols + c]] = a[m, idx[j * cols + c]] * (total[0] * scale[idx[j * cols + c]])
+
+    return func
+
+
 def _cuda_input_func(rows: int, k: int, n: int, block: int = 128) -> tirx.PrimFunc:
     """CUDA ``SparseInputMatMul``: a thread per column; the test on x[:, c] is the same for every thread."""
 
@@ -219,6 +336,23 @@ def sparse_gated_matmul(a: te.Tensor, x: te.Tensor, wt: te.Tensor) -> te.Tensor:
     return te.compute(a.shape, lambda *i: tirx.Select(a(*i) != zero, a(*i) * product(*i), zero), name="sparse_gated_matmul")
 
 
+@ops.implements(INPUT_INT8_OP, "tvm", part="te")
+def sparse_input_matmul_int8(x: te.Tensor, wq: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    r = te.reduce_axis((0, x.shape[-1]), name="k")
+    shape = [*x.shape[:-1], wq.shape[1]]
+    product = te.compute(shape, lambda *i: te.sum(x(*i[:-1], r) * wq[r, i[-1]].astype(DTYPE), axis=r), name="product")
+    return te.compute(shape, lambda *i: product(*i) * scale[i[-1]], name="sparse_input_matmul_int8")
+
+
+@ops.implements(GATED_INT8_OP, "tvm", part="te")
+def sparse_gated_matmul_int8(a: te.Tensor, x: te.Tensor, wtq: te.Tensor, scale: te.Tensor) -> te.Tensor:
+    r = te.reduce_axis((0, x.shape[-1]), name="k")
+    raw = te.compute(a.shape, lambda *i: te.sum(x(*i[:-1], r) * wtq[i[-1], r].astype(DTYPE), axis=r), name="raw")
+    zero = tirx.const(0, DTYPE)
+    return te.compute(a.shape, lambda *i: tirx.Select(a(*i) != zero, a(*i) * (raw(*i) * scale[i[-1]]), zero),
+                      name="sparse_gated_matmul_int8")
+
+
 # --- converters ------------------------------------------------------------------------------------
 
 
@@ -229,12 +363,20 @@ def _static_shape(expr) -> list[int] | None:
     return [int(d) for d in values]
 
 
-def _weight(expr) -> np.ndarray | None:
-    """The constant float32 2-D weight, or None (the dense TVM path then)."""
+def _weight(expr, dtype=np.float32) -> np.ndarray | None:
+    """The constant 2-D weight of ``dtype``, or None (the dense TVM path then)."""
     if not isinstance(expr, tvm.ir.GenericConst):
         return None
     array = expr.value.numpy()
-    return array if array.ndim == 2 and array.dtype == np.float32 else None
+    return array if array.ndim == 2 and array.dtype == dtype else None
+
+
+def _scale(expr, n: int) -> np.ndarray | None:
+    """The constant float32 per-output scale [n], or None."""
+    if not isinstance(expr, tvm.ir.GenericConst):
+        return None
+    array = expr.value.numpy()
+    return array if array.shape == (n,) and array.dtype == np.float32 else None
 
 
 def _rows(x, k: int) -> tuple[list[int], int] | None:
@@ -272,6 +414,43 @@ def convert_input(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Ex
     padded = relax.const(np.pad(weight, ((0, 0), (0, width - n))), DTYPE) if width != n else w
     func = input_func(rows, k, width, lanes, parts)
     return _call(bb, func, "sparse_input_matmul", [x2, padded], rows, width, shape, n)
+
+
+@ops.implements(INPUT_INT8_OP, "tvm")
+def convert_input_int8(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
+    x, wq, scale = inputs[:3]
+    weight = _weight(wq, np.int8)
+    scales = _scale(scale, weight.shape[1]) if weight is not None else None
+    taken = _rows(x, weight.shape[0]) if scales is not None else None
+    target = Target.current(allow_none=True)
+    if taken is None or target is None or target.kind.name == "cuda":  # the dense TVM path (no int8 CUDA kernel)
+        return bb.emit_te(sparse_input_matmul_int8, x, wq, scale, primfunc_name_hint="graphopt_sparse_input_matmul_int8")
+    (shape, rows), (k, n) = taken, weight.shape
+    x2 = bb.emit(relax.op.reshape(x, [rows, k]))
+    lanes, parts = vector_lanes(target, DTYPE), max(1, min(num_cores(target), 8))
+    step = parts * lanes * VECTORS
+    width = (n + step - 1) // step * step
+    if width != n:
+        wq, scale = relax.const(np.pad(weight, ((0, 0), (0, width - n))), INT8), relax.const(np.pad(scales, (0, width - n)), DTYPE)
+    func = input_int8_func(rows, k, width, lanes, parts)
+    return _call(bb, func, "sparse_input_matmul_int8", [x2, wq, scale], rows, width, shape, n)
+
+
+@ops.implements(GATED_INT8_OP, "tvm")
+def convert_gated_int8(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
+    a, x, wtq, scale = inputs[:4]
+    weight = _weight(wtq, np.int8)
+    scales = _scale(scale, weight.shape[0]) if weight is not None else None
+    taken = _rows(x, weight.shape[1]) if scales is not None else None
+    target = Target.current(allow_none=True)
+    if (taken is None or target is None or target.kind.name == "cuda"
+            or _static_shape(a) != [*taken[0][:-1], weight.shape[0]]):
+        return bb.emit_te(sparse_gated_matmul_int8, a, x, wtq, scale, primfunc_name_hint="graphopt_sparse_gated_matmul_int8")
+    (shape, rows), (n, k) = taken, weight.shape
+    x2 = bb.emit(relax.op.reshape(x, [rows, k]))
+    a2 = bb.emit(relax.op.reshape(a, [rows, n]))
+    func = gated_int8_func(rows, k, n, vector_lanes(target, DTYPE))
+    return _call(bb, func, "sparse_gated_matmul_int8", [a2, x2, wtq, scale], rows, n, shape, n)
 
 
 @ops.implements(GATED_OP, "tvm")
