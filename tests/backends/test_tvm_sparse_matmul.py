@@ -22,7 +22,14 @@ from graphopt.backends import tvm as tvm_backend  # noqa: E402
 from graphopt.backends.tvm import targets  # noqa: E402
 from graphopt.backends.tvm.cpu.common import vector_lanes  # noqa: E402
 from graphopt.backends.tvm.kernels import sparse_matmul as kernels  # noqa: E402
-from graphopt.ops.sparse_matmul import GATED_OP, INPUT_OP, gated_reference, input_reference  # noqa: E402
+from graphopt.ops.sparse_matmul import (  # noqa: E402
+    GATED_OP,
+    INPUT_OP,
+    gated_int8_reference,
+    gated_reference,
+    input_int8_reference,
+    input_reference,
+)
 
 SPARSITIES = (0.0, 0.5, 0.9, 1.0)
 HOST = targets.resolve("tvm-llvm").tvm_target()
@@ -100,6 +107,61 @@ def test_gated_kernel_matches_the_reference(rows):
         np.testing.assert_allclose(got, gated_reference(a, x, wt), rtol=1e-5, atol=1e-5)
 
 
+def _int8(rng, shape):
+    return rng.integers(-128, 128, shape, dtype=np.int8), (rng.random(shape[-1]) * 0.01 + 0.001).astype(np.float32)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("dense_below", [0.0, 1.0], ids=["sparse-branch", "dense-branch"])
+def test_input_int8_kernel_matches_the_reference(rows, dense_below):
+    rng = np.random.default_rng(testing.SEED + 4)
+    lanes = vector_lanes(HOST, "float32")
+    k, n = 45, 2 * lanes * kernels.VECTORS * 3
+    wq, scale = _int8(rng, (k, n))
+    func = kernels.input_int8_func(rows, k, n, lanes, 2, dense_below)
+    for sparsity in SPARSITIES:
+        x = _sparse(rng, (rows, k), sparsity)
+        got = _call(func, x, wq, scale, out_shape=(rows, n))
+        np.testing.assert_allclose(got, input_int8_reference(x, wq, scale), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_gated_int8_kernel_matches_the_reference(rows):
+    rng = np.random.default_rng(testing.SEED + 5)
+    lanes = vector_lanes(HOST, "float32")
+    k, n = 4 * lanes + 5, 19
+    wtq, _ = _int8(rng, (n, k))
+    scale = (rng.random(n) * 0.01 + 0.001).astype(np.float32)
+    func = kernels.gated_int8_func(rows, k, n, lanes)
+    for sparsity in SPARSITIES:
+        a = _sparse(rng, (rows, n), sparsity)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        got = _call(func, a, x, wtq, scale, out_shape=(rows, n))
+        np.testing.assert_allclose(got, gated_int8_reference(a, x, wtq, scale), rtol=1e-5, atol=1e-5)
+
+
+def _int8_mlp(shape: str, k: int, n: int) -> ir.Model:
+    """``_mlp`` with every weight weight-only int8 (the zoo's ``-int8-dql`` form: DequantizeLinear per output column)."""
+    from graphopt.models.zoo.forms import weight_only_int8  # noqa: PLC0415
+
+    return ir.serde.deserialize_model(weight_only_int8(ir.to_proto(_mlp(shape, k, n)), "dql"))
+
+
+@pytest.mark.parametrize("shape", ["1", "2, 3"])
+def test_int8_weights_reach_the_int8_kernels_and_match_onnx_runtime(shape):
+    """The preparation's first sparse-linear run sees the DequantizeLinear weights before the folding."""
+    model = _int8_mlp(shape, k=21, n=37)
+    ops.attach_functions(model)
+    feeds = {"x": np.random.default_rng(testing.SEED).standard_normal([int(d) for d in shape.split(",")] + [21]).astype(np.float32)}
+    artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
+    rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear" and p["rewrites"]]
+    assert rewrites == [{"sparse-gated-up": 1, "sparse-input-matmul": 2}]
+    prepared, _ = tvm_backend.importer.prepare(model, {"x": list(feeds["x"].shape)})
+    assert sorted(n.op_type for n in prepared.graph if n.domain == ops.DOMAIN and "Sparse" in n.op_type) == [
+        "SparseGatedMatMulInt8", "SparseInputMatMulInt8", "SparseInputMatMulInt8"]
+    np.testing.assert_allclose(artifact.run(feeds)["y"], testing.run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
+
+
 def _mlp(shape: str, k: int, n: int) -> ir.Model:
     rng = np.random.default_rng(testing.SEED + 3)
 
@@ -130,7 +192,7 @@ def test_converter_pads_an_odd_width_and_matches_onnx_runtime(shape):
     ops.attach_functions(model)
     feeds = {"x": np.random.default_rng(testing.SEED).standard_normal([int(d) for d in shape.split(",")] + [21]).astype(np.float32)}
     artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
-    rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear"]
+    rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear" and p["rewrites"]]
     assert rewrites == [{"sparse-gated-up": 1, "sparse-input-matmul": 2}]
     expected = testing.run_ort(model, feeds)[0]
     np.testing.assert_allclose(artifact.run(feeds)["y"], expected, rtol=1e-5, atol=1e-5)
@@ -160,5 +222,5 @@ def test_aarch64_build_matches_onnx_runtime_under_qemu():
     ops.attach_functions(model)
     feeds = {"x": np.random.default_rng(testing.SEED).standard_normal((1, 21)).astype(np.float32)}
     artifact = tvm_backend.compile(model, target="tvm-aarch64", example_inputs=feeds)
-    assert [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear"]
+    assert [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear" and p["rewrites"]]
     np.testing.assert_allclose(artifact.run(feeds)["y"], testing.run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
