@@ -149,6 +149,10 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
         _print_sparsity(console, report.data["sparsity"], WORST_LAYERS if not verbose else None)
     if report.data.get("attention"):
         _print_attention(console, report.data["attention"])
+    if report.data.get("shift"):
+        from graphopt.shift_report import print_shift  # noqa: PLC0415
+
+        print_shift(console, report.data["shift"], WORST_LAYERS if not verbose else None, _table, _user)
     if report.parity:
         _print_parity(console, report.parity)
         _print_target_pairs(console, report.parity)

@@ -424,18 +424,19 @@ def _has_replaced_attention(ctx: Context) -> bool:
 
 
 def _shift(ctx: Context) -> None:
-    """Per shifted layer (shift-linear): its calibrated SQNR and its bytes packed vs float32."""
-    from graphopt.ops.shift_matmul import shift_layers  # noqa: PLC0415
+    """Per shifted layer (shift-linear, MatMul/Gemm and Conv): its calibrated SQNR, its bytes packed vs float32,
+    the measured dense / shift ms under latency=auto (graphopt.shift_report)."""
+    from graphopt.shift_report import shift_section  # noqa: PLC0415
 
-    found = shift_layers(ctx.work)
+    found = shift_section(ctx.work)
     if found is not None:
         ctx.report.data["shift"] = found
 
 
 def _has_shift(ctx: Context) -> bool:
-    from graphopt.ops.shift_matmul import OP_NAME  # noqa: PLC0415
+    from graphopt.shift_report import has_shift  # noqa: PLC0415
 
-    return any(node.op_type == OP_NAME for node in ctx.work.graph)
+    return has_shift(ctx.work)
 
 
 def _validating(ctx: Context) -> bool:

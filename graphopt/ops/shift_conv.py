@@ -60,7 +60,7 @@ def conv_reference(x: np.ndarray, w: np.ndarray, group: int = 1, strides=None, p
     y = np.zeros((n, group, m // group, *out))
     for offset in itertools.product(*(range(k) for k in kernel)):
         window = tuple(slice(o * d, o * d + s * (size - 1) + 1, s) for o, d, s, size in zip(offset, dilations, strides, out))
-        y += np.einsum("ngc...,gmc->ngm...", xg[(slice(None),) * 3 + window], wg[(slice(None),) * 3 + offset])
+        y += np.einsum("ngc...,gmc->ngm...", xg[(slice(None),) * 3 + window], wg[(slice(None),) * 3 + offset], optimize=True)
     return y.reshape(n, m, *out)
 
 
