@@ -10,7 +10,8 @@ d·ln d, seeded by ``seed``), ``liger`` (softmax over the head dimension; no par
 ``hedgehog`` (fitted maps; see below). How the attention's scale enters is in
 ``passes/_feature_maps.py`` (``fold_scale``). ``causal=auto`` keeps the node's own causal flag;
 ``always`` / ``never`` override it (for a decoder whose causal mask the canonicalizer could not
-prove constant). Each new node carries its choices (``FEATURE_MAP_KEY``, ``CHOICES_KEY``: map,
+prove constant; ``always`` also takes a runtime mask that may differ between queries to be that
+causal mask and drops it: stdlib-llama's prefill). Each new node carries its choices (``FEATURE_MAP_KEY``, ``CHOICES_KEY``: map,
 causal, scale handling, mask handling, features, seed, chunk) and the attention it replaced
 (``SITE_KEY``: the original output's name) in its metadata.
 
@@ -119,6 +120,9 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
                                "scale > 0 only", node)
         causal = {"auto": attrs.get_int("causal", 0), "always": 1, "never": 0}[o.causal]
         key_mask, mask_rank, why_not = key_masks.key_mask(mask, "linear attention")
+        forced_causal = bool(why_not) and o.causal == "always" and key_masks.rank(mask) is not None
+        if forced_causal:  # causal=always asserts that the runtime mask is the causal mask: the op applies it
+            key_mask, mask_rank, why_not = "none", 0, None
         if why_not:
             return result.fail(why_not, mask)
         if o.window > 0 and (why := _window.decline(o, q, k, attrs.get_float("scale", 1.0), key_mask != "none",
@@ -129,7 +133,7 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
                     scale=scale if folds else None, key_mask=key_mask, mask_rank=mask_rank or 0,
                     cosformer_length=o.cosformer_length)
         choices = {"feature_map": o.feature_map, "causal": causal, "scale": "folded" if folds else (
-            "cancels" if o.feature_map in HOMOGENEOUS else "dropped"), "mask": key_mask if key_mask == "none" else "key-padding",
+            "cancels" if o.feature_map in HOMOGENEOUS else "dropped"), "mask": "causal (asserted by causal=always)" if forced_causal else key_mask if key_mask == "none" else "key-padding",
             "chunk": o.chunk, "eps": o.eps}
         if o.feature_map == "performer":
             head_dim = q.shape[-1] if q.shape is not None and len(q.shape) >= 2 else None
