@@ -17,6 +17,7 @@ __all__ = ["MIN_OPSET", "MULTI_OUTPUT", "STANDARD_DOMAINS", "converter_table"]
 STANDARD_DOMAINS = ("", "ai.onnx")
 # converters that return a tuple, one tensor per node output
 MULTI_OUTPUT = {(d, op) for d in STANDARD_DOMAINS for op in onnx_shape.MULTI_OUTPUT | onnx_math.MULTI_OUTPUT | onnx_nn.MULTI_OUTPUT}
+MULTI_OUTPUT |= {(ops.DOMAIN, op.name) for op in ops.list_ops() if len(op.outputs) > 1}  # e.g. LinearAttentionStep
 # op -> the first default-domain opset whose meaning the converter implements
 MIN_OPSET = {"Softmax": 13, "LogSoftmax": 13}
 
