@@ -8,7 +8,7 @@ cleanup runs last to drop what the fusions left unused.
 
 from __future__ import annotations
 
-from graphopt.registry import register_preset
+from graphopt.registry import get_pass, register_preset
 
 register_preset(
     "canonicalize",
@@ -60,4 +60,13 @@ register_preset(
     "canonicalize,shift-linear,binary-attention",
     "Shift-add: canonicalize, then MatMul/Gemm weights as packed signed powers of two (ShiftMatMul) and softmax "
     "attention as binary-code (masked-addition) attention with codes fitted on calibration data.",
+)
+
+# ivit with shifts (issue 17 item 5): shift-integer right after int8-linear turns each int8 weight matmul into
+# ShiftMatMulInteger (integer ±2^e weights, the per-column fit folded into the island's scale and bias), so the
+# passes after it calibrate on the shifted layers and integer-chain requantizes them: integer-only, exact.
+register_preset(
+    "ivit-shift",
+    get_pass("ivit").pipeline.replace("int8-linear(smoothing=0.8),", "int8-linear(smoothing=0.8),shift-integer,", 1),
+    "ivit with the int8 weight matmuls as integer shifts (ShiftMatMulInteger: ±(x << e), 5-bit packed weights).",
 )
