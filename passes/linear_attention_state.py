@@ -65,6 +65,7 @@ NOT_RECURRENT = {
 }
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Elu", "Relu", "Exp", "Neg", "Sigmoid", "Tanh", "Cast", "CastLike", "Max",
                "Min", "Pow", "Sqrt", "Abs", "Softplus", "Where", "Identity", "LeakyRelu", "Celu", "Selu", "Erf"}
+COMPARISONS = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Xor", "IsInf", "IsNaN"}
 LAST_AXIS = {"Softmax", "LogSoftmax", "Concat"}  # act along the features: fine per key row if axis is -1
 INT_MAX = np.iinfo(np.int64).max
 
@@ -141,20 +142,67 @@ class _RowClone:
         self.map: dict[ir.Value, ir.Value] = dict(concats)  # Concat output -> the new row
         self.chain = _downstream(set(concats))
         self.nodes: list[ir.Node] = []
+        self.cut: dict = {}  # (value, axis) -> its last entry on that axis
 
-    def _last_row(self, value: ir.Value) -> ir.Value:
-        """An operand that is not on the chain, cut to its last row on the key axis (-2)."""
+    def _last_row(self, value: ir.Value, axis: int = -2, depth: int = 0) -> ir.Value:
+        """An operand off the chain (a mask's key weights), cut to its last entry on ``axis`` (negative).
+        The cut is pushed up through elementwise ops, Transpose, Unsqueeze, Slice, Expand and a unit-step
+        Range, so a mask computed from the cache length costs O(1) too; elsewhere the value is sliced."""
         rank = _rank(value)
         if rank is None:
             raise _Declined(f"the rank of {value.name}, an operand of the per-key chain, is unknown")
-        if rank < 2 or value.shape[-2] == 1:
-            return value
+        if rank < -axis or value.shape[axis] == 1:
+            return value  # no such axis (broadcast) or already one entry
+        key = (value, axis)
+        if key in self.cut:
+            return self.cut[key]
+        node, at = value.producer(), axis + rank
+        inputs = list(node.inputs) if node is not None else []
+        new_inputs = None
+        if node is None or node.domain != "" or len(node.outputs) != 1 or depth > 32:
+            pass
+        elif node.op_type in ELEMENTWISE | COMPARISONS:
+            new_inputs = [None if i is None else self._last_row(i, axis, depth + 1) for i in inputs]
+        elif node.op_type == "Transpose":
+            perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+            new_inputs = [self._last_row(inputs[0], perm[at] - rank, depth + 1)]
+        elif node.op_type == "Unsqueeze" and (axes := _axes(node)) is not None:
+            axes = sorted(x % rank for x in axes)
+            new_inputs = [self._last_row(inputs[0], at - sum(x < at for x in axes) - (rank - len(axes)), depth + 1),
+                          *inputs[1:]]
+        elif node.op_type == "Slice" and len(inputs) >= 4 and inputs[3] is not None and inputs[3].const_value is not None:
+            sliced = {int(x) % rank for x in inputs[3].const_value.numpy().reshape(-1)}
+            if at not in sliced:
+                new_inputs = [self._last_row(inputs[0], axis, depth + 1), *inputs[1:]]
+        elif node.op_type == "Expand" and inputs[1].shape is not None and list(inputs[1].shape) == [rank]:
+            new_inputs = [self._last_row(inputs[0], axis, depth + 1), self._one_at(inputs[1], at)]
+        elif (node.op_type == "Range" and inputs[2].const_value is not None
+              and inputs[2].const_value.numpy().reshape(-1).tolist() == [1]):  # positions: [limit - 1, limit)
+            one = _const(self.nodes, inputs[2].const_value.numpy())
+            before = ir.node("Sub", [inputs[1], one])
+            start = ir.node("Max", [before.outputs[0], inputs[0]])
+            self.nodes += [before, start]
+            new_inputs = [start.outputs[0], inputs[1], inputs[2]]
+        if new_inputs is None:
+            nodes = self.nodes
+            cut = ir.node("Slice", [value, _const(nodes, np.array([-1], np.int64)),
+                                    _const(nodes, np.array([INT_MAX], np.int64)), _const(nodes, np.array([axis], np.int64))])
+        else:
+            cut = ir.Node(node.domain, node.op_type, new_inputs, attributes=list(node.attributes.values()))
+        cut.outputs[0].dtype = value.dtype
+        self.nodes.append(cut)
+        self.cut[key] = cut.outputs[0]
+        return cut.outputs[0]
+
+    def _one_at(self, shape: ir.Value, at: int) -> ir.Value:
+        """The shape vector with 1 at position ``at``."""
         nodes = self.nodes
-        node = ir.node("Slice", [value, _const(nodes, np.array([-1], np.int64)), _const(nodes, np.array([INT_MAX], np.int64)),
-                                 _const(nodes, np.array([-2], np.int64))])
-        node.outputs[0].dtype = value.dtype
-        nodes.append(node)
-        return node.outputs[0]
+        zero = _const(nodes, np.array([0], np.int64))
+        head = ir.node("Slice", [shape, zero, _const(nodes, np.array([at], np.int64)), zero])
+        tail = ir.node("Slice", [shape, _const(nodes, np.array([at + 1], np.int64)), _const(nodes, np.array([INT_MAX], np.int64)), zero])
+        joined = ir.node("Concat", [head.outputs[0], _const(nodes, np.array([1], np.int64)), tail.outputs[0]], attributes={"axis": 0})
+        nodes += [head, tail, joined]
+        return joined.outputs[0]
 
     def _one_key(self, shape: ir.Value) -> ir.Value:
         """A shape vector with 1 on the key axis (-2)."""
