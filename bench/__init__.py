@@ -52,6 +52,9 @@ BENCHMARKS = {b.name: b for b in (
               "with the sparse kernels, speedup vs sparsity 0-90% and the crossover", ("tvm",)),
     Benchmark("attention", "attention", "one attention layer (12 heads x 64) vs N 512-16K: softmax (graphopt's TVM kernel, ORT) vs "
               "LinearizedAttention's CPU kernels: latency, log-log slope, peak RSS, decode step vs context, PNG plot", ("tvm",)),
+    Benchmark("linear-decode", "linear_decode", "decode step vs context 128-16K: recurrent linear-attention state vs "
+              "linear over the KV cache vs softmax KV cache (one 12x64 layer on ORT and tvm-llvm; stdlib-llama on ORT), "
+              "and stdlib-llama's held-out perplexity through the recurrent graphs", ("torch", "tvm")),
     Benchmark("shift", "shift", "shift-linear on tvm-llvm: a 4096x4096 layer as packed 5-bit power-of-two weights vs FP32 dense, "
               "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
     Benchmark("hedgehog-quality", "hedgehog_quality", "linear attention with calibrated Hedgehog maps vs elu+1: digits-ViT top-1, "
