@@ -25,7 +25,7 @@ honored exactly: key j is weighted by exp(mask_j), so padded keys (-inf or a lar
 out of numerator and denominator alike. A KV-cache decode step (Sq = 1 over past + current keys,
 not causal) becomes the non-causal form over the cache: for that one query it is exactly the causal
 linear attention of the prefill, at a cost linear in the context per step; the constant-time
-recurrent-state form changes the graph's inputs and outputs and is not part of this increment.
+recurrent-state form (state inputs/outputs instead of the cache) is ``linear-attention-state``, run after this.
 
 Declined, with the reason: the model's opset is below 15; the scores are softcapped (tanh has no
 feature-map factorization); a non-positive scale with a map that folds it; a mask that depends on
