@@ -13,6 +13,9 @@ different subspaces). The attention kernel is a count of bits (``similarity``):
 
 so linear attention over the features needs no multiplication: Kfᵀ·V sums the V rows whose bit is
 set, Qf·(Kfᵀ·V) sums the rows of that state selected by the query's bits (masked additions).
+``code_bits`` builds the features as bool ONNX values, ``pack_last_axis`` packs them 16 to an int32
+word at run time (``MaskedAddMatMul``'s operand), ``binary_codes`` casts them to floats (the
+LinearizedAttention form the causal attentions keep).
 
 Fitting (``fit_binary_codes``), per head, all heads at once, torch on the CPU:
 
@@ -47,9 +50,11 @@ import time
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.ops.masked_add_matmul import BITS_PER_WORD
 from graphopt.passes._hedgehog import captured_heads, deterministic_torch
 
-__all__ = ["SIMILARITIES", "binary_codes", "binary_codes_numpy", "code_features_numpy", "fit_binary_codes"]
+__all__ = ["SIMILARITIES", "binary_codes", "binary_codes_numpy", "code_bits", "code_features_numpy", "fit_binary_codes",
+           "pack_last_axis"]
 
 SIMILARITIES = ("and", "hamming")
 LEARNING_RATE = 2e-2
@@ -70,20 +75,36 @@ def code_features_numpy(codes: np.ndarray, similarity: str) -> np.ndarray:
 
 
 def binary_codes(op, x: ir.Value, w: np.ndarray, b: np.ndarray, similarity: str, dtype: ir.DataType) -> ir.Value:
-    """The features as ONNX ops: Cast(Greater(x·W + b, 0)) ([c, Cast(Not(..))] for ``hamming``).
+    """The features as ONNX ops in ``dtype``: Cast(Greater(x·W + b, 0)) ([c, 1-c] for ``hamming``).
 
     ``w`` [H, D, n] or [D, n], ``b`` [H, n] or [n] (numpy, made ``Constant`` nodes of ``dtype``); x's
     axis -3 is the head axis when w has one."""
+    return op.Cast(code_bits(op, x, w, b, similarity, dtype), to=dtype)
+
+
+def code_bits(op, x: ir.Value, w: np.ndarray, b: np.ndarray, similarity: str, dtype: ir.DataType) -> ir.Value:
+    """The features as a bool tensor [.., F]: Greater(x·W + b, 0) ([c, Not(c)] for ``hamming``)."""
     numpy_dtype = dtype.numpy()
     b = np.asarray(b)
     bias = b.reshape(b.shape[0], 1, b.shape[1]) if b.ndim == 2 else b
     u = op.Add(op.MatMul(x, op.Constant(value=ir.tensor(np.asarray(w).astype(numpy_dtype)))),
                op.Constant(value=ir.tensor(bias.astype(numpy_dtype))))
     bits = op.Greater(u, op.Constant(value=ir.tensor(np.zeros((), numpy_dtype))))
-    codes = op.Cast(bits, to=dtype)
-    if similarity == "and":
-        return codes
-    return op.Concat(codes, op.Cast(op.Not(bits), to=dtype), axis=-1)
+    return bits if similarity == "and" else op.Concat(bits, op.Not(bits), axis=-1)
+
+
+def pack_last_axis(op, bits: ir.Value, length: int, rank: int) -> ir.Value:
+    """bool [.., L] (rank ``rank``, L = ``length`` static) -> int32 words [.., ceil(L/16)], MaskedAddMatMul's
+    packing (bit b of word w is element 16·w + b): Cast to int32, zero-padded to whole words, Reshape
+    [.., W, 16], the bit weights 2^b, ReduceSum over the 16 (a bit-weighted sum: standard ops only)."""
+    ints = op.Cast(bits, to=ir.DataType.INT32)
+    if length % BITS_PER_WORD:
+        pads = np.zeros(2 * rank, np.int64)
+        pads[-1] = -length % BITS_PER_WORD  # the end of the last axis only
+        ints = op.Pad(ints, op.Constant(value=ir.tensor(pads)))
+    grouped = op.Reshape(ints, op.Constant(value=ir.tensor(np.array([0] * (rank - 1) + [-1, BITS_PER_WORD], np.int64))))
+    weighted = op.Mul(grouped, op.Constant(value=ir.tensor(np.left_shift(1, np.arange(BITS_PER_WORD, dtype=np.int32)))))
+    return op.ReduceSum(weighted, op.Constant(value=ir.tensor(np.array([-1], np.int64))), keepdims=0)
 
 
 def _initial(q3: np.ndarray, k3: np.ndarray, nbits: int, seed: int):

@@ -1,23 +1,35 @@
 """Binary-code attention (ShiftAddViT / EcoFormer): Q and K hashed to {0,1} codes, attention as masked additions.
 
-    DotProductAttention(Q, K, V, mask, scale, causal)
-      ==>  Cq = Cast(Greater(Q·Wq + bq, 0)),  Ck = Cast(Greater(K·Wk + bk, 0)) [· exp(mask_j)]   (ONNX ops)
-           LinearizedAttention(Cq, Ck, V, decay=1, causal)            (pkg.graphopt, graphopt/ops/linear_attention.py)
+    DotProductAttention(Q, K, V, mask, scale, causal=0)          (K's sequence length Sk static)
+      ==>  Cq  = Pack16(Greater(Q·Wq + bq, 0))                   int32 [.., Sq, ceil(F/16)]
+           Ckᵀ = Pack16(Transpose(Greater(K·Wk + bk, 0)))        int32 [.., F, ceil(Sk/16)]: a row per bit
+           [S | z]     = MaskedAddMatMul<k=Sk>(Ckᵀ, [V·w | w])   [.., F, Dv+1]   (w_j = exp(mask_j), or 1)
+           [num | den] = MaskedAddMatMul<k=F>(Cq, [S | z])       [.., Sq, Dv+1]
+           Y = num / (den + eps)
 
-i.e. Y = Cq·(Ckᵀ·V) / (Cq·(Ckᵀ·1) + eps). With codes in {0,1}^nbits no product is left in the
-attention: Ckᵀ·V is, per bit, the sum of the V rows whose key has that bit set; Cq·(Ckᵀ·V) is, per
-query, the sum of the state rows its bits select; the normalizer is the same with V = 1. The
-causal form keeps running sums (LinearizedAttention's causal prefix form). ``similarity=and``
-weighs key j for query i by the bits both codes set; ``hamming`` (features [c, 1−c], F = 2·nbits)
-by nbits − Hamming distance (EcoFormer's affinity, flatter but never all-zero).
+    DotProductAttention(.., causal=1), or Sk not static, or ``form=linearized``
+      ==>  LinearizedAttention(Cast(Greater(Q·Wq + bq, 0)), Cast(Greater(K·Wk + bk, 0)) [· w], V, decay=1, causal)
+
+Pack16 is MaskedAddMatMul's packing in standard ops (``passes/_binary_codes.py``: Cast to int32,
+zero-pad to whole words, Reshape [.., W, 16], times 2^b, ReduceSum), done at run time on the
+hashed codes. Either way Y = Cq·(Ckᵀ·V) / (Cq·(Ckᵀ·1) + eps), the same maths: with codes in
+{0,1}^nbits no product is left in the attention: Ckᵀ·V is, per bit, the sum of the V rows whose key
+has that bit set; Cq·(Ckᵀ·V) is, per query, the sum of the state rows its bits select; the
+normalizer is the last column (V's ones column summed the same way). MaskedAddMatMul has native
+CPU kernels (``backends/tvm/kernels/masked_add_matmul_fast.py``); a causal attention keeps
+LinearizedAttention's causal form (running prefix sums; MaskedAddMatMul sums over every key), and
+its choices say why (``why_linearized``). ``similarity=and`` weighs key j for query i by the bits
+both codes set; ``hamming`` (features [c, 1−c], F = 2·nbits) by nbits − Hamming distance
+(EcoFormer's affinity, flatter but never all-zero).
 
 Codes (Wq, bq, Wk, bk, per head when Q's axis -3 is a static head count, else one set) are fitted
 per attention on the Q and K captured over the calibration samples (``passes/_binary_codes.py``:
 principal directions with median thresholds, then distillation against the softmax weights with a
 sigmoid relaxation annealed to the hard step; torch CPU, seeded, deterministic; at most ``steps``
 Adam steps and ``seconds`` per attention; ``max_samples`` calibration samples). ``steps=0`` keeps
-the initialization. Each new LinearizedAttention carries ``FEATURE_MAP_KEY`` = ``binary``, its
-choices (nbits, similarity, causal, mask handling, eps: ``CHOICES_KEY``), the fit (``FIT_KEY``:
+the initialization. The node computing the new output (the Div, or the LinearizedAttention) carries
+``FEATURE_MAP_KEY`` = ``binary``, its choices (nbits, similarity, causal, mask handling, eps, form;
+``CHOICES_KEY``), the fit (``FIT_KEY``:
 steps, which candidate was kept, hard-code KL to softmax before and after on the calibration
 samples) and the replaced attention's output name (``SITE_KEY``); wall time is in the pass notes
 only (outputs stay byte-identical).
@@ -33,10 +45,9 @@ Q or K not captured by calibration (no values); K's head count neither 1 nor Q's
 Why: softmax attention costs O(N²) multiply-adds and an exp per score; binary-code attention is
 linear in N and adds only (bit-masked sums), the ShiftAddViT recipe for multiplication-free
 attention (ShiftAddViT fine-tunes afterwards; here the codes are fitted post-training only, and the
-report's attention fidelity says how much the outputs moved). Measured (docs/binary-attention.md,
-``bench/binary_attention.py``): digits ViT top-1 FP32 0.982 -> 0.871 (16 bits) / 0.898 (32 bits),
-``shiftadd`` 0.811 / 0.902; one 12x64 layer in ONNX Runtime 3.9x (197 tokens) / 5.3x (1024) faster
-than the softmax DotProductAttention.
+report's attention fidelity says how much the outputs moved). Measured: docs/binary-attention.md,
+``bench/binary_attention.py`` (top-1 on the digits ViT, latency of one 12x64 layer against the
+softmax DotProductAttention on tvm-llvm and ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ from graphopt.calibrate import Scales
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, MIN_OPSET, OP_NAME, SITE_KEY
 from graphopt.pass_base import RulePass
 from graphopt.passes import _attention_masks as key_masks
-from graphopt.passes._binary_codes import binary_codes, fit_binary_codes
+from graphopt.passes._binary_codes import binary_codes, code_bits, fit_binary_codes, pack_last_axis
 from graphopt.passes._canonical_utils import FLOAT_TYPES, check_opset
 from graphopt.passes._feature_maps import MapPlan, weigh_keys
 from graphopt.registry import check_options, register_pass
@@ -73,6 +84,9 @@ class BinaryAttentionOptions:
     seed: int = 0
     max_samples: int = dataclasses.field(default=64, metadata={"range": (1, 1 << 20)})  # calibration samples fitted on
     eps: float = dataclasses.field(default=1e-6, metadata={"range": (0.0, 1.0)})
+    # masked-add: packed codes + MaskedAddMatMul where it applies (non-causal, static key length);
+    # linearized: float 0/1 codes + LinearizedAttention everywhere (the same maths: the A/B baseline)
+    form: typing.Literal["masked-add", "linearized"] = "masked-add"
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -134,6 +148,12 @@ class _BinaryAttention(pattern.RewriteRuleClassBase):
         causal = attrs.get_int("causal", 0)
         choices = {"nbits": o.nbits, "similarity": o.similarity, "causal": causal, "eps": o.eps,
                    "mask": "none" if key_mask == "none" else "key-padding", "per_head": codes.wq.ndim == 3}
+        blocker = (_masked_add_blocker(q, k, causal) if o.form == "masked-add"
+                   else "form=linearized was asked for")
+        if blocker is None:
+            choices.update(form="masked-add", keys=k.shape[-2])
+        else:
+            choices.update(form="linearized", why_linearized=blocker)
         plan = MapPlan(feature_map="binary", dtype=dtype, opset=0, scale=None, key_mask=key_mask,
                        mask_rank=mask_rank or 0)
         self._plan = (plan, codes, causal, choices, out.name or "")
@@ -141,17 +161,62 @@ class _BinaryAttention(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, q, k, v, mask, **_):
         plan, codes, causal, choices, site = self._plan
-        similarity = self.options.similarity
-        qf = binary_codes(op, q, codes.wq, codes.bq, similarity, plan.dtype)
-        kf = weigh_keys(op, binary_codes(op, k, codes.wk, codes.bk, similarity, plan.dtype), mask, plan)
-        decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
-        y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
+        if choices["form"] == "masked-add":
+            y = self._masked_add(op, q, k, v, mask, plan, codes, choices)
+        else:
+            similarity = self.options.similarity
+            qf = binary_codes(op, q, codes.wq, codes.bq, similarity, plan.dtype)
+            kf = weigh_keys(op, binary_codes(op, k, codes.wk, codes.bk, similarity, plan.dtype), mask, plan)
+            decay = op.Constant(value=ir.tensor(np.ones((), plan.dtype.numpy())))
+            y = op.LinearizedAttention(qf, kf, v, decay, causal=causal, eps=float(choices["eps"]), _domain=ops.DOMAIN)
         node = y.producer()
         node.metadata_props[FEATURE_MAP_KEY] = "binary"
         node.metadata_props[CHOICES_KEY] = json.dumps(choices, sort_keys=True)
         node.metadata_props[FIT_KEY] = json.dumps(codes.fit, sort_keys=True)
         node.metadata_props[SITE_KEY] = site
         return y
+
+    def _masked_add(self, op, q, k, v, mask, plan: MapPlan, codes: Codes, choices: dict) -> ir.Value:
+        """Packed codes and two MaskedAddMatMul: [S | z] = Ckᵀ·[V·w | w], [num | den] = Cq·[S | z], num / (den + eps)."""
+        similarity, dtype = self.options.similarity, plan.dtype
+        features, keys = _features(self.options), choices["keys"]
+        q_rank = max(len(q.shape), codes.wq.ndim)
+        k_rank = max(len(k.shape), codes.wk.ndim)
+        cq = pack_last_axis(op, code_bits(op, q, codes.wq, codes.bq, similarity, dtype), features, q_rank)
+        key_bits = op.Transpose(code_bits(op, k, codes.wk, codes.bk, similarity, dtype),
+                                perm=[*range(k_rank - 2), k_rank - 1, k_rank - 2])
+        ckt = pack_last_axis(op, key_bits, keys, k_rank)  # [.., F, ceil(Sk/16)]: a row per bit, a bit per key
+        one = op.Constant(value=ir.tensor(np.ones((1, 1), dtype.numpy())))
+        weights = weigh_keys(op, one, mask, plan)  # exp(mask_j) [.., Sk, 1], or 1 without a mask
+        vw = v if plan.key_mask == "none" else op.Mul(v, weights)
+        column = op.Concat(op.Shape(vw, end=-1), op.Constant(value=ir.tensor(np.array([1], np.int64))), axis=0)
+        augmented = op.Concat(vw, op.Expand(weights, column), axis=-1)  # [.., Sk, Dv + 1]: the last column sums to z
+        state = op.MaskedAddMatMul(ckt, augmented, k=keys, _domain=ops.DOMAIN)  # [.., F, Dv + 1]
+        both = op.MaskedAddMatMul(cq, state, k=features, _domain=ops.DOMAIN)  # [.., Sq, Dv + 1]
+        last = op.Constant(value=ir.tensor(np.array([-1], np.int64)))  # the last column, and the axis
+        end = op.Constant(value=ir.tensor(np.array([np.iinfo(np.int64).max], np.int64)))
+        zero = op.Constant(value=ir.tensor(np.array([0], np.int64)))
+        numerator = op.Slice(both, zero, last, last)
+        denominator = op.Slice(both, last, end, last)
+        eps = op.Constant(value=ir.tensor(np.asarray(choices["eps"], dtype.numpy())))
+        return op.Div(numerator, op.Add(denominator, eps))
+
+
+def _features(options: BinaryAttentionOptions) -> int:
+    """Features per code: nbits (``and``) or 2·nbits (``hamming``: [c, 1-c])."""
+    return options.nbits * (1 if options.similarity == "and" else 2)
+
+
+def _masked_add_blocker(q: ir.Value, k: ir.Value, causal: int) -> str | None:
+    """Why this attention keeps the LinearizedAttention form (float 0/1 codes), or None: MaskedAddMatMul applies."""
+    if causal:
+        return ("causal: MaskedAddMatMul sums over every key; the prefix (running) sums are LinearizedAttention's "
+                "causal form")
+    if q.shape is None or k.shape is None:
+        return "the rank of Q or K is unknown: the key codes cannot be transposed and packed"
+    if len(k.shape) < 2 or not isinstance(k.shape[-2], int):
+        return "K's sequence length is not static: MaskedAddMatMul's k (the keys summed) is an attribute"
+    return None
 
 
 @register_pass("binary-attention", options=BinaryAttentionOptions, category="rewrite")

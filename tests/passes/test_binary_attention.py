@@ -3,12 +3,15 @@
 Each source is a plain softmax attention that the ``attention`` pass fuses first; the codes are
 fitted on four seeded calibration samples (few steps: the fit's quality is measured in
 ``test_fit_*`` and docs/binary-attention.md, not here). Structure: golden op list (codes as
-MatMul/Add/Greater/Cast, then LinearizedAttention), the stamped choices and fit; declines with
-their reasons (query-dependent mask, softcap, inside a function). Numerics (ONNX Runtime,
-optimizations off) against numpy: the codes recomputed from the fit (deterministic: the same call
-gives the same codes), then ``linear_attention_reference``; a key-padding mask drops the padded
-keys exactly; causal form. Validity: the full ONNX checker. The fit itself: seeded and repeatable,
-balanced bits at the initialization, distillation lowers the hard-code KL.
+MatMul/Add/Greater, packed 16 to an int32 word at run time, then two MaskedAddMatMul and a Div;
+a causal attention keeps LinearizedAttention with float 0/1 codes, and says why), the stamped
+choices and fit; declines with their reasons (query-dependent mask, softcap). Numerics (ONNX
+Runtime, optimizations off) against numpy: the codes recomputed from the fit (deterministic: the
+same call gives the same codes), then ``linear_attention_reference`` (the float form's spec: the
+masked additions are the same maths); a key-padding mask drops the padded keys exactly; causal
+form; and the rewritten graph on tvm-llvm (the hand-scheduled MaskedAddMatMul kernel) equals ORT.
+Validity: the full ONNX checker. The fit itself: seeded and repeatable, balanced bits at the
+initialization, distillation lowers the hard-code KL.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 from graphopt import registry, testing
 from graphopt.errors import UsageError
 from graphopt.ops.linear_attention import CHOICES_KEY, FEATURE_MAP_KEY, OP_NAME, SITE_KEY, linear_attention_reference
+from graphopt.ops.masked_add_matmul import OP_NAME as MASKED_ADD
 from graphopt.passes._binary_codes import binary_codes_numpy, code_features_numpy, fit_binary_codes
 from graphopt.passes.binary_attention import FIT_KEY
 from graphopt.pipeline import run_pipeline
@@ -91,6 +95,12 @@ def _node(model, op_type=OP_NAME):
     return node
 
 
+def _stamped(model):
+    """The node computing the replaced attention's output (it carries the choices and the fit)."""
+    (node,) = [n for n in model.graph if FIT_KEY in n.metadata_props]
+    return node
+
+
 def _expected(source: str, feeds, *, causal: bool, nbits: int, similarity: str = "and", mask=None):
     """The fit redone on the same samples (deterministic), then the codes and the op's reference in numpy."""
     samples = _samples(source)
@@ -105,16 +115,29 @@ def _expected(source: str, feeds, *, causal: bool, nbits: int, similarity: str =
     return linear_attention_reference(qf, kf, feeds["V"].astype(np.float64), 1.0, causal=int(causal))
 
 
+_CODES = ["Constant", "MatMul", "Constant", "Add", "Constant", "Greater"]
+# 8 bits (< 16: one padded word per query), 5 keys (one padded word per bit row)
+_PACK_PADDED = ["Cast", "Constant", "Pad", "Constant", "Reshape", "Constant", "Mul", "Constant", "ReduceSum"]
+
+
 def test_golden_ops_and_metadata():
     model, record = _run(NO_MASK, f"attention,binary-attention(nbits=8, steps={STEPS})")
     assert record.rewrites == {"binary-attention": 1}
-    assert testing.op_types(model) == ["Constant", "MatMul", "Constant", "Add", "Constant", "Greater", "Cast",
-                                       "Constant", "MatMul", "Constant", "Add", "Constant", "Greater", "Cast",
-                                       "Constant", OP_NAME]
-    node = _node(model)
+    assert testing.op_types(model) == [
+        *_CODES, *_PACK_PADDED,  # the query codes, packed
+        *_CODES, "Transpose", *_PACK_PADDED,  # the key codes, a row per bit: packed over the keys
+        "Constant", "Shape", "Constant", "Concat", "Expand", "Concat",  # [V | 1]
+        MASKED_ADD, MASKED_ADD,  # [S | z] = Ckᵀ·[V | 1], [num | den] = Cq·[S | z]
+        "Constant", "Constant", "Constant", "Slice", "Slice", "Constant", "Add", "Div"]
+    state, both = [n for n in model.graph if n.op_type == MASKED_ADD]
+    assert state.attributes.get_int("k") == 5 and both.attributes.get_int("k") == 8
+    assert state.inputs[0].shape == ir.Shape([2, 3, 8, 1]) and both.inputs[0].shape == ir.Shape([2, 3, 5, 1])
+    node = _stamped(model)
+    assert node.op_type == "Div" and node.outputs[0].name == "Y"
     assert node.metadata_props[FEATURE_MAP_KEY] == "binary" and node.metadata_props[SITE_KEY] == "Y"
     choices = json.loads(node.metadata_props[CHOICES_KEY])
-    assert choices == {"nbits": 8, "similarity": "and", "causal": 0, "eps": 1e-6, "mask": "none", "per_head": True}
+    assert choices == {"nbits": 8, "similarity": "and", "causal": 0, "eps": 1e-6, "mask": "none", "per_head": True,
+                       "form": "masked-add", "keys": 5}
     fit = json.loads(node.metadata_props[FIT_KEY])
     assert fit["steps"] == STEPS and fit["samples"] == 8 and fit["kept"] in ("fit", "init")
     assert fit[f"kl_{'end' if fit['kept'] == 'fit' else 'init'}"] <= fit["kl_init"]
@@ -125,14 +148,26 @@ def test_golden_ops_and_metadata():
     testing.assert_valid(model)
 
 
+def test_causal_keeps_the_linearized_form():
+    """The prefix sums of a causal attention are LinearizedAttention's causal form: float 0/1 codes, and why."""
+    model, record = _run(CAUSAL, f"attention,binary-attention(nbits=8, steps={STEPS})")
+    assert record.rewrites == {"binary-attention": 1} and MASKED_ADD not in testing.op_types(model)
+    assert testing.op_types(model) == [*_CODES, "Cast", *_CODES, "Cast", "Constant", OP_NAME]
+    node = _node(model)
+    assert node.attributes.get_int("causal", 0) == 1 and _stamped(model) is node
+    choices = json.loads(node.metadata_props[CHOICES_KEY])
+    assert choices["form"] == "linearized" and "prefix" in choices["why_linearized"]
+    testing.assert_valid(model)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["encoder", "causal"])
 @pytest.mark.parametrize("similarity", ["and", "hamming"])
 def test_matches_numpy(causal, similarity):
+    """Masked additions over packed codes (encoder) and the causal float form both equal the float form's spec."""
     source = CAUSAL if causal else NO_MASK
     model, record = _run(source, f"attention,binary-attention(nbits=16, similarity={similarity}, steps={STEPS})")
     assert record.modified
-    node = _node(model)
-    assert node.attributes.get_int("causal", 0) == int(causal)
+    assert (MASKED_ADD in testing.op_types(model)) != causal
     testing.assert_valid(model)
     feeds = _feeds(source, seed=99)  # held out
     (got,) = testing.run_ort(model, feeds)
@@ -140,20 +175,47 @@ def test_matches_numpy(causal, similarity):
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-5)
 
 
-def test_codes_are_binary_and_attention_adds_only():
-    """Every feature the attention sees is 0 or 1 (Cast of a Greater): Qf·(Kfᵀ·V) is masked sums of V rows."""
+@pytest.mark.parametrize("source", [NO_MASK, PADDING], ids=["no-mask", "key-padding"])
+def test_masked_add_equals_the_float_form(source):
+    """The same codes, the same maths: MaskedAddMatMul over packed words vs ``form=linearized`` (float 0/1
+    codes + LinearizedAttention), both in ORT, on held-out inputs: equal to float32 rounding."""
+    pipeline = f"attention,binary-attention(nbits=20, steps={STEPS}{{}})"  # 20 bits: a word and a partial one
+    packed, _ = _run(source, pipeline.format(""))
+    floats, _ = _run(source, pipeline.format(", form=linearized"))
+    assert MASKED_ADD in testing.op_types(packed) and MASKED_ADD not in testing.op_types(floats)
+    assert json.loads(_stamped(floats).metadata_props[CHOICES_KEY])["why_linearized"] == "form=linearized was asked for"
+    assert _stamped(packed).metadata_props[FIT_KEY] == _stamped(floats).metadata_props[FIT_KEY]
+    feeds = _feeds(source, seed=5)
+    np.testing.assert_allclose(testing.run_ort(packed, feeds)[0], testing.run_ort(floats, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_codes_are_packed_bits_and_attention_adds_only():
+    """The MaskedAddMatMul operands are int32 words summed from Greater bits (no float codes), and no
+    MatMul is left but the two hashing projections: the attention itself is masked additions."""
     model, _ = _run(NO_MASK, f"attention,binary-attention(steps={STEPS})")
-    node = _node(model)
-    for feature in node.inputs[:2]:
-        producer = feature.producer()
-        assert producer.op_type == "Cast" and producer.inputs[0].producer().op_type == "Greater"
+    for node in (n for n in model.graph if n.op_type == MASKED_ADD):
+        words = node.inputs[0]
+        assert words.dtype == ir.DataType.INT32 and words.producer().op_type == "ReduceSum"
+    matmuls = [n for n in model.graph if n.op_type == "MatMul"]
+    assert len(matmuls) == 2 and all(n.outputs[0].consumers()[0].op_type == "Add" for n in matmuls)
+
+
+def test_tvm_llvm_runs_the_rewrite():
+    """The rewritten graph on tvm-llvm (the MaskedAddMatMul CPU kernel, 5 keys: a partial word) equals ORT."""
+    pytest.importorskip("tvm")
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+
+    model, _ = _run(PADDING, f"attention,binary-attention(steps={STEPS})")
+    feeds = _feeds(PADDING, seed=7)
+    got = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds).run(feeds)["Y"]
+    np.testing.assert_allclose(got, testing.run_ort(model, feeds)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_key_padding_mask_is_honored():
     """Padded keys drop out: the result equals binary-code attention over the kept keys only."""
     model, record = _run(PADDING, f"attention,binary-attention(steps={STEPS})")
     assert record.modified
-    assert json.loads(_node(model).metadata_props[CHOICES_KEY])["mask"] == "key-padding"
+    assert json.loads(_stamped(model).metadata_props[CHOICES_KEY])["mask"] == "key-padding"
     testing.assert_valid(model)
     feeds = _feeds(PADDING)
     (got,) = testing.run_ort(model, feeds)

@@ -3,9 +3,10 @@
 Each built model is canonicalized (QDQ forms: their activation fake-quantization dropped first),
 then runs ``binary-attention`` with a short fit (``steps=5``, 8 bits: the fit's quality is measured
 in tests/passes/test_binary_attention.py and docs/binary-attention.md). Where the model has a
-canonical attention, the pass fires, the result passes the full ONNX checker, and ONNX Runtime loads
-and runs it at all four optimization levels with finite outputs. Models without a canonical attention
-(convolution backbones; DeBERTa's and MPNet's relative-position scores, which ``attention`` leaves
+canonical attention, the pass fires (MaskedAddMatMul over packed codes; LinearizedAttention where the
+attention is causal or its key length not static), the result passes the full ONNX checker, and
+ONNX Runtime loads and runs it at all four optimization levels with finite outputs. Models without a
+canonical attention (convolution backbones; DeBERTa's and MPNet's relative-position scores, which ``attention`` leaves
 unfused) must be left alone; an attention whose additive bias differs between queries (BEiT's
 relative-position bias as the legacy exporter spells it) is declined with that reason.
 """
@@ -38,5 +39,5 @@ def test_binary_attention_on_zoo_model(name, canonical_zoo, runs_everywhere):
         assert record.declines and all(QUERY_MASK in d for d in record.declines), record.declines
         assert name.startswith("beit-legacy"), f"binary-attention did not fire on {name}: {record.declines}"
         return
-    assert any(n.op_type == "LinearizedAttention" for n in model.graph), name
+    assert any(n.op_type in ("MaskedAddMatMul", "LinearizedAttention") for n in model.graph), name  # causal: the latter
     runs_everywhere(model, samples[0], name)

@@ -5,6 +5,10 @@
 The bit is read by an integer shift and mask of the word; the reduction is a sum of selected
 values (no multiplication). float16 accumulates in float32 and rounds once. Leading axes broadcast
 (``broadcast_load``).
+
+The converter takes the hand-scheduled CPU kernel (``masked_add_matmul_fast``: lane masks and adds
+on SIMD registers) first, for float32 X with static shapes on a CPU target; this TE compute is the
+fallback (other dtypes, symbolic shapes, GPU targets) and the kernel tests' meaning.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from tvm import relax, te, tirx
 
 from graphopt import ops
 
+from . import masked_add_matmul_fast
 from ._common import broadcast_load, broadcast_shape, emit_kernel, i32, op_attributes
 
 
@@ -40,5 +45,8 @@ def masked_add_matmul(bits: te.Tensor, x: te.Tensor, k: int) -> te.Tensor:
 
 @ops.implements("MaskedAddMatMul", "tvm")
 def convert(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
-    return emit_kernel(bb, masked_add_matmul, inputs[:2], "masked_add_matmul",
-                       op_attributes("MaskedAddMatMul", attrs, required=("k",)))
+    attributes = op_attributes("MaskedAddMatMul", attrs, required=("k",))
+    fast = masked_add_matmul_fast.emit(bb, inputs[0], inputs[1], int(attributes["k"]))
+    if fast is not None:
+        return fast
+    return emit_kernel(bb, masked_add_matmul, inputs[:2], "masked_add_matmul", attributes)
