@@ -2,6 +2,7 @@
 
     python -m bench.shift [--runs 30] [--k 4096] [--n 4096] [--rows 1,128] [--threads 2] [--json out.json]
     python -m bench.shift --accuracy [--json out.json]
+    python -m bench.shift --convnets resnet:full,convnext:full,mobilenet-v2:full,wav2vec2 [--json out.json]
 
 The layer ``y = x · W`` (W seeded N(0, 1/K), fp32) is built in ONNX, rewritten by ``shift-linear``
 (5-bit codes, six per int32 word, per-column float scale; calibrated on 4 seeded inputs) and both
@@ -17,6 +18,13 @@ embeddings vs FP32 on the held-out sentences, calibration on 28, as ``bench.ivit
 ``shift-linear`` (ternary and zero-free; alone and after ``canonicalize``), ``shift-linear`` keeping
 layers under ``min_sqnr`` dense, the ``shiftadd`` preset (with ``binary-attention``) and ``ivit``;
 models run in ONNX Runtime (optimizations off).
+
+``--convnets``: ``shift-linear`` on convolution models (``name:full``: the zoo architecture at its
+published size, ResNet-50 / ConvNeXt-T / MobileNetV2-1.0 / RegNet, random seeded weights, 32x32
+images; a bare name: the small zoo entry). Each is canonicalized, then ``shift-linear`` runs
+(calibration: 4 seeded inputs); reported: layers shifted (ShiftConv / ShiftMatMul), the model file
+on disk before and after, the shifted layers' weight bytes float32 vs packed, and the output's
+cosine vs FP32 on 4 other seeded inputs (ONNX Runtime, optimizations off).
 """
 
 from __future__ import annotations
@@ -195,6 +203,54 @@ def accuracy() -> list[dict]:
     return rows
 
 
+def _conv_model(spec: str):
+    """(model proto, inputs(seed)) of ``name`` (small zoo entry) or ``name:full`` (the published size)."""
+    from graphopt.models import zoo  # noqa: PLC0415
+    from graphopt.models.zoo import architectures  # noqa: PLC0415
+
+    name, _, size = spec.partition(":")
+    if size != "full":
+        entry = zoo.entries()[name]
+        return entry.build(), entry.example_inputs
+    arch = architectures.ARCHITECTURES[name]
+    config = arch.config("full")
+    return zoo._export_entry(arch, "dynamo", 18, "plain", size="full"), (
+        lambda seed: architectures.make_inputs(arch, config, seed))
+
+
+def convnets(specs: list[str]) -> list[dict]:
+    import graphopt  # noqa: PLC0415
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.shift_report import shift_section  # noqa: PLC0415
+
+    rows = []
+    for spec in specs:
+        proto, inputs = _conv_model(spec)
+        calib, held = [inputs(seed) for seed in range(4)], [inputs(seed) for seed in range(100, 104)]
+        models = {}
+        for name, passes in (("fp32", "canonicalize"), ("shift", "canonicalize,shift-linear")):
+            result = graphopt.compile(proto, passes=passes, calib=calib, validate=False, bench_runs=0)
+            models[name] = result.model
+        outputs = {}
+        for name, model in models.items():
+            session = ort_backend.make_session(model, optimization="disable", threads=2)
+            outputs[name] = [np.concatenate([np.ravel(v) for v in ort_backend.run(session, f).values()]) for f in held]
+        cosines = [float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) for a, b in zip(outputs["shift"], outputs["fp32"])]
+        section = shift_section(models["shift"]) or {"layers": [], "float32_bytes": 0, "packed_bytes": 0, "ratio": 1.0}
+        counts = {}
+        for layer in section["layers"]:
+            counts[layer["op"]] = counts.get(layer["op"], 0) + 1
+        row = {"model": spec, "shifted": counts, "file_bytes": {k: file_bytes(m) for k, m in models.items()},
+               "layer_bytes": {"float32": section["float32_bytes"], "packed": section["packed_bytes"],
+                               "ratio": round(section["ratio"], 3)},
+               "cosine_mean": round(float(np.mean(cosines)), 5), "cosine_min": round(float(np.min(cosines)), 5),
+               "load": os.getloadavg()}
+        row["file_bytes"]["ratio"] = round(row["file_bytes"]["fp32"] / row["file_bytes"]["shift"], 3)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -204,7 +260,14 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default="1,128")
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--accuracy", action="store_true", help="digits ViT top-1 and MiniLM cosine instead of latency")
+    parser.add_argument("--convnets", default=None, help="comma-separated zoo conv models (name or name:full): file size, cosine")
     args = parser.parse_args(argv)
+    if args.convnets:
+        rows = convnets(args.convnets.split(","))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     if args.accuracy:
         rows = accuracy()
         if args.json:
