@@ -75,7 +75,8 @@ def print_shift(console, section: dict, shown: int | None, table_factory, user=s
     """The terminal table: one row per shifted layer (the first ``shown``), then the layers kept dense by latency."""
     layers, kept = section["layers"], section.get("kept_dense", [])
     title = (f"shifted layers (shift-linear): {len(layers)}, weights {section['float32_bytes'] / 1e6:.2f} MB float32 -> "
-             f"{section['packed_bytes'] / 1e6:.2f} MB packed ({section['ratio']:.2f}x smaller)")
+             f"{section['packed_bytes'] / 1e6:.2f} MB packed ({section['ratio']:.2f}x smaller)" if layers
+             else "shift-linear: no layer shifted")
     if kept:
         title += f"; {len(kept)} kept dense by latency=auto"
     if shown is not None and len(layers) > shown:

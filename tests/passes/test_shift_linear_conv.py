@@ -151,7 +151,7 @@ def test_report_section_lists_convs_and_prints_a_table():
     import graphopt  # noqa: PLC0415
     from graphopt.report import render  # noqa: PLC0415
 
-    result = graphopt.compile(onnx.parser.parse_model(CONV_THEN_MATMUL), passes="shift-linear", bench_runs=0)
+    result = graphopt.compile(onnx.parser.parse_model(CONV_THEN_MATMUL), passes="shift-linear", bench_runs=0, validate=False)
     shift = result.report.data["shift"]
     assert [(layer["op"], layer["k"], layer["n"]) for layer in shift["layers"]] == [("ShiftMatMul", 6, 6), (OP_NAME, 36, 8)]
     assert shift["layers"][1]["float32_bytes"] == 36 * 8 * 4 and shift["layers"][1]["packed_bytes"] == (6 * 8 + 8) * 4
@@ -162,3 +162,28 @@ def test_report_section_lists_convs_and_prints_a_table():
     render(result.report, console)
     text = console.export_text()
     assert "shifted layers (shift-linear): 2" in text and "36 x 8" in text and "ShiftConv" in text
+
+
+def test_report_shows_latency_choices(monkeypatch):
+    import json  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    import graphopt  # noqa: PLC0415
+    from graphopt import shift_latency  # noqa: PLC0415
+    from graphopt.report import render  # noqa: PLC0415
+
+    monkeypatch.setattr(shift_latency, "layer_times", lambda rows, k, n, *_: shift_latency.LayerTimes(1.5, 2.5, "test"))
+    result = graphopt.compile(onnx.parser.parse_model(CONV_THEN_MATMUL), passes="shift-linear(latency=auto)", bench_runs=0,
+                              validate=False)
+    shift = result.report.data["shift"]
+    assert shift["layers"] == [] and shift["kept_dense"] == [{"node": shift["kept_dense"][0]["node"], "op": "MatMul",
+                                                              "dense_ms": 1.5, "shift_ms": 2.5}]
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "report.schema.json").read_text())
+    jsonschema.validate(result.report.as_dict(), schema)
+    console = Console(record=True, width=200)
+    render(result.report, console)
+    text = " ".join(console.export_text().split())
+    assert "1 kept dense by latency=auto" in text and "MatMul (kept dense)" in text and "2.5000" in text
