@@ -1,6 +1,7 @@
 """The ``ShiftMatMulInteger`` kernels on TVM: integer activations times packed power-of-two weights, bit-exact.
 
-The CPU kernel (``cpu_func``: vectorized over output columns, ``±(x << e)`` by variable shifts) equals
+The CPU kernels (``cpu_func``: vectorized over output columns, ``±(x << e)`` by variable shifts; and
+on AVX-512 ``permute_func``: ``vpermi2d`` picking ±(x << e) from a per-row table by the code) equal
 the numpy reference bit for bit: int8 and int32 activations, 1 to 8 rows in blocks, K a multiple of
 the codes per word and not, ternary with zero codes, zero-free, 3-bit codes, extreme values. Through
 the converter: padded N and rows, batch axes, and the TE path (no target); a model through tvm-llvm
@@ -60,6 +61,28 @@ def test_cpu_kernel_is_bit_exact(rows, block, k, bits, zero_free, dtype):
     x, p = _x(rng, rows, k, dtype), pack(rng.integers(0, 1 << bits, (k, n)), bits)
     np.testing.assert_array_equal(_run_cpu(x, p, bits, zero_free, block),
                                   shift_matmul_integer_reference(x, p, bits=bits, zero_free=zero_free))
+
+
+def _run_permute(x, p, zero_free, block):
+    chunk = 16 * kernels.PERMUTE_VECTORS
+    func = kernels.permute_func(x.shape[0], x.shape[1], p.shape[1], zero_free, str(x.dtype), block)
+    compiled = tvm.compile(tvm.IRModule({"main": func}), target=HOST)
+    assert "vpermi2d" in compiled.mod.inspect_source("asm") or "vpermt2d" in compiled.mod.inspect_source("asm")
+    device = tvm.cpu(0)
+    out = tvm.runtime.tensor(np.full((x.shape[0], p.shape[1]), -7, np.int32), device)
+    compiled["main"](tvm.runtime.tensor(x, device), tvm.runtime.tensor(relayout(p, chunk), device), out)
+    return out.numpy()
+
+
+@pytest.mark.skipif(not kernels.uses_permute(HOST, 5), reason="the host has no AVX-512")
+@pytest.mark.parametrize(("rows", "block", "k", "zero_free", "dtype"),
+                         [(1, 1, 48, 0, "int8"), (1, 1, 45, 1, "int8"), (8, 4, 29, 0, "int8"), (4, 4, 40, 1, "int32")])
+def test_avx512_table_kernel_is_bit_exact(rows, block, k, zero_free, dtype):
+    rng = np.random.default_rng(testing.SEED + 5)
+    n = 2 * 16 * kernels.PERMUTE_VECTORS
+    x, p = _x(rng, rows, k, dtype), pack(rng.integers(0, 32, (k, n)))
+    np.testing.assert_array_equal(_run_permute(x, p, zero_free, block),
+                                  shift_matmul_integer_reference(x, p, zero_free=zero_free))
 
 
 def test_cpu_kernel_extremes_are_exact():
