@@ -57,6 +57,9 @@ BENCHMARKS = {b.name: b for b in (
               "and stdlib-llama's held-out perplexity through the recurrent graphs", ("torch", "tvm")),
     Benchmark("shift", "shift", "shift-linear on tvm-llvm: a 4096x4096 layer as packed 5-bit power-of-two weights vs FP32 dense, "
               "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
+    Benchmark("shift-integer", "shift_integer", "shifts on integer activations (ShiftMatMulInteger) vs the int8 VNNI / AVX2 "
+              "kernels, float shifts and FP32 on a 4096x4096 layer (GEMV, 128-row prefill); --vit: digits ViT ivit vs "
+              "ivit-shift, top-1 and tvm-llvm latency", ("torch", "tvm")),
     Benchmark("hedgehog-quality", "hedgehog_quality", "linear attention with calibrated Hedgehog maps vs elu+1: digits-ViT top-1, "
               "MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
     Benchmark("binary-attention", "binary_attention", "binary-code attention (shiftadd): digits-ViT top-1 and per-block "
