@@ -158,7 +158,7 @@ class _RowClone:
             return self.cut[key]
         node, at = value.producer(), axis + rank
         inputs = list(node.inputs) if node is not None else []
-        new_inputs = None
+        new_inputs, cut = None, None
         if node is None or node.domain != "" or len(node.outputs) != 1 or depth > 32:
             pass
         elif node.op_type in ELEMENTWISE | COMPARISONS:
@@ -177,17 +177,18 @@ class _RowClone:
         elif node.op_type == "Expand" and inputs[1].shape is not None and list(inputs[1].shape) == [rank]:
             new_inputs = [self._last_row(inputs[0], axis, depth + 1), self._one_at(inputs[1], at)]
         elif (node.op_type == "Range" and inputs[2].const_value is not None
-              and inputs[2].const_value.numpy().reshape(-1).tolist() == [1]):  # positions: [limit - 1, limit)
+              and inputs[2].const_value.numpy().reshape(-1).tolist() == [1]):  # positions: the last is limit - 1
             one = _const(self.nodes, inputs[2].const_value.numpy())
             before = ir.node("Sub", [inputs[1], one])
-            start = ir.node("Max", [before.outputs[0], inputs[0]])
-            self.nodes += [before, start]
-            new_inputs = [start.outputs[0], inputs[1], inputs[2]]
-        if new_inputs is None:
+            last = ir.node("Max", [before.outputs[0], inputs[0]])
+            # [1] by Reshape, not Range(last, limit): a static length (TVM cannot expand a runtime-length tensor)
+            cut = ir.node("Reshape", [last.outputs[0], _const(self.nodes, np.array([1], np.int64))])
+            self.nodes += [before, last]
+        if cut is None and new_inputs is None:
             nodes = self.nodes
             cut = ir.node("Slice", [value, _const(nodes, np.array([-1], np.int64)),
                                     _const(nodes, np.array([INT_MAX], np.int64)), _const(nodes, np.array([axis], np.int64))])
-        else:
+        elif cut is None:
             cut = ir.Node(node.domain, node.op_type, new_inputs, attributes=list(node.attributes.values()))
         cut.outputs[0].dtype = value.dtype
         self.nodes.append(cut)
@@ -195,22 +196,22 @@ class _RowClone:
         return cut.outputs[0]
 
     def _one_at(self, shape: ir.Value, at: int) -> ir.Value:
-        """The shape vector with 1 at position ``at``."""
+        """The shape vector with 1 at position ``at``. A Concat of one-element parts (what exporters
+        build) is rebuilt without the part at ``at``, so that the cache length (now an input's value)
+        drops out and a backend can fold the shape from the static input shapes."""
         nodes = self.nodes
+        one = _const(nodes, np.array([1], np.int64))
+        parts = shape.producer()
+        if (parts is not None and parts.op_type == "Concat" and parts.domain == "" and parts.attributes.get_int("axis", 0) == 0
+                and all(i is not None and i.shape is not None and list(i.shape) == [1] for i in parts.inputs)
+                and len(parts.inputs) > at):
+            joined = ir.node("Concat", [*parts.inputs[:at], one, *parts.inputs[at + 1:]], attributes={"axis": 0})
+            nodes.append(joined)
+            return joined.outputs[0]
         zero = _const(nodes, np.array([0], np.int64))
         head = ir.node("Slice", [shape, zero, _const(nodes, np.array([at], np.int64)), zero])
         tail = ir.node("Slice", [shape, _const(nodes, np.array([at + 1], np.int64)), _const(nodes, np.array([INT_MAX], np.int64)), zero])
-        joined = ir.node("Concat", [head.outputs[0], _const(nodes, np.array([1], np.int64)), tail.outputs[0]], attributes={"axis": 0})
-        nodes += [head, tail, joined]
-        return joined.outputs[0]
-
-    def _one_key(self, shape: ir.Value) -> ir.Value:
-        """A shape vector with 1 on the key axis (-2)."""
-        nodes = self.nodes
-        zero = _const(nodes, np.array([0], np.int64))
-        head = ir.node("Slice", [shape, zero, _const(nodes, np.array([-2], np.int64)), zero])
-        tail = ir.node("Slice", [shape, _const(nodes, np.array([-1], np.int64)), _const(nodes, np.array([INT_MAX], np.int64)), zero])
-        joined = ir.node("Concat", [head.outputs[0], _const(nodes, np.array([1], np.int64)), tail.outputs[0]], attributes={"axis": 0})
+        joined = ir.node("Concat", [head.outputs[0], one, tail.outputs[0]], attributes={"axis": 0})
         nodes += [head, tail, joined]
         return joined.outputs[0]
 
@@ -250,7 +251,7 @@ class _RowClone:
                 raise _Declined(f"{op} ({node.name}) on the keys' chain has a target shape of unknown length")
             if op == "Reshape" and (source.shape is None or list(source.shape)[-2:] != list(value.shape)[-2:]):
                 raise _Declined(f"Reshape ({node.name}) on the keys' chain does not keep the last two axes")
-            new_inputs = [self.clone(source), self._one_key(inputs[1])]
+            new_inputs = [self.clone(source), self._one_at(inputs[1], out_rank - 2)]
         else:
             raise _Declined(f"{op} ({node.name}) on the keys' chain is not known to act per key row")
         copy = ir.Node(node.domain, op, new_inputs, attributes=list(node.attributes.values()))
@@ -465,10 +466,14 @@ class LinearAttentionStatePass(GraphoptPass):
 
     @staticmethod
     def _read_shape_elsewhere(graph: ir.Graph, reader: ir.Node, dims: list, length: ir.Value) -> None:
-        """``Shape(past, start, end)`` ==> the same dims, from constants, other inputs and the length."""
+        """``Shape(past, start, end)`` ==> the same dims, from constants, other inputs and the length
+        (only the dims it reads: the others then fold to constants once input shapes are static)."""
         nodes: list[ir.Node] = []
+        end = reader.attributes.get("end")
+        picked = range(len(dims))[slice(reader.attributes.get_int("start", 0), end.as_int() if end is not None else None)]
         parts = []
-        for axis, dim in enumerate(dims):
+        for axis in picked:
+            dim = dims[axis]
             if dim == "length":
                 parts.append(length)
             elif isinstance(dim, int):
@@ -478,12 +483,7 @@ class LinearAttentionStatePass(GraphoptPass):
                 shape = ir.node("Shape", [source], attributes={"start": source_axis, "end": source_axis + 1})
                 nodes.append(shape)
                 parts.append(shape.outputs[0])
-        joined = ir.node("Concat", parts, attributes={"axis": 0})
-        nodes.append(joined)
-        start = reader.attributes.get_int("start", 0)
-        end = reader.attributes.get("end")
-        ends = np.array([end.as_int() if end is not None else INT_MAX], np.int64)
-        cut = ir.node("Slice", [joined.outputs[0], _const(nodes, np.array([start], np.int64)), _const(nodes, ends)])
+        cut = ir.node("Concat", parts or [_const(nodes, np.zeros(0, np.int64))], attributes={"axis": 0})
         nodes.append(cut)
         graph.insert_before(reader, nodes)
         out = cut.outputs[0]
