@@ -17,7 +17,8 @@ softmax decode graph (``Concat(past_key, k)``, ``Concat(past_value, v)`` -> atte
    forms, one for the recurrent graph);
 2. the trained stdlib-llama decoder (4 layers, GQA 4/2 heads x 48) on ONNX Runtime: its exported
    decode graph (softmax KV cache), after ``linear-attention``, and after ``linear-attention-state``
-   (the cache is random; the positions are real, RoPE has no table to run out of);
+   (the cache is random; the positions are real, RoPE has no table to run out of); the recurrent
+   graph also on tvm-llvm (one compile, shapes independent of the context);
 3. held-out perplexity of stdlib-llama with linear attention (elu+1, no fine-tuning): the prefill
    form (``linear-attention(causal=always)`` on whole windows) vs the recurrent graphs (prefill of
    the first token, then one decode step per token carrying the states), with softmax for context.
@@ -176,14 +177,20 @@ def llama_feeds(model, n: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def bench_model(graphs: dict, lengths, runs: int, threads: int) -> list[dict]:
+def bench_model(graphs: dict, lengths, runs: int, threads: int, tvm: bool) -> list[dict]:
     rows = []
+    recurrent_tvm = None
     for n in lengths:
         runners = {form: ort_runner(graphs[form], llama_feeds(graphs[form], n), threads) for form in MODEL_FORMS}
+        if tvm:  # the recurrent graph only: one compile serves every length (the cache forms would need one each)
+            recurrent_tvm = recurrent_tvm or tvm_runner(graphs["recurrent"], llama_feeds(graphs["recurrent"], n), threads)
+            runners["recurrent tvm"] = recurrent_tvm
         times = interleaved_medians(runners, runs)
         row = {"context": n, "backend": "ort", **{form: round(times[form], 4) for form in MODEL_FORMS}}
+        if tvm:
+            row["recurrent tvm"] = round(times["recurrent tvm"], 4)
         rows.append(row)
-        print(_line(row), flush=True)
+        print(_line(row) + (f"  | tvm-llvm recurrent {row['recurrent tvm'] * 1e3:8.1f} us" if tvm else ""), flush=True)
     return rows
 
 
@@ -247,8 +254,8 @@ def main(argv=None) -> int:
     graphs = None
     if not args.no_model:
         graphs = llama_graphs()
-        print("stdlib-llama decode step (4 layers), ONNX Runtime")
-        report["stdlib_llama"] = bench_model(graphs, lengths, runs, args.threads)
+        print("stdlib-llama decode step (4 layers), ONNX Runtime (and the recurrent graph on tvm-llvm)")
+        report["stdlib_llama"] = bench_model(graphs, lengths, runs, args.threads, not args.no_tvm)
     if not args.no_perplexity:
         graphs = graphs or llama_graphs()
         ppl = perplexities(graphs, windows, window_length)
