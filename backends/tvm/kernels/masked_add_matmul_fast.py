@@ -37,6 +37,9 @@ __all__ = ["ACCUMULATORS", "cpu_func", "emit", "tile"]
 
 DTYPE = "float32"
 WORD = "int32"  # the packed bits
+# parallel tasks per head at most: TVM takes a task's register scratch from its workspace allocator
+# (a call per buffer per task), so a task runs several row tiles (with 12 heads: 192 tasks)
+TASKS_PER_HEAD = 16
 ACCUMULATORS = 12  # SIMD registers of accumulators per tile (AVX2 has 16; NEON and AVX-512 32)
 
 
@@ -69,6 +72,8 @@ def cpu_func(bh: int, m: int, words: int, k: int, n: int, lanes: int, shapes=Non
                   else ((bh, m, words), (bh, k, n), (bh, m, n)))
     rt, group, nb = tile(m, n, lanes)
     tiles = (m + rt - 1) // rt
+    per_task = -(-tiles // TASKS_PER_HEAD)  # row tiles per parallel task (the last may repeat a tile: same values)
+    tasks = (tiles + per_task - 1) // per_task
     chunks = (n + nb - 1) // nb
     groups = (chunks + group - 1) // group
     full, tail = divmod(k, BITS_PER_WORD)
@@ -79,43 +84,44 @@ def cpu_func(bh: int, m: int, words: int, k: int, n: int, lanes: int, shapes=Non
         bits = T.decl_buffer((bh, m, words), WORD, data=bits_in.data)
         x = T.decl_buffer((bh, k, n), DTYPE, data=x_in.data)
         y = T.decl_buffer((bh, m, n), DTYPE, data=y_out.data)
-        for task in T.parallel(bh * tiles):
-            h: T.int32 = task // tiles
-            m0: T.int32 = T.min((task % tiles) * rt, m - rt)
-            word = T.decl_buffer((rt,), WORD, scope="local")
-            mask = T.decl_buffer((rt,), WORD, scope="local")
-            acc = T.decl_buffer((rt, group, nb), DTYPE, scope="local")
-            start = T.decl_buffer((group,), "int32", scope="local")
-            for g in range(groups):
-                for c in T.unroll(group):  # the chunk's first column: the last chunks overlap
-                    start[c] = T.min(T.min(g * group + c, chunks - 1) * nb, n - nb)
-                for r in T.unroll(rt):
-                    for c in T.unroll(group):
-                        for e in T.vectorized(nb):
-                            acc[r, c, e] = T.float32(0)
-                for w in range(full):
+        for task in T.parallel(bh * tasks):
+            for t in range(per_task):
+                h: T.int32 = task // tasks
+                m0: T.int32 = T.min(((task % tasks) * per_task + t) * rt, m - rt)
+                word = T.decl_buffer((rt,), WORD, scope="local")
+                mask = T.decl_buffer((rt,), WORD, scope="local")
+                acc = T.decl_buffer((rt, group, nb), DTYPE, scope="local")
+                start = T.decl_buffer((group,), "int32", scope="local")
+                for g in range(groups):
+                    for c in T.unroll(group):  # the chunk's first column: the last chunks overlap
+                        start[c] = T.min(T.min(g * group + c, chunks - 1) * nb, n - nb)
                     for r in T.unroll(rt):
-                        word[r] = bits[h, m0 + r, w]
-                    for b in T.unroll(BITS_PER_WORD):
+                        for c in T.unroll(group):
+                            for e in T.vectorized(nb):
+                                acc[r, c, e] = T.float32(0)
+                    for w in range(full):
+                        for r in T.unroll(rt):
+                            word[r] = bits[h, m0 + r, w]
+                        for b in T.unroll(BITS_PER_WORD):
+                            for r in T.unroll(rt):
+                                mask[r] = _lane_mask(word[r], b)
+                            for c in T.unroll(group):
+                                for r in T.unroll(rt):
+                                    for e in T.vectorized(nb):
+                                        acc[r, c, e] = acc[r, c, e] + _kept(x[h, w * BITS_PER_WORD + b, start[c] + e], mask[r])
+                    for r in T.unroll(rt):
+                        word[r] = bits[h, m0 + r, T.min(full, words - 1)]
+                    for b in T.unroll(tail):
                         for r in T.unroll(rt):
                             mask[r] = _lane_mask(word[r], b)
                         for c in T.unroll(group):
                             for r in T.unroll(rt):
                                 for e in T.vectorized(nb):
-                                    acc[r, c, e] = acc[r, c, e] + _kept(x[h, w * BITS_PER_WORD + b, start[c] + e], mask[r])
-                for r in T.unroll(rt):
-                    word[r] = bits[h, m0 + r, T.min(full, words - 1)]
-                for b in T.unroll(tail):
+                                    acc[r, c, e] = acc[r, c, e] + _kept(x[h, full * BITS_PER_WORD + b, start[c] + e], mask[r])
                     for r in T.unroll(rt):
-                        mask[r] = _lane_mask(word[r], b)
-                    for c in T.unroll(group):
-                        for r in T.unroll(rt):
+                        for c in T.unroll(group):
                             for e in T.vectorized(nb):
-                                acc[r, c, e] = acc[r, c, e] + _kept(x[h, full * BITS_PER_WORD + b, start[c] + e], mask[r])
-                for r in T.unroll(rt):
-                    for c in T.unroll(group):
-                        for e in T.vectorized(nb):
-                            y[h, m0 + r, start[c] + e] = acc[r, c, e]
+                                y[h, m0 + r, start[c] + e] = acc[r, c, e]
 
     return func
 
