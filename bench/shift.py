@@ -24,7 +24,8 @@ published size, ResNet-50 / ConvNeXt-T / MobileNetV2-1.0 / RegNet, random seeded
 images; a bare name: the small zoo entry). Each is canonicalized, then ``shift-linear`` runs
 (calibration: 4 seeded inputs); reported: layers shifted (ShiftConv / ShiftMatMul), the model file
 on disk before and after, the shifted layers' weight bytes float32 vs packed, and the output's
-cosine vs FP32 on 4 other seeded inputs (ONNX Runtime, optimizations off).
+cosine vs FP32 on 4 other seeded inputs (ONNX Runtime, optimizations off). ``--pipeline`` replaces
+``shift-linear`` (e.g. ``shift-linear(min_sqnr=15)``).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def _conv_model(spec: str):
         lambda seed: architectures.make_inputs(arch, config, seed))
 
 
-def convnets(specs: list[str]) -> list[dict]:
+def convnets(specs: list[str], pipeline: str = "shift-linear") -> list[dict]:
     import graphopt  # noqa: PLC0415
     from graphopt.backends import ort as ort_backend  # noqa: PLC0415
     from graphopt.shift_report import shift_section  # noqa: PLC0415
@@ -228,7 +229,7 @@ def convnets(specs: list[str]) -> list[dict]:
         proto, inputs = _conv_model(spec)
         calib, held = [inputs(seed) for seed in range(4)], [inputs(seed) for seed in range(100, 104)]
         models = {}
-        for name, passes in (("fp32", "canonicalize"), ("shift", "canonicalize,shift-linear")):
+        for name, passes in (("fp32", "canonicalize"), ("shift", f"canonicalize,{pipeline}")):
             result = graphopt.compile(proto, passes=passes, calib=calib, validate=False, bench_runs=0)
             models[name] = result.model
         outputs = {}
@@ -240,7 +241,7 @@ def convnets(specs: list[str]) -> list[dict]:
         counts = {}
         for layer in section["layers"]:
             counts[layer["op"]] = counts.get(layer["op"], 0) + 1
-        row = {"model": spec, "shifted": counts, "file_bytes": {k: file_bytes(m) for k, m in models.items()},
+        row = {"model": spec, "pipeline": pipeline, "shifted": counts, "file_bytes": {k: file_bytes(m) for k, m in models.items()},
                "layer_bytes": {"float32": section["float32_bytes"], "packed": section["packed_bytes"],
                                "ratio": round(section["ratio"], 3)},
                "cosine_mean": round(float(np.mean(cosines)), 5), "cosine_min": round(float(np.min(cosines)), 5),
@@ -261,9 +262,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--accuracy", action="store_true", help="digits ViT top-1 and MiniLM cosine instead of latency")
     parser.add_argument("--convnets", default=None, help="comma-separated zoo conv models (name or name:full): file size, cosine")
+    parser.add_argument("--pipeline", default="shift-linear", help="--convnets: the shift pipeline after canonicalize")
     args = parser.parse_args(argv)
     if args.convnets:
-        rows = convnets(args.convnets.split(","))
+        rows = convnets(args.convnets.split(","), args.pipeline)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
