@@ -12,7 +12,11 @@ One layer, batch 1, 12 heads x 64, float32, on this host's CPU with ``--threads`
 - ``linear tvm`` / ``linear causal tvm``: ``LinearizedAttention``'s CPU kernels
   (``backends/tvm/kernels/linear_attention_fast.py``; causal chunked by 64, decay 1), through the
   backend when its converter emits them, else through the same Relax emission (``emit``) built with
-  ``tvm.compile`` (the output says which). Qf, Kf are elu+1 maps of random Q, K (F = 64).
+  ``tvm.compile`` (the output says which). Qf, Kf are elu+1 maps of random Q, K (F = 64);
+- ``hybrid w64 tvm`` / ``hybrid w64 causal tvm``: ``WindowedLinearAttention`` (LoLCATs' hybrid, window
+  64, γ 0.5) through the backend, whose converter takes ``kernels/hybrid_attention_fast.py`` (the
+  window as a band, the linear part chunked; linear in N); same Q, K, Qf, Kf, V. No decode case: the
+  hybrid's decode (a window of cached keys plus the state) is not written.
 
 Every runner at one length is timed interleaved (one warm-up call, then rounds in turn; at least 2
 rounds, more while a round takes under ~2 s, at most ``--runs``). The numbers printed, fitted and
@@ -49,7 +53,9 @@ LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 QUICK_LENGTHS = (256, 512, 1024)
 SOFTMAX_MAX = 8192
 EPS = 1e-6
-PREFILL = ("softmax tvm", "softmax causal tvm", "softmax ort", "linear tvm", "linear causal tvm")
+PREFILL = ("softmax tvm", "softmax causal tvm", "softmax ort", "linear tvm", "linear causal tvm", "hybrid w64 tvm",
+           "hybrid w64 causal tvm")
+WINDOW, GAMMA = 64, 0.5  # the hybrid cases' window and mixing factor
 DECODE = ("softmax tvm", "softmax ort", "linear tvm")
 ROUND_S = 2.0  # keep adding rounds while one round of every runner takes less than this
 
@@ -166,6 +172,31 @@ def _emit_runner(n: int, causal: int, feeds, threads):
     return lambda: main(*arguments)
 
 
+def hybrid_model(n: int, causal: int):
+    """One ``WindowedLinearAttention`` node (window 64, scale 1/8, γ 0.5) on q, k, qf, kf, v."""
+    import onnx  # noqa: PLC0415
+    import onnx.helper as oh  # noqa: PLC0415
+    import onnx_ir as ir  # noqa: PLC0415
+
+    from graphopt import ops  # noqa: PLC0415
+
+    f = onnx.TensorProto.FLOAT
+    node = oh.make_node("WindowedLinearAttention", ["q", "k", "qf", "kf", "v", "gamma"], ["y"], domain="pkg.graphopt",
+                        window=WINDOW, scale=DIM ** -0.5, causal=causal)
+    inputs = [oh.make_tensor_value_info(x, f, [1, HEADS, n, DIM]) for x in ("q", "k", "qf", "kf", "v")]
+    graph = oh.make_graph([node], "hybrid", inputs, [oh.make_tensor_value_info("y", f, [1, HEADS, n, DIM])],
+                          [oh.make_tensor("gamma", f, [], [GAMMA])])
+    model = ir.serde.deserialize_model(
+        oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18), oh.make_opsetid(ops.DOMAIN, 1)]))
+    ops.attach_functions(model)
+    return model
+
+
+def _hybrid_feeds(n: int) -> dict[str, np.ndarray]:
+    feeds = _inputs(n, n)
+    return {**feeds, "qf": _elu1(feeds["q"]), "kf": _elu1(feeds["k"])}
+
+
 def _linear_feeds(n: int) -> dict[str, np.ndarray]:
     feeds = _inputs(n, n)
     return {"q": _elu1(feeds["q"]), "k": _elu1(feeds["k"]), "v": feeds["v"]}
@@ -173,6 +204,9 @@ def _linear_feeds(n: int) -> dict[str, np.ndarray]:
 
 def prefill_runner(case: str, n: int, threads: int, path: list | None = None):
     """(run, feeds) of one prefill case at length n."""
+    if case.startswith("hybrid"):
+        feeds = _hybrid_feeds(n)
+        return _tvm_backend_runner(hybrid_model(n, int("causal" in case)), feeds, threads), feeds
     if case.startswith("linear"):
         causal = int("causal" in case)
         feeds = _linear_feeds(n)
@@ -283,8 +317,8 @@ def loglog_slope(lengths, ms, low: int = 1024) -> float | None:
     return round(float(np.polyfit(x, y, 1)[0]), 3)
 
 
-def check_outputs(threads: int, n: int = 128) -> None:
-    """The runners compute attention: linear vs the op's reference, softmax tvm vs ort vs numpy."""
+def check_outputs(threads: int, n: int = 128, hybrid: bool = True) -> None:
+    """The runners compute attention: linear (and the hybrid) vs the op's reference, softmax tvm vs ort vs numpy."""
     from graphopt.ops.linear_attention import linear_attention_reference  # noqa: PLC0415
 
     for causal in (0, 1):
@@ -292,6 +326,14 @@ def check_outputs(threads: int, n: int = 128) -> None:
         got = run()
         got = got.numpy() if hasattr(got, "numpy") else np.asarray(got[0].numpy())
         expected = linear_attention_reference(feeds["q"], feeds["k"], feeds["v"], np.float32(1), causal=causal, eps=EPS)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    from graphopt.ops.hybrid_attention import hybrid_attention_reference  # noqa: PLC0415
+
+    for causal in (0, 1) if hybrid else ():
+        run, feeds = prefill_runner("hybrid w64 causal tvm" if causal else "hybrid w64 tvm", n, threads)
+        got = run().numpy()
+        expected = hybrid_attention_reference(feeds["q"], feeds["k"], feeds["qf"], feeds["kf"], feeds["v"], GAMMA,
+                                              window=WINDOW, scale=DIM ** -0.5, causal=causal)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     feeds = _inputs(n, n)
     s = np.einsum("bhqd,bhkd->bhqk", feeds["q"], feeds["k"]) * DIM ** -0.5
@@ -348,7 +390,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     parser.add_argument("--memory-lengths", default=None, help="measure memory at these lengths only (default: all)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: N 256..1K (unless --lengths), 2 rounds, no memory")
+    parser.add_argument("--quick", action="store_true", help="smoke test: N 256..1K (unless --lengths), 2 rounds, no memory, "
+                        "no hybrid cases unless --cases names them")
     parser.add_argument("--cases", default=None, help="comma-separated subset of the prefill cases (default: all); "
                         "decode then runs the same kinds (e.g. --cases 'linear tvm,linear causal tvm')")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
@@ -359,14 +402,14 @@ def main(argv=None) -> None:
         print(json.dumps(measure_memory(kind, case, n, args.threads)))
         return
     lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else QUICK_LENGTHS if args.quick else LENGTHS
-    prefill = tuple(c for c in PREFILL if args.cases is None or c in args.cases.split(","))
+    prefill = tuple(c for c in PREFILL if (c in args.cases.split(",") if args.cases else not (args.quick and c.startswith("hybrid"))))
     decode = tuple(c for c in DECODE if args.cases is None or any(c.split()[0] == p.split()[0] for p in prefill))
     runs = 2 if args.quick else args.runs
     memory = not (args.quick or args.no_memory)
     memory_at = set(int(x) for x in args.memory_lengths.split(",")) if args.memory_lengths else set(lengths)
     print(f"attention layer: {HEADS} heads x {DIM}, batch 1, fp32, {args.threads} threads, N {list(lengths)}, softmax up to "
           f"{args.softmax_max}; load average {os.getloadavg()[0]:.1f}", flush=True)
-    check_outputs(args.threads)
+    check_outputs(args.threads, hybrid=any(c.startswith("hybrid") for c in prefill))
     path: list = []
     prefill_runner("linear tvm", 64, args.threads, path)
     print(f"outputs checked (N=128); the linear kernel is built through {'graphopt.backends.tvm.compile' if path == ['backend'] else 'linear_attention_fast.emit + tvm.compile (the LinearizedAttention converter does not call it yet)'}",
@@ -400,7 +443,7 @@ def main(argv=None) -> None:
     result["slope_from_1k"] = {c: loglog_slope(lengths, pre[c]) for c in prefill}
     result["decode_slope_from_1k"] = {c: loglog_slope(lengths, result["decode_ms"][c]) for c in decode}
     result["softmax_over_linear"] = {}
-    if set(PREFILL) <= set(prefill):
+    if {"softmax tvm", "softmax causal tvm", "softmax ort", "linear tvm", "linear causal tvm"} <= set(prefill):
         at = 8192 if 8192 in lengths else max(n for n, t in zip(lengths, pre["softmax tvm"]) if t is not None)
         i = lengths.index(at)
         result["ratio_at"] = at
@@ -408,6 +451,10 @@ def main(argv=None) -> None:
             "non-causal (softmax tvm / linear tvm)": round(pre["softmax tvm"][i] / pre["linear tvm"][i], 1),
             "causal (softmax causal tvm / linear causal tvm)": round(pre["softmax causal tvm"][i] / pre["linear causal tvm"][i], 1),
             "ort softmax / linear tvm": round(pre["softmax ort"][i] / pre["linear tvm"][i], 1)}
+        if "hybrid w64 tvm" in prefill and "hybrid w64 causal tvm" in prefill:
+            result["softmax_over_linear"].update({
+                "non-causal (softmax tvm / hybrid w64 tvm)": round(pre["softmax tvm"][i] / pre["hybrid w64 tvm"][i], 1),
+                "causal (softmax causal tvm / hybrid w64 causal tvm)": round(pre["softmax causal tvm"][i] / pre["hybrid w64 causal tvm"][i], 1)})
     result["load_average"] = round(os.getloadavg()[0], 1)
 
     print(f"\n{'N':>6} | " + " | ".join(f"{c:>17}" for c in prefill) + "   (prefill ms)")

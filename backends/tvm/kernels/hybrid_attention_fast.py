@@ -8,17 +8,23 @@ Heads flattened to BH (``T.parallel``), float32, Sq = Sk = N. For each query row
 accumulates the linear part's numerator into Y and its denominator into a row buffer, then adds
 the window and divides:
 
-1. linear part, keys j <= i - W (and, non-causal, the mirror pass over j >= i + W, the same code
-   walking positions from the end): Lightning-Attention-2-style chunks of ``CHUNK`` rows with a
-   running state S = Σ kf_jᵀ v_j, z = Σ kf_j over the keys below L = c0 - W + 1 (c0 the chunk's
-   first row); row c0 + r adds its r - ... at most C - 1 remaining keys directly (qf·kf dot
-   products), and after the chunk the state takes the next C keys: O(N·(F·Dv + C·(F + Dv)));
-2. window, keys |i - j| < W (j <= i when causal): scores scale·q·k for at most 2W - 1 keys into a
-   local row, their maximum, γ·exp(s - m) weighting V: O(N·W·(D + Dv)).
+1. linear part, keys j <= i - W (and, non-causal, a mirrored pass over j >= i + W: the same code
+   walking positions from the end), chunks of ``CHUNK`` (C) rows as Lightning Attention-2 / the
+   causal ``linear_attention_fast`` kernel, but with the state delayed by the window: for the chunk
+   from row c0 the state S = Σ kf_jᵀ v_j, z = Σ kf_j holds the keys j < c0 - W + 1; the next C keys
+   (those the chunk's rows still see: j <= i - W) are transposed once, their weights qf_i·kf_j for
+   the chunk's rows computed as score tiles vectorized over keys (0 where j > i - W), then each tile
+   of ``IT`` rows x 2 SIMD vectors of Dv accumulates Qf·S + Σ weights·V in registers, and the state
+   takes those keys (register tiles of S): O(N·(F·Dv + C·(F + Dv)));
+2. window, keys |i - j| < W (j <= i when causal), ``IT`` rows at a time: Kᵀ is made once, the
+   scores of the rows with the span of keys their windows cover (at most IT + 2W - 2, in whole
+   2-vector tiles; keys outside a row's window -inf) are register tiles over D, then per row the
+   maximum and γ·exp(s - m) (scalar exp), and weights·V in IT x 2-vector tiles; the sum is divided
+   by the linear denominator plus the window's: O(N·W·(D + Dv)).
 
-Only additions of non-negative terms (no "all keys minus the window" subtraction), so the linear
-part has no cancellation. Dot products over F and D accumulate in SIMD-width vectors, V rows are
-vectorized over Dv. ``emit`` returns None where the kernel does not apply (no CPU target, not
+Only additions of non-negative terms (no "all keys minus the window" subtraction, which would
+cancel badly when γ is small and the window's linear weights large). Memory: Kᵀ and a row of
+denominators per head, O(N). ``emit`` returns None where the kernel does not apply (no CPU target, not
 float32, shapes not static, Sq != Sk, γ not per head): the converter then emits the TE graph of
 ``backends/tvm/kernels/hybrid_attention.py``.
 """
@@ -36,6 +42,12 @@ __all__ = ["CHUNK", "emit", "hybrid_func"]
 
 DTYPE = "float32"
 CHUNK = 64  # rows per chunk of the linear part (each row reads at most CHUNK - 1 keys directly)
+IT = 4  # window rows per register tile
+
+
+def _mirror(t, dn, n):
+    """Position t walked forwards (dn 0) or from the end (dn 1: the non-causal pass over later keys)."""
+    return t + dn * (n - 1 - 2 * t)
 
 
 def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window: int, scale: float, causal: int,
@@ -48,11 +60,17 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
     chunks = (n + cs - 1) // cs
     directions = 1 if causal else 2
     w = int(min(window, n))  # a window past the sequence is the whole sequence
-    row_keys = min(n, w if causal else 2 * w - 1)  # keys in one row's window
-    fv, fr = f // lanes, f % lanes
-    dvv, dvr = d // lanes, d % lanes
-    scale_c = float(scale)
+    it = min(IT, n)  # window rows per tile
+    kb = 2 * lanes  # keys per score register tile
     ahead = 1 if causal else w  # the window's keys after i: j < i + ahead
+    span = -(-(it + w - 1 + ahead - 1) // kb) * kb  # keys a row tile's windows cover, in whole key tiles
+    row_tiles = -(-n // it)
+    eb = next((x for x in (2 * lanes, lanes) if dv % x == 0), dv)  # V columns per register tile
+    fv, fr = f // lanes, f % lanes
+    ft = next(x for x in (4, 2, 1) if f % x == 0)  # state rows per register tile
+    cw = lanes if cs % lanes == 0 else cs  # score vector width over a chunk's keys
+    srows = max(1, min(IT, 16 // max(1, cs // cw)))  # score rows per tile: about 16 accumulator vectors
+    scale_c = float(scale)
 
     @T.prim_func
     def func(q_in: T.Buffer(qs, DTYPE), k_in: T.Buffer(ks, DTYPE), qf_in: T.Buffer(qfs, DTYPE), kf_in: T.Buffer(kfs, DTYPE),
@@ -67,6 +85,9 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
         s = T.decl_buffer((bh, f, dv), DTYPE)
         z = T.decl_buffer((bh, f), DTYPE)
         den = T.decl_buffer((bh, n), DTYPE)
+        kc = T.decl_buffer((bh, f, cs), DTYPE)  # a chunk's next keys' Kf, transposed
+        att = T.decl_buffer((bh, cs, cs), DTYPE)  # a chunk's rows' weights of those keys
+        kt = T.decl_buffer((bh, d, n + span), DTYPE)
         for h in T.parallel(bh):
             for i in range(n):
                 den[h, i] = T.float32(0)
@@ -79,89 +100,131 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
                         s[h, a, e] = T.float32(0)
                 for ci in range(chunks):
                     c0: T.int32 = ci * cs
+                    length: T.int32 = T.min(cs, n - c0)
                     first: T.int32 = T.max(c0 - w + 1, 0)  # keys below are in the state
-                    for r in range(T.min(cs, n - c0)):
-                        t: T.int32 = c0 + r
-                        i: T.int32 = t + dn * (n - 1 - 2 * t)
-                        acc = T.decl_buffer((dv,), DTYPE, scope="local")
-                        dsum = T.decl_buffer((1,), DTYPE, scope="local")
-                        dot = T.decl_buffer((lanes,), DTYPE, scope="local")
-                        for e in T.vectorized(dv):
-                            acc[e] = T.float32(0)
-                        for l in T.vectorized(lanes):
-                            dot[l] = T.float32(0)
-                        for c in range(fv):
-                            for l in T.vectorized(lanes):
-                                dot[l] = dot[l] + qf[h, i, c * lanes + l] * z[h, c * lanes + l]
-                        dsum[0] = T.float32(0)
-                        for l in range(lanes):
-                            dsum[0] = dsum[0] + dot[l]
-                        for c in range(fr):
-                            dsum[0] = dsum[0] + qf[h, i, fv * lanes + c] * z[h, fv * lanes + c]
+                    nkeys: T.int32 = T.max(T.min(c0 + cs - w + 1, n), 0) - first  # the keys the state takes next
+                    for u in range(cs):  # those keys' Kf, transposed (0 past nkeys)
                         for a in range(f):
-                            for e in T.vectorized(dv):
-                                acc[e] = acc[e] + qf[h, i, a] * s[h, a, e]
-                        for u in range(T.max(t - w + 1 - first, 0)):  # keys first .. t - W not yet in the state
-                            tj: T.int32 = first + u
-                            j: T.int32 = tj + dn * (n - 1 - 2 * tj)
-                            wt = T.decl_buffer((1,), DTYPE, scope="local")
+                            kc[h, a, u] = T.Select(u < nkeys, kf[h, T.min(first + u, n - 1) + dn * (n - 1 - 2 * T.min(first + u, n - 1)), a],
+                                                   T.float32(0))
+                    for io in range((length + srows - 1) // srows):  # qf·kf of each row with those keys (0 past its own)
+                        sca = T.decl_buffer((srows, cs), DTYPE, scope="local")
+                        for b in T.unroll(srows):
+                            for jo in T.unroll(cs // cw):
+                                for l in T.vectorized(cw):
+                                    sca[b, jo * cw + l] = T.float32(0)
+                        for a in range(f):
+                            for b in T.unroll(srows):
+                                for jo in T.unroll(cs // cw):
+                                    for l in T.vectorized(cw):
+                                        sca[b, jo * cw + l] = sca[b, jo * cw + l] + qf[
+                                            h, _mirror(c0 + T.min(io * srows + b, length - 1), dn, n), a] * kc[h, a, jo * cw + l]
+                        for b in T.unroll(srows):
+                            for jo in T.unroll(cs // cw):
+                                for l in T.vectorized(cw):
+                                    att[h, T.min(io * srows + b, length - 1), jo * cw + l] = T.Select(
+                                        first + jo * cw + l <= c0 + T.min(io * srows + b, length - 1) - w,
+                                        sca[b, jo * cw + l], T.float32(0))
+                    for io in range((length + it - 1) // it):  # rows: Qf·S + Σ att·V over IT rows x EB columns
+                        dsum = T.decl_buffer((it,), DTYPE, scope="local")
+                        for b in range(it):
+                            dot = T.decl_buffer((lanes,), DTYPE, scope="local")
                             for l in T.vectorized(lanes):
                                 dot[l] = T.float32(0)
                             for c in range(fv):
                                 for l in T.vectorized(lanes):
-                                    dot[l] = dot[l] + qf[h, i, c * lanes + l] * kf[h, j, c * lanes + l]
-                            wt[0] = T.float32(0)
+                                    dot[l] = dot[l] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), c * lanes + l] * z[h, c * lanes + l]
+                            dsum[b] = T.float32(0)
                             for l in range(lanes):
-                                wt[0] = wt[0] + dot[l]
+                                dsum[b] = dsum[b] + dot[l]
                             for c in range(fr):
-                                wt[0] = wt[0] + qf[h, i, fv * lanes + c] * kf[h, j, fv * lanes + c]
-                            dsum[0] = dsum[0] + wt[0]
-                            for e in T.vectorized(dv):
-                                acc[e] = acc[e] + wt[0] * v[h, j, e]
-                        den[h, i] = den[h, i] + dsum[0]
-                        for e in T.vectorized(dv):
-                            y[h, i, e] = y[h, i, e] + acc[e]
-                    for u in range(T.max(T.min(c0 - w + 1 + cs, n) - first, 0)):  # the state takes the next keys
-                        tj: T.int32 = first + u
-                        j: T.int32 = tj + dn * (n - 1 - 2 * tj)
-                        for a in range(f):
-                            z[h, a] = z[h, a] + kf[h, j, a]
-                            for e in T.vectorized(dv):
-                                s[h, a, e] = s[h, a, e] + kf[h, j, a] * v[h, j, e]
-            for i in range(n):  # the window: softmax over |i - j| < W, shifted by its maximum, weighted by γ
-                lo: T.int32 = T.max(i - w + 1, 0)
-                count: T.int32 = T.min(i + ahead, n) - lo
-                sc = T.decl_buffer((row_keys,), DTYPE, scope="local")
-                top = T.decl_buffer((1,), DTYPE, scope="local")
-                wsum = T.decl_buffer((1,), DTYPE, scope="local")
-                dot = T.decl_buffer((lanes,), DTYPE, scope="local")
-                acc = T.decl_buffer((dv,), DTYPE, scope="local")
-                top[0] = T.float32(-np.inf)
-                for u in range(count):
-                    for l in T.vectorized(lanes):
-                        dot[l] = T.float32(0)
-                    for c in range(dvv):
-                        for l in T.vectorized(lanes):
-                            dot[l] = dot[l] + q[h, i, c * lanes + l] * k[h, lo + u, c * lanes + l]
-                    sc[u] = T.float32(0)
-                    for l in range(lanes):
-                        sc[u] = sc[u] + dot[l]
-                    for c in range(dvr):
-                        sc[u] = sc[u] + q[h, i, dvv * lanes + c] * k[h, lo + u, dvv * lanes + c]
-                    sc[u] = sc[u] * T.float32(scale_c)
-                    top[0] = T.max(top[0], sc[u])
-                if top[0] == T.float32(-np.inf):  # every window key masked: shift 0 (weights exp(-inf) = 0)
-                    top[0] = T.float32(0)
-                wsum[0] = T.float32(0)
-                for e in T.vectorized(dv):
-                    acc[e] = T.float32(0)
-                for u in range(count):
-                    sc[u] = T.exp(sc[u] - top[0]) * gamma[h]
-                    wsum[0] = wsum[0] + sc[u]
-                    for e in T.vectorized(dv):
-                        acc[e] = acc[e] + sc[u] * v[h, lo + u, e]
-                for e in T.vectorized(dv):
-                    y[h, i, e] = (y[h, i, e] + acc[e]) / (den[h, i] + wsum[0])
+                                dsum[b] = dsum[b] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), fv * lanes + c] * z[h, fv * lanes + c]
+                            for u in range(nkeys):
+                                dsum[b] = dsum[b] + att[h, T.min(io * it + b, length - 1), u]
+                        for eo in range(dv // eb):
+                            acc = T.decl_buffer((it, eb), DTYPE, scope="local")
+                            for b in T.unroll(it):
+                                for e in T.vectorized(eb):
+                                    acc[b, e] = T.float32(0)
+                            for a in range(f):
+                                for b in T.unroll(it):
+                                    for e in T.vectorized(eb):
+                                        acc[b, e] = acc[b, e] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), a] * s[h, a, eo * eb + e]
+                            for u in range(nkeys):
+                                for b in T.unroll(it):
+                                    for e in T.vectorized(eb):
+                                        acc[b, e] = acc[b, e] + att[h, T.min(io * it + b, length - 1), u] * v[h, _mirror(first + u, dn, n), eo * eb + e]
+                            for b in range(it):
+                                if io * it + b < length:
+                                    for e in T.vectorized(eb):
+                                        y[h, _mirror(c0 + io * it + b, dn, n), eo * eb + e] = (
+                                            y[h, _mirror(c0 + io * it + b, dn, n), eo * eb + e] + acc[b, e])
+                        for b in range(it):
+                            if io * it + b < length:
+                                den[h, _mirror(c0 + io * it + b, dn, n)] = den[h, _mirror(c0 + io * it + b, dn, n)] + dsum[b]
+                    for fo in range(f // ft):  # the state takes the keys: S += Kcᵀ V, register tiles of FT x EB
+                        for eo in range(dv // eb):
+                            acc = T.decl_buffer((ft, eb), DTYPE, scope="local")
+                            for a in T.unroll(ft):
+                                for e in T.vectorized(eb):
+                                    acc[a, e] = s[h, fo * ft + a, eo * eb + e]
+                            for u in range(nkeys):
+                                for a in T.unroll(ft):
+                                    for e in T.vectorized(eb):
+                                        acc[a, e] = acc[a, e] + kc[h, fo * ft + a, u] * v[h, _mirror(first + u, dn, n), eo * eb + e]
+                            for a in T.unroll(ft):
+                                for e in T.vectorized(eb):
+                                    s[h, fo * ft + a, eo * eb + e] = acc[a, e]
+                    for a in range(f):
+                        for u in range(nkeys):
+                            z[h, a] = z[h, a] + kc[h, a, u]
+            for a in range(d):  # Kᵀ, zero past the end: the window's score tiles read keys contiguously
+                for j in range(n + span):
+                    kt[h, a, j] = T.Select(j < n, k[h, T.min(j, n - 1), a], T.float32(0))
+            for io in range(row_tiles):  # the window, IT rows at a time over the SPAN keys from lo
+                lo: T.int32 = T.max(io * it - w + 1, 0)
+                sc = T.decl_buffer((it, span), DTYPE, scope="local")
+                wsum = T.decl_buffer((it,), DTYPE, scope="local")
+                for jo in range(span // kb):  # scores: register tile of IT rows x KB keys, over D
+                    acc = T.decl_buffer((it, kb), DTYPE, scope="local")
+                    for b in T.unroll(it):
+                        for l in T.vectorized(kb):
+                            acc[b, l] = T.float32(0)
+                    for a in range(d):
+                        for b in T.unroll(it):
+                            for l in T.vectorized(kb):
+                                acc[b, l] = acc[b, l] + q[h, T.min(io * it + b, n - 1), a] * kt[h, a, lo + jo * kb + l]
+                    for b in T.unroll(it):
+                        for l in T.vectorized(kb):
+                            sc[b, jo * kb + l] = T.Select(
+                                tirx.all(lo + jo * kb + l > io * it + b - w,
+                                         lo + jo * kb + l < T.min(io * it + b + ahead, n)),
+                                acc[b, l] * T.float32(scale_c), T.float32(-np.inf))
+                for b in range(it):  # γ·exp(s - m), m the row's window maximum (0 if it has no key)
+                    top = T.decl_buffer((1,), DTYPE, scope="local")
+                    top[0] = T.float32(-np.inf)
+                    for u in range(span):
+                        top[0] = T.max(top[0], sc[b, u])
+                    if top[0] == T.float32(-np.inf):
+                        top[0] = T.float32(0)
+                    wsum[b] = T.float32(0)
+                    for u in range(span):
+                        sc[b, u] = T.exp(sc[b, u] - top[0]) * gamma[h]
+                        wsum[b] = wsum[b] + sc[b, u]
+                for eo in range(dv // eb):  # weights · V: register tile of IT rows x EB columns, over the keys
+                    acc = T.decl_buffer((it, eb), DTYPE, scope="local")
+                    for b in T.unroll(it):
+                        for e in T.vectorized(eb):
+                            acc[b, e] = T.float32(0)
+                    for u in range(span):
+                        for b in T.unroll(it):
+                            for e in T.vectorized(eb):
+                                acc[b, e] = acc[b, e] + sc[b, u] * v[h, T.min(lo + u, n - 1), eo * eb + e]
+                    for b in range(it):
+                        if io * it + b < n:
+                            for e in T.vectorized(eb):
+                                y[h, io * it + b, eo * eb + e] = (y[h, io * it + b, eo * eb + e] + acc[b, e]) / (
+                                    den[h, io * it + b] + wsum[b])
 
     return func
 
