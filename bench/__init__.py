@@ -56,7 +56,8 @@ BENCHMARKS = {b.name: b for b in (
               "linear over the KV cache vs softmax KV cache (one 12x64 layer on ORT and tvm-llvm; stdlib-llama on ORT), "
               "and stdlib-llama's held-out perplexity through the recurrent graphs", ("torch", "tvm")),
     Benchmark("shift", "shift", "shift-linear on tvm-llvm: a 4096x4096 layer as packed 5-bit power-of-two weights vs FP32 dense, "
-              "batch-1 GEMV and 128-token prefill, and the model file size", ("tvm",)),
+              "batch-1 GEMV and 128-token prefill, and the model file size; --accuracy: digits ViT / MiniLM; --convnets: "
+              "zoo conv nets (ShiftConv) file size and cosine", ("tvm",)),
     Benchmark("shift-integer", "shift_integer", "shifts on integer activations (ShiftMatMulInteger) vs the int8 VNNI / AVX2 "
               "kernels, float shifts and FP32 on a 4096x4096 layer (GEMV, 128-row prefill); --vit: digits ViT ivit vs "
               "ivit-shift, top-1 and tvm-llvm latency", ("torch", "tvm")),
