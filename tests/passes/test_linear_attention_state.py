@@ -147,3 +147,21 @@ def test_stdlib_llama_prefill_then_decode_equals_the_prefill():
         step = _outputs(decode, {"input_ids": tokens[:, t:t + 1], "past_sequence_length": np.array([t], np.int64), **state})
         np.testing.assert_allclose(step["logits"][:, 0], expected[:, t], rtol=1e-4, atol=1e-4)
         state = _states(step)
+
+
+def test_to_torch_runs_the_recurrent_decode_graph():
+    """LinearAttentionStep's three outputs reach torch (graphopt.fx splits multi-output graphopt ops)."""
+    torch = pytest.importorskip("torch")
+    from graphopt import ops
+    from graphopt.fx import to_torch
+
+    decode, _ = _run(DECODE, "attention,linear-attention,linear-attention-state")
+    ops.attach_functions(decode)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {v.name: np.abs(rng.standard_normal([d for d in v.shape])).astype(np.float32)
+             for v in decode.graph.inputs if v.name != "past_sequence_length"}
+    feeds["past_sequence_length"] = np.array([PROMPT], np.int64)
+    with torch.no_grad():
+        got = to_torch(decode)(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    for g, e in zip(got, testing.run_ort(decode, feeds)):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-5)
