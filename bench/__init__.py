@@ -50,6 +50,8 @@ BENCHMARKS = {b.name: b for b in (
               "sparsity and held-out perplexity at 30/50/70% vs dense", ("torch",)),
     Benchmark("sparsity-kernel", "sparsity_kernel", "decode step of a LLaMA-7B-shaped MLP on tvm-llvm: dense vs CATS vs TEAL "
               "with the sparse kernels, speedup vs sparsity 0-90% and the crossover", ("tvm",)),
+    Benchmark("sparsity-decode", "sparsity", "end-to-end decode of the trained stdlib-llama on tvm-llvm: one step and a "
+              "KV-cache loop of 64 tokens, cats/teal at 50% vs dense, tokens/s", ("torch", "tvm"), ("--decode",)),
     Benchmark("attention", "attention", "one attention layer (12 heads x 64) vs N 512-16K: softmax (graphopt's TVM kernel, ORT) vs "
               "LinearizedAttention's CPU kernels: latency, log-log slope, peak RSS, decode step vs context, PNG plot", ("tvm",)),
     Benchmark("linear-decode", "linear_decode", "decode step vs context 128-16K: recurrent linear-attention state vs "
