@@ -155,7 +155,7 @@ def _rewritten(proto, calib) -> dict:
     models = {"fp32": proto}
     for name, passes in ACCURACY_VARIANTS.items():
         result = graphopt.compile(proto, passes=passes, calib=calib, validate=False, bench_runs=0)
-        shifted = sum(r.rewrites.get("shift-matmul", 0) + r.rewrites.get("shift-gemm", 0) for r in result.report.passes)
+        shifted = sum(r.rewrites.get(k, 0) for r in result.report.passes for k in ("shift-matmul", "shift-gemm", "shift-conv"))
         models[name] = (result.model, shifted)
     return models
 
