@@ -1,7 +1,8 @@
-"""The hand-scheduled CPU kernel of ``MaskedAddMatMul`` (``kernels/masked_add_matmul_fast.py``) agrees
+"""The hand-scheduled CPU kernels of ``MaskedAddMatMul`` (``kernels/masked_add_matmul_fast.py``) agree
 with the op's numpy reference: 197 keys (a partial last word) and 197 rows (a partial last row
 tile), N = 65 (the binary-attention state [S | z]: an overlapping last chunk), N below one vector,
-k < 16, several widths of SIMD vector; the converter takes it for static float32 shapes (broadcast
+k < 16, several widths of SIMD vector; the table kernel (many rows) with partial nibbles and words
+and bits past k set; the converter takes it for static float32 shapes (broadcast
 leading axes), and falls back to the TE compute for float16; it compiles to vector AND + add for
 AVX2, AVX-512 and aarch64 NEON (codegen only: the target decides the width, never the host)."""
 
@@ -42,6 +43,18 @@ def test_cpu_kernel_matches_the_reference(bh, m, k, n, lanes):
     np.testing.assert_allclose(y.numpy(), MASKED_ADD_MATMUL_OP.reference(bits, x, k=k), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("bh", "m", "k", "n"), [(2, 197, 16, 65), (1, 64, 33, 3), (2, 70, 13, 7)],
+                         ids=["queries-197", "partial-nibble", "partial-word"])
+def test_table_kernel_matches_the_reference(bh, m, k, n):
+    rng = np.random.default_rng(testing.SEED + 3)
+    bits, x = _operands(rng, (bh,), m, k, n)
+    bits[0, :3] = 65535  # bits past k are ignored
+    compiled = fast.compile_kernel(fast.table_func(bh, m, bits.shape[-1], k, n, LANES), HOST)
+    y = tvm.runtime.tensor(np.full((bh, m, n), np.nan, np.float32))
+    compiled(tvm.runtime.tensor(bits), tvm.runtime.tensor(x), y)
+    np.testing.assert_allclose(y.numpy(), MASKED_ADD_MATMUL_OP.reference(bits, x, k=k), rtol=1e-5, atol=1e-5)
+
+
 def _converter(bits, x, k, target):
     bb = relax.BlockBuilder()
     b_var = relax.Var("bits", relax.TensorType(bits.shape, "int32"))
@@ -59,11 +72,12 @@ def _converter(bits, x, k, target):
     return vm["main"](tvm.runtime.tensor(bits), tvm.runtime.tensor(x)).numpy(), bool(scheduled)
 
 
-@pytest.mark.parametrize(("b_lead", "x_lead"), [((2, 3), (2, 3)), ((2, 3), (1, 3)), ((3,), (2, 1))],
-                         ids=["same", "x-broadcast", "both-broadcast"])
-def test_converter_takes_the_cpu_kernel(b_lead, x_lead):
+@pytest.mark.parametrize(("b_lead", "x_lead", "m"), [((2, 3), (2, 3), 6), ((2, 3), (1, 3), 6), ((3,), (2, 1), 6),
+                                                     ((2, 1), (2, 3), 80)],
+                         ids=["same", "x-broadcast", "both-broadcast", "tables"])
+def test_converter_takes_the_cpu_kernel(b_lead, x_lead, m):
     rng = np.random.default_rng(testing.SEED + 1)
-    bits = pack_bits(rng.random((*b_lead, 6, 21)) < 0.5)
+    bits = pack_bits(rng.random((*b_lead, m, 21)) < 0.5)
     x = rng.standard_normal((*x_lead, 21, 10)).astype(np.float32)
     got, hand_scheduled = _converter(bits, x, 21, HOST)
     assert hand_scheduled
