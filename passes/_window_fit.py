@@ -9,7 +9,9 @@ and normalizes the row. γ is fitted per head to minimize the cross-entropy -Σ_
 softmax attention A (the loss ``passes/_hedgehog.py`` distils with). With the window's share of A
 a_i = Σ_{|i-j|<W} A_ij and the row sums σ_i (window) and λ_i (linear), the loss is, up to terms free
 of γ, mean_i(-a_i·t + log(e^t·σ_i + λ_i)) with t = log γ: convex in t, its derivative increasing, so
-bisection finds the optimum exactly (``fit_gamma``; no torch, deterministic). ``hedgehog`` instead
+bisection finds the optimum exactly (``fit_gamma``; no torch, deterministic). Rows of padded queries
+(a key-padding mask at the query's own position) do not count: their output is never read, and a
+padded query far past the sentence has no real key in its window, which would pull γ towards 0. ``hedgehog`` instead
 fits γ jointly with its maps (``fit_hedgehog(window=W)``, via ``hybrid_weights_torch``).
 
 The fixed maps are written out in numpy here (``numpy_features``) exactly as
@@ -28,6 +30,7 @@ __all__ = ["FITTED_MAPS", "band", "fit_gamma", "hybrid_weights_torch", "numpy_fe
 FITTED_MAPS = ("elu", "relu", "liger", "cosformer")  # fixed maps γ can be fitted for (hedgehog fits its own)
 _T_RANGE = (-40.0, 40.0)  # log γ searched
 _BISECTIONS = 60
+_PADDED = -20.0  # a key-mask value at or below this marks a padded position (weight e^-20)
 
 
 def band(sq: int, sk: int, window: int) -> np.ndarray:
@@ -73,7 +76,9 @@ def numpy_features(feature_map: str, x: np.ndarray, *, positions: np.ndarray | N
 
 
 def _row_terms(q, k, qf, kf, *, scale: float, causal: bool, window: int, key_mask):
-    """Per row: the window's share a of softmax attention, the window's and the linear weights' sums."""
+    """Per row: the window's share a of softmax attention, the window's and the linear weights' sums, and
+    whether the row counts (not a padded query: with Sq = Sk and a key mask, query i is padding when
+    key i is masked, weight below e^-20; its row is never read, and its window may hold no real key)."""
     logits = np.matmul(q, np.swapaxes(k, -1, -2)) * scale
     linear = np.matmul(qf, np.swapaxes(kf, -1, -2))
     if key_mask is not None:
@@ -94,7 +99,10 @@ def _row_terms(q, k, qf, kf, *, scale: float, causal: bool, window: int, key_mas
     window_max = windowed.max(-1, keepdims=True)
     soft = np.exp(windowed - np.where(np.isinf(window_max), 0.0, window_max))
     share = np.where(inside, target, 0.0).sum(-1)
-    return share, soft.sum(-1), np.where(inside, 0.0, linear).sum(-1)
+    counts = np.ones(share.shape, bool)
+    if key_mask is not None and sq == sk:
+        counts = np.broadcast_to(np.asarray(key_mask, np.float64).reshape(logits.shape[0], 1, sk) > _PADDED, share.shape)
+    return share, soft.sum(-1), np.where(inside, 0.0, linear).sum(-1), counts
 
 
 def fit_gamma(q, k, *, scale: float, causal: bool = False, key_mask=None, info: dict | None = None, window: int = 64,
@@ -107,11 +115,11 @@ def fit_gamma(q, k, *, scale: float, causal: bool = False, key_mask=None, info: 
     sq, sk = q.shape[-2], k.shape[-2]
     qf = features(q, np.arange(sq) + (sk - sq), sk)
     kf = features(k, np.arange(sk), sk)
-    share, soft, linear = _row_terms(q, k, qf, kf, scale=scale, causal=causal, window=window, key_mask=key_mask)
+    share, soft, linear, counts = _row_terms(q, k, qf, kf, scale=scale, causal=causal, window=window, key_mask=key_mask)
     gammas = []
     for h in range(q.shape[1]):
         a, s, lin = share[:, h].ravel(), soft[:, h].ravel(), linear[:, h].ravel()
-        keep = s > 0
+        keep = (s > 0) & counts[:, h].ravel()
         a, s, lin = a[keep], s[keep], lin[keep]
 
         def slope(t):  # d/dt mean(-a·t + log(e^t·s + lin))
@@ -131,5 +139,5 @@ def fit_gamma(q, k, *, scale: float, causal: bool = False, key_mask=None, info: 
         gammas.append(math.exp(t))
     if info is not None:
         info.setdefault("steps", 0)
-        info.update(gamma=[float(f"{g:.6g}") for g in gammas], window_share=round(float(share.mean()), 4))
+        info.update(gamma=[float(f"{g:.6g}") for g in gammas], window_share=round(float(share[counts].mean()), 4))
     return None, None

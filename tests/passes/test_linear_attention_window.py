@@ -115,7 +115,7 @@ def _attention_samples(seed, n, heads=2, seq=24, dim=8, model_dim=16):
 
 
 def _cross_entropy(q, k, qf, kf, gamma, window):
-    share, soft, lin = _window_fit._row_terms(q, k, qf, kf, scale=8 ** -0.5, causal=False, window=window, key_mask=None)
+    share, soft, lin, _ = _window_fit._row_terms(q, k, qf, kf, scale=8 ** -0.5, causal=False, window=window, key_mask=None)
     g = np.asarray(gamma).reshape(1, -1, 1)
     return float(np.mean(-share * np.log(g) + np.log(g * soft + lin)))
 
@@ -134,3 +134,18 @@ def test_gamma_is_the_cross_entropys_minimizer():
             moved[h] *= factor
             assert best < _cross_entropy(q, k, qf, kf, moved, 4)
     assert 0 < info["window_share"] < 1 and info["steps"] == 0
+
+
+def test_padded_queries_do_not_count_in_gamma():
+    """With the last 10 of 24 positions padded, γ is the one fitted on the 14 real tokens alone."""
+    q, k = _attention_samples(testing.SEED, 3)
+    mask = np.zeros((3, 24))
+    mask[:, 14:] = -np.inf
+
+    def gamma(q, k, key_mask):
+        info = {}
+        _window_fit.fit_gamma(q, k, scale=8 ** -0.5, window=4, key_mask=key_mask, info=info,
+                              features=lambda x, positions, length: _window_fit.numpy_features("relu", x))
+        return np.asarray(info["gamma"])
+
+    np.testing.assert_allclose(gamma(q, k, mask), gamma(q[:, :, :14], k[:, :, :14], None), rtol=1e-6)
