@@ -1,7 +1,7 @@
 """Shift-linear on tvm-llvm: one [K, N] linear layer as packed power-of-two weights vs FP32 dense.
 
     python -m bench.shift [--runs 30] [--k 4096] [--n 4096] [--rows 1,128] [--threads 2] [--json out.json]
-    python -m bench.shift --accuracy [--json out.json]
+    python -m bench.shift --accuracy [--models vit,minilm] [--json out.json]
     python -m bench.shift --convnets resnet:full,convnext:full,mobilenet-v2:full,wav2vec2 [--json out.json]
 
 The layer ``y = x · W`` (W seeded N(0, 1/K), fp32) is built in ONNX, rewritten by ``shift-linear``
@@ -141,6 +141,7 @@ def measure(k: int, n: int, rows_list: list[int], runs: int, threads: int) -> di
 
 ACCURACY_VARIANTS = {
     "shift-linear": "shift-linear",
+    "shift-linear(layers=!conv2d)": "shift-linear(layers=!conv2d)",  # the digits ViT's patch conv kept dense
     "shift-linear(zero_free)": "shift-linear(zero_free=true)",
     "canonicalize,shift-linear": "canonicalize,shift-linear",
     "canonicalize,shift-linear(min_sqnr=20)": "canonicalize,shift-linear(min_sqnr=20)",
@@ -160,10 +161,19 @@ def _rewritten(proto, calib) -> dict:
     return models
 
 
-def accuracy() -> list[dict]:
+def accuracy(models: tuple[str, ...] = ("vit", "minilm")) -> list[dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = []
+    if "vit" in models:
+        rows += _vit_accuracy()
+    if "minilm" in models:
+        rows += _minilm_accuracy()
+    return rows
+
+
+def _vit_accuracy() -> list[dict]:
     from graphopt.backends import ort as ort_backend  # noqa: PLC0415
-    from graphopt.models import digits_vit, minilm  # noqa: PLC0415
+    from graphopt.models import digits_vit  # noqa: PLC0415
 
     rows = []
     proto = digits_vit.build()
@@ -178,6 +188,14 @@ def accuracy() -> list[dict]:
         rows.append({"model": "digits-vit", "variant": name, "shifted_layers": shifted,
                      "top1": round(float((logits.argmax(1) == y_test).mean()), 4)})
         print(rows[-1], flush=True)
+    return rows
+
+
+def _minilm_accuracy() -> list[dict]:
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.models import minilm  # noqa: PLC0415
+
+    rows = []
     proto = minilm.build()
     sentences = minilm.sentences()
     batch = minilm.tokenize(sentences[:28], seq_len=128)
@@ -261,6 +279,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", default="1,128")
     parser.add_argument("--json", default=None, help="write the measurements here")
     parser.add_argument("--accuracy", action="store_true", help="digits ViT top-1 and MiniLM cosine instead of latency")
+    parser.add_argument("--models", default="vit,minilm", help="--accuracy: which models (vit, minilm)")
     parser.add_argument("--convnets", default=None, help="comma-separated zoo conv models (name or name:full): file size, cosine")
     parser.add_argument("--pipeline", default="shift-linear", help="--convnets: the shift pipeline after canonicalize")
     args = parser.parse_args(argv)
@@ -271,7 +290,7 @@ def main(argv=None) -> None:
                 json.dump(rows, f, indent=1)
         return
     if args.accuracy:
-        rows = accuracy()
+        rows = accuracy(tuple(args.models.split(",")))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
