@@ -36,7 +36,8 @@ recurrent as built (``cosformer``: positions relative to the current key length 
 its key stabilizer is a max over all keys); a decay other than 1 in a prefill (its state would need
 the decay weights); a chain op not known to act per key row (or an operand of unknown rank); a cache
 input read by anything but its Concat and Shape; a dim of the cache not found elsewhere in the inputs;
-softmax attention left in the graph (run ``linear-attention`` first); and an attention that is
+a cache of static length (the graph is specialized to one context: positions may be constants, as in
+the zoo's static decode exports); softmax attention left in the graph (run ``linear-attention`` first); and an attention that is
 neither a causal prefill nor one query over a KV cache (an encoder). Layers are numbered in graph
 order. GQA states are kept per query head (the chain repeats the KV heads before φ).
 """
@@ -238,6 +239,8 @@ class _RowClone:
             if inputs[1] in self.chain:
                 raise _Declined(f"MatMul ({node.name}) multiplies two values of the keys' chain")
             new_inputs = [self.clone(inputs[0]), inputs[1]]
+        elif op == "Transpose" and list(node.attributes.get_ints("perm", []))[-2:] == [out_rank - 2, out_rank - 1]:
+            new_inputs = [self.clone(inputs[0])]  # leading axes only (heads, batch): rows stay rows
         elif op == "Unsqueeze":
             axes = _axes(node)
             if axes is None or any(a % out_rank >= out_rank - 2 for a in axes):
@@ -357,6 +360,11 @@ class LinearAttentionStatePass(GraphoptPass):
                 raise _Declined(f"{node.name}: Kf or V does not come from a Concat(past, new) of a graph input")
             plans.append((node, concats))
         caches = {c.inputs[0] for _, concats in plans for c in concats}
+        for past in caches:
+            if past.shape is not None and len(past.shape) >= 2 and isinstance(past.shape[-2], int):
+                raise _Declined(f"the cache input {past.name} has a static length ({past.shape[-2]}): the graph is "
+                                "specialized to that context (positions and masks may be folded to constants), so a "
+                                "state carried past it would be read at the wrong positions; export with a dynamic cache length")
         shape_readers = []
         for past in caches:
             for user, _ in past.uses():

@@ -121,6 +121,12 @@ def test_declines_maps_that_are_not_recurrent(feature_map, why):
     assert [o.name for o in model.graph.outputs] == ["Y", "present_key", "present_value"]
 
 
+def test_declines_a_cache_of_static_length():
+    model, record = _run(DECODE.replace(",past,", ",6,"), "attention,linear-attention,linear-attention-state")
+    assert not record.modified and "has a static length (6)" in record.declines[0]
+    assert "past_key" in [i.name for i in model.graph.inputs]
+
+
 @pytest.mark.slow
 def test_stdlib_llama_prefill_then_decode_equals_the_prefill():
     """The trained decoder: 12-token prompt, 3 decode steps, logits vs the linear prefill of 15 tokens."""
