@@ -420,7 +420,7 @@ def main(argv=None) -> None:
     if memory:
         result["memory_mb"] = {c: [] for c in prefill}
     for n in lengths:
-        cases = [c for c in prefill if c.startswith("linear") or n <= args.softmax_max]
+        cases = [c for c in prefill if c.startswith(("linear", "hybrid")) or n <= args.softmax_max]
         timed = interleaved({c: prefill_runner(c, n, args.threads)[0] for c in cases}, runs)
         ms = {c: fastest for c, (fastest, _) in timed.items()}
         for c in prefill:
