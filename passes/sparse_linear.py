@@ -16,11 +16,19 @@ forms of ``models/zoo/forms.py`` and of ``graphopt.passes._canonical_utils``)::
     Mul(a, MatMul(x, DequantizeLinear(Wq, scale)))
       ->  pkg.graphopt.SparseGatedMatMulInt8(a, x, Wqᵀ, scale[N])
 
-The TVM preparation runs this pass twice: before its constant folding, which would otherwise turn
-every dequantized constant weight into a float32 one (``PREPARE_FOLD_LIMIT``) and hide the int8
-weight; and after it, for the float weights the folding makes (a Transpose of a constant, ...).
-Running it before the folding rather than teaching the fold to spare some DequantizeLinears keeps
-the decision (which weights feed a thresholded input) in one place, this pass.
+In a graph that has thresholds, the other int8 projections with few rows (CATS's gate, attention's
+projections) go to the same int8 kernel, whose dense branch is an int8 GEMV reading a quarter of the
+bytes; tvm-llvm's own ``DequantizeLinear`` + ``MatMul`` runs at the float32 rate::
+
+    MatMul(x, DequantizeLinear(Wq, scale))         x not thresholded, at most ``max_rows`` rows
+      ->  pkg.graphopt.SparseInputMatMulInt8(x, Wq, scale[N])        (rule ``int8-dense-matmul``)
+
+The TVM preparation runs this pass twice: before its constant folding, which turns a ``Cast + Mul``
+int8 weight, and a DequantizeLinear one of up to 65536 elements (``fold-static-values``), into a
+float32 constant and hides the int8 (larger DequantizeLinear weights it keeps: onnxscript's folder
+preserves Q/DQ nodes, so they are dequantized at run time); and after it, for the float weights the folding makes (a Transpose of
+a constant, ...). Running it before the folding rather than teaching the fold to spare some weights
+keeps the decision (which weights feed a thresholded input) in one place, this pass.
 
 W is a constant float32 2-D weight in the three float rules (and C, when the Gemm has one, a constant). The threshold nodes themselves stay (their target and
 site metadata are what ``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
@@ -195,6 +203,20 @@ class _SparseInput(pattern.RewriteRuleClassBase):
         return getattr(op, INPUT_OP)(x, w, _domain=ops.DOMAIN, _version=ops.OPSET_VERSION)
 
 
+class _Int8Dense(_SparseInput):
+    """MatMul(x, DequantizeLinear(Wq, s)) whose x is not thresholded, in a thresholded graph: the int8
+    kernel's dense branch (an int8 GEMV; tvm-llvm's DequantizeLinear + MatMul runs at the float32 rate)."""
+
+    def check(self, context, x, w, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if _sparse_source(x):
+            return result.fail(f"the input '{x.name}' is thresholded: the sparse rules take it")
+        if _int8_weight(w) is None:
+            return result.fail(f"the weight '{w.name}' is not int8 dequantized per output channel")
+        reason = _decline(x, w, self.max_rows)
+        return result.fail(reason) if reason else result
+
+
 class _SparseGemm(_SparseInput):
     """Gemm(x, W, [C]) with a thresholded x: transA=0, C absent or a constant."""
 
@@ -240,5 +262,5 @@ class SparseLinearPass(RulePass):
     def rules(self):
         rows = self.options.max_rows
         return [*_GatedUp.rule("sparse-gated-up", rows).commute(), _SparseInput.rule("sparse-input-matmul", rows),
-                _SparseGemm.rule("sparse-input-gemm", rows)]
+                _SparseGemm.rule("sparse-input-gemm", rows), _Int8Dense.rule("int8-dense-matmul", rows)]
 

@@ -396,8 +396,8 @@ def prepare(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[ir.Mo
     work = model.clone()
     with _quiet("onnxscript.optimizer._constant_folding"):  # its per-node evaluation warnings are not ours to show
         records = run_pipeline(work, f'static-shapes(shapes="{format_shapes(shapes)}")')
-        # int8 weights read by thresholded inputs -> the int8 sparse kernels, before the folding
-        # dequantizes every constant weight to float32 (the second run below takes the float ones)
+        # int8 weights read by thresholded inputs -> the int8 sparse kernels, before the folding makes
+        # weight-only int8 float32 (Cast+Mul; DequantizeLinear up to 65536 elements); the second run: float
         records += run_pipeline(work, "sparse-linear")
         for _ in range(FOLDING_ROUNDS):
             folding = run_pipeline(work, FOLDING)

@@ -5,7 +5,8 @@ rounding at sparsities 0, 0.5, 0.9 and 1.0, one row and four, both branches of t
 (dense and sparse, forced); through the converter with an N that is not a multiple of the vector
 width (the padded weight and the slice) and batch axes; the CUDA kernels compile with nvcc; the
 aarch64 build runs under qemu; and a CATS-rewritten tiny LLaMA decode step on tvm-llvm, where the
-preparation puts in both ops, matches ONNX Runtime.
+preparation puts in both ops, matches ONNX Runtime. The int8-weight forms: both kernels vs their
+references, and a weight-only int8 MLP (DequantizeLinear and Cast + Mul) through tvm-llvm vs ORT.
 """
 
 from __future__ import annotations
@@ -111,8 +112,7 @@ def _int8(rng, shape):
     return rng.integers(-128, 128, shape, dtype=np.int8), (rng.random(shape[-1]) * 0.01 + 0.001).astype(np.float32)
 
 
-@pytest.mark.parametrize("rows", [1, 4])
-@pytest.mark.parametrize("dense_below", [0.0, 1.0], ids=["sparse-branch", "dense-branch"])
+@pytest.mark.parametrize("rows, dense_below", [(1, 0.0), (4, 1.0)], ids=["sparse-branch-1-row", "dense-branch-4-rows"])
 def test_input_int8_kernel_matches_the_reference(rows, dense_below):
     rng = np.random.default_rng(testing.SEED + 4)
     lanes = vector_lanes(HOST, "float32")
@@ -125,8 +125,7 @@ def test_input_int8_kernel_matches_the_reference(rows, dense_below):
         np.testing.assert_allclose(got, input_int8_reference(x, wq, scale), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 4])
-def test_gated_int8_kernel_matches_the_reference(rows):
+def test_gated_int8_kernel_matches_the_reference(rows=4):
     rng = np.random.default_rng(testing.SEED + 5)
     lanes = vector_lanes(HOST, "float32")
     k, n = 4 * lanes + 5, 19
@@ -140,25 +139,28 @@ def test_gated_int8_kernel_matches_the_reference(rows):
         np.testing.assert_allclose(got, gated_int8_reference(a, x, wtq, scale), rtol=1e-5, atol=1e-5)
 
 
-def _int8_mlp(shape: str, k: int, n: int) -> ir.Model:
-    """``_mlp`` with every weight weight-only int8 (the zoo's ``-int8-dql`` form: DequantizeLinear per output column)."""
+def _int8_mlp(shape: str, k: int, n: int, style: str) -> ir.Model:
+    """``_mlp`` with every weight weight-only int8 (the zoo's forms: ``DequantizeLinear`` per output column, or
+    ``Cast + Mul``)."""
     from graphopt.models.zoo.forms import weight_only_int8  # noqa: PLC0415
 
-    return ir.serde.deserialize_model(weight_only_int8(ir.to_proto(_mlp(shape, k, n)), "dql"))
+    return ir.serde.deserialize_model(weight_only_int8(ir.to_proto(_mlp(shape, k, n)), style))
 
 
-@pytest.mark.parametrize("shape", ["1", "2, 3"])
-def test_int8_weights_reach_the_int8_kernels_and_match_onnx_runtime(shape):
-    """The preparation's first sparse-linear run sees the DequantizeLinear weights before the folding."""
-    model = _int8_mlp(shape, k=21, n=37)
+@pytest.mark.parametrize("style", ["dql", "castmul"])
+def test_int8_weights_reach_the_int8_kernels_and_match_onnx_runtime(style):
+    """sparse-linear, run by the preparation before its folding (which makes these small weights float32 in both
+    forms), takes the int8 weights of the thresholded layers to the int8 kernels."""
+    model = _int8_mlp("1", 21, 37, style)
     ops.attach_functions(model)
-    feeds = {"x": np.random.default_rng(testing.SEED).standard_normal([int(d) for d in shape.split(",")] + [21]).astype(np.float32)}
+    feeds = {"x": np.random.default_rng(testing.SEED).standard_normal((1, 21)).astype(np.float32)}
     artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
     rewrites = [p["rewrites"] for p in artifact.details["prepare"] if p["pass"] == "sparse-linear" and p["rewrites"]]
-    assert rewrites == [{"sparse-gated-up": 1, "sparse-input-matmul": 2}]
-    prepared, _ = tvm_backend.importer.prepare(model, {"x": list(feeds["x"].shape)})
-    assert sorted(n.op_type for n in prepared.graph if n.domain == ops.DOMAIN and "Sparse" in n.op_type) == [
-        "SparseGatedMatMulInt8", "SparseInputMatMulInt8", "SparseInputMatMulInt8"]
+    assert rewrites == [{"sparse-gated-up": 1, "sparse-input-matmul": 2, "int8-dense-matmul": 1}]  # the gate: int8 GEMV
+    prepared, _ = tvm_backend.importer.prepare(model, {"x": [1, 21]})
+    prepared_ops = [n.op_type for n in prepared.graph]
+    assert sorted(op for op in prepared_ops if op.startswith("Sparse")) == [
+        "SparseGatedMatMulInt8", "SparseInputMatMulInt8", "SparseInputMatMulInt8", "SparseInputMatMulInt8"]
     np.testing.assert_allclose(artifact.run(feeds)["y"], testing.run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
 
 

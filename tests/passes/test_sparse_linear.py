@@ -227,16 +227,22 @@ INT8_PER_ROW = _with_functions('<ir_version: 10, opset_import: ["" : 20, "pkg.gr
 
 
 def test_cats_mlp_with_int8_weights_keeps_them_int8(check):
-    result = check.fires(CATS_INT8, "sparse-linear", ["DequantizeLinear", "MatMul", "Sigmoid", "Mul", "ActivationThreshold",
+    result = check.fires(CATS_INT8, "sparse-linear", ["SparseInputMatMulInt8", "Sigmoid", "Mul", "ActivationThreshold",
                                                      "SparseGatedMatMulInt8", "SparseInputMatMulInt8"], atol=1e-5)
-    assert result.last.rewrites == {"sparse-gated-up": 1, "sparse-input-matmul": 1}
+    assert result.last.rewrites == {"sparse-gated-up": 1, "sparse-input-matmul": 1, "int8-dense-matmul": 1}  # the gate: int8 GEMV
     gated = next(n for n in result.model.graph if n.op_type == "SparseGatedMatMulInt8")
     wu_q = onnx.numpy_helper.to_array(next(t for t in CATS_INT8.graph.initializer if t.name == "wu_q"))
     wu_s = onnx.numpy_helper.to_array(next(t for t in CATS_INT8.graph.initializer if t.name == "wu_s"))
     np.testing.assert_array_equal(gated.inputs[2].const_value.numpy(), wu_q.T)  # stored transposed, still int8
     np.testing.assert_array_equal(gated.inputs[3].const_value.numpy(), wu_s)
-    down = next(n for n in result.model.graph if n.op_type == "SparseInputMatMulInt8")
-    assert down.inputs[1].name == "wd_q"  # the stored int8 weight itself, no copy
+    assert [n.inputs[1].name for n in result.model.graph if n.op_type == "SparseInputMatMulInt8"] == ["wg_q", "wd_q"]  # no copies
+
+
+def test_int8_projection_of_an_unthresholded_input_needs_a_thresholded_graph(check):
+    """The int8 GEMV rule only runs where the pass runs at all: on graphs with thresholds."""
+    plain = int8_graph("h = MatMul(x, wg)\n r = Relu(h)\n y = MatMul(r, wd)", {"wg": (8, 16), "wd": (16, 8)})
+    result = check.run(plain, "sparse-linear")
+    assert not result.last.modified and result.ops == testing.op_types(result.original)
 
 
 def test_teal_with_int8_weights_without_zero_points(check):
