@@ -1,6 +1,6 @@
 """Decode step of one LLaMA-7B-shaped MLP on tvm-llvm: dense vs CATS vs TEAL with the sparse kernels.
 
-    python -m bench.sparsity_kernel [--runs 20] [--hidden 4096] [--inter 11008] [--json out.json]
+    python -m bench.sparsity_kernel [--runs 20] [--hidden 4096] [--inter 11008] [--weights fp32|int8] [--json out.json]
 
 The MLP (SwiGLU: ``down(silu(x·W_gate) · (x·W_up))``, batch 1, fp32 weights, seeded random, scaled
 1/sqrt(fan-in)) is built directly in ONNX three times: dense; CATS (an ActivationThreshold on the
@@ -11,6 +11,19 @@ is the quantile of |activation| over calibration inputs (imposed, not calibrated
 Each model is compiled by graphopt's tvm-llvm backend (its preparation runs ``sparse-linear``),
 2 threads, and every runner is timed interleaved in one process (``bench._timing``), cycling
 through several inputs so that the rows a sparse step reads differ from call to call as in decode.
+
+``--weights int8``: the same MLP with weight-only int8 weights (int8 per output column, symmetric,
+``DequantizeLinear(Wq, s, axis=1)`` in the graph; the zoo's ``-int8-dql`` form). ``sparse-linear`` makes
+the thresholded projections ``SparseInputMatMulInt8`` / ``SparseGatedMatMulInt8`` (int8 weights in
+the kernels), and CATS's gate (not thresholded) the int8 kernel's dense branch (``int8-dense-matmul``:
+an int8 GEMV). The dense build has no threshold, so ``sparse-linear`` leaves it alone, and the
+preparation's folding keeps DequantizeLinear at this size (onnxscript's folder preserves Q/DQ): it
+dequantizes its weights at run time on every call, TVM's own dense path ("dense" below: the same
+backend's dense step of the same int8 model). Two
+more runners, timed in the same rounds: "dense fp32", the same MLP with the dequantized values as
+float32 weights (what the ``Cast + Mul`` weight-only form becomes: the folding makes it float32), and
+"int8 kernels at 0%", the TEAL build with its thresholds at 0 (every projection through the int8
+kernels' dense branch, nothing skipped: an int8 GEMV).
 
 Also: one projection [1, 4096] × [4096, 11008] as a lone ``SparseInputMatMul`` built with its dense
 branch forced (``dense_below=1``) and with its sparse branch forced (``dense_below=0``), next to the
@@ -35,6 +48,8 @@ SEED = 20250621
 CURVE = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 INPUTS = 6  # distinct decode inputs cycled through (the rows a sparse step reads change each call)
 FLOAT = onnx.TensorProto.FLOAT
+INT8_DENSE = "int8 kernels at 0%"  # --weights int8: the TEAL build with thresholds 0 (nothing skipped)
+FP32_DENSE = "dense fp32"  # --weights int8: the dense MLP with the dequantized values as float32 weights
 
 
 def _weights(hidden: int, inter: int) -> dict[str, np.ndarray]:
@@ -46,14 +61,33 @@ def _weights(hidden: int, inter: int) -> dict[str, np.ndarray]:
     return {"w_gate": normal(hidden, inter), "w_up": normal(hidden, inter), "w_down": normal(inter, hidden)}
 
 
+def quantize(weights: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per weight [K, N]: int8 symmetric per output column and its float32 scale [N]."""
+    out = {}
+    for name, w in weights.items():
+        scale = np.where(np.abs(w).max(0) > 0, np.abs(w).max(0) / 127, 1.0).astype(np.float32)
+        out[name] = (np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale)
+    return out
+
+
+def dequantized(quantized: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: (q.astype(np.float32) * s).astype(np.float32) for name, (q, s) in quantized.items()}
+
+
 def _threshold(x: str, t: str, y: str) -> onnx.NodeProto:
     return oh.make_node("ActivationThreshold", [x, t], [y], domain="pkg.graphopt")
 
 
-def mlp_model(weights: dict[str, np.ndarray], method: str) -> ir.Model:
-    """The MLP as ONNX: ``method`` "dense", "cats" (input t_gate) or "teal" (inputs t_x, t_h)."""
+def mlp_model(weights: dict[str, np.ndarray], method: str, quantized: dict | None = None) -> ir.Model:
+    """The MLP as ONNX: ``method`` "dense", "cats" (input t_gate) or "teal" (inputs t_x, t_h); with
+    ``quantized`` (``quantize(weights)``) each weight is int8 + scale, dequantized in the graph."""
     hidden = weights["w_gate"].shape[0]
     nodes, inputs = [], [oh.make_tensor_value_info("x", FLOAT, [1, hidden])]
+    initializers = [onh.from_array(w, name) for name, w in weights.items()]
+    if quantized is not None:
+        initializers = [t for name, (q, scale) in quantized.items()
+                        for t in (onh.from_array(q, f"{name}_q"), onh.from_array(scale, f"{name}_s"))]
+        nodes += [oh.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s"], [name], axis=1) for name in quantized]
     x = "x"
     if method == "teal":
         nodes.append(_threshold("x", "t_x", "x_sparse"))
@@ -72,8 +106,7 @@ def mlp_model(weights: dict[str, np.ndarray], method: str) -> ir.Model:
     nodes.append(oh.make_node("MatMul", [h, "w_down"], ["y"]))
     thresholds = {"dense": [], "cats": ["t_gate"], "teal": ["t_x", "t_h"]}[method]
     inputs += [oh.make_tensor_value_info(t, FLOAT, []) for t in thresholds]
-    graph = oh.make_graph(nodes, f"mlp_{method}", inputs, [oh.make_tensor_value_info("y", FLOAT, [1, hidden])],
-                          [onh.from_array(w, name) for name, w in weights.items()])
+    graph = oh.make_graph(nodes, f"mlp_{method}", inputs, [oh.make_tensor_value_info("y", FLOAT, [1, hidden])], initializers)
     proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("pkg.graphopt", 1)])
     return ir.serde.deserialize_model(proto)
 
@@ -114,17 +147,20 @@ def _runner(artifact, feeds_list: list[dict[str, np.ndarray]]):
     return run
 
 
-def compile_methods(weights: dict[str, np.ndarray], threads: int) -> dict[str, object]:
+def compile_methods(weights: dict[str, np.ndarray], threads: int, quantized: dict | None = None) -> dict[str, object]:
     from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
 
     artifacts = {}
     for method in ("dense", "cats", "teal"):
-        model = mlp_model(weights, method)
+        model = mlp_model(weights, method, quantized)
         feeds = {"x": decode_inputs(model.graph.inputs[0].shape[1], 1)[0],
                  **thresholds_stub(method)}
         artifacts[method] = tvm_backend.compile(model, target="tvm-llvm", threads=threads, example_inputs=feeds)
         rewrites = [p["rewrites"] for p in artifacts[method].details["prepare"] if p["pass"] == "sparse-linear"]
         print(f"compiled {method}: {artifacts[method].details['build_seconds']} s build, sparse-linear {rewrites}", flush=True)
+    if quantized is not None:
+        artifacts[FP32_DENSE] = tvm_backend.compile(mlp_model(weights, "dense"), target="tvm-llvm", threads=threads)
+        artifacts[INT8_DENSE] = artifacts["teal"]  # with its thresholds at 0: every projection through the int8 kernels
     return artifacts
 
 
@@ -162,6 +198,10 @@ def mlp_curve(weights, artifacts, runs: int, sparsities=CURVE) -> list[dict]:
         t = thresholds(weights, s)
         runners, achieved = {}, {}
         for method, artifact in artifacts.items():
+            if method in (INT8_DENSE, FP32_DENSE):
+                zeros = {name: np.zeros((), np.float32) for name in t["teal"]} if method == INT8_DENSE else {}
+                runners[method] = _runner(artifact, [{"x": x, **zeros} for x in xs])
+                continue
             feeds = [{"x": x, **t[method]} for x in xs]
             got = artifact.run(feeds[0])["y"]
             expected = _reference(weights, method, xs[0], t[method])
@@ -171,14 +211,21 @@ def mlp_curve(weights, artifacts, runs: int, sparsities=CURVE) -> list[dict]:
         ms = interleaved_medians(runners, runs, per_round=2)
         row = {"sparsity": s, "ms": {k: round(v, 3) for k, v in ms.items()}, "achieved": achieved,
                "speedup": {m: round(ms["dense"] / ms[m], 3) for m in ("cats", "teal")}}
+        for baseline in (FP32_DENSE, INT8_DENSE):
+            if baseline in ms:
+                row[f"speedup_vs_{baseline}"] = {m: round(ms[baseline] / ms[m], 3) for m in ("cats", "teal")}
         print(f"sparsity {s:.2f}: dense {ms['dense']:.2f} ms, cats {ms['cats']:.2f} ms ({row['speedup']['cats']:.2f}x), "
-              f"teal {ms['teal']:.2f} ms ({row['speedup']['teal']:.2f}x); achieved {achieved['cats']} {achieved['teal']}", flush=True)
+              f"teal {ms['teal']:.2f} ms ({row['speedup']['teal']:.2f}x); achieved {achieved['cats']} {achieved['teal']}"
+              + "".join(f"; {b} {ms[b]:.2f} ms (cats {row[f'speedup_vs_{b}']['cats']:.2f}x, teal {row[f'speedup_vs_{b}']['teal']:.2f}x)"
+                        for b in (FP32_DENSE, INT8_DENSE) if b in ms), flush=True)
         rows.append(row)
     return rows
 
 
-def kernel_crossover(weights, runs: int, threads: int, sparsities=(0.0, 0.02, 0.05, 0.1, 0.2)) -> list[dict]:
-    """One projection: the kernel's forced-dense and forced-sparse branches vs graphopt's dense MatMul."""
+def kernel_crossover(weights, runs: int, threads: int, sparsities=(0.0, 0.02, 0.05, 0.1, 0.2),
+                     quantized: dict | None = None) -> list[dict]:
+    """One projection: the kernel's forced-dense and forced-sparse branches vs graphopt's dense MatMul
+    (with ``quantized``: the int8 kernel's two branches too)."""
     import tvm  # noqa: PLC0415
 
     from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
@@ -197,6 +244,14 @@ def kernel_crossover(weights, runs: int, threads: int, sparsities=(0.0, 0.02, 0.
     y_dev = tvm.runtime.tensor(np.zeros((1, width), np.float32), device)
     kernels = {name: tvm.compile(tvm.IRModule({"main": sparse_matmul.input_func(1, k, width, lanes, threads, below)}),
                                  target=target)["main"] for name, below in (("kernel dense branch", 1.0), ("kernel sparse branch", 0.0))}
+    int8_kernels, int8_weights = {}, ()
+    if quantized is not None:
+        q, scale = quantized["w_up"]
+        int8_weights = (tvm.runtime.tensor(np.pad(q, ((0, 0), (0, width - n))), device),
+                        tvm.runtime.tensor(np.pad(scale, (0, width - n)), device))
+        int8_kernels = {name: tvm.compile(tvm.IRModule({"main": sparse_matmul.input_int8_func(1, k, width, lanes, threads, below)}),
+                                          target=target)["main"]
+                        for name, below in (("int8 kernel dense branch", 1.0), ("int8 kernel sparse branch", 0.0))}
     graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"])], "projection",
                           [oh.make_tensor_value_info("x", FLOAT, [1, k])], [oh.make_tensor_value_info("y", FLOAT, [1, n])],
                           [onh.from_array(w, "w")])
@@ -209,6 +264,8 @@ def kernel_crossover(weights, runs: int, threads: int, sparsities=(0.0, 0.02, 0.
         for x in xs:
             x[:, rng.random(k) < s] = 0
         runners = {name: _cycle(func, [(tvm.runtime.tensor(x, device), w_dev, y_dev) for x in xs]) for name, func in kernels.items()}
+        runners |= {name: _cycle(func, [(tvm.runtime.tensor(x, device), *int8_weights, y_dev) for x in xs])
+                    for name, func in int8_kernels.items()}
         runners["graphopt dense MatMul"] = _runner(dense, [{"x": x} for x in xs])
         ms = interleaved_medians(runners, runs, per_round=2)
         rows.append({"sparsity": s, "ms": {name: round(v, 3) for name, v in ms.items()}})
@@ -226,10 +283,10 @@ def _cycle(func, argument_list):
     return run
 
 
-def crossover(rows: list[dict], method: str) -> float | None:
-    """The sparsity above which ``method`` stays faster than dense: linear between the last curve point
-    below 1x and the next (0.0: faster everywhere; None: never faster)."""
-    points = [(r["sparsity"], r["speedup"][method]) for r in rows]
+def crossover(rows: list[dict], method: str, key: str = "speedup") -> float | None:
+    """The sparsity above which ``method`` stays faster than dense (``key``: against which baseline):
+    linear between the last curve point below 1x and the next (0.0: faster everywhere; None: never faster)."""
+    points = [(r["sparsity"], r[key][method]) for r in rows]
     slower = [i for i, (_, v) in enumerate(points) if v < 1]
     if not slower:
         return 0.0
@@ -246,21 +303,30 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--inter", type=int, default=11008)
+    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32",
+                        help="int8: weight-only int8 (DequantizeLinear per output column) through the int8 kernels")
     parser.add_argument("--json", default=None, help="write the measurements here")
     args = parser.parse_args(argv)
-    print(f"MLP {args.hidden} -> {args.inter} -> {args.hidden}, SwiGLU, batch 1, fp32, tvm-llvm, {args.threads} threads; "
-          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"MLP {args.hidden} -> {args.inter} -> {args.hidden}, SwiGLU, batch 1, {args.weights} weights, tvm-llvm, "
+          f"{args.threads} threads; load average {os.getloadavg()[0]:.1f}", flush=True)
     weights = _weights(args.hidden, args.inter)
-    artifacts = compile_methods(weights, args.threads)
+    quantized = quantize(weights) if args.weights == "int8" else None
+    if quantized is not None:
+        weights = dequantized(quantized)  # the values every build computes with (reference, thresholds)
+    artifacts = compile_methods(weights, args.threads, quantized)
     curve = mlp_curve(weights, artifacts, args.runs)
     del artifacts
-    projection = kernel_crossover(weights, args.runs, args.threads)
-    result = {"shape": [args.hidden, args.inter], "threads": args.threads, "runs": args.runs, "curve": curve,
+    projection = kernel_crossover(weights, args.runs, args.threads, quantized=quantized)
+    result = {"shape": [args.hidden, args.inter], "weights": args.weights, "threads": args.threads, "runs": args.runs, "curve": curve,
               "crossover": {m: crossover(curve, m) for m in ("cats", "teal")}, "projection": projection,
               "load_average_end": os.getloadavg()[0]}
+    for baseline in (FP32_DENSE, INT8_DENSE) if quantized is not None else ():
+        result[f"crossover_vs_{baseline}"] = {m: crossover(curve, m, f"speedup_vs_{baseline}") for m in ("cats", "teal")}
     at_half = next(r for r in curve if r["sparsity"] == 0.5)
     print(f"at 50%: CATS {at_half['speedup']['cats']:.2f}x (target >= 1.35x, bound 1.5x), TEAL {at_half['speedup']['teal']:.2f}x "
           f"(target >= 1.6x, bound 2x); crossover {result['crossover']}; load average {os.getloadavg()[0]:.1f}")
+    for baseline in (FP32_DENSE, INT8_DENSE) if quantized is not None else ():
+        print(f"at 50% vs {baseline}: {at_half[f'speedup_vs_{baseline}']}; crossover {result[f'crossover_vs_{baseline}']}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
