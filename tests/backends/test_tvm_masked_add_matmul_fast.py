@@ -104,3 +104,29 @@ def test_codegen_uses_the_targets_vectors(target, lanes, and_add):
     asm = tvm.compile(tvm.IRModule({"main": func}), target=target).mod.inspect_source("asm")
     kinds = {m.group(0).split()[0] for m in re.finditer(and_add, asm)}
     assert len(kinds) == 2, kinds  # the lane AND and the float add, both on full vectors
+
+
+def test_aarch64_build_matches_the_reference_under_qemu():
+    """Both kernels (6 rows: masked adds; 80 rows: tables) cross-compiled for aarch64 and run under qemu."""
+    import onnx_ir as ir  # noqa: PLC0415
+
+    from graphopt import ops  # noqa: PLC0415
+    from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
+    from graphopt.backends.tvm import edge  # noqa: PLC0415
+
+    missing = edge.toolchain_problems()
+    if missing:
+        pytest.skip(f"aarch64 toolchain missing ({'; '.join(missing)}): run backends/tvm/edge/install_toolchain.sh")
+    rng = np.random.default_rng(testing.SEED + 4)
+    feeds = {"few": pack_bits(rng.random((2, 6, 21)) < 0.5), "many": pack_bits(rng.random((2, 80, 21)) < 0.5),
+             "x": rng.standard_normal((2, 21, 10)).astype(np.float32)}
+    inputs = [ir.val(name, ir.DataType.from_numpy(a.dtype), ir.Shape(a.shape)) for name, a in feeds.items()]
+    nodes = [ir.node("MaskedAddMatMul", [inputs[i], inputs[2]], attributes={"k": 21}, domain=ops.DOMAIN) for i in (0, 1)]
+    for node, name, rows in zip(nodes, ("y_few", "y_many"), (6, 80), strict=True):
+        node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = name, ir.DataType.FLOAT, ir.Shape([2, rows, 10])
+    graph = ir.Graph(inputs, [n.outputs[0] for n in nodes], nodes=nodes, opset_imports={"": 18}, name="mam")
+    model = ir.Model(graph, ir_version=10)
+    ops.attach_functions(model)
+    got = tvm_backend.compile(model, target="tvm-aarch64", example_inputs=feeds).run(feeds)
+    for name, bits in (("y_few", feeds["few"]), ("y_many", feeds["many"])):
+        np.testing.assert_allclose(got[name], MASKED_ADD_MATMUL_OP.reference(bits, feeds["x"], k=21), rtol=1e-5, atol=1e-5)
