@@ -66,7 +66,8 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("hedgehog-quality", "hedgehog_quality", "linear attention with calibrated Hedgehog maps vs elu+1: digits-ViT top-1, "
               "MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
     Benchmark("binary-attention", "binary_attention", "binary-code attention (shiftadd): digits-ViT top-1 and per-block "
-              "cosine at nbits 16/32, one layer's ORT latency vs softmax at 197 and 1K tokens", ("torch",)),
+              "cosine at nbits 16/32 (MaskedAddMatMul vs the float form), one layer's latency vs softmax "
+              "at 197 and 1K tokens on ORT and tvm-llvm", ("torch",)),
     Benchmark("linear-attention-quality", "linear_attention_quality", "linear-, sigmoid- and softplus-attention without "
               "training: digits-ViT top-1, MiniLM embedding cosine, per-block attention-output cosine", ("torch",)),
     Benchmark("finetune", "finetune", "graphopt.finetune gains side by side with FP32 and post-training: relufy on "
