@@ -30,6 +30,7 @@ __all__ = ["FITTED_MAPS", "band", "fit_gamma", "hybrid_weights_torch", "numpy_fe
 FITTED_MAPS = ("elu", "relu", "liger", "cosformer")  # fixed maps γ can be fitted for (hedgehog fits its own)
 _T_RANGE = (-40.0, 40.0)  # log γ searched
 _BISECTIONS = 60
+GAMMA_UNDETERMINED = 0.1  # γ where it cancels (every window holds every key): LoLCATs' initial value
 _PADDED = -20.0  # a key-mask value at or below this marks a padded position (weight e^-20)
 
 
@@ -127,7 +128,9 @@ def fit_gamma(q, k, *, scale: float, causal: bool = False, key_mask=None, info: 
             return float(np.mean(e * s / np.maximum(e * s + lin, 1e-300) - a))
 
         lo, hi = _T_RANGE
-        if a.size == 0 or slope(hi) <= 0:
+        if not (lin > 0).any():  # no row reaches a key outside its window: γ cancels, any value is exact
+            t = math.log(GAMMA_UNDETERMINED)
+        elif slope(hi) <= 0:
             t = hi
         elif slope(lo) >= 0:
             t = lo

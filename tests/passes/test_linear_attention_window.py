@@ -149,3 +149,11 @@ def test_padded_queries_do_not_count_in_gamma():
         return np.asarray(info["gamma"])
 
     np.testing.assert_allclose(gamma(q, k, mask), gamma(q[:, :, :14], k[:, :, :14], None), rtol=1e-6)
+
+
+def test_gamma_that_cancels_is_lolcats_initial_value():
+    q, k = _attention_samples(testing.SEED, 2)
+    info = {}
+    _window_fit.fit_gamma(q, k, scale=8 ** -0.5, window=24, info=info,  # every window holds every key
+                          features=lambda x, positions, length: _window_fit.numpy_features("elu", x))
+    assert info["gamma"] == [_window_fit.GAMMA_UNDETERMINED] * 2
