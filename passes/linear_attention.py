@@ -37,7 +37,7 @@ an unknown head dimension or inside a function (its W is an initializer); ``hedg
 ``window=W > 0``: LoLCATs' hybrid, ``WindowedLinearAttention`` (softmax over the W nearest keys,
 the map outside, a fitted per-head γ): ``passes/_window.py`` (its rewrite, declines and fit).
 
-Hedgehog: the pass calibrates (``needs_calibration`` for this map only): one run captures every
+Hedgehog: the pass calibrates (``needs_calibration`` for this map and for window > 0): one run captures every
 attention's Q, K (and mask), ``passes/_hedgehog.py`` fits a map per attention by attention
 distillation (``hedgehog_steps`` Adam steps at most, ``hedgehog_seconds`` for the whole model,
 ``seed``), and φ(x) = [softmax(xW+b), softmax(-(xW+b))] is built on the raw Q and K (W absorbs
@@ -187,7 +187,8 @@ class _LinearAttention(pattern.RewriteRuleClassBase):
 
 @register_pass("linear-attention", options=LinearAttentionOptions, category="rewrite")
 class LinearAttentionPass(RulePass):
-    """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger, hedgehog)."""
+    """Replace each softmax DotProductAttention by LinearizedAttention over feature-mapped Q, K (elu, relu, cosformer, performer, liger, hedgehog);
+    with window > 0 by LoLCATs' WindowedLinearAttention (softmax window + the map outside, fitted γ)."""
 
     @property
     def needs_calibration(self) -> bool:  # hedgehog fits its maps, window > 0 its γ, on the run's samples
