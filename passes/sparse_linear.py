@@ -26,12 +26,14 @@ bytes; tvm-llvm's own ``DequantizeLinear`` + ``MatMul`` runs at the float32 rate
 The TVM preparation runs this pass twice: before its constant folding, which turns a ``Cast + Mul``
 int8 weight, and a DequantizeLinear one of up to 65536 elements (``fold-static-values``), into a
 float32 constant and hides the int8 (larger DequantizeLinear weights it keeps: onnxscript's folder
-preserves Q/DQ nodes, so they are dequantized at run time); and after it, for the float weights the folding makes (a Transpose of
-a constant, ...). Running it before the folding rather than teaching the fold to spare some weights
-keeps the decision (which weights feed a thresholded input) in one place, this pass.
+preserves Q/DQ nodes, so they are dequantized at run time); and after it, for the float weights the
+folding makes (a Transpose of a constant, ...). Running it before the folding rather than teaching
+the fold to spare some weights keeps the decision (which weights feed a thresholded input) in one
+place, this pass.
 
-W is a constant float32 2-D weight in the three float rules (and C, when the Gemm has one, a constant). The threshold nodes themselves stay (their target and
-site metadata are what ``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
+W is a constant float32 2-D weight in the three float rules (and C, when the Gemm has one, a
+constant). The threshold nodes themselves stay (their target and site metadata are what
+``graphopt.sparsity`` reads). A product ``Mul(a, u)`` is zero where ``a`` is,
 so a down projection reading it skips the same rows.
 
 Declined, with the reason: the weight is neither a constant float32 2-D matrix nor int8 dequantized

@@ -115,11 +115,13 @@ def _gated_int8_examples():
     wtq, _ = _int8_weights(rng, (19, 24))
     scale = (rng.random(19) * 0.02 + 0.001).astype(np.float32)  # per output n: Wtq's rows
     x = rng.standard_normal((1, 24)).astype(np.float32)
+    inf_x = np.full((1, 24), np.inf, np.float32)
+    positive = np.clip(np.abs(wtq.astype(np.int16)), 1, 127).astype(np.int8)  # inf · w is +inf, never inf - inf
     return [
         ((_sparse_rows(rng, (1, 19), 0.5), x, wtq, scale), {}),
         ((_sparse_rows(rng, (2, 1, 19), 0.9), rng.standard_normal((2, 1, 24)).astype(np.float32), wtq, scale), {}),
         ((np.zeros((1, 19), np.float32), x, wtq, scale), {}),
-        ((_sparse_rows(rng, (1, 19), 0.5), np.full((1, 24), np.inf, np.float32), np.clip(np.abs(wtq.astype(np.int16)), 1, 127).astype(np.int8), scale), {}),  # inf under a zero gate: 0
+        ((_sparse_rows(rng, (1, 19), 0.5), inf_x, positive, scale), {}),  # inf under a zero gate: 0
     ]
 
 
