@@ -6,7 +6,7 @@ the numpy reference bit for bit: int8 and int32 activations, 1 to 8 rows in bloc
 the codes per word and not, ternary with zero codes, zero-free, 3-bit codes, extreme values. Through
 the converter: padded N and rows, batch axes, and the TE path (no target); a model through tvm-llvm
 equals ONNX Runtime running the body; the AVX2 build of the same kernel (AVX-512 switched off in the
-target) too; the aarch64 build under qemu.
+target) too; the aarch64 build under qemu; the CUDA build compiles with nvcc.
 """
 
 from __future__ import annotations
@@ -164,3 +164,17 @@ def test_aarch64_build_equals_onnx_runtime_under_qemu():
     model, feeds = _model(1, 30, 19)
     artifact = tvm_backend.compile(model, target="tvm-aarch64", example_inputs=feeds)
     np.testing.assert_array_equal(artifact.run(feeds)["y"], testing.run_ort(model, feeds)[0])
+
+
+def test_cuda_build_compiles_with_nvcc(tmp_path):
+    """No GPU needed: the TE compute scheduled by dlight compiles (a GPU run is a device check)."""
+    from graphopt.backends.tvm.cuda.nvcc import compile_source, nvcc_path  # noqa: PLC0415
+
+    if nvcc_path() is None:
+        pytest.skip("nvcc is not installed")
+    model, feeds = _model(1, 30, 19)
+    artifact = tvm_backend.compile(model, target="tvm-cuda", example_inputs=feeds)
+    artifact.save(str(tmp_path))
+    source = (tmp_path / "kernels.cu").read_text()
+    assert "shift_matmul_integer" in source
+    assert len(compile_source(source, arch="sm_80")) > 0
