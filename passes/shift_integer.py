@@ -11,7 +11,12 @@ and re-rounding) gives the exponents relative to the column's largest weight, wh
 accumulator: the DequantizeLinear's per-channel scale becomes ``s·t`` and the int32 bias
 ``b_q' = round(b_q / t)``, so ``integer-chain`` (run after this pass in the ``ivit-shift`` preset)
 derives the integer requantization from them as it does for ``MatMulInteger``; the model stays
-integer-only. The top exponent E is the largest (at most 14 ternary, 15 zero-free) with
+integer-only. On a model ``ivit`` already chained, the island ends in the requantization itself::
+
+    MatMulInteger(xq, Wq) [-> Add(·, b_q)] -> DyadicRequant(·, M, K)
+      ->  ShiftMatMulInteger(xq, P) [-> Add(·, b_q')] -> DyadicRequant(·, M', K')    M'·2^-K' ≈ M·2^-K·t
+
+(``dyadic_multiplier``, per column), so ``ivit,shift-integer`` composes too. The top exponent E is the largest (at most 14 ternary, 15 zero-free) with
 ``K · 128 · 2^E + max|b_q'| < 2^31``: the accumulator never wraps, so the op is exact and every
 kernel equals the reference bit for bit.
 
@@ -23,7 +28,7 @@ Declined, with the reason: the input is not int8 (a uint8 input with a zero poin
 a constant int8 [K, N]; a zero point that is not 0; the accumulator is read by anything but the bias
 Add and the DequantizeLinear (or the bias Add's output by anything but the DequantizeLinear); a bias
 that is not a constant int32 per-column vector; a DequantizeLinear scale that is not a constant scalar
-or per-column vector on the last axis; K unknown or so large that even E = 0 could overflow; the node
+or per-column vector on the last axis (a DyadicRequant's M and K likewise); K unknown or so large that even E = 0 could overflow; the node
 is inside a function; the model's opset is below 13 (the op's body).
 
 Why: the int8 product ``x·w`` becomes ``±(x << e)``, and the weights stream at 5.33 bits instead of 8
@@ -40,6 +45,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 from graphopt import ops
+from graphopt.ops.dyadic_requant import dyadic_multiplier
 from graphopt.ops.shift_matmul import SQNR_KEY, max_exponent, pack
 from graphopt.ops.shift_matmul_integer import MAX_BITS, OP_NAME
 from graphopt.pass_base import RulePass
@@ -128,14 +134,16 @@ def _only_consumer(value: ir.Value, node: ir.Node) -> bool:
 class _ShiftIntegerRule(pattern.RewriteRuleClassBase):
     """MatMulInteger(xq, Wq) [-> Add(b_q)] -> DequantizeLinear -> ShiftMatMulInteger [-> Add(b_q')] -> DequantizeLinear(s·t)."""
 
-    def __init__(self, name: str, options: ShiftIntegerOptions, bias: bool) -> None:
+    def __init__(self, name: str, options: ShiftIntegerOptions, bias: bool, chained: bool = False) -> None:
         super().__init__(name)
-        self.options, self.bias = options, bias
+        self.options, self.bias, self.chained = options, bias, chained
         self._plan: tuple[IntegerShifts, np.ndarray, np.ndarray | None] | None = None
 
     def pattern(self, op, x, w, b, s, z):
         acc = op.MatMulInteger(x, w, _outputs=["acc"])
         summed = op.Add(acc, b, _outputs=["summed"]) if self.bias else acc
+        if self.chained:  # s, z: DyadicRequant's multiplier and shift
+            return op.DyadicRequant(summed, s, z, _domain=ops.DOMAIN, _allow_other_attributes=True, _outputs=["out"])
         return op.DequantizeLinear(summed, s, z, _allow_other_attributes=True, _outputs=["out"])
 
     def check(self, context, x, w, b=None, s=None, z=None, acc=None, summed=None, out=None, **_) -> pattern.MatchResult:
@@ -163,21 +171,36 @@ class _ShiftIntegerRule(pattern.RewriteRuleClassBase):
                 return result.fail(f"the biased accumulator {summed.name} has readers besides its DequantizeLinear", summed)
         if not _only_consumer(acc, summed.producer() if self.bias else dequantize):
             return result.fail(f"the accumulator {acc.name} of {matmul.name} is read by more than the island", acc)
-        scale, zero = constant(s, n), constant(z, n) if z is not None else np.zeros(())
-        axis = dequantize.attributes.get_int("axis", 1)
-        rank = len(x.shape) if x.shape is not None else None
-        last = scale is not None and scale.ndim == 1 and scale.size == n and rank is not None and axis in (-1, rank - 1)
-        if scale is None or s.dtype != ir.DataType.FLOAT or not (scale.ndim == 0 or last):
-            return result.fail(f"the DequantizeLinear scale {s.name} is not a constant scalar or per-column vector "
-                               "on the last axis", s)
-        if zero is None or zero.any():
-            return result.fail("the DequantizeLinear zero point is not a constant 0", dequantize)
+        if self.chained:
+            scale = self._dyadic_ratio(result, s, z, n)
+            if scale is None:
+                return result
+        else:
+            scale, zero = constant(s, n), constant(z, n) if z is not None else np.zeros(())
+            axis = dequantize.attributes.get_int("axis", 1)
+            rank = len(x.shape) if x.shape is not None else None
+            last = scale is not None and scale.ndim == 1 and scale.size == n and rank is not None and axis in (-1, rank - 1)
+            if scale is None or s.dtype != ir.DataType.FLOAT or not (scale.ndim == 0 or last):
+                return result.fail(f"the DequantizeLinear scale {s.name} is not a constant scalar or per-column vector "
+                                   "on the last axis", s)
+            if zero is None or zero.any():
+                return result.fail("the DequantizeLinear zero point is not a constant 0", dequantize)
         shifts, reason = integer_shift_weights(wq, None if bias is None else bias.reshape(-1), self.options.bits,
                                                self.options.zero_free)
         if shifts is None:
             return result.fail(reason, matmul)
         self._plan = (shifts, np.broadcast_to(scale.astype(np.float64), (n,)), bias)
         return result
+
+    @staticmethod
+    def _dyadic_ratio(result: pattern.MatchResult, m: ir.Value, k: ir.Value, n: int) -> np.ndarray | None:
+        """``M · 2^-K`` of a DyadicRequant whose M and K are constant scalars or [N] vectors, else None (failed)."""
+        multiplier, shift = constant(m, n), constant(k, n)
+        if multiplier is None or shift is None or any(a.ndim > 1 or a.size not in (1, n) for a in (multiplier, shift)):
+            result.fail(f"the DyadicRequant multiplier {m.name} / shift {k.name} are not constant scalars or "
+                        "per-column vectors")
+            return None
+        return multiplier.astype(np.float64).reshape(-1) * np.exp2(-shift.astype(np.float64).reshape(-1))
 
     def rewrite(self, op, x, acc=None, out=None, **_):
         shifts, scale, bias = self._plan
@@ -196,6 +219,11 @@ class _ShiftIntegerRule(pattern.RewriteRuleClassBase):
         if bias is not None:
             y = op.Add(y, init("bias_int32", np.rint(bias.reshape(-1) / shifts.scale).astype(np.int32)))
             y.dtype, y.shape = ir.DataType.INT32, acc.shape
+        if self.chained:
+            multiplier, shift = dyadic_multiplier(scale * shifts.scale)
+            return op.DyadicRequant(y, init("multiplier", multiplier), init("shift", shift),
+                                    out_bits=out.producer().attributes.get_int("out_bits", 32), _domain=ops.DOMAIN,
+                                    _version=ops.OPSET_VERSION)
         s_new = (scale * shifts.scale).astype(np.float32)
         zero = init("zero_int32", np.zeros(s_new.size, np.int32))
         return op.DequantizeLinear(y, init("s_out", s_new), zero, axis=-1)
@@ -208,7 +236,9 @@ class ShiftIntegerPass(RulePass):
     def rules(self):
         options = self.options
         return [(_ShiftIntegerRule.rule("shift-integer", options, True),
-                 _ShiftIntegerRule.rule("shift-integer", options, False))]
+                 _ShiftIntegerRule.rule("shift-integer", options, False),
+                 _ShiftIntegerRule.rule("shift-integer", options, True, True),
+                 _ShiftIntegerRule.rule("shift-integer", options, False, True))]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = super().call(model)

@@ -2,9 +2,11 @@
 
 Structure (golden op lists with and without a bias, the metadata and the note), "does not fire"
 cases with their reasons, numerics (ONNX Runtime on the rewritten island equals the numpy reference
-``(x @ D + b') · s·t`` bit for bit, and stays close to the int8 island), validity (full checker), the
-accumulator headroom (E shrinks with K), and the ``ivit-shift`` preset on a small block: integer-only,
-ShiftMatMulInteger where ivit had MatMulInteger, tvm-llvm equal to ONNX Runtime bit for bit.
+``(x @ D + b') · s·t`` bit for bit, and stays close to the int8 island; the chained form's DyadicRequant
+gets ``M'·2^-K' ≈ M·2^-K·t``, bit for bit vs ``dyadic_reference``), validity (full checker), the
+accumulator headroom (E shrinks with K), ``ivit,shift-integer`` integer-only, and the ``ivit-shift``
+preset on a small block: integer-only, ShiftMatMulInteger where ivit had MatMulInteger, tvm-llvm equal
+to ONNX Runtime bit for bit.
 """
 
 from __future__ import annotations
@@ -81,6 +83,42 @@ def test_island_becomes_shifts_and_equals_its_reference_bit_for_bit(check, bias)
     assert np.abs(got - original).max() < 0.35 * np.abs(original).max()
 
 
+M = RNG.integers(2**20, 2**21, N).astype(np.int32)
+SHIFT = np.full(N, 30, np.int32)
+
+
+def _chained(bias: bool = True) -> str:
+    """ivit's chained form: the accumulator straight into DyadicRequant (per-column M, K)."""
+    body = "acc = MatMulInteger (x, w)\n"
+    body += "summed = Add (acc, b)\n y = pkg.graphopt.DyadicRequant <out_bits = 16> (summed, m, k)\n" if bias else \
+        "y = pkg.graphopt.DyadicRequant <out_bits = 16> (acc, m, k)\n"
+    inits = (f"int8[{K}, {N}] w = {_ints(WQ)}, int32[{N}] b = {_ints(BIAS)}, int32[{N}] m = {_ints(M)}, "
+             f"int32[{N}] k = {_ints(SHIFT)}")
+    return (f'<ir_version: 10, opset_import: ["" : 21, "pkg.graphopt" : 1]>\ng (int8[2, 3, {K}] x) => (int32[2, 3, 8] y) '
+            f"<{inits}> {{\n{body}}}")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_chained_island_takes_the_ratio_into_its_requant_bit_for_bit(check, bias):
+    from graphopt.ops.dyadic_requant import dyadic_multiplier, dyadic_reference  # noqa: PLC0415
+
+    source = check.proto(_chained(bias))
+    ir_model = ir.serde.deserialize_model(source)
+    ops.attach_functions(ir_model)
+    result = check.run(ir.to_proto(ir_model), "shift-integer")
+    assert result.last.rewrites == {"shift-integer": 1}, result.last.declines
+    assert result.ops == ([OP_NAME, "Add", "DyadicRequant"] if bias else [OP_NAME, "DyadicRequant"])
+    ops.attach_functions(result.model)
+    testing.assert_valid(result.model)
+    shifts, _ = integer_shift_weights(WQ, BIAS if bias else None)
+    feeds = _feeds()
+    acc = shift_matmul_integer_reference(feeds["x"], _node(result.model).inputs[1].const_value.numpy())
+    if bias:
+        acc = acc + np.rint(BIAS / shifts.scale).astype(np.int32)
+    m, k = dyadic_multiplier(M.astype(np.float64) * np.exp2(-SHIFT.astype(np.float64)) * shifts.scale)
+    np.testing.assert_array_equal(testing.run_ort(result.model, feeds)[0], dyadic_reference(acc, m, k, out_bits=16))
+
+
 def test_weights_fit_and_headroom():
     shifts, _ = integer_shift_weights(WQ, BIAS)
     d = integer_weights(shifts.codes).astype(np.float64)
@@ -121,6 +159,19 @@ def _block() -> onnx.ModelProto:
                           [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8])],
                           [onh.from_array(v.astype(np.float32), k) for k, v in inits.items()])
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 21)])
+
+
+def test_shift_integer_after_ivit_composes():
+    """``ivit,shift-integer``: the chained islands (MatMulInteger -> DyadicRequant) are taken, still integer-only."""
+    import graphopt  # noqa: PLC0415
+
+    rng = np.random.default_rng(testing.SEED + 4)
+    calib = [{"x": rng.standard_normal((1, 4, 16)).astype(np.float32)} for _ in range(4)]
+    model = graphopt.compile(_block(), passes="ivit,shift-integer", calib=calib, validate=False, bench_runs=0).model
+    kinds = testing.op_types(model)
+    assert kinds.count(OP_NAME) == 2 and "MatMulInteger" not in kinds
+    assert integer_region.verify(model).ok
+    testing.assert_valid(model)
 
 
 def test_ivit_shift_preset_is_integer_only_and_tvm_equals_onnx_runtime():
