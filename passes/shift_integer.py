@@ -16,9 +16,9 @@ integer-only. On a model ``ivit`` already chained, the island ends in the requan
     MatMulInteger(xq, Wq) [-> Add(·, b_q)] -> DyadicRequant(·, M, K)
       ->  ShiftMatMulInteger(xq, P) [-> Add(·, b_q')] -> DyadicRequant(·, M', K')    M'·2^-K' ≈ M·2^-K·t
 
-(``dyadic_multiplier``, per column), so ``ivit,shift-integer`` composes too. The top exponent E is the largest (at most 14 ternary, 15 zero-free) with
-``K · 128 · 2^E + max|b_q'| < 2^31``: the accumulator never wraps, so the op is exact and every
-kernel equals the reference bit for bit.
+(``dyadic_multiplier``, per column), so ``ivit,shift-integer`` composes too. The top exponent E is the
+largest (at most 14 ternary, 15 zero-free) with ``K · 128 · 2^E + max|b_q'| < 2^31``: the accumulator
+never wraps, so the op is exact and every kernel equals the reference bit for bit.
 
 Per layer, the weight SQNR of ``t·D`` against Wq (dB) is stamped on the node
 (``pkg.graphopt.shift.sqnr_db``, as ``shift-linear`` stamps its layers) with E, and summarised in the
@@ -26,10 +26,10 @@ notes (with the float weights gone, Wq is the reference: this is the error the s
 
 Declined, with the reason: the input is not int8 (a uint8 input with a zero point); the weight is not
 a constant int8 [K, N]; a zero point that is not 0; the accumulator is read by anything but the bias
-Add and the DequantizeLinear (or the bias Add's output by anything but the DequantizeLinear); a bias
+Add and the DequantizeLinear / DyadicRequant (the rewriter itself leaves such a match alone); a bias
 that is not a constant int32 per-column vector; a DequantizeLinear scale that is not a constant scalar
-or per-column vector on the last axis (a DyadicRequant's M and K likewise); K unknown or so large that even E = 0 could overflow; the node
-is inside a function; the model's opset is below 13 (the op's body).
+or per-column vector on the last axis (a DyadicRequant's M and K likewise); K so large that even E = 0
+could overflow; the node is inside a function; the model's opset is below 13 (the op's body).
 
 Why: the int8 product ``x·w`` becomes ``±(x << e)``, and the weights stream at 5.33 bits instead of 8
 (bits=5). Whether that is faster than the int8 kernels (VNNI's vpdpbusd does 64 int8 MACs per
