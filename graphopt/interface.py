@@ -5,6 +5,10 @@ Passes and onnx_ir's own fix-ups may rename graph values that are inputs or outp
 model returning its own input gets ``x_orig``. A deployed model is called by name, so after the
 pipeline every interface value gets its original name back; an output that is a graph input or
 repeats an earlier output is given its own ``Identity`` again.
+
+A pass that declares ``changes_interface`` (``linear-attention-state``) may change the inputs and
+outputs on purpose: ``InterfaceWatch`` checks after each pass that no other pass changed their
+number, and records what the declared ones removed and added (``report.data["interface"]``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,44 @@ import onnx_ir as ir
 from graphopt.errors import InternalError
 from graphopt.pipeline import PROVENANCE_PASS
 
-__all__ = ["restore_interface"]
+__all__ = ["InterfaceWatch", "interface_names", "restore_interface"]
+
+def interface_names(model: ir.Model) -> tuple[list[str], list[str]]:
+    return [v.name for v in model.graph.inputs], [v.name for v in model.graph.outputs]
+
+
+class InterfaceWatch:
+    """The pipeline's ``after_each`` check: a pass not declaring ``changes_interface`` must keep the
+    number of graph inputs and outputs (names may change: onnx_ir's fix-ups, put back at the end)."""
+
+    def __init__(self, original: ir.Model) -> None:
+        self.original = interface_names(original)
+        self.last = self.original
+        self.changed_by: list[str] = []
+
+    def __call__(self, pass_name: str, model: ir.Model) -> None:
+        from graphopt import registry  # noqa: PLC0415
+
+        now = interface_names(model)
+        if getattr(registry.get_pass(pass_name).cls, "changes_interface", False):
+            if now != self.last:
+                self.changed_by.append(pass_name)
+        elif (len(now[0]), len(now[1])) != (len(self.last[0]), len(self.last[1])):
+            raise InternalError(
+                f"pass '{pass_name}' changed the number of graph inputs/outputs ({len(self.last[0])}/{len(self.last[1])} -> "
+                f"{len(now[0])}/{len(now[1])}) but does not declare changes_interface"
+            )
+        self.last = now
+
+    def change(self, model: ir.Model) -> dict | None:
+        """What the declared passes changed in ``model``, by name against the original; None when nothing."""
+        if not self.changed_by:
+            return None
+        (inputs, outputs), (new_inputs, new_outputs) = self.original, interface_names(model)
+        change = {"inputs_removed": [n for n in inputs if n not in new_inputs], "inputs_added": [n for n in new_inputs if n not in inputs],
+                  "outputs_removed": [n for n in outputs if n not in new_outputs],
+                  "outputs_added": [n for n in new_outputs if n not in outputs]}
+        return {"changed_by": list(self.changed_by), **change} if any(change.values()) else None
 
 
 def _free_name(taken: set[str], base: str) -> str:

@@ -27,10 +27,15 @@ class GraphoptPass(ir.passes.InPlacePass):
     ``calibrate.CalibrationOptions`` and calls ``self.calibrate(model, value_names)``: the pipeline
     hands it the run's samples (the user's calibration data, or seeded synthetic inputs with a loud
     note when there are none).
+
+    A pass whose job is to change the model's inputs or outputs (``linear-attention-state``: a KV
+    cache becomes a recurrent state) sets ``changes_interface = True``; ``graphopt compile`` refuses
+    any other pass that changes their number, and reports the change (``graphopt.interface``).
     """
 
     pass_name = "unregistered"
     needs_calibration = False
+    changes_interface = False
 
     def __init__(self, options=None) -> None:
         super().__init__()

@@ -140,6 +140,8 @@ def render(report: Report, console=None, *, verbose: bool = False) -> None:
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {_user(warning)}")
     _print_passes(console, report.passes)
+    if report.data.get("interface"):
+        _print_interface(console, report.data["interface"])
     _print_ops(console, report)
     if report.accuracy:
         _print_accuracy(console, report)
@@ -183,6 +185,15 @@ def _print_passes(console, passes: Sequence[PassRecord]) -> None:
             notes.append(f"... {len(p.declines) - 3} more declines in report.json")
         table.add_row(_user(p.name), rewrites, f"{p.nodes_before} -> {p.nodes_after}", f"{p.seconds:.2f}s", "\n".join(notes))
     console.print(table)
+
+
+def _print_interface(console, change: dict) -> None:
+    """What a pass declaring changes_interface did to the model's inputs and outputs (graphopt.interface)."""
+    table = _table(f"interface changed by {_user(', '.join(change['changed_by']))}", ("", "removed", "added"))
+    for side in ("inputs", "outputs"):
+        table.add_row(side, "\n".join(map(_user, change[f"{side}_removed"])) or "-", "\n".join(map(_user, change[f"{side}_added"])) or "-")
+    console.print(table)
+    console.print(f"compared: {_user(change.get('compared', '-'))}")
 
 
 def _print_ops(console, report: Report) -> None:

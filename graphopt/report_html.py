@@ -116,6 +116,14 @@ def _passes_section(report: Report) -> str:
     return _section("pipeline", "pipeline", _table(("pass", "rewrites", "nodes", "seconds", "declined / notes"), rows, numeric=(3,)))
 
 
+def _interface_section(change: dict) -> str:
+    """What a pass declaring changes_interface did to the model's inputs and outputs (graphopt.interface)."""
+    rows = [(side, _Raw("<br>".join(_e(n) for n in change[f"{side}_removed"]) or "-"),
+             _Raw("<br>".join(_e(n) for n in change[f"{side}_added"]) or "-")) for side in ("inputs", "outputs")]
+    return _section("interface", f"interface changed by {', '.join(change['changed_by'])}",
+                    _table(("", "removed", "added"), rows), f"<p>compared: {_e(change.get('compared', '-'))}</p>")
+
+
 def _ops_section(report: Report) -> str:
     ops = sorted(set(report.ops_before) | set(report.ops_after))
     rows = [(op, report.ops_before.get(op, 0), report.ops_after.get(op, 0), f"{report.ops_after.get(op, 0) - report.ops_before.get(op, 0):+d}")
@@ -237,7 +245,9 @@ def render_html(report: Report, *, check: Any = None) -> str:
     data = report.data
     parts = [_summary(report, check)]
     parts += [_check_section(check)] if check is not None and not check.updated else []
-    parts += [_passes_section(report), _ops_section(report)]
+    parts += [_passes_section(report)]
+    parts += [_interface_section(report.data["interface"])] if report.data.get("interface") else []
+    parts += [_ops_section(report)]
     parts += [_accuracy_section(report)] if report.accuracy else []
     parts += [_layers_section(report)] if report.layers else []
     parts += [_parity_section(report.parity)] if report.parity else []

@@ -86,6 +86,7 @@ class Context:
     eval_samples: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # what the checks and timings run
     reference: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # the original's outputs
     rewritten: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # ORT on the rewritten model
+    interface_change: dict | None = None  # what a pass declaring changes_interface changed (graphopt.interface)
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -250,15 +251,29 @@ def _rewrite(ctx: Context) -> None:
     s, report = ctx.settings, ctx.report
     ctx.work = work = ctx.original.clone()
 
+    watch = interface.InterfaceWatch(ctx.original)
+
     def check_after(pass_name: str, m: ir.Model) -> None:
-        metrics = compare_outputs(ctx.reference, run_rewritten(m.clone(), ctx.eval_samples, s.threads))
+        inputs, outputs = interface.interface_names(m)
+        if inputs != [v.name for v in ctx.original.graph.inputs]:  # an interface pass changed what the model is fed
+            return
+        reference = [{k: v for k, v in r.items() if k in outputs} for r in ctx.reference]
+        metrics = compare_outputs(reference, run_rewritten(m.clone(), ctx.eval_samples, s.threads))
         report.accuracy_per_pass[pass_name] = {k: v.as_dict() for k, v in metrics.items()}
 
-    records = run_pipeline(work, s.pipeline, after_each=check_after if (s.validate_each and ctx.reference) else None,
-                           progress=s.progress, samples=ctx.samples)
+    def after_each(pass_name: str, m: ir.Model) -> None:
+        watch(pass_name, m)
+        if s.validate_each and ctx.reference:
+            check_after(pass_name, m)
+
+    records = run_pipeline(work, s.pipeline, after_each=after_each, progress=s.progress, samples=ctx.samples)
     ops.attach_functions(work)
     common_passes.NameFixPass()(work)
-    interface.restore_interface(ctx.original, work)
+    ctx.interface_change = watch.change(work)
+    if ctx.interface_change is None:
+        interface.restore_interface(ctx.original, work)
+    else:
+        _note_interface_change(ctx)
     common_passes.RemoveUnusedNodesPass()(work)  # e.g. the Identity onnx_ir added for an input returned as output
     _stamp_producer(work, ctx.original)
     report.passes = list(records)
@@ -267,6 +282,33 @@ def _rewrite(ctx: Context) -> None:
     problems = [p for target, backend in ctx.backends.items() for p in backend.preflight(work, target)]
     if problems:
         raise UnsupportedError(f"{len(problems)} unsupported op(s) for {', '.join(ctx.backends)}: " + "; ".join(problems[:5]))
+
+
+def _note_interface_change(ctx: Context) -> None:
+    """A pass that declares ``changes_interface`` changed the inputs or outputs: the report lists the
+    change, and the checks compare what still can be compared (the kept outputs, on unchanged inputs)."""
+    change, report = ctx.interface_change, ctx.report
+    by = ", ".join(change["changed_by"])
+    if change["inputs_removed"] or change["inputs_added"]:
+        change["compared"] = "none: the inputs changed, so the original's samples do not feed the rewritten model"
+        report.data.pop("shapes", None)  # nothing was compiled for or timed on the original's sample shapes
+        warning = (f"interface changed by {by}: inputs changed, outputs not compared (no validation, layer errors or "
+                   "latency); see docs/linear-attention.md")
+    else:
+        kept = set(interface.interface_names(ctx.work)[1])
+        ctx.reference = [{k: v for k, v in r.items() if k in kept} for r in ctx.reference]
+        change["compared"] = "the outputs kept, on the same inputs"
+        parts = [f"outputs {change['outputs_removed']} removed (not compared)"] if change["outputs_removed"] else []
+        parts += [f"outputs {change['outputs_added']} added (no reference to compare with)"] if change["outputs_added"] else []
+        warning = f"interface changed by {by}: {', '.join(parts)}; see docs/linear-attention.md"
+    if warning not in report.warnings:  # the budget's rollback runs the rewrite again
+        report.warnings.append(warning)
+    report.data["interface"] = change
+
+
+def _inputs_changed(ctx: Context) -> bool:
+    change = ctx.interface_change
+    return change is not None and bool(change["inputs_removed"] or change["inputs_added"])
 
 
 def _budget(ctx: Context) -> None:
@@ -351,7 +393,8 @@ def _build(ctx: Context) -> None:
     s = ctx.settings
     for target, backend in ctx.backends.items():
         began = time.perf_counter()
-        options = backend.Options.from_settings(s, example_inputs=ctx.eval_samples[0] if ctx.eval_samples else None)
+        fits = ctx.eval_samples and not _inputs_changed(ctx)  # the original's samples do not feed a changed interface
+        options = backend.Options.from_settings(s, example_inputs=ctx.eval_samples[0] if fits else None)
         ctx.artifacts[target] = artifact = backend.compile(ctx.work, target=target, options=options)
         ctx.report.targets[target] = {"compile_seconds": time.perf_counter() - began, **artifact.details}
         if target != "onnx":  # the onnx target's files are model.onnx itself, not a folder
@@ -406,7 +449,7 @@ def _sparsity(ctx: Context) -> None:
 def _has_thresholds(ctx: Context) -> bool:
     from graphopt.sparsity import thresholded_nodes  # noqa: PLC0415
 
-    return bool(ctx.eval_samples) and bool(thresholded_nodes(ctx.work))
+    return _samples_fit(ctx) and bool(thresholded_nodes(ctx.work))
 
 
 def _attention(ctx: Context) -> None:
@@ -420,7 +463,7 @@ def _attention(ctx: Context) -> None:
 def _has_replaced_attention(ctx: Context) -> bool:
     from graphopt.attention_fidelity import replaced_blocks  # noqa: PLC0415
 
-    return bool(ctx.eval_samples) and bool(replaced_blocks(ctx.work))
+    return _samples_fit(ctx) and bool(replaced_blocks(ctx.work))
 
 
 def _shift(ctx: Context) -> None:
@@ -440,7 +483,12 @@ def _has_shift(ctx: Context) -> bool:
 
 
 def _validating(ctx: Context) -> bool:
-    return ctx.settings.validate and bool(ctx.eval_samples)
+    return ctx.settings.validate and _samples_fit(ctx)
+
+
+def _samples_fit(ctx: Context) -> bool:
+    """There are samples, and they feed the rewritten model (no pass changed its inputs)."""
+    return bool(ctx.eval_samples) and not _inputs_changed(ctx)
 
 
 COMPILE_STAGES = (
@@ -458,6 +506,6 @@ COMPILE_STAGES = (
     Stage("sparsity", _sparsity, _has_thresholds),
     Stage("attention", _attention, _has_replaced_attention),
     Stage("shift", _shift, _has_shift),
-    Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and bool(ctx.eval_samples)),
-    Stage("profile", _profile, lambda ctx: ctx.settings.profile and bool(ctx.eval_samples)),
+    Stage("latency", _latency, lambda ctx: ctx.settings.bench_runs > 0 and _samples_fit(ctx)),
+    Stage("profile", _profile, lambda ctx: ctx.settings.profile and _samples_fit(ctx)),
 )

@@ -268,6 +268,8 @@ class _RowClone:
 class LinearAttentionStatePass(GraphoptPass):
     """Turn a decoder's linear attention into a recurrent state: decode graphs carry (S, z) per layer instead of the KV cache; prefill graphs emit them."""
 
+    changes_interface = True  # past_key/value -> past_state_S/z (+ past_sequence_length); present_* likewise
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         for node in graph:
