@@ -121,3 +121,17 @@ def test_a_pass_that_does_not_declare_the_change_is_refused(tmp_path, capsys, dr
     assert code == 0, err
     change = json.loads((tmp_path / "out" / "report.json").read_text())["data"]["interface"]
     assert (change["outputs_removed"], change["compared"]) == (["present_value"], "the outputs kept, on the same inputs")
+
+
+@pytest.mark.slow
+def test_stdlib_llama_decode_export_compiles_into_the_recurrent_state():
+    from graphopt.models import stdlib_llama  # noqa: PLC0415
+
+    result = graphopt.compile(stdlib_llama.build(graph="decode"), "canonicalize,linear-attention(feature_map=elu),linear-attention-state",
+                              synthetic_samples=1)
+    change = result.report.data["interface"]
+    assert change["inputs_removed"] == [f"past_{kv}_{i}" for i in range(4) for kv in ("key", "value")]
+    assert change["inputs_added"][0] == "past_sequence_length"
+    assert change["outputs_added"] == [f"present_state_{sz}_{i}" for i in range(4) for sz in "Sz"]
+    assert result.report.accuracy == {} and result.report.ok
+    testing.assert_valid(result.model)
