@@ -49,6 +49,7 @@ class Lowerer:
         self.graph, self.options, self.opset = graph, options, opset
         self.memo: dict[tuple[int, float], ir.Value] = {}
         self.multi_output: dict[tuple[int, float], ir.Node] = {}  # a lowered Split serves all its outputs
+        self.lowered_at: dict[int, list[float]] = {}  # the scales each value was lowered at (reuse by sums)
         self.dequantized = _dequantized_values(graph)
         self.anchor: ir.Node | None = None
         self.created = 0
@@ -106,8 +107,23 @@ class Lowerer:
     def lower(self, value: ir.Value, scale: float) -> ir.Value:
         key = (id(value), scale)
         if key not in self.memo:
-            self.memo[key] = self._lower(value, scale)
+            finer = self._finer_sum(value, scale)
+            self.memo[key] = self._lower(value, scale) if finer is None else \
+                self.requant(self.memo[(id(value), finer)], np.float64(finer / scale), value, value.name or "sum")
+            self.lowered_at.setdefault(id(value), []).append(scale)
         return self.memo[key]
+
+    def _finer_sum(self, value: ir.Value, scale: float) -> float | None:
+        """The finest scale at or below ``scale`` that a sum (Add/Sub) was already lowered at, if any.
+        A pre-LN residual stream x_l = x_(l-1) + f_l is quantized at a new scale before every
+        layer's norm; lowering it afresh would rebuild the whole chain of sums each time (O(layers²)
+        requants: ViT-S 481 DyadicRequants); one requant from a finer lowering rounds once, at the
+        target scale, as the fresh chain's last rounding would."""
+        producer = value.producer()
+        if producer is None or producer.domain != "" or producer.op_type not in ("Add", "Sub"):
+            return None
+        finer = [s for s in self.lowered_at.get(id(value), ()) if 0 < s <= scale and scale > 0]
+        return min(finer) if finer else None
 
     def _lower(self, value: ir.Value, scale: float) -> ir.Value:
         array = constant(value, max_size=1 << 28)

@@ -46,7 +46,9 @@ with ``m · 2^-k ≈ s_a / s_q`` (``DyadicRequant``, per channel when s_a is). L
 
 A QuantizeLinear whose input is a float graph input or reaches an op without a rule (a float MatMul
 that ``int8-linear`` did not take, say) is left as it is, and the pass says why (a decline). The
-lowered values are memoized per (value, scale); ``Shape`` of a dequantized value reads the
+lowered values are memoized per (value, scale), and a sum (Add/Sub) already lowered at a finer
+scale is requantized from that lowering instead of rebuilt (a pre-LN residual stream is quantized
+at a new scale before every layer: ViT-S/16 481 -> 209 DyadicRequants); ``Shape`` of a dequantized value reads the
 integer tensor instead; the float nodes nobody reads any more are removed. The result is integer between the entry quantizes and the output DequantizeLinear:
 ``graphopt inspect --integer-only`` checks it.
 

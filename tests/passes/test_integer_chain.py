@@ -320,3 +320,44 @@ def test_resize_with_non_dyadic_weights_declines():
     original, model, record = _run(_resize_model('mode = "linear"', "[1, 2, 5, 4]", "{1, 2, 5, 4}"))
     assert not record.rewrites
     assert any("Resize weights are not multiples of 2^-12" in d for d in record.declines), record.declines
+
+
+def _pre_norm_residual_stream(layers: int) -> str:
+    """x_l = x_(l-1) + f_l, quantized at a coarser scale before each "layer" (a pre-LN transformer's
+    residual stream: every layer's norm reads the running sum)."""
+    inputs = ", ".join(f"int32[2, 8] a{i}" for i in range(layers + 1))
+    outputs = ", ".join(f"float[2, 8] y{i}" for i in range(1, layers + 1))
+    consts = ", ".join([f"float sa{i} = {{{0.004 + 0.001 * i}}}" for i in range(layers + 1)]
+                       + [f"float s{i} = {{{0.02 * 1.3 ** i:.6f}}}" for i in range(1, layers + 1)] + ["int16 z = {0}"])
+    body = [f"f{i} = DequantizeLinear (a{i}, sa{i})" for i in range(layers + 1)] + ["x0 = Identity (f0)"]
+    for i in range(1, layers + 1):
+        body += [f"x{i} = Add (x{i - 1}, f{i})", f"q{i} = QuantizeLinear (x{i}, s{i}, z)", f"y{i} = DequantizeLinear (q{i}, s{i})"]
+    return HEADER + f"\ng ({inputs}) => ({outputs}) <{consts}> {{\n    " + "\n    ".join(body) + "\n}"
+
+
+def test_a_residual_stream_reuses_its_finer_lowering_instead_of_rebuilding_the_sum():
+    # ViT-S/16's ivit graph had 481 DyadicRequants (every layer re-lowered the whole stream at its
+    # own scale: O(layers²)); each sum now takes one requant from its previous, finer lowering
+    layers = 6
+    original, model, record = _run(_pre_norm_residual_stream(layers))
+    assert record.rewrites == {"integer-chain": layers}, record.declines
+    ops = testing.op_types(model)
+    # per layer: the new term's requant and, from the second on, the running sum's: 2·layers, not layers·(layers+3)/2
+    assert ops.count("DyadicRequant") == 2 * layers and ops.count("Add") == layers, ops
+    testing.assert_valid(model)
+    rng = np.random.default_rng(testing.SEED)
+    feeds = {f"a{i}": rng.integers(-3000, 3000, (2, 8)).astype(np.int32) for i in range(layers + 1)}
+    got, expected = testing.run_ort(model, feeds), testing.run_ort(original, feeds)
+    for i, (g, e) in enumerate(zip(got, expected, strict=True), start=1):  # a unit per rounding on the way
+        np.testing.assert_allclose(g, e, atol=(i + 1) * 0.02 * 1.3 ** i)
+    assert integer_region.verify(model).ok
+
+
+def test_a_sum_read_at_a_finer_scale_than_before_is_lowered_afresh():
+    # reusing a coarser lowering would lose precision: the stream is rebuilt at the finer scale
+    text = _pre_norm_residual_stream(2).replace("float s2 = {0.033800}", "float s2 = {0.0045}")
+    original, model, record = _run(text)
+    assert record.rewrites == {"integer-chain": 2}, record.declines
+    assert testing.op_types(model).count("DyadicRequant") == 5  # 2 for x1; 3 for x2 at its own scale
+    feeds = {f"a{i}": np.full((2, 8), 1000 * (i + 1), np.int32) for i in range(3)}
+    np.testing.assert_allclose(testing.run_ort(model, feeds)[1], testing.run_ort(original, feeds)[1], atol=2 * 0.0045)
