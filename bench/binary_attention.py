@@ -12,7 +12,8 @@ pretrained MiniLM (static shapes, batch 1, 128 tokens; codes fitted on the first
 Latency: one attention layer (batch 1, 12 heads x 64, fp32, N = 197 and 1024 tokens), medians of
 interleaved runs in one process (``bench._timing``), ``--threads``: the canonical
 ``DotProductAttention`` (softmax; ORT runs its ONNX body MatMul-Softmax-MatMul with all graph
-optimizations, tvm-llvm graphopt's kernel) vs the binary-attention rewrite as the pass emits it
+optimizations; tvm-llvm: graphopt's kernel, the VM's ``main`` on inputs converted once, as
+``bench.attention`` and ``TvmArtifact.time``) vs the binary-attention rewrite as the pass emits it
 (hashing, run-time packing and two MaskedAddMatMul: ORT runs the op's ONNX body, tvm-llvm the
 hand-scheduled kernel) vs ``form=linearized`` (LinearizedAttention: ORT its body, tvm-llvm its
 hand-scheduled kernel). Codes from ``steps=0`` (the initialization: latency does not depend on the fit).
@@ -153,7 +154,8 @@ def latency_rows(tokens_list, nbits: int, threads: int, runs: int, backends=("or
                 from graphopt.backends import tvm as tvm_backend  # noqa: PLC0415
 
                 artifact = tvm_backend.compile(model, target="tvm-llvm", example_inputs=feeds)
-                runners[f"{label}_tvm"] = lambda a=artifact: a.run(feeds)
+                main, arguments = artifact.vm["main"], artifact._arguments(feeds)  # as bench.attention: the VM call
+                runners[f"{label}_tvm"] = lambda m=main, a=arguments: m(*a)
                 outputs[f"{label}_tvm"] = artifact.run(feeds)["Y"]
         medians = interleaved_medians(runners, runs)
         row = {"tokens": tokens, "threads": threads, **{f"{k}_ms": round(v, 3) for k, v in medians.items()}}
