@@ -2,6 +2,7 @@
 
     python -m bench.shift_integer [--k 4096] [--n 4096] [--rows 1,128] [--runs 30] [--threads 2] [--json out.json]
     python -m bench.shift_integer --vit [--runs 50] [--json out.json]
+    python -m bench.shift_integer --minilm [--json out.json]
 
 Layer (int8 activations in, int32 accumulator out; W seeded N(0, 1/K), int8 per column as ``int8-linear``
 makes it, then ``shift-integer``'s fit of it): every runner is built by graphopt's tvm-llvm backend with
@@ -20,6 +21,10 @@ The integer outputs are checked bit for bit against numpy (``x @ Wq`` and the op
 training images): top-1 on the test split in ONNX Runtime (optimizations off, post-training) and batch-1
 latency on tvm-llvm (host target and AVX2-only), interleaved; tvm-llvm's output equals ONNX Runtime's
 bit for bit on the first test images.
+
+``--minilm``: pretrained all-MiniLM-L6-v2 (seq 128) through ``ivit`` and ``ivit-shift``, calibration on 28
+sentences: mean / min cosine of the mean-pooled embeddings vs FP32 on the held-out ones (ORT, optimizations
+off), as ``bench.shift --accuracy``.
 """
 
 from __future__ import annotations
@@ -173,6 +178,43 @@ def measure_vit(runs: int, threads: int) -> dict:
     return out
 
 
+def measure_minilm(threads: int) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import graphopt  # noqa: PLC0415
+    from graphopt import integer_region  # noqa: PLC0415
+    from graphopt.backends import ort as ort_backend  # noqa: PLC0415
+    from graphopt.models import minilm  # noqa: PLC0415
+
+    proto = minilm.build()
+    sentences = minilm.sentences()
+    batch = minilm.tokenize(sentences[:28], seq_len=128)
+    calib = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(28)]
+    held = minilm.tokenize(sentences[28:], seq_len=128)
+    feeds = [{k: v[i:i + 1] for k, v in held.items()} for i in range(len(held["input_ids"]))]
+
+    def embed(model):
+        model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+        session = ort_backend.make_session(model, optimization="disable", threads=threads)
+        outs = [ort_backend.run(session, f) for f in feeds]
+        key = "last_hidden_state" if "last_hidden_state" in outs[0] else next(iter(outs[0]))
+        return minilm.mean_pool(np.concatenate([o[key] for o in outs]), held["attention_mask"])
+
+    base = embed(proto)
+    out = {"load_before": os.getloadavg(), "variants": {}}
+    for preset in ("ivit", "ivit-shift"):
+        model = graphopt.compile(proto, passes=preset, calib=calib, validate=False, bench_runs=0).model
+        got = embed(model)
+        cos = (got * base).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(base, axis=1)
+        kinds = [node.op_type for node in model.graph]
+        out["variants"][preset] = {"sentences": len(cos), "mean_cosine": round(float(cos.mean()), 4),
+                                   "min_cosine": round(float(cos.min()), 4), "MatMulInteger": kinds.count("MatMulInteger"),
+                                   "ShiftMatMulInteger": kinds.count("ShiftMatMulInteger"),
+                                   "integer_only": integer_region.verify(model).ok}
+        print(preset, out["variants"][preset], flush=True)
+    out["load_after"] = os.getloadavg()
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=4096)
@@ -181,10 +223,13 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--vit", action="store_true", help="the digits ViT end to end instead of the one layer")
+    parser.add_argument("--minilm", action="store_true", help="MiniLM embedding cosine of ivit and ivit-shift instead")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.vit:
         result = measure_vit(args.runs, args.threads)
+    elif args.minilm:
+        result = measure_minilm(args.threads)
     else:
         result = measure_layer(args.k, args.n, [int(r) for r in args.rows.split(",")], args.runs, args.threads)
     print(json.dumps(result, indent=1))
