@@ -42,6 +42,7 @@ INTEGER_PASSES = {
     "irmsnorm": "rms-norm,irmsnorm",
     "imul": "imul",
     "ivit": "ivit",
+    "shift-integer": "ivit-shift",
 }
 # passes that change outputs by design (activation sparsity): judged like the integer passes
 LOSSY_PASSES = {
