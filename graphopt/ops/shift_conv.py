@@ -26,7 +26,15 @@ import itertools
 import numpy as np
 
 from graphopt import ops
-from graphopt.ops.shift_matmul import BITS, decode, pack, unpack
+from graphopt.ops.shift_matmul import (
+    BITS,
+    FLOAT_WEIGHTS_BODY,
+    SIGN_AND_EXPONENT_BODY,
+    UNPACK_CODES_BODY,
+    decode,
+    pack,
+    unpack,
+)
 
 __all__ = ["OP_NAME", "SHIFT_CONV", "decoded_weight", "shift_conv_reference", "weight_matrix"]
 
@@ -103,27 +111,9 @@ SHIFT_CONV = ops.declare_op(
         reference=shift_conv_reference,
         body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
 ShiftConv <kernel_shape, strides, pads, dilations, bits: int = 5, zero_free: int = 0, group: int = 1> (X, P, S, B) => (Y) {
-   b = Constant <value_int: int = @bits> ()
-   zf = Constant <value_int: int = @zero_free> ()
-   g = Constant <value_int: int = @group> ()
+"""
+        + UNPACK_CODES_BODY + """   g = Constant <value_int: int = @group> ()
    ks = Constant <value_ints: ints = @kernel_shape> ()
-   one = Constant <value_int: int = 1> ()
-   two = Constant <value_int: int = 2> ()
-   zero = Constant <value_int: int = 0> ()
-   thirty_one = Constant <value_int: int = 31> ()
-   per_word = Div (thirty_one, b)
-   slots = Range (zero, per_word, one)
-   offsets = Mul (slots, b)
-   divisors = Pow (two, offsets)
-   column = Constant <value_ints: ints = [-1, 1]> ()
-   divisors_c = Reshape (divisors, column)
-   words = Cast <to: int = 7> (P)
-   axis1 = Constant <value_ints: ints = [1]> ()
-   words_u = Unsqueeze (words, axis1)
-   shifted = Div (words_u, divisors_c)
-   span = Pow (two, b)
-   codes3 = Mod (shifted, span)
-   codes_all = Flatten <axis: int = 2> (codes3)
    first = Constant <value_ints: ints = [1]> ()
    second = Constant <value_ints: ints = [2]> ()
    shape_x = Shape (X)
@@ -131,29 +121,8 @@ ShiftConv <kernel_shape, strides, pads, dilations, bits: int = 5, zero_free: int
    per_group = Div (channels, g)
    tail = Concat <axis: int = 0> (per_group, ks)
    k = ReduceProd <keepdims: int = 1> (tail)
-   start = Constant <value_ints: ints = [0]> ()
-   axis0 = Constant <value_ints: ints = [0]> ()
-   codes = Slice (codes_all, start, k, axis0)
-   b_minus = Sub (b, one)
-   half = Pow (two, b_minus)
-   sign = Div (codes, half)
-   e = Mod (codes, half)
-   e_f = Cast <to: int = 1> (e)
-   neg_e = Neg (e_f)
-   two_f = Constant <value_float: float = 2.0> ()
-   magnitude = Pow (two_f, neg_e)
-   sign_f = Cast <to: int = 1> (sign)
-   two_sign = Mul (two_f, sign_f)
-   one_f = Constant <value_float: float = 1.0> ()
-   sign_mult = Sub (one_f, two_sign)
-   signed = Mul (magnitude, sign_mult)
-   e_max = Sub (half, one)
-   at_max = Equal (e, e_max)
-   ternary = Equal (zf, zero)
-   is_zero = And (at_max, ternary)
-   zero_f = Constant <value_float: float = 0.0> ()
-   d = Where (is_zero, zero_f, signed)
-   d_t = Transpose <perm: ints = [1, 0]> (d)
+"""
+        + SIGN_AND_EXPONENT_BODY + FLOAT_WEIGHTS_BODY + """   d_t = Transpose <perm: ints = [1, 0]> (d)
    shape_p = Shape (P)
    m = Slice (shape_p, first, second)
    w_shape = Concat <axis: int = 0> (m, tail)

@@ -130,15 +130,10 @@ def _examples():
     ]
 
 
-SHIFT_MATMUL = ops.declare_op(
-    ops.OpDef(
-        name=OP_NAME,
-        doc=("Y = (X @ D) * S: D [K, N] signed powers of two ±2^-e (or 0) decoded from int32 words P packed along K "
-             "(31 // bits codes of `bits` bits per word: sign bit, then exponent e); S a float32 scale per column."),
-        reference=shift_matmul_reference,
-        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
-ShiftMatMul <bits: int = 5, zero_free: int = 0> (X, P, S) => (Y) {
-   b = Constant <value_int: int = @bits> ()
+
+# ONNX function body text shared by the ops that read this packing (ShiftMatMul, ShiftMatMulInteger,
+# ShiftConv): needs P and the attributes bits, zero_free; the slice needs k (int64 [1]).
+UNPACK_CODES_BODY = """   b = Constant <value_int: int = @bits> ()
    zf = Constant <value_int: int = @zero_free> ()
    one = Constant <value_int: int = 1> ()
    two = Constant <value_int: int = 2> ()
@@ -157,18 +152,21 @@ ShiftMatMul <bits: int = 5, zero_free: int = 0> (X, P, S) => (Y) {
    span = Pow (two, b)
    codes3 = Mod (shifted, span)
    codes_all = Flatten <axis: int = 2> (codes3)
-   shape_x = Shape (X)
+"""  # -> codes_all [ceil(K / per_word) * per_word, N], int64
+K_FROM_X_BODY = """   shape_x = Shape (X)
    last = Constant <value_ints: ints = [-1]> ()
    end = Constant <value_ints: ints = [9223372036854775807]> ()
    k = Slice (shape_x, last, end)
-   start = Constant <value_ints: ints = [0]> ()
+"""  # -> k: X's last dim
+SIGN_AND_EXPONENT_BODY = """   start = Constant <value_ints: ints = [0]> ()
    axis0 = Constant <value_ints: ints = [0]> ()
    codes = Slice (codes_all, start, k, axis0)
    b_minus = Sub (b, one)
    half = Pow (two, b_minus)
    sign = Div (codes, half)
    e = Mod (codes, half)
-   e_f = Cast <to: int = 1> (e)
+"""  # -> sign, e [K, N]; half = 2^(bits-1)
+FLOAT_WEIGHTS_BODY = """   e_f = Cast <to: int = 1> (e)
    neg_e = Neg (e_f)
    two_f = Constant <value_float: float = 2.0> ()
    magnitude = Pow (two_f, neg_e)
@@ -183,7 +181,18 @@ ShiftMatMul <bits: int = 5, zero_free: int = 0> (X, P, S) => (Y) {
    is_zero = And (at_max, ternary)
    zero_f = Constant <value_float: float = 0.0> ()
    d = Where (is_zero, zero_f, signed)
-   product = MatMul (X, d)
+"""  # -> d [K, N] float32: ±2^-e, 0 for the zero code
+
+SHIFT_MATMUL = ops.declare_op(
+    ops.OpDef(
+        name=OP_NAME,
+        doc=("Y = (X @ D) * S: D [K, N] signed powers of two ±2^-e (or 0) decoded from int32 words P packed along K "
+             "(31 // bits codes of `bits` bits per word: sign bit, then exponent e); S a float32 scale per column."),
+        reference=shift_matmul_reference,
+        body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
+ShiftMatMul <bits: int = 5, zero_free: int = 0> (X, P, S) => (Y) {
+"""
+        + UNPACK_CODES_BODY + K_FROM_X_BODY + SIGN_AND_EXPONENT_BODY + FLOAT_WEIGHTS_BODY + """   product = MatMul (X, d)
    Y = Mul (product, S)
 }""",
         examples=_examples,

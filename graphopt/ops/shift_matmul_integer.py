@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphopt import ops
-from graphopt.ops.shift_matmul import max_exponent, pack, unpack
+from graphopt.ops.shift_matmul import K_FROM_X_BODY, SIGN_AND_EXPONENT_BODY, UNPACK_CODES_BODY, max_exponent, pack, unpack
 
 __all__ = ["MAX_BITS", "OP_NAME", "integer_weights", "shift_matmul_integer_reference"]
 
@@ -84,37 +84,8 @@ SHIFT_MATMUL_INTEGER = ops.declare_op(
         reference=shift_matmul_integer_reference,
         body="""<domain: "pkg.graphopt", opset_import: ["" : 13]>
 ShiftMatMulInteger <bits: int = 5, zero_free: int = 0> (X, P) => (Y) {
-   b = Constant <value_int: int = @bits> ()
-   zf = Constant <value_int: int = @zero_free> ()
-   one = Constant <value_int: int = 1> ()
-   two = Constant <value_int: int = 2> ()
-   zero = Constant <value_int: int = 0> ()
-   thirty_one = Constant <value_int: int = 31> ()
-   per_word = Div (thirty_one, b)
-   slots = Range (zero, per_word, one)
-   offsets = Mul (slots, b)
-   divisors = Pow (two, offsets)
-   column = Constant <value_ints: ints = [-1, 1]> ()
-   divisors_c = Reshape (divisors, column)
-   words = Cast <to: int = 7> (P)
-   axis1 = Constant <value_ints: ints = [1]> ()
-   words_u = Unsqueeze (words, axis1)
-   shifted = Div (words_u, divisors_c)
-   span = Pow (two, b)
-   codes3 = Mod (shifted, span)
-   codes_all = Flatten <axis: int = 2> (codes3)
-   shape_x = Shape (X)
-   last = Constant <value_ints: ints = [-1]> ()
-   end = Constant <value_ints: ints = [9223372036854775807]> ()
-   k = Slice (shape_x, last, end)
-   start = Constant <value_ints: ints = [0]> ()
-   axis0 = Constant <value_ints: ints = [0]> ()
-   codes = Slice (codes_all, start, k, axis0)
-   b_minus = Sub (b, one)
-   half = Pow (two, b_minus)
-   sign = Div (codes, half)
-   e = Mod (codes, half)
-   magnitude = Pow (two, e)
+"""
+        + UNPACK_CODES_BODY + K_FROM_X_BODY + SIGN_AND_EXPONENT_BODY + """   magnitude = Pow (two, e)
    two_sign = Mul (two, sign)
    sign_mult = Sub (one, two_sign)
    signed = Mul (magnitude, sign_mult)
