@@ -58,16 +58,27 @@ DTYPE = "float32"
 INT8 = "int8"  # the int8 kernels' weight type
 
 
-def input_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
-    """The CPU kernel of ``SparseInputMatMul`` for X [rows, k], W [k, n]; n a multiple of ``parts × lanes × 4``."""
+def _widened(weight_dtype: str):
+    """How a kernel reads one weight as fp32: as is, or widened in the registers (int8: sign-extend, convert)."""
+    if weight_dtype == DTYPE:
+        return lambda value: value
+    return lambda value: T.Cast(DTYPE, value)
+
+
+def _input_kernel(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float, weight_dtype: str,
+                  scaled: bool) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseInputMatMul`` (fp32 W) or, with a per-output scale, ``SparseInputMatMulInt8``:
+    the same count / compact / row-group loops, the weight read through ``_widened``, the scale applied once
+    to each part of Y at the end."""
     chunk = lanes * VECTORS
     assert n % (parts * chunk) == 0, f"N={n} is not padded to {parts} parts of whole chunks of {chunk}"
     part = n // parts
     padded = (k + GROUP - 1) // GROUP * GROUP
     dense_count = int((1.0 - dense_below) * k)  # more nonzero channels than this: every row, in order
+    widen = _widened(weight_dtype)
 
-    @T.prim_func
-    def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), DTYPE), y: T.Buffer((rows, n), DTYPE)):
+    @T.macro
+    def body(x, w, scale, y):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         idx = T.decl_buffer((padded,), "int32")
         xs = T.decl_buffer((rows, padded), DTYPE)
@@ -107,21 +118,38 @@ def input_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: f
                             acc[v] = y[m, t * part + c * chunk + v]
                         for g in T.unroll(GROUP):
                             for v in T.vectorized(chunk):
-                                acc[v] = acc[v] + xs[m, j * GROUP + g] * w[idx[j * GROUP + g], t * part + c * chunk + v]
+                                acc[v] = acc[v] + xs[m, j * GROUP + g] * widen(w[idx[j * GROUP + g], t * part + c * chunk + v])
                         for v in T.vectorized(chunk):
                             y[m, t * part + c * chunk + v] = acc[v]
+            if scaled:  # the per-output scale, once
+                for m in range(rows):
+                    for c in range(part // chunk):
+                        for v in T.vectorized(chunk):
+                            y[m, t * part + c * chunk + v] = y[m, t * part + c * chunk + v] * scale[t * part + c * chunk + v]
+
+    if scaled:
+        @T.prim_func
+        def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), weight_dtype), scale: T.Buffer((n,), DTYPE),
+                 y: T.Buffer((rows, n), DTYPE)):
+            body(x, w, scale, y)
+    else:
+        @T.prim_func
+        def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), weight_dtype), y: T.Buffer((rows, n), DTYPE)):
+            body(x, w, None, y)
 
     return func
 
 
-def gated_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> tirx.PrimFunc:
-    """The CPU kernel of ``SparseGatedMatMul`` for A [rows, n], X [rows, k], Wt [n, k]."""
+def _gated_kernel(rows: int, k: int, n: int, lanes: int, cols: int, weight_dtype: str, scaled: bool) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseGatedMatMul`` (fp32 Wt) or, with a per-output scale, ``SparseGatedMatMulInt8``:
+    the same compact / ``cols``-rows-at-once loops, the weight read through ``_widened``, each open column's
+    dot product scaled once."""
     full = k // lanes * lanes
     padded = (n + cols - 1) // cols * cols
+    widen = _widened(weight_dtype)
 
-    @T.prim_func
-    def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), DTYPE),
-             y: T.Buffer((rows, n), DTYPE)):
+    @T.macro
+    def body(a, x, wt, scale, y):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         idx = T.decl_buffer((padded,), "int32")
         cnt = T.decl_buffer((1,), "int32")
@@ -146,7 +174,7 @@ def gated_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> ti
                 for m in range(rows):
                     for c in T.unroll(cols):
                         for v in T.vectorized(lanes):
-                            acc[m, c, v] = acc[m, c, v] + x[m, kk * lanes + v] * wt[idx[j * cols + c], kk * lanes + v]
+                            acc[m, c, v] = acc[m, c, v] + x[m, kk * lanes + v] * widen(wt[idx[j * cols + c], kk * lanes + v])
             for m in range(rows):
                 for c in range(cols):
                     total = T.decl_buffer((1,), DTYPE, scope="local")
@@ -154,121 +182,49 @@ def gated_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> ti
                     for v in range(lanes):
                         total[0] = total[0] + acc[m, c, v]
                     for r in range(k - full):
-                        total[0] = total[0] + x[m, full + r] * wt[idx[j * cols + c], full + r]
+                        total[0] = total[0] + x[m, full + r] * widen(wt[idx[j * cols + c], full + r])
                     if a[m, idx[j * cols + c]] != T.float32(0):
-                        y[m, idx[j * cols + c]] = a[m, idx[j * cols + c]] * total[0]
+                        y[m, idx[j * cols + c]] = a[m, idx[j * cols + c]] * _scaled(total[0], scale, idx[j * cols + c])
+
+    if scaled:
+        @T.prim_func
+        def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), weight_dtype),
+                 scale: T.Buffer((n,), DTYPE), y: T.Buffer((rows, n), DTYPE)):
+            body(a, x, wt, scale, y)
+    else:
+        @T.prim_func
+        def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), weight_dtype),
+                 y: T.Buffer((rows, n), DTYPE)):
+            body(a, x, wt, None, y)
 
     return func
+
+
+def _scaled(total, scale, column):
+    """``total`` times the column's scale, or ``total`` alone when the kernel has no scale (fp32 weights)."""
+    return total if scale is None else total * scale[column]
+
+
+def input_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseInputMatMul`` for X [rows, k], W [k, n]; n a multiple of ``parts × lanes × 4``."""
+    return _input_kernel(rows, k, n, lanes, parts, dense_below, DTYPE, scaled=False)
+
+
+def gated_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> tirx.PrimFunc:
+    """The CPU kernel of ``SparseGatedMatMul`` for A [rows, n], X [rows, k], Wt [n, k]."""
+    return _gated_kernel(rows, k, n, lanes, cols, DTYPE, scaled=False)
 
 
 def input_int8_func(rows: int, k: int, n: int, lanes: int, parts: int, dense_below: float = DENSE_BELOW) -> tirx.PrimFunc:
     """The CPU kernel of ``SparseInputMatMulInt8``: ``input_func``'s loops over an int8 W (a widening load,
     sign-extended and converted in the vector registers) and each part of Y scaled once at the end."""
-    chunk = lanes * VECTORS
-    assert n % (parts * chunk) == 0, f"N={n} is not padded to {parts} parts of whole chunks of {chunk}"
-    part = n // parts
-    padded = (k + GROUP - 1) // GROUP * GROUP
-    dense_count = int((1.0 - dense_below) * k)
-
-    @T.prim_func
-    def func(x: T.Buffer((rows, k), DTYPE), w: T.Buffer((k, n), INT8), scale: T.Buffer((n,), DTYPE),
-             y: T.Buffer((rows, n), DTYPE)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        idx = T.decl_buffer((padded,), "int32")
-        xs = T.decl_buffer((rows, padded), DTYPE)
-        nonzero = T.decl_buffer((k,), "int32")
-        cnt = T.decl_buffer((1,), "int32")
-        cnt[0] = 0
-        for c in range(k):
-            nonzero[c] = 0
-            for m in range(rows):
-                nonzero[c] = T.max(nonzero[c], T.Cast("int32", x[m, c] != T.float32(0)))
-            cnt[0] = cnt[0] + nonzero[c]
-        if cnt[0] > dense_count:
-            cnt[0] = 0
-            for c in range(k):
-                nonzero[c] = 1
-        else:
-            cnt[0] = 0
-        for c in range(k):
-            idx[cnt[0]] = c
-            for m in range(rows):
-                xs[m, cnt[0]] = x[m, c]
-            cnt[0] = cnt[0] + nonzero[c]
-        for g in range(padded - cnt[0]):
-            idx[cnt[0] + g] = 0
-            for m in range(rows):
-                xs[m, cnt[0] + g] = T.float32(0)
-        for t in T.parallel(parts):
-            for m in range(rows):
-                for c in range(part // chunk):
-                    for v in T.vectorized(chunk):
-                        y[m, t * part + c * chunk + v] = T.float32(0)
-            for j in range((cnt[0] + GROUP - 1) // GROUP):
-                for m in range(rows):
-                    for c in range(part // chunk):
-                        acc = T.decl_buffer((chunk,), DTYPE, scope="local")
-                        for v in T.vectorized(chunk):
-                            acc[v] = y[m, t * part + c * chunk + v]
-                        for g in T.unroll(GROUP):
-                            for v in T.vectorized(chunk):
-                                acc[v] = acc[v] + xs[m, j * GROUP + g] * T.Cast(DTYPE, w[idx[j * GROUP + g], t * part + c * chunk + v])
-                        for v in T.vectorized(chunk):
-                            y[m, t * part + c * chunk + v] = acc[v]
-            for m in range(rows):  # the per-output scale, once
-                for c in range(part // chunk):
-                    for v in T.vectorized(chunk):
-                        y[m, t * part + c * chunk + v] = y[m, t * part + c * chunk + v] * scale[t * part + c * chunk + v]
-
-    return func
+    return _input_kernel(rows, k, n, lanes, parts, dense_below, INT8, scaled=True)
 
 
 def gated_int8_func(rows: int, k: int, n: int, lanes: int, cols: int = COLUMNS) -> tirx.PrimFunc:
     """The CPU kernel of ``SparseGatedMatMulInt8``: ``gated_func``'s loops over an int8 Wt (widening load),
     each open column's dot product scaled once."""
-    full = k // lanes * lanes
-    padded = (n + cols - 1) // cols * cols
-
-    @T.prim_func
-    def func(a: T.Buffer((rows, n), DTYPE), x: T.Buffer((rows, k), DTYPE), wt: T.Buffer((n, k), INT8),
-             scale: T.Buffer((n,), DTYPE), y: T.Buffer((rows, n), DTYPE)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        idx = T.decl_buffer((padded,), "int32")
-        cnt = T.decl_buffer((1,), "int32")
-        cnt[0] = 0
-        for c in range(n):
-            nonzero = T.decl_buffer((1,), "int32", scope="local")
-            nonzero[0] = 0
-            for m in range(rows):
-                y[m, c] = T.float32(0)
-                nonzero[0] = T.max(nonzero[0], T.Cast("int32", a[m, c] != T.float32(0)))
-            idx[cnt[0]] = c
-            cnt[0] = cnt[0] + nonzero[0]
-        for g in range(padded - cnt[0]):
-            idx[cnt[0] + g] = idx[T.max(cnt[0] - 1, 0)]
-        for j in T.parallel((cnt[0] + cols - 1) // cols):
-            acc = T.decl_buffer((rows, cols, lanes), DTYPE, scope="local")
-            for m in range(rows):
-                for c in T.unroll(cols):
-                    for v in T.vectorized(lanes):
-                        acc[m, c, v] = T.float32(0)
-            for kk in range(full // lanes):
-                for m in range(rows):
-                    for c in T.unroll(cols):
-                        for v in T.vectorized(lanes):
-                            acc[m, c, v] = acc[m, c, v] + x[m, kk * lanes + v] * T.Cast(DTYPE, wt[idx[j * cols + c], kk * lanes + v])
-            for m in range(rows):
-                for c in range(cols):
-                    total = T.decl_buffer((1,), DTYPE, scope="local")
-                    total[0] = T.float32(0)
-                    for v in range(lanes):
-                        total[0] = total[0] + acc[m, c, v]
-                    for r in range(k - full):
-                        total[0] = total[0] + x[m, full + r] * T.Cast(DTYPE, wt[idx[j * cols + c], full + r])
-                    if a[m, idx[j * cols + c]] != T.float32(0):
-                        y[m, idx[j * cols + c]] = a[m, idx[j * cols + c]] * (total[0] * scale[idx[j * cols + c]])
-
-    return func
+    return _gated_kernel(rows, k, n, lanes, cols, INT8, scaled=True)
 
 
 def _cuda_input_func(rows: int, k: int, n: int, block: int = 128) -> tirx.PrimFunc:
@@ -396,6 +352,19 @@ def _call(bb: relax.BlockBuilder, func, name: str, args: list, rows: int, width:
     return bb.emit(relax.op.reshape(y, [*shape[:-1], n]))
 
 
+def _input_layout(target: Target, n: int) -> tuple[int, int, int]:
+    """The input kernel's SIMD lanes, parts (threads) and N padded to whole chunks of every part."""
+    lanes, parts = vector_lanes(target, DTYPE), max(1, min(num_cores(target), 8))
+    step = parts * lanes * VECTORS
+    return lanes, parts, (n + step - 1) // step * step
+
+
+def _padded_columns(array: np.ndarray, width: int, dtype: str) -> relax.Constant:
+    """``array`` with zero columns (its last axis) up to ``width``: the padding reads and writes nothing real."""
+    pad = [(0, 0)] * (array.ndim - 1) + [(0, width - array.shape[-1])]
+    return relax.const(np.pad(array, pad), dtype)
+
+
 @ops.implements(INPUT_OP, "tvm")
 def convert_input(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:
     x, w = inputs[:2]
@@ -408,10 +377,8 @@ def convert_input(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Ex
     x2 = bb.emit(relax.op.reshape(x, [rows, k]))
     if target.kind.name == "cuda":
         return _call(bb, _cuda_input_func(rows, k, n), "sparse_input_matmul", [x2, w], rows, n, shape, n)
-    lanes, parts = vector_lanes(target, DTYPE), max(1, min(num_cores(target), 8))
-    step = parts * lanes * VECTORS
-    width = (n + step - 1) // step * step
-    padded = relax.const(np.pad(weight, ((0, 0), (0, width - n))), DTYPE) if width != n else w
+    lanes, parts, width = _input_layout(target, n)
+    padded = _padded_columns(weight, width, DTYPE) if width != n else w
     func = input_func(rows, k, width, lanes, parts)
     return _call(bb, func, "sparse_input_matmul", [x2, padded], rows, width, shape, n)
 
@@ -427,11 +394,9 @@ def convert_input_int8(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> rel
         return bb.emit_te(sparse_input_matmul_int8, x, wq, scale, primfunc_name_hint="graphopt_sparse_input_matmul_int8")
     (shape, rows), (k, n) = taken, weight.shape
     x2 = bb.emit(relax.op.reshape(x, [rows, k]))
-    lanes, parts = vector_lanes(target, DTYPE), max(1, min(num_cores(target), 8))
-    step = parts * lanes * VECTORS
-    width = (n + step - 1) // step * step
+    lanes, parts, width = _input_layout(target, n)
     if width != n:
-        wq, scale = relax.const(np.pad(weight, ((0, 0), (0, width - n))), INT8), relax.const(np.pad(scales, (0, width - n)), DTYPE)
+        wq, scale = _padded_columns(weight, width, INT8), _padded_columns(scales, width, DTYPE)
     func = input_int8_func(rows, k, width, lanes, parts)
     return _call(bb, func, "sparse_input_matmul_int8", [x2, wq, scale], rows, width, shape, n)
 
