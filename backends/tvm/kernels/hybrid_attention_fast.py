@@ -36,18 +36,15 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from ._attention_tiles import (DTYPE, add_weights_times_values, chunk_rows, chunk_score_widths, clamped_rows, mirrored,
+                               normalizer_dot, rows_from, state_takes_keys, tile_widths, whole_vectors,
+                               zeroed_chunk_scores, zeroed_tile_of_row_products)
 from .linear_attention_fast import _head_decay, static_shape
 
 __all__ = ["CHUNK", "emit", "hybrid_func"]
 
-DTYPE = "float32"
 CHUNK = 64  # rows per chunk of the linear part (each row reads at most CHUNK - 1 keys directly)
 IT = 4  # window rows per register tile
-
-
-def _mirror(t, dn, n):
-    """Position t walked forwards (dn 0) or from the end (dn 1: the non-causal pass over later keys)."""
-    return t + dn * (n - 1 - 2 * t)
 
 
 def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window: int, scale: float, causal: int,
@@ -65,11 +62,9 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
     ahead = 1 if causal else w  # the window's keys after i: j < i + ahead
     span = -(-(it + w - 1 + ahead - 1) // kb) * kb  # keys a row tile's windows cover, in whole key tiles
     row_tiles = -(-n // it)
-    eb = next((x for x in (2 * lanes, lanes) if dv % x == 0), dv)  # V columns per register tile
-    fv, fr = f // lanes, f % lanes
-    ft = next(x for x in (4, 2, 1) if f % x == 0)  # state rows per register tile
-    cw = lanes if cs % lanes == 0 else cs  # score vector width over a chunk's keys
-    srows = max(1, min(IT, 16 // max(1, cs // cw)))  # score rows per tile: about 16 accumulator vectors
+    ft, eb = tile_widths(f, dv, lanes)  # state rows, V columns per register tile
+    fv, fr = whole_vectors(f, lanes)
+    cw, srows = chunk_score_widths(cs, lanes, IT)  # score vector width over a chunk's keys, rows per tile
     scale_c = float(scale)
 
     @T.prim_func
@@ -105,20 +100,11 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
                     nkeys: T.int32 = T.max(T.min(c0 + cs - w + 1, n), 0) - first  # the keys the state takes next
                     for u in range(cs):  # those keys' Kf, transposed (0 past nkeys)
                         for a in range(f):
-                            kc[h, a, u] = T.Select(u < nkeys, kf[h, T.min(first + u, n - 1) + dn * (n - 1 - 2 * T.min(first + u, n - 1)), a],
+                            kc[h, a, u] = T.Select(u < nkeys, kf[h, mirrored(T.min(first + u, n - 1), dn, n), a],
                                                    T.float32(0))
                     for io in range((length + srows - 1) // srows):  # qf·kf of each row with those keys (0 past its own)
                         sca = T.decl_buffer((srows, cs), DTYPE, scope="local")
-                        for b in T.unroll(srows):
-                            for jo in T.unroll(cs // cw):
-                                for l in T.vectorized(cw):
-                                    sca[b, jo * cw + l] = T.float32(0)
-                        for a in range(f):
-                            for b in T.unroll(srows):
-                                for jo in T.unroll(cs // cw):
-                                    for l in T.vectorized(cw):
-                                        sca[b, jo * cw + l] = sca[b, jo * cw + l] + qf[
-                                            h, _mirror(c0 + T.min(io * srows + b, length - 1), dn, n), a] * kc[h, a, jo * cw + l]
+                        zeroed_chunk_scores(sca, srows, cs, cw, f, qf, h, chunk_rows(c0, io, srows, length, dn, n), kc)
                         for b in T.unroll(srows):
                             for jo in T.unroll(cs // cw):
                                 for l in T.vectorized(cw):
@@ -128,53 +114,25 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
                     for io in range((length + it - 1) // it):  # rows: Qf·S + Σ att·V over IT rows x EB columns
                         dsum = T.decl_buffer((it,), DTYPE, scope="local")
                         for b in range(it):
-                            dot = T.decl_buffer((lanes,), DTYPE, scope="local")
-                            for l in T.vectorized(lanes):
-                                dot[l] = T.float32(0)
-                            for c in range(fv):
-                                for l in T.vectorized(lanes):
-                                    dot[l] = dot[l] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), c * lanes + l] * z[h, c * lanes + l]
-                            dsum[b] = T.float32(0)
-                            for l in range(lanes):
-                                dsum[b] = dsum[b] + dot[l]
-                            for c in range(fr):
-                                dsum[b] = dsum[b] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), fv * lanes + c] * z[h, fv * lanes + c]
+                            normalizer_dot(dsum, b, T.float32(0), qf, h, mirrored(c0 + T.min(io * it + b, length - 1), dn, n),
+                                           z, fv, fr, lanes)
                             for u in range(nkeys):
                                 dsum[b] = dsum[b] + att[h, T.min(io * it + b, length - 1), u]
                         for eo in range(dv // eb):
                             acc = T.decl_buffer((it, eb), DTYPE, scope="local")
-                            for b in T.unroll(it):
-                                for e in T.vectorized(eb):
-                                    acc[b, e] = T.float32(0)
-                            for a in range(f):
-                                for b in T.unroll(it):
-                                    for e in T.vectorized(eb):
-                                        acc[b, e] = acc[b, e] + qf[h, _mirror(c0 + T.min(io * it + b, length - 1), dn, n), a] * s[h, a, eo * eb + e]
-                            for u in range(nkeys):
-                                for b in T.unroll(it):
-                                    for e in T.vectorized(eb):
-                                        acc[b, e] = acc[b, e] + att[h, T.min(io * it + b, length - 1), u] * v[h, _mirror(first + u, dn, n), eo * eb + e]
+                            zeroed_tile_of_row_products(acc, it, eb, f, qf, h, chunk_rows(c0, io, it, length, dn, n), s, eo * eb)
+                            add_weights_times_values(acc, att, v, h, nkeys, it, eb, clamped_rows(io, it, length),
+                                                     rows_from(first, dn, n), eo * eb)
                             for b in range(it):
                                 if io * it + b < length:
                                     for e in T.vectorized(eb):
-                                        y[h, _mirror(c0 + io * it + b, dn, n), eo * eb + e] = (
-                                            y[h, _mirror(c0 + io * it + b, dn, n), eo * eb + e] + acc[b, e])
+                                        y[h, mirrored(c0 + io * it + b, dn, n), eo * eb + e] = (
+                                            y[h, mirrored(c0 + io * it + b, dn, n), eo * eb + e] + acc[b, e])
                         for b in range(it):
                             if io * it + b < length:
-                                den[h, _mirror(c0 + io * it + b, dn, n)] = den[h, _mirror(c0 + io * it + b, dn, n)] + dsum[b]
-                    for fo in range(f // ft):  # the state takes the keys: S += Kcᵀ V, register tiles of FT x EB
-                        for eo in range(dv // eb):
-                            acc = T.decl_buffer((ft, eb), DTYPE, scope="local")
-                            for a in T.unroll(ft):
-                                for e in T.vectorized(eb):
-                                    acc[a, e] = s[h, fo * ft + a, eo * eb + e]
-                            for u in range(nkeys):
-                                for a in T.unroll(ft):
-                                    for e in T.vectorized(eb):
-                                        acc[a, e] = acc[a, e] + kc[h, fo * ft + a, u] * v[h, _mirror(first + u, dn, n), eo * eb + e]
-                            for a in T.unroll(ft):
-                                for e in T.vectorized(eb):
-                                    s[h, fo * ft + a, eo * eb + e] = acc[a, e]
+                                den[h, mirrored(c0 + io * it + b, dn, n)] = den[h, mirrored(c0 + io * it + b, dn, n)] + dsum[b]
+                    # the state takes the keys: S += Kcᵀ V, register tiles of FT x EB
+                    state_takes_keys(s, kc, v, h, f, ft, dv, eb, nkeys, rows_from(first, dn, n), None)
                     for a in range(f):
                         for u in range(nkeys):
                             z[h, a] = z[h, a] + kc[h, a, u]
@@ -187,13 +145,7 @@ def hybrid_func(bh: int, n: int, d: int, f: int, dv: int, lanes: int, *, window:
                 wsum = T.decl_buffer((it,), DTYPE, scope="local")
                 for jo in range(span // kb):  # scores: register tile of IT rows x KB keys, over D
                     acc = T.decl_buffer((it, kb), DTYPE, scope="local")
-                    for b in T.unroll(it):
-                        for l in T.vectorized(kb):
-                            acc[b, l] = T.float32(0)
-                    for a in range(d):
-                        for b in T.unroll(it):
-                            for l in T.vectorized(kb):
-                                acc[b, l] = acc[b, l] + q[h, T.min(io * it + b, n - 1), a] * kt[h, a, lo + jo * kb + l]
+                    zeroed_tile_of_row_products(acc, it, kb, d, q, h, clamped_rows(io, it, n), kt, lo + jo * kb)
                     for b in T.unroll(it):
                         for l in T.vectorized(kb):
                             sc[b, jo * kb + l] = T.Select(

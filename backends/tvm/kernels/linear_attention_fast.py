@@ -42,28 +42,18 @@ from tvm import relax, tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from ._attention_tiles import (DTYPE, add_weights_times_values, chunk_rows, chunk_score_widths, clamped_rows,
+                               normalizer_dot, rows_from, state_takes_keys, tile_widths, whole_vectors,
+                               zeroed_chunk_scores, zeroed_tile_of_row_products)
+
 __all__ = ["CHUNK", "causal_func", "emit", "noncausal_func", "recurrent_step_func", "static_shape"]
 
-DTYPE = "float32"
 CHUNK = 64  # causal chunk (Lightning Attention-2's block); intra-chunk work is quadratic in it
-FT = 4  # rows of the state per register tile (stage 1 and the causal update)
 IT = 4  # query rows per register tile (stage 2)
 JB = 32  # keys per block of stage 1 (a block of Kf and V in L1)
 # decode: states below this many elements (12 heads x 64 x 64 is 49K) are updated by one thread: the
 # step is ~10 µs of work, and a parallel region's fork/join costs µs idle and ms on a loaded host
 PARALLEL_STATE = 1 << 20
-
-
-def _widths(f: int, dv: int, lanes: int) -> tuple[int, int]:
-    """(rows of S per tile, columns per tile): FT / 2 SIMD vectors where they divide F / Dv."""
-    ft = next(t for t in (FT, 2, 1) if f % t == 0)
-    eb = next((w for w in (2 * lanes, lanes) if dv % w == 0), dv)
-    return ft, eb
-
-
-def _vectors(extent: int, lanes: int) -> tuple[int, int]:
-    """(whole SIMD vectors in ``extent``, the scalar rest)."""
-    return extent // lanes, extent % lanes
 
 
 def _full_shapes(shapes, default):
@@ -76,9 +66,9 @@ def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: 
     """Non-causal linear attention for Qf [bh, sq, f], Kf [bh, sk, f], V [bh, sk, dv] -> Y [bh, sq, dv]
     (``shapes``: the four tensors' shapes with their own leading axes, read without a copy)."""
     qs, ks, vs, ys = _full_shapes(shapes, ((bh, sq, f), (bh, sk, f), (bh, sk, dv), (bh, sq, dv)))
-    ft, eb = _widths(f, dv, lanes)
+    ft, eb = tile_widths(f, dv, lanes)
     it = min(IT, sq)
-    fv, fr = _vectors(f, lanes)
+    fv, fr = whole_vectors(f, lanes)
     jblocks = (sk + JB - 1) // JB
     eps_c = float(eps)
 
@@ -120,27 +110,11 @@ def noncausal_func(bh: int, sq: int, sk: int, f: int, dv: int, lanes: int, eps: 
                 i0: T.int32 = T.min(io * it, sq - it)
                 den = T.decl_buffer((it,), DTYPE, scope="local")
                 for a in range(it):
-                    dv_acc = T.decl_buffer((lanes,), DTYPE, scope="local")
-                    for l in T.vectorized(lanes):
-                        dv_acc[l] = T.float32(0)
-                    for c in range(fv):
-                        for l in T.vectorized(lanes):
-                            dv_acc[l] = dv_acc[l] + q[h, i0 + a, c * lanes + l] * z[h, c * lanes + l]
-                    den[a] = T.float32(eps_c)
-                    for l in range(lanes):
-                        den[a] = den[a] + dv_acc[l]
-                    for r in range(fr):
-                        den[a] = den[a] + q[h, i0 + a, fv * lanes + r] * z[h, fv * lanes + r]
+                    normalizer_dot(den, a, T.float32(eps_c), q, h, i0 + a, z, fv, fr, lanes)
                     den[a] = T.float32(1) / den[a]
                 for eo in range(dv // eb):
                     acc = T.decl_buffer((it, eb), DTYPE, scope="local")
-                    for a in T.unroll(it):
-                        for e in T.vectorized(eb):
-                            acc[a, e] = T.float32(0)
-                    for c in range(f):
-                        for a in T.unroll(it):
-                            for e in T.vectorized(eb):
-                                acc[a, e] = acc[a, e] + q[h, i0 + a, c] * s[h, c, eo * eb + e]
+                    zeroed_tile_of_row_products(acc, it, eb, f, q, h, rows_from(i0), s, eo * eb)
                     for a in T.unroll(it):
                         for e in T.vectorized(eb):
                             y[h, i0 + a, eo * eb + e] = acc[a, e] * den[a]
@@ -152,12 +126,11 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
     """Causal (chunked) linear attention with per-head decay: Qf, Kf [bh, n, f], V [bh, n, dv], decay [bh]
     (``shapes``: Qf's, Kf's, V's and Y's shapes with their own leading axes, read without a copy)."""
     qs, ks, vs, ys = _full_shapes(shapes, ((bh, n, f), (bh, n, f), (bh, n, dv), (bh, n, dv)))
-    ft, eb = _widths(f, dv, lanes)
+    ft, eb = tile_widths(f, dv, lanes)
     cs = min(chunk, n)
     chunks = (n + cs - 1) // cs
-    fv, fr = _vectors(f, lanes)
-    cw = next((w for w in (lanes,) if cs % w == 0), cs)  # score vector width over the chunk's keys
-    srows = max(1, min(IT, 16 // max(1, cs // cw)))  # score rows per tile: about 16 accumulator vectors
+    fv, fr = whole_vectors(f, lanes)
+    cw, srows = chunk_score_widths(cs, lanes, IT)  # score vector width over the chunk's keys, rows per tile
     it = IT  # output rows per tile (a short last chunk repeats its last row: same values written twice)
     eps_c = float(eps)
 
@@ -194,15 +167,7 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
                         kt[h, a, r] = T.Select(r < length, k[h, T.min(c0 + r, n - 1), a], T.float32(0))
                 for io in range((length + srows - 1) // srows):  # scores of srows rows, decayed and masked
                     sc = T.decl_buffer((srows, cs), DTYPE, scope="local")
-                    for b in T.unroll(srows):
-                        for jo in T.unroll(cs // cw):
-                            for l in T.vectorized(cw):
-                                sc[b, jo * cw + l] = T.float32(0)
-                    for a in range(f):
-                        for b in T.unroll(srows):
-                            for jo in T.unroll(cs // cw):
-                                for l in T.vectorized(cw):
-                                    sc[b, jo * cw + l] = sc[b, jo * cw + l] + q[h, c0 + T.min(io * srows + b, length - 1), a] * kt[h, a, jo * cw + l]
+                    zeroed_chunk_scores(sc, srows, cs, cw, f, q, h, chunk_rows(c0, io, srows, length), kt)
                     for b in T.unroll(srows):
                         for jo in T.unroll(cs // cw):
                             for l in T.vectorized(cw):
@@ -212,56 +177,28 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
                     den = T.decl_buffer((it,), DTYPE, scope="local")
                     for b in range(it):
                         row: T.int32 = T.min(io * it + b, length - 1)
-                        dacc = T.decl_buffer((lanes,), DTYPE, scope="local")
-                        for l in T.vectorized(lanes):
-                            dacc[l] = T.float32(0)
-                        for c in range(fv):
-                            for l in T.vectorized(lanes):
-                                dacc[l] = dacc[l] + q[h, c0 + row, c * lanes + l] * z[h, c * lanes + l]
-                        den[b] = T.float32(0)
-                        for l in range(lanes):
-                            den[b] = den[b] + dacc[l]
-                        for r in range(fr):
-                            den[b] = den[b] + q[h, c0 + row, fv * lanes + r] * z[h, fv * lanes + r]
+                        normalizer_dot(den, b, T.float32(0), q, h, c0 + row, z, fv, fr, lanes)
                         den[b] = den[b] * pw[h, row + 1]
                         for j in range(row + 1):
                             den[b] = den[b] + att[h, row, j]
                         den[b] = T.float32(1) / (den[b] + T.float32(eps_c))
                     for eo in range(dv // eb):
                         acc = T.decl_buffer((it, eb), DTYPE, scope="local")
-                        for b in T.unroll(it):
-                            for e in T.vectorized(eb):
-                                acc[b, e] = T.float32(0)
-                        for a in range(f):
-                            for b in T.unroll(it):
-                                for e in T.vectorized(eb):
-                                    acc[b, e] = acc[b, e] + q[h, c0 + T.min(io * it + b, length - 1), a] * s[h, a, eo * eb + e]
+                        zeroed_tile_of_row_products(acc, it, eb, f, q, h, chunk_rows(c0, io, it, length), s, eo * eb)
                         for b in T.unroll(it):
                             for e in T.vectorized(eb):
                                 acc[b, e] = acc[b, e] * pw[h, T.min(io * it + b, length - 1) + 1]
-                        for j in range(T.min(io * it + it, length)):  # att[row, j] is 0 for j > row
-                            for b in T.unroll(it):
-                                for e in T.vectorized(eb):
-                                    acc[b, e] = acc[b, e] + att[h, T.min(io * it + b, length - 1), j] * v[h, c0 + j, eo * eb + e]
+                        # keys up to the tile's last row (att[row, j] is 0 for j > row)
+                        add_weights_times_values(acc, att, v, h, T.min(io * it + it, length), it, eb,
+                                                 clamped_rows(io, it, length), rows_from(c0), eo * eb)
                         for b in T.unroll(it):
                             for e in T.vectorized(eb):
                                 y[h, c0 + T.min(io * it + b, length - 1), eo * eb + e] = acc[b, e] * den[b]
                 for r in range(length):  # decay the chunk's keys for the update: λ^(L-1-r)
                     for a in range(f):
                         kt[h, a, r] = kt[h, a, r] * pw[h, length - 1 - r]
-                for fo in range(f // ft):  # S = λ^L S + Ktᵀ V
-                    for eo in range(dv // eb):
-                        acc = T.decl_buffer((ft, eb), DTYPE, scope="local")
-                        for a in T.unroll(ft):
-                            for e in T.vectorized(eb):
-                                acc[a, e] = s[h, fo * ft + a, eo * eb + e] * pw[h, length]
-                        for r in range(length):
-                            for a in T.unroll(ft):
-                                for e in T.vectorized(eb):
-                                    acc[a, e] = acc[a, e] + kt[h, fo * ft + a, r] * v[h, c0 + r, eo * eb + e]
-                        for a in T.unroll(ft):
-                            for e in T.vectorized(eb):
-                                s[h, fo * ft + a, eo * eb + e] = acc[a, e]
+                # S = λ^L S + Ktᵀ V
+                state_takes_keys(s, kt, v, h, f, ft, dv, eb, length, rows_from(c0), pw[h, length])
                 for a in range(f):
                     z[h, a] = z[h, a] * pw[h, length]
                     for r in range(length):
@@ -272,7 +209,7 @@ def causal_func(bh: int, n: int, f: int, dv: int, lanes: int, eps: float, chunk:
 
 def recurrent_step_func(bh: int, f: int, dv: int, lanes: int, eps: float) -> tirx.PrimFunc:
     """One decode step: (q, k [bh, 1, f], v [bh, 1, dv], decay [bh], S [bh, f, dv], z [bh, f]) -> (y, S', z')."""
-    _, eb = _widths(f, dv, lanes)
+    _, eb = tile_widths(f, dv, lanes)
     eps_c = float(eps)
     heads = T.parallel if bh * f * dv >= PARALLEL_STATE else T.serial  # a small state: no fork/join
 
